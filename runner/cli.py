@@ -1,0 +1,351 @@
+"""`python run_experiments.py`: validate every experiment, smoke-test them, then train them in turn.
+
+Exit status: 0 all finished (or skipped as already finished), 1 a run failed, diverged,
+was interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran).
+"""
+import argparse
+import dataclasses
+import difflib
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+# Keys that may change between the start of a run and its resume without making the
+# checkpoint meaningless: logging, evaluation and how long to train.
+RESUMABLE_CHANGES = {'train_parameters.steps', 'train_parameters.log_interval',
+                     'train_parameters.val_interval', 'train_parameters.checkpoint_interval',
+                     'train_parameters.keep_checkpoints', 'train_parameters.eval_batch_size',
+                     'train_parameters.logdir', 'skip_error_test', 'paper.top1_error',
+                     'paper.top5_error', 'paper.source', 'dataset.data_dir', 'dataset.download',
+                     'dataset.image_folder'}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog='run_experiments.py',
+        description='Train the experiments of YAML files: validate all, smoke-test all, then train '
+                    'each in turn, resuming unfinished runs from their last checkpoint.')
+    p.add_argument('files', nargs='*', metavar='FILE', default=['experiments.yaml'],
+                   help='experiment files (default: experiments.yaml)')
+    p.add_argument('--only', metavar='NAME[,NAME]', action='append', default=[],
+                   help='run only these run names')
+    smoke = p.add_mutually_exclusive_group()
+    smoke.add_argument('--smoke', action='store_true',
+                       help='only run the smoke test (a few steps of every experiment) and stop')
+    smoke.add_argument('--no-smoke', action='store_true', help='skip the smoke test')
+    p.add_argument('--set', metavar='KEY=VALUE', action='append', default=[], dest='overrides',
+                   help='override a key in every selected experiment, e.g. '
+                        'train_parameters.batch_size=64 (VALUE is YAML)')
+    p.add_argument('--logdir', help='write runs under this directory (train_parameters.logdir)')
+    p.add_argument('--list', action='store_true',
+                   help='print run name, model, parameters, dataset and steps; train nothing')
+    p.add_argument('--restart', metavar='NAME', action='append', default=[],
+                   help='start this run over; its old directory is moved aside, not deleted')
+    p.add_argument('--fail-fast', action='store_true',
+                   help='stop at the first experiment that fails instead of going on')
+    return p
+
+
+def quiet_tensorflow():
+    """Import TensorFlow without the screenful of C++ start-up notices it prints to stderr
+    (CUDA probing on a CPU machine, oneDNN notes). What it prints is shown if the import fails."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    if 'tensorflow' in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode='w+') as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()  # the CUDA probe happens here, not at import
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    import absl.logging
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+@dataclasses.dataclass
+class Checked:
+    exp: object
+    params: int
+    dataset: str
+    data_ready: bool
+    note: str = ''
+
+
+def load_all(files, overrides):
+    from runner.config import check_unique_run_names, load_experiments
+    experiments = []
+    for path in files:
+        experiments += load_experiments(path, overrides)
+    check_unique_run_names(experiments)
+    return experiments
+
+
+def select(experiments, only):
+    from runner.config import ConfigError
+    if not only:
+        return experiments
+    names = [n.strip() for item in only for n in item.split(',') if n.strip()]
+    known = {e.run_name: e for e in experiments}
+    for n in names:
+        if n not in known:
+            close = difflib.get_close_matches(n, list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; run names: {', '.join(known)}"
+            raise ConfigError(f"--only: no experiment is named '{n}'{hint}")
+    return [e for e in experiments if e.run_name in names]
+
+
+def data_ready(exp):
+    """Is the experiment's data on this machine (or may it be downloaded)?"""
+    from runner import data as data_lib
+    cfg = exp.dataset
+    if cfg.image_folder:
+        return True  # describe() has checked the folders
+    return cfg.download or data_lib._tfds_builder(cfg).is_prepared()
+
+
+def changed_keys(old, new, prefix=''):
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f'{prefix}{key}.')
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+def check_resumable(exp):
+    """A run directory started with different settings cannot be resumed from."""
+    import yaml
+    from runner import rundir
+    from runner.config import ConfigError
+    path = os.path.join(exp.train_parameters.logdir, exp.run_name, rundir.CONFIG)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = yaml.safe_load(f) or {}
+    new = exp.to_dict()
+    new['train_parameters']['run_name'] = exp.run_name
+    for key in ('mean', 'std'):  # filled in from the data when the file left them null
+        if new['dataset'][key] is None:
+            new['dataset'][key] = old.get('dataset', {}).get(key)
+    diff = [k for k in changed_keys(old, new) if k not in RESUMABLE_CHANGES]
+    if diff:
+        raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
+                          f"--restart {exp.run_name} to start it over, or give it a new run_name")
+
+
+def validate(experiments, restarting=(), need_data=True):
+    """Everything that can be checked before the first step; ConfigError on the first problem."""
+    import keras
+    from runner import data as data_lib
+    from runner.config import ConfigError
+    from runner.registry import build_model, count_trainable
+    checked = []
+    for exp in experiments:
+        try:
+            try:
+                info = data_lib.describe(exp.dataset)
+            except data_lib.DataUnavailable as e:
+                raise ConfigError(str(e)) from None
+            model = build_model(exp, info.image_shape, info.num_classes)
+            params = count_trainable(model)
+            del model
+            keras.backend.clear_session()
+            ready = data_ready(exp)
+            if need_data and not ready:
+                cfg = exp.dataset
+                raise ConfigError(data_lib._not_prepared_message(cfg, data_lib._tfds_builder(cfg)))
+            if exp.run_name not in restarting:
+                check_resumable(exp)
+        except ConfigError as e:
+            raise ConfigError(f'{exp.label}: {e}') from None
+        shape = 'x'.join(str(d) for d in info.image_shape)
+        checked.append(Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
+                               ready))
+    return checked
+
+
+def print_list(checked):
+    rows = [('run', 'model', 'params', 'dataset', 'steps')]
+    for c in checked:
+        rows.append((c.exp.run_name, c.exp.model, f'{c.params / 1e6:.2f}M ({c.params:,})',
+                     c.dataset, str(c.exp.total_steps)))
+    _table(rows)
+
+
+def _table(rows):
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def smoke_test(exp):
+    """A few steps of the experiment, an evaluation, a checkpoint and a resume, in a temporary
+    directory. Real data when it is here, else random data of the same shape. Returns a note."""
+    import keras
+    from runner import data as data_lib
+    from runner import train
+    from runner.config import experiment_from_dict
+    tmp = tempfile.mkdtemp(prefix='convnet-smoke-')
+    try:
+        raw = exp.to_dict()
+        batch = min(exp.train_parameters.batch_size, 8)
+        raw['train_parameters'].update(logdir=tmp, run_name=exp.run_name, steps=2, batch_size=batch,
+                                       eval_batch_size=8, log_interval=1, val_interval=2,
+                                       checkpoint_interval=1)
+        short = experiment_from_dict(raw, exp.source, exp.index)
+        data = data_lib.load(exp.dataset, limit=32, allow_synthetic=True)
+        first = train.run(short, data=data, quiet=True, max_eval_batches=2)
+        keras.backend.clear_session()
+        raw['train_parameters']['steps'] = 3
+        again = train.run(experiment_from_dict(raw, exp.source, exp.index), data=data, quiet=True,
+                          max_eval_batches=2)
+        keras.backend.clear_session()
+        for s, want in ((first, 2), (again, 3)):
+            if s['status'] != 'finished' or s['steps'] != want:
+                raise RuntimeError(f"ended with status {s['status']} at step {s['steps']} "
+                                   f"(expected finished at {want}): {s.get('error', '')}")
+        return data.info.description
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_smoke(checked):
+    failures = []
+    todo = [c for c in checked if not c.exp.skip_error_test]
+    if not todo:
+        return failures
+    print(f'smoke test: {len(todo)} experiment(s)', flush=True)
+    for c in todo:
+        t = time.time()
+        try:
+            source = smoke_test(c.exp)
+            print(f'  ok    {c.exp.run_name} ({time.time() - t:.1f}s, {source})', flush=True)
+        except Exception as e:  # every failure is reported, then all are listed
+            msg = f'{type(e).__name__}: {e}'.strip().splitlines()[0]
+            print(f'  FAIL  {c.exp.run_name}: {msg}', flush=True)
+            failures.append((c.exp, msg))
+    return failures
+
+
+def train_all(checked, fail_fast):
+    from runner import data as data_lib
+    from runner import rundir, train
+    import keras
+    results = []
+    for c in checked:
+        exp = c.exp
+        run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
+        previous = rundir.read_summary(run_dir)
+        if previous and previous.get('status') == 'finished' and previous.get('steps', 0) >= exp.total_steps:
+            print(f'{exp.run_name}: finished at step {previous["steps"]}; skipped '
+                  f'(--restart {exp.run_name} trains it again)', flush=True)
+            results.append(previous)
+            continue
+        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+        if problem:
+            print(f'error: {exp.label}: {problem}', file=sys.stderr, flush=True)
+            results.append({'run_name': exp.run_name, 'status': 'failed', 'error': problem})
+            if fail_fast:
+                break
+            continue
+        verb = 'resuming' if os.path.isdir(os.path.join(run_dir, 'checkpoints')) else 'starting'
+        print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
+              f'{exp.total_steps} steps) in {run_dir}', flush=True)
+        try:
+            summary = train.run(exp)
+        except data_lib.DataUnavailable as e:
+            summary = train.record_failure(exp, e)
+        except Exception as e:  # one experiment's failure does not stop the others
+            summary = train.record_failure(exp, e)
+            print(f'{exp.run_name}: failed: {summary["error"]} (traceback in {run_dir}/error.log)',
+                  file=sys.stderr, flush=True)
+        keras.backend.clear_session()
+        results.append(summary)
+        if summary['status'] == 'diverged':
+            print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
+        if summary['status'] == 'interrupted':
+            print(f'{exp.run_name}: interrupted at step {summary["steps"]}; run the same command '
+                  f'again to resume', flush=True)
+            break  # the person asked to stop: do not start the next experiment
+        if summary['status'] != 'finished' and fail_fast:
+            break
+    return results
+
+
+def print_results(results):
+    rows = [('run', 'status', 'steps', 'test top-1 err', 'best top-1 err', 'img/s', 'time')]
+    for s in results:
+        def err(key):
+            v = s.get(key)
+            return f'{100 * (1 - v):.2f}%' if isinstance(v, (int, float)) else '-'
+        best = err('best_test_top1_accuracy')
+        if best != '-':
+            best += f" ({s.get('selection_split', 'test')}-selected)"
+        rate = s.get('train_images_per_second')
+        rows.append((s.get('run_name', '?'), s.get('status', '?'), str(s.get('steps', '-')),
+                     err('test_top1_accuracy'), best, f'{rate:.0f}' if rate else '-',
+                     f"{s['wall_seconds'] / 60:.1f} min" if s.get('wall_seconds') else '-'))
+    print()
+    _table(rows)
+    for s in results:
+        if s.get('status') not in ('finished', None) and s.get('error'):
+            print(f"  {s['run_name']}: {s['error']}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    from runner.config import ConfigError, parse_overrides
+    try:
+        overrides = parse_overrides(args.overrides)
+        if args.logdir:
+            overrides.append(('train_parameters.logdir', args.logdir))
+        experiments = select(load_all(args.files, overrides), args.only)
+        names = {e.run_name for e in experiments}
+        for name in args.restart:
+            if name not in names:
+                raise ConfigError(f"--restart: no selected experiment is named '{name}'")
+        checked = validate(experiments, set(args.restart), need_data=not (args.smoke or args.list))
+    except ConfigError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return EXIT_CONFIG
+    if args.list:
+        print_list(checked)
+        return EXIT_OK
+    if not (args.no_smoke):
+        failures = run_smoke(checked)
+        if failures:
+            print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was trained:',
+                  file=sys.stderr)
+            for exp, msg in failures:
+                print(f'  {exp.label}: {msg}', file=sys.stderr)
+            return EXIT_FAILED
+        if args.smoke:
+            return EXIT_OK
+    from runner import rundir
+    for c in checked:
+        run_dir = os.path.join(c.exp.train_parameters.logdir, c.exp.run_name)
+        if c.exp.run_name in args.restart and os.path.exists(run_dir):
+            print(f'{c.exp.run_name}: old run moved to {rundir.move_aside(run_dir)}')
+    results = train_all(checked, args.fail_fast)
+    print_results(results)
+    return EXIT_OK if all(s.get('status') == 'finished' for s in results) else EXIT_FAILED
+
+
+if __name__ == '__main__':
+    sys.exit(main())

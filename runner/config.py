@@ -1,0 +1,423 @@
+"""Experiment files: the schema, its defaults, strict validation and `--set` overrides.
+
+An experiment file is multi-document YAML, one experiment per document, in the
+format of the seed runner (module / model / model_parameters / train_parameters /
+skip_error_test) plus the `dataset` and `paper` sections. Every key is declared
+once below, with its type, default and meaning; the README's YAML reference and
+`python -m runner keys` are made from these declarations.
+
+Errors are `ConfigError`s: one line naming the file, the experiment and the key,
+never a traceback.
+"""
+import copy
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A problem in an experiment file, reported as one line."""
+
+
+def _doc(text, **kw):
+    return field(metadata={'doc': text}, **kw)
+
+
+@dataclass
+class DatasetConfig:
+    name: Optional[str] = _doc(
+        'TensorFlow Datasets name (cifar10, cifar100, ...). Ignored when image_folder is set.',
+        default='cifar10')
+    image_folder: Optional[str] = _doc(
+        'Root of an image-folder dataset: <root>/<split>/<class>/<image>, read with tfds.ImageFolder.',
+        default=None)
+    data_dir: Optional[str] = _doc(
+        'Where TFDS keeps prepared datasets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
+        default=None)
+    download: bool = _doc('Let TFDS download and prepare the dataset if it is not in data_dir.',
+                          default=False)
+    train_split: str = _doc('Split to train on (TFDS split syntax, e.g. "train[:90%]").',
+                            default='train')
+    test_split: str = _doc('Split the reported test error comes from.', default='test')
+    validation_fraction: float = _doc(
+        'Fraction of train_split held out as a validation split (0 = none). When set, periodic '
+        'evaluation and best-checkpoint selection use it, and the test split is only read at the end.',
+        default=0.0)
+    image_size: Optional[List[int]] = _doc(
+        '[height, width] to resize images to; null keeps the dataset\'s own size.', default=None)
+    flip: bool = _doc('Random horizontal flips in training.', default=True)
+    crop_padding: int = _doc(
+        'Pad each side by this many pixels, then random-crop back to size (0 = off). '
+        'Padding is zero after normalisation, i.e. the mean colour, as in fb.resnet.torch.',
+        default=4)
+    normalize: bool = _doc('Subtract the per-channel mean and divide by the standard deviation.',
+                           default=True)
+    mean: Optional[List[float]] = _doc(
+        'Per-channel mean in [0, 1] pixel units; null computes it from the training split.',
+        default=None)
+    std: Optional[List[float]] = _doc(
+        'Per-channel standard deviation in [0, 1] pixel units; null computes it from the training split.',
+        default=None)
+
+
+@dataclass
+class TrainConfig:
+    logdir: str = _doc('Directory that holds one sub-directory per run.', default='logs')
+    run_name: Optional[str] = _doc(
+        'Name of the run directory and TensorBoard run (default: the model name).', default=None)
+    log_interval: int = _doc('Steps between training-metric logs.', default=400)
+    val_interval: int = _doc('Steps between evaluations (and checkpoints).', default=4000)
+    checkpoint_interval: int = _doc(
+        'Steps between checkpoints (also saved at every evaluation and at the end).', default=1000)
+    keep_checkpoints: int = _doc('How many recent checkpoints to keep.', default=3)
+    batch_size: int = _doc('Global training batch size.', default=128)
+    eval_batch_size: int = _doc('Batch size for evaluation.', default=500)
+    lr_values: List[float] = _doc(
+        'Learning rate for each piece of the schedule.', default_factory=lambda: [0.01, 0.1, 0.01, 0.001])
+    lr_boundaries: List[int] = _doc(
+        'End step of each piece (steps; same length as lr_values); the last one is the total '
+        'number of training steps.', default_factory=lambda: [400, 32000, 48000, 64000])
+    warmup_steps: int = _doc(
+        'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', default=0)
+    momentum: float = _doc('SGD momentum.', default=0.9)
+    nesterov: bool = _doc('Nesterov momentum.', default=False)
+    weight_decay: Optional[float] = _doc(
+        'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels); '
+        'null keeps the model\'s own default (1e-4 for most models).', default=None)
+    label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
+    steps: Optional[int] = _doc(
+        'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
+        default=None)
+    seed: int = _doc('Seed for weights, shuffling and augmentation.', default=0)
+    deterministic: bool = _doc(
+        'Make every op deterministic (tf.config.experimental.enable_op_determinism): bit-exact '
+        'reruns and resumes on the CPU, somewhat slower.', default=False)
+
+
+@dataclass
+class PaperConfig:
+    top1_error: Optional[float] = _doc('Top-1 test error (%) the paper reports.', default=None)
+    top5_error: Optional[float] = _doc('Top-5 test error (%) the paper reports.', default=None)
+    source: Optional[str] = _doc('Where that number comes from (paper, table).', default=None)
+
+
+@dataclass
+class Experiment:
+    model: str = _doc('Name of the function that builds the Keras model (required).')
+    module: Optional[str] = _doc(
+        'Module that defines `model`; may be left out for this project\'s models. Any importable '
+        'module works, e.g. a file of your own on the Python path.', default=None)
+    model_parameters: Dict[str, Any] = _doc('Keyword arguments for the model function.',
+                                            default_factory=dict)
+    dataset: DatasetConfig = _doc('Where the data comes from and how it is prepared.',
+                                  default_factory=DatasetConfig)
+    train_parameters: TrainConfig = _doc('Optimisation, schedule and logging.',
+                                         default_factory=TrainConfig)
+    paper: PaperConfig = _doc('The paper\'s reported result, for comparison in reports.',
+                              default_factory=PaperConfig)
+    skip_error_test: bool = _doc('Leave this experiment out of the smoke run before training.',
+                                 default=False)
+
+    # Set by the loader, not by the file.
+    source: str = field(default='<string>', metadata={'internal': True})
+    index: int = field(default=0, metadata={'internal': True})
+
+    @property
+    def run_name(self):
+        return self.train_parameters.run_name or self.model
+
+    @property
+    def label(self):
+        """How errors name this experiment: file, position and run name."""
+        return f"{self.source}: experiment {self.index + 1} ({self.run_name})"
+
+    @property
+    def total_steps(self):
+        tp = self.train_parameters
+        return tp.steps if tp.steps is not None else tp.lr_boundaries[-1]
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d.pop('source')
+        d.pop('index')
+        return d
+
+
+# ---------------------------------------------------------------------------
+# YAML
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-4 as a float (YAML 1.1 wants 1.0e-4)."""
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$''', re.X),
+    list('-+0123456789.'))
+
+
+def parse_yaml(text, source='<string>'):
+    try:
+        return list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f'{source}:{mark.line + 1}:{mark.column + 1}' if mark else source
+        problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+        raise ConfigError(f'{where}: YAML syntax error: {problem}') from None
+
+
+def yaml_value(text):
+    """A YAML scalar or flow value from the command line (`--set key=VALUE`)."""
+    return parse_yaml(text, '--set')[0] if text.strip() else None
+
+
+def dump_yaml(data):
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+def _fields(cls):
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get('internal')}
+
+
+def _type_name(tp):
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return ' or '.join(_type_name(a) for a in args) + ' or null'
+    if origin in (list, List):
+        return f'list of {_type_name(typing.get_args(tp)[0])}'
+    if origin in (dict, Dict):
+        return 'mapping'
+    return {int: 'integer', float: 'number', bool: 'true/false', str: 'string'}.get(tp, tp.__name__)
+
+
+def _describe(value):
+    if value is None:
+        return 'null'
+    return f'{type(value).__name__} {value!r}'
+
+
+def _convert(value, tp, key):
+    """Check `value` against the type annotation `tp`; returns the value to store."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin in (list, List):
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f'{key}: expected {_type_name(tp)}, got {_describe(value)}')
+        return [_convert(v, item, f'{key}[{i}]') for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f'{key}: expected a mapping, got {_describe(value)}')
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise ConfigError(f'{key}: expected a mapping of {tp.__name__} keys, got {_describe(value)}')
+        return _build(tp, value, key + '.')
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f'{key}: expected {_type_name(tp)}, got {_describe(value)}')
+
+
+def _unknown_key(key, prefix, known):
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    # A key that belongs in another section is the commonest slip: say where it goes.
+    elsewhere = [f'{sec}.{key}' for sec, cls in _SECTIONS.items()
+                 if key in _fields(cls) and sec + '.' != prefix]
+    if close:
+        hint = f"; did you mean '{prefix}{close[0]}'?"
+    elif elsewhere:
+        hint = f"; it belongs in '{elsewhere[0]}'"
+    else:
+        hint = f"; valid keys: {', '.join(sorted(known))}"
+    return ConfigError(f'{prefix}{key}: unknown key{hint}')
+
+
+def _build(cls, data, prefix=''):
+    known = _fields(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or key not in known:
+            raise _unknown_key(str(key), prefix, list(known))
+        kwargs[key] = _convert(value, known[key].type, prefix + key)
+    missing = [n for n, f in known.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f'{prefix}{missing[0]}: required key is missing')
+    return cls(**kwargs)
+
+
+_SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper': PaperConfig}
+
+
+def _check_values(exp):
+    """Checks of values that a type alone cannot express."""
+    tp, ds = exp.train_parameters, exp.dataset
+    values, bounds = tp.lr_values, tp.lr_boundaries
+    if len(values) != len(bounds):
+        raise ConfigError(f'train_parameters.lr_values: has {len(values)} values but lr_boundaries '
+                          f'has {len(bounds)}; give one end step per learning rate')
+    if not bounds:
+        raise ConfigError('train_parameters.lr_boundaries: needs at least one step')
+    if any(b <= a for a, b in zip([0] + bounds, bounds)):
+        raise ConfigError(f'train_parameters.lr_boundaries: must be positive and strictly '
+                          f'increasing, got {bounds}')
+    if any(v < 0 for v in values):
+        raise ConfigError(f'train_parameters.lr_values: must not be negative, got {values}')
+    for key in ('log_interval', 'val_interval', 'checkpoint_interval', 'keep_checkpoints',
+                'batch_size', 'eval_batch_size'):
+        if getattr(tp, key) < 1:
+            raise ConfigError(f'train_parameters.{key}: must be at least 1, got {getattr(tp, key)}')
+    if tp.steps is not None and tp.steps < 1:
+        raise ConfigError(f'train_parameters.steps: must be at least 1, got {tp.steps}')
+    if tp.warmup_steps < 0:
+        raise ConfigError(f'train_parameters.warmup_steps: must not be negative, got {tp.warmup_steps}')
+    if not 0 <= tp.momentum < 1:
+        raise ConfigError(f'train_parameters.momentum: must be in [0, 1), got {tp.momentum}')
+    if not 0 <= tp.label_smoothing < 1:
+        raise ConfigError(f'train_parameters.label_smoothing: must be in [0, 1), got {tp.label_smoothing}')
+    if tp.weight_decay is not None and tp.weight_decay < 0:
+        raise ConfigError(f'train_parameters.weight_decay: must not be negative, got {tp.weight_decay}')
+    if not 0 <= ds.validation_fraction < 1:
+        raise ConfigError(f'dataset.validation_fraction: must be in [0, 1), got {ds.validation_fraction}')
+    if ds.crop_padding < 0:
+        raise ConfigError(f'dataset.crop_padding: must not be negative, got {ds.crop_padding}')
+    if ds.image_size is not None and (len(ds.image_size) != 2 or min(ds.image_size) < 1):
+        raise ConfigError(f'dataset.image_size: expected [height, width], got {ds.image_size}')
+    for key in ('mean', 'std'):
+        v = getattr(ds, key)
+        if v is not None and len(v) not in (1, 3):
+            raise ConfigError(f'dataset.{key}: expected 1 or 3 values (one per channel), got {v}')
+    if ds.std is not None and min(ds.std) <= 0:
+        raise ConfigError(f'dataset.std: must be positive, got {ds.std}')
+    if not ds.image_folder and not ds.name:
+        raise ConfigError('dataset.name: give a TensorFlow Datasets name or dataset.image_folder')
+    if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', exp.run_name):
+        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' is not a usable directory "
+                          f"name (letters, digits, . _ - + = and / only)")
+
+
+def set_dotted(data, dotted, value):
+    """Apply `--set a.b.c=value` to a raw experiment mapping."""
+    keys = dotted.split('.')
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(keys[:i + 1])}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(items):
+    """['a.b=1', ...] -> [('a.b', 1), ...]."""
+    out = []
+    for item in items or []:
+        key, sep, text = item.partition('=')
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. train_parameters.batch_size=64")
+        out.append((key.strip(), yaml_value(text)))
+    return out
+
+
+def experiment_from_dict(data, source='<string>', index=0, overrides=()):
+    """Validate one raw document into an Experiment; errors name source, position and key."""
+    name = None
+    if isinstance(data, dict):
+        tp = data.get('train_parameters')
+        name = (tp or {}).get('run_name') if isinstance(tp, dict) else None
+        name = name or data.get('model')
+    label = f'{source}: experiment {index + 1}' + (f' ({name})' if name else '')
+    if not isinstance(data, dict):
+        raise ConfigError(f'{label}: expected a mapping of keys, got {_describe(data)}')
+    data = copy.deepcopy(data)
+    try:
+        for key, value in overrides:
+            set_dotted(data, key, value)
+        exp = _build(Experiment, data)
+        exp.source, exp.index = source, index
+        _check_values(exp)
+    except ConfigError as e:
+        raise ConfigError(f'{label}: {e}') from None
+    return exp
+
+
+def load_experiments(path, overrides=()):
+    """All experiments of one file, validated (schema only; see runner.registry for models)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f'{path}: cannot read: {e.strerror}') from None
+    docs = [d for d in parse_yaml(text, path) if d is not None]
+    if not docs:
+        raise ConfigError(f'{path}: no experiments in this file')
+    return [experiment_from_dict(d, path, i, overrides) for i, d in enumerate(docs)]
+
+
+def check_unique_run_names(experiments):
+    seen = {}
+    for exp in experiments:
+        key = (exp.train_parameters.logdir, exp.run_name)
+        if key in seen:
+            raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' is also "
+                              f"the run name of {seen[key].label}; run names must be unique")
+        seen[key] = exp
+
+
+def reference():
+    """The YAML reference: (section, key, type, default, meaning) for every key."""
+    rows = []
+
+    def walk(cls, prefix):
+        for name, f in _fields(cls).items():
+            if dataclasses.is_dataclass(f.type):
+                rows.append((prefix + name, 'section', '', f.metadata.get('doc', '')))
+                walk(f.type, prefix + name + '.')
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = '(required)'
+            rows.append((prefix + name, _type_name(f.type),
+                         'null' if default is None else str(default).replace("'", ''),
+                         f.metadata.get('doc', '')))
+    walk(Experiment, '')
+    return rows

@@ -1,0 +1,116 @@
+"""Finding and building the model an experiment names.
+
+`module` is optional for this project's own models: the function is looked up in
+every module of the `models` package. Any importable module works too (a file of
+the user's own on the Python path, e.g. `module: my_models`).
+"""
+import importlib
+import inspect
+import math
+import pkgutil
+
+from runner.config import ConfigError
+
+ZOO_PACKAGE = 'models'
+
+
+def zoo_functions():
+    """{name: (module_name, function)} for every public model function in the zoo."""
+    pkg = importlib.import_module(ZOO_PACKAGE)
+    found = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith('_') or info.name == 'layers':
+            continue
+        mod = importlib.import_module(f'{ZOO_PACKAGE}.{info.name}')
+        for name, fn in vars(mod).items():
+            if (inspect.isfunction(fn) and not name.startswith('_') and fn.__module__ == mod.__name__
+                    and 'num_classes' in inspect.signature(fn).parameters):
+                found[name] = (mod.__name__, fn)
+    return found
+
+
+def resolve_model_fn(exp):
+    """The model function of an experiment; ConfigError naming module/model if it cannot be found."""
+    if exp.module:
+        try:
+            mod = importlib.import_module(exp.module)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"module: cannot import '{exp.module}' ({e})") from None
+        except Exception as e:  # an error inside the user's module
+            raise ConfigError(f"module: importing '{exp.module}' failed: {type(e).__name__}: {e}") from None
+        fn = getattr(mod, exp.model, None)
+        if not callable(fn):
+            names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith('_')]
+            hint = _suggest(exp.model, names)
+            raise ConfigError(f"model: '{exp.model}' is not a function of module '{exp.module}'{hint}")
+        return fn
+    zoo = zoo_functions()
+    if exp.model not in zoo:
+        raise ConfigError(f"model: '{exp.model}' is not a model of this project{_suggest(exp.model, zoo)}; "
+                          f"set 'module' to use a model of your own")
+    return zoo[exp.model][1]
+
+
+def _suggest(name, names):
+    import difflib
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ''
+
+
+def model_kwargs(exp, fn, input_shape, num_classes):
+    """Keyword arguments for the model function: model_parameters plus what the runner supplies.
+
+    The runner passes the dataset's `input_shape` and `num_classes`, and the experiment's
+    `weight_decay`, to every function that accepts them, so one model serves any dataset.
+    """
+    params = dict(exp.model_parameters)
+    sig = inspect.signature(fn)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    supplied = {'input_shape': tuple(input_shape), 'num_classes': num_classes}
+    wd = exp.train_parameters.weight_decay
+    if wd is not None:
+        if 'weight_decay' in params:
+            raise ConfigError('model_parameters.weight_decay: also set as train_parameters.weight_decay; '
+                              'set it in one place')
+        if 'weight_decay' not in sig.parameters and not accepts_any:
+            raise ConfigError(f"train_parameters.weight_decay: model '{exp.model}' takes no "
+                              f"weight_decay argument; remove the key or add the argument")
+        supplied['weight_decay'] = wd
+    for key, value in supplied.items():
+        if key in params:
+            if key == 'weight_decay':
+                continue
+            raise ConfigError(f"model_parameters.{key}: set by the runner from the dataset; "
+                              f"use dataset.image_size or the dataset itself to change it")
+        if key in sig.parameters or accepts_any:
+            params[key] = value
+    try:
+        sig.bind(**params)
+    except TypeError as e:
+        valid = [n for n in sig.parameters if n not in supplied]
+        bad = next((k for k in params if k not in sig.parameters), None)
+        if bad is not None and not accepts_any:
+            raise ConfigError(f"model_parameters.{bad}: '{exp.model}' has no such argument"
+                              f"{_suggest(bad, valid) or '; it takes: ' + ', '.join(valid)}") from None
+        raise ConfigError(f'model_parameters: {e}') from None
+    return params
+
+
+def build_model(exp, input_shape, num_classes):
+    """Build the experiment's Keras model; a model that cannot be built is a ConfigError."""
+    fn = resolve_model_fn(exp)
+    kwargs = model_kwargs(exp, fn, input_shape, num_classes)
+    try:
+        model = fn(**kwargs)
+    except (ValueError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model_parameters: '{exp.model}' cannot be built with these "
+                          f"parameters: {msg}") from None
+    if not hasattr(model, 'trainable_weights') or not callable(model):
+        raise ConfigError(f"model: '{exp.model}' returned {type(model).__name__}, not a Keras model")
+    return model
+
+
+def count_trainable(model):
+    """Trainable parameters (batch-norm moving statistics excluded, unlike count_params())."""
+    return int(sum(math.prod(v.shape) for v in model.trainable_weights))

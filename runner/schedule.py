@@ -1,0 +1,50 @@
+"""Learning-rate schedules.
+
+The seed runner's rule: `lr_values[i]` holds for steps [lr_boundaries[i-1], lr_boundaries[i]),
+the first piece starting at step 0, and the last boundary is the end of training. The
+default, [0.01, 0.1, 0.01, 0.001] ending at [400, 32000, 48000, 64000], is He et al.'s
+CIFAR ResNet schedule (2015, section 4.2) with their 400-step warm-up at 0.01.
+Keras' PiecewiseConstantDecay does the stepping; an optional linear warm-up
+(Goyal et al. 2017, arXiv:1706.02677) scales it over the first `warmup_steps`.
+"""
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable('convnet_runner')
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Scale `schedule` by (step + 1) / warmup_steps until warmup_steps, then follow it."""
+
+    def __init__(self, schedule, warmup_steps):
+        self.schedule = schedule
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        rate = self.schedule(step)
+        if not self.warmup_steps:
+            return rate
+        step = tf.cast(step, tf.float32)
+        scale = tf.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+        return rate * tf.cast(scale, rate.dtype)
+
+    def get_config(self):
+        return {'schedule': keras.optimizers.schedules.serialize(self.schedule),
+                'warmup_steps': self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config['schedule']), config['warmup_steps'])
+
+
+def piecewise_lr(lr_values, lr_boundaries, warmup_steps=0):
+    """The seed's piecewise-constant schedule (boundaries in steps) with optional warm-up."""
+    if len(lr_values) != len(lr_boundaries):
+        raise ValueError('lr_values and lr_boundaries must have the same length')
+    # PiecewiseConstantDecay keeps values[i] while step <= boundaries[i]; the seed's pieces
+    # are half-open [start, end), so each Keras boundary is the last step of its piece.
+    inner = keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries=[int(b) - 1 for b in lr_boundaries[:-1]], values=[float(v) for v in lr_values])
+    if len(lr_values) == 1:
+        value = float(lr_values[0])
+        inner = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries=[0], values=[value, value])
+    return LinearWarmup(inner, int(warmup_steps))

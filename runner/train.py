@@ -1,0 +1,385 @@
+"""The training loop: one experiment, from data to a finished run directory.
+
+A custom tf.function step (GradientTape, cross-entropy plus the model's
+regularisation losses, SGD with momentum under a piecewise-constant schedule) run
+under a tf.distribute strategy, evaluated every `val_interval` steps, checkpointed
+with tf.train.CheckpointManager, logged to TensorBoard. Resuming is the default:
+a run directory with a checkpoint continues from it.
+"""
+import os
+import signal
+import statistics
+import sys
+import time
+import traceback
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from runner import data as data_lib
+from runner import rundir
+from runner.config import dump_yaml
+from runner.registry import build_model, count_trainable
+from runner.schedule import piecewise_lr
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step boundary;
+    a second SIGINT exits at once."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, no graceful stop
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            print('\nsecond interrupt: exiting now', file=sys.stderr, flush=True)
+            os._exit(130)
+        self.signal = signum
+        print(f'\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step '
+              f'(Ctrl-C again to exit at once)', file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def __bool__(self):
+        return self.signal is not None
+
+
+def _step_value(variable):
+    """The integer value of a step counter, also when it is a distributed variable."""
+    value = variable.value if hasattr(variable, 'value') else variable
+    return int(tf.convert_to_tensor(value).numpy())
+
+
+class Progress:
+    """tqdm bar on a terminal, a line per log interval elsewhere (CI logs, nohup)."""
+
+    def __init__(self, name, total, initial, quiet):
+        self.name, self.total, self.quiet = name, total, quiet
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=name, unit='step', dynamic_ncols=True)
+
+    def step(self, n=1):
+        if self.bar:
+            self.bar.update(n)
+
+    def log(self, step, text, postfix=None):
+        if self.bar:
+            if postfix:
+                self.bar.set_postfix_str(postfix)
+            else:
+                self.bar.write(f'{self.name} step {step}: {text}')
+        elif not self.quiet:
+            print(f'{self.name} step {step}/{self.total}: {text}', flush=True)
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+
+
+def make_strategy():
+    return tf.distribute.get_strategy()
+
+
+class Trainer:
+    """Holds the model, optimizer, step functions and checkpoints of one run."""
+
+    def __init__(self, exp, data, strategy):
+        tp = exp.train_parameters
+        self.exp, self.data, self.strategy = exp, data, strategy
+        self.global_batch = tp.batch_size
+        with strategy.scope():
+            self.model = build_model(exp, data.info.image_shape, data.info.num_classes)
+            self.schedule = piecewise_lr(tp.lr_values, tp.lr_boundaries, tp.warmup_steps)
+            self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=tp.momentum,
+                                                  nesterov=tp.nesterov)
+            # Create the slots now: a checkpoint restores into existing variables.
+            self.optimizer.build(self.model.trainable_variables)
+            self.best_error = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name='best_error')
+            self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='best_step')
+            self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='first_nonfinite_step')
+        self.params = count_trainable(self.model)
+        # Training sums since the last log; reset after every log.
+        self.sums = {k: tf.Variable(0.0, trainable=False, name=k)
+                     for k in ('loss', 'reg_loss', 'errors', 'examples')}
+        self.loss_fn = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=tp.label_smoothing, reduction=None)
+
+        train_ds = data_lib.train_dataset(data.train, tp.batch_size, tp.seed, data.mean, data.std,
+                                          exp.dataset.flip, exp.dataset.crop_padding)
+        self.iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              data=self.iterator, best_error=self.best_error,
+                                              best_step=self.best_step)
+        self.train_step = tf.function(self._train_step)
+        self.eval_step = tf.function(self._eval_step)
+
+    @property
+    def step(self):
+        return _step_value(self.optimizer.iterations)
+
+    # -- one training step ----------------------------------------------------
+    def _replica_step(self, images, labels):
+        num_classes = self.data.info.num_classes
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = self.loss_fn(tf.one_hot(labels, num_classes), logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            reg = (tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
+                   if self.model.losses else tf.constant(0.0))
+            total = loss + reg
+        grads = tape.gradient(total, self.model.trainable_variables)
+        finite = tf.math.logical_and(tf.math.is_finite(total),
+                                     tf.math.is_finite(tf.linalg.global_norm(grads)))
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        errors = tf.reduce_sum(tf.cast(tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                                    tf.cast(labels, tf.int32)), tf.float32))
+        n = tf.cast(tf.shape(labels)[0], tf.float32)
+        return loss, reg, errors, n, tf.cast(tf.logical_not(finite), tf.float32)
+
+    def _train_step(self, iterator):
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        images, labels = next(iterator)
+        out = self.strategy.run(self._replica_step, args=(images, labels))
+        loss, reg, errors, n, bad = [self.strategy.reduce('SUM', v, axis=None) for v in out]
+        num_replicas = self.strategy.num_replicas_in_sync
+        self.sums['loss'].assign_add(loss)
+        self.sums['reg_loss'].assign_add(reg / num_replicas)  # each replica adds 1/n of it
+        self.sums['errors'].assign_add(errors)
+        self.sums['examples'].assign_add(n)
+        if bad > 0 and self.bad_step < 0:
+            self.bad_step.assign(step)
+
+    def read_train_metrics(self, steps):
+        s = {k: float(v.numpy()) for k, v in self.sums.items()}
+        for v in self.sums.values():
+            v.assign(0.0)
+        steps = max(steps, 1)
+        return {'loss': s['loss'] / steps, 'reg_loss': s['reg_loss'] / steps,
+                'error': s['errors'] / max(s['examples'], 1.0)}
+
+    # -- evaluation -------------------------------------------------------------
+    def _replica_eval(self, images, labels):
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        k = min(5, self.data.info.num_classes)
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32))
+        return loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    def _eval_step(self, images, labels):
+        out = self.strategy.run(self._replica_eval, args=(images, labels))
+        return [self.strategy.reduce('SUM', v, axis=None) for v in out]
+
+    def evaluate(self, split, max_batches=None):
+        ds = data_lib.eval_dataset(split, self.exp.train_parameters.eval_batch_size,
+                                   self.data.mean, self.data.std)
+        if max_batches:
+            ds = ds.take(max_batches)
+        totals = np.zeros(4)
+        for images, labels in self.strategy.experimental_distribute_dataset(ds):
+            totals += [float(v) for v in self.eval_step(images, labels)]
+        loss, top1, top5, n = totals
+        return {'loss': loss / n, 'top1_error': 1 - top1 / n, 'top5_error': 1 - top5 / n,
+                'top1_accuracy': top1 / n, 'top5_accuracy': top5 / n, 'examples': int(n)}
+
+
+def checkpoint_bytes(params):
+    # weights + momentum, float32, twice over while the next one is written, plus room
+    return params * 4 * 2 * 2 + 64 * 2**20
+
+
+def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
+    """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
+    tp = exp.train_parameters
+    run_dir = os.path.join(tp.logdir, exp.run_name)
+    previous = rundir.read_summary(run_dir) or {}
+    keras.utils.set_random_seed(tp.seed)
+    if tp.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    data = data or data_lib.load(exp.dataset)
+    strategy = make_strategy()
+    trainer = Trainer(exp, data, strategy)
+    total = exp.total_steps
+
+    os.makedirs(run_dir, exist_ok=True)
+    manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(run_dir, 'checkpoints'),
+                                         max_to_keep=tp.keep_checkpoints)
+    best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
+                                              os.path.join(run_dir, 'best'), max_to_keep=1)
+    resumed_from = None
+    if manager.latest_checkpoint:
+        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        resumed_from = trainer.step
+        rundir.truncate_history(run_dir, resumed_from)
+    else:
+        rundir.truncate_history(run_dir, 0)
+
+    resolved = exp.to_dict()
+    resolved['dataset']['mean'], resolved['dataset']['std'] = data.mean, data.std
+    resolved['train_parameters']['run_name'] = exp.run_name
+    rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), dump_yaml(resolved))
+
+    eval_split_name = 'validation' if exp.dataset.validation_fraction else 'test'
+    summary = {
+        'run_name': exp.run_name, 'model': exp.model, 'module': exp.module,
+        'params': trainer.params, 'dataset': data.info.description,
+        'steps': trainer.step, 'total_steps': total, 'status': 'running',
+        'eval_split': eval_split_name, 'test_split': exp.dataset.test_split,
+        'selection_split': eval_split_name,
+        'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
+        'wall_seconds': previous.get('wall_seconds', 0.0) if resumed_from is not None else 0.0,
+        'train_images_per_second': None,
+    }
+    for key in ('test_top1_accuracy', 'test_top5_accuracy', 'best_test_top1_accuracy',
+                'val_top1_accuracy', 'best_val_top1_accuracy', 'best_step'):
+        if resumed_from is not None and key in previous:
+            summary[key] = previous[key]
+
+    writer = tf.summary.create_file_writer(run_dir)
+    progress = Progress(exp.run_name, total, trainer.step, quiet)
+    if resumed_from is not None and not quiet:
+        progress.log(resumed_from, f'resuming from {manager.latest_checkpoint}')
+
+    start_wall = time.time()
+    base_wall = summary['wall_seconds']
+    # Throughput of every logged interval so far (history before a resume included).
+    rates = [r['images_per_second'] for r in rundir.read_metrics(run_dir) if r.get('kind') == 'train']
+    stop = stop if stop is not None else StopRequest()
+
+    def save_summary(status=None):
+        summary['steps'] = trainer.step
+        summary['wall_seconds'] = round(base_wall + time.time() - start_wall, 1)
+        if rates:
+            # The first interval includes tracing the step function; leave it out.
+            summary['train_images_per_second'] = round(statistics.median(rates[1:] or rates), 1)
+        if status:
+            summary['status'] = status
+        rundir.write_summary(run_dir, summary)
+
+    def do_eval(step):
+        split = data.eval
+        m = trainer.evaluate(split, max_eval_batches)
+        prefix = 'val' if eval_split_name == 'validation' else 'test'
+        with writer.as_default(step=step):
+            for k in ('loss', 'top1_error', 'top5_error'):
+                tf.summary.scalar(f'{prefix}/{k}', m[k])
+        rundir.append_metrics(run_dir, {'step': step, 'kind': prefix, **m})
+        summary[f'{prefix}_top1_accuracy'] = round(m['top1_accuracy'], 6)
+        if prefix == 'test':
+            summary['test_top5_accuracy'] = round(m['top5_accuracy'], 6)
+        if m['top1_error'] < float(trainer.best_error.numpy()):
+            trainer.best_error.assign(m['top1_error'])
+            trainer.best_step.assign(step)
+            best_manager.save(checkpoint_number=step)
+        summary[f'best_{prefix}_top1_accuracy'] = round(1 - float(trainer.best_error.numpy()), 6)
+        summary['best_step'] = int(trainer.best_step.numpy())
+        progress.log(step, f'{prefix} top-1 error {m["top1_error"]:.2%}, top-5 {m["top5_error"]:.2%}, '
+                           f'loss {m["loss"]:.4f}')
+        return m
+
+    def diverged_message(step):
+        last = manager.latest_checkpoint or 'none'
+        return f'loss or gradient became NaN/inf at step {step}; last good checkpoint: {last}'
+
+    with stop, writer.as_default():
+        last_log_step, last_log_time, overhead = trainer.step, time.time(), 0.0
+        status = None
+        while trainer.step < total:
+            trainer.train_step(trainer.iterator)
+            step = trainer.step
+            progress.step()
+            log_now = step % tp.log_interval == 0 or step == total
+            eval_now = step % tp.val_interval == 0 or step == total
+            ckpt_now = step % tp.checkpoint_interval == 0 or eval_now
+            if log_now or ckpt_now or step % 10 == 0 or stop:
+                bad = int(trainer.bad_step.numpy())
+                if bad >= 0:
+                    summary['error'] = diverged_message(bad + 1)
+                    status = 'diverged'
+                    break
+            if log_now:
+                steps = step - last_log_step
+                m = trainer.read_train_metrics(steps)
+                # Images per second of training alone: evaluation and checkpoint time left out.
+                rate = steps * tp.batch_size / max(time.time() - last_log_time - overhead, 1e-9)
+                rates.append(rate)
+                lr = float(trainer.schedule(step - 1))
+                tf.summary.scalar('train/loss', m['loss'], step=step)
+                tf.summary.scalar('train/error', m['error'], step=step)
+                tf.summary.scalar('train/reg_loss', m['reg_loss'], step=step)
+                tf.summary.scalar('train/learning_rate', lr, step=step)
+                tf.summary.scalar('train/images_per_second', rate, step=step)
+                rundir.append_metrics(run_dir, {'step': step, 'kind': 'train', 'lr': lr,
+                                                'images_per_second': rate, **m})
+                progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} lr {lr:g} '
+                                   f'{rate:.0f} img/s',
+                             postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate:.0f} img/s')
+                last_log_step, last_log_time, overhead = step, time.time(), 0.0
+            side_start = time.time()
+            if eval_now:
+                writer.flush()
+                do_eval(step)
+            if ckpt_now or stop:
+                manager.save(checkpoint_number=step)
+                save_summary()
+            overhead += time.time() - side_start
+            if stop:
+                status = 'interrupted'
+                break
+        progress.close()
+        writer.flush()
+
+    if status is None:
+        status = 'finished'
+        final = trainer.evaluate(data.test, max_eval_batches)
+        summary['test_top1_accuracy'] = round(final['top1_accuracy'], 6)
+        summary['test_top5_accuracy'] = round(final['top5_accuracy'], 6)
+        summary['test_loss'] = round(final['loss'], 6)
+        if eval_split_name == 'validation':
+            # The number to report: test accuracy of the weights chosen on validation.
+            last_weights = [v.numpy() for v in trainer.model.weights]
+            if best_manager.latest_checkpoint:
+                tf.train.Checkpoint(model=trainer.model).restore(best_manager.latest_checkpoint)
+                best = trainer.evaluate(data.test, max_eval_batches)
+                summary['best_test_top1_accuracy'] = round(best['top1_accuracy'], 6)
+                for v, w in zip(trainer.model.weights, last_weights):
+                    v.assign(w)
+        else:
+            summary['best_test_top1_accuracy'] = max(summary.get('best_test_top1_accuracy', 0.0),
+                                                     summary['test_top1_accuracy'])
+        trainer.model.save_weights(os.path.join(run_dir, rundir.FINAL_WEIGHTS))
+        summary['weights'] = rundir.FINAL_WEIGHTS
+        summary.pop('error', None)
+    if stop and status == 'interrupted':
+        summary['error'] = f'stopped by {signal.Signals(stop.signal).name} at step {trainer.step}'
+    summary['last_checkpoint'] = manager.latest_checkpoint
+    save_summary(status)
+    return summary
+
+
+def record_failure(exp, error):
+    """Mark a run `failed` with the error, keeping the traceback in error.log."""
+    run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, 'error.log'), 'w') as f:
+        f.write(''.join(traceback.format_exception(error)))
+    summary = rundir.read_summary(run_dir) or {'run_name': exp.run_name, 'model': exp.model}
+    summary['status'] = 'failed'
+    summary['error'] = f'{type(error).__name__}: {error}'.splitlines()[0]
+    rundir.write_summary(run_dir, summary)
+    return summary
