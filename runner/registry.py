@@ -8,6 +8,7 @@ import importlib
 import inspect
 import math
 import pkgutil
+import traceback
 
 from runner.config import ConfigError
 
@@ -49,6 +50,11 @@ def resolve_model_fn(exp):
         raise ConfigError(f"model: '{exp.model}' is not a model of this project{_suggest(exp.model, zoo)}; "
                           f"set 'module' to use a model of your own")
     return zoo[exp.model][1]
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _suggest(name, names):
@@ -103,9 +109,12 @@ def build_model(exp, input_shape, num_classes):
     try:
         model = fn(**kwargs)
     except (ValueError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model_parameters: '{exp.model}' cannot be built with these "
-                          f"parameters: {msg}") from None
+                          f"parameters: {_first_line(e)}") from None
+    except Exception as e:  # a bug in a model function: say where, in one line
+        tb = traceback.extract_tb(e.__traceback__)[-1]
+        raise ConfigError(f"model: building '{exp.model}' raised {type(e).__name__}: {_first_line(e)} "
+                          f"({tb.filename}:{tb.lineno})") from None
     if not hasattr(model, 'trainable_weights') or not callable(model):
         raise ConfigError(f"model: '{exp.model}' returned {type(model).__name__}, not a Keras model")
     return model

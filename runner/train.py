@@ -121,8 +121,12 @@ class Trainer:
         train_ds = data_lib.train_dataset(data.train, tp.batch_size, tp.seed, data.mean, data.std,
                                           exp.dataset.flip, exp.dataset.crop_padding)
         self.iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+        # Keras does not put the dropout seed generators' states in the model's checkpoint
+        # graph; without them a resumed run draws other dropout masks.
+        rng_states = [v for v in self.model.variables if v.path.endswith('seed_generator_state')]
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              data=self.iterator, best_error=self.best_error,
+                                              data=self.iterator, rng_states=rng_states,
+                                              metric_sums=self.sums, best_error=self.best_error,
                                               best_step=self.best_step)
         self.train_step = tf.function(self._train_step)
         self.eval_step = tf.function(self._eval_step)

@@ -1,0 +1,64 @@
+"""Shared fixtures: the repository on sys.path, small data sets, the offline CIFAR-10 copy."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
+CIFAR_JPEG = os.path.join(SHARED, 'datasets', 'cifar10-jpeg')
+for p in (ROOT, TESTS):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def subprocess_env(**extra):
+    """Environment for running the runner in a child process: repo and tests importable."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([ROOT, TESTS, env.get('PYTHONPATH', '')])
+    env.update(extra)
+    return env
+
+
+def make_image_folder(root, splits=(('train', 40), ('test', 10)), classes=4, size=32, fmt='png'):
+    """A tiny image-folder data set whose classes differ by colour, so it is learnable."""
+    import numpy as np
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    for split, per_class in splits:
+        for c in range(classes):
+            d = os.path.join(root, split, f'class{c}')
+            os.makedirs(d, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8)
+                img[..., c % 3] += np.uint8(100 + 40 * (c // 3))
+                data = (tf.io.encode_png(img) if fmt == 'png' else tf.io.encode_jpeg(img)).numpy()
+                with open(os.path.join(d, f'{i:04d}.{fmt}'), 'wb') as f:
+                    f.write(data)
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def image_folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('imgs'))
+
+
+@pytest.fixture(scope='session')
+def cifar10_tfds_dir():
+    """A TFDS data_dir holding the offline CIFAR-10 copy made from ../shared.
+
+    CI builds it once and passes CONVNET_TFDS_DIR; otherwise it is built here (about a
+    minute) into .cache/ of the repository. Skipped only where ../shared is absent.
+    """
+    data_dir = os.environ.get('CONVNET_TFDS_DIR') or os.path.join(ROOT, '.cache', 'tfds')
+    if os.path.exists(os.path.join(data_dir, 'cifar10', '3.0.2', 'dataset_info.json')):
+        return data_dir
+    tool = os.path.join(SHARED, 'tools', 'make_tfds_cifar10.py')
+    if not os.path.exists(tool):
+        pytest.skip(f'no offline CIFAR-10: {tool} is absent')
+    subprocess.run([sys.executable, tool, data_dir], check=True, env=subprocess_env(),
+                   stdout=subprocess.DEVNULL)
+    return data_dir

@@ -1,0 +1,208 @@
+"""Experiment files: every validation error is one line naming file, experiment and key,
+exit status 2, no traceback and no run directory."""
+import os
+import textwrap
+
+import pytest
+
+from runner import cli
+from runner.config import (ConfigError, Experiment, experiment_from_dict, load_experiments,
+                           parse_overrides, reference)
+
+GOOD = """
+module: tiny_models
+model: tiny_cnn
+dataset: {image_folder: IMAGES}
+train_parameters:
+  logdir: LOGDIR
+  run_name: good
+  lr_values: [0.1, 0.01]
+  lr_boundaries: [10, 20]
+"""
+
+
+def write(tmp_path, text, image_folder='/nonexistent', name='exp.yaml'):
+    path = tmp_path / name
+    logdir = tmp_path / 'logs'
+    path.write_text(textwrap.dedent(text).replace('IMAGES', str(image_folder))
+                    .replace('LOGDIR', str(logdir)))
+    return str(path), logdir
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_config_error(capsys, tmp_path, text, *needles, image_folder=None, extra=()):
+    path, logdir = write(tmp_path, text, image_folder or '/nonexistent')
+    code, out, err = run_cli(capsys, path, '--no-smoke', *extra)
+    assert code == 2, (out, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert 'Traceback' not in err
+    assert lines[0].startswith(f'error: {path}'), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert not logdir.exists(), 'nothing may be written for a bad file'
+    return lines[0]
+
+
+@pytest.mark.parametrize('text, needles', [
+    # unknown key, with the closest valid key suggested
+    (GOOD.replace('lr_values', 'lr_valus', 1), ["train_parameters.lr_valus", "did you mean 'train_parameters.lr_values'"]),
+    (GOOD + 'skip_error_tset: true\n', ["skip_error_tset", "did you mean 'skip_error_test'"]),
+    # a key in the wrong section says where it belongs
+    (GOOD + 'batch_size: 64\n', ["batch_size", "train_parameters.batch_size"]),
+    # wrong types
+    (GOOD.replace('run_name: good', 'run_name: good\n  batch_size: big'), ['train_parameters.batch_size', 'expected integer', "'big'"]),
+    (GOOD.replace('run_name: good', 'run_name: good\n  nesterov: 1'), ['train_parameters.nesterov', 'expected true/false']),
+    (GOOD.replace('[0.1, 0.01]', '0.1'), ['train_parameters.lr_values', 'expected list of number']),
+    (GOOD.replace('dataset: {image_folder: IMAGES}', 'dataset: cifar10'), ['dataset', 'expected a mapping']),
+    # schedules
+    (GOOD.replace('[10, 20]', '[10, 20, 30]'), ['lr_values', 'has 2 values but lr_boundaries has 3']),
+    (GOOD.replace('[10, 20]', '[20, 10]'), ['lr_boundaries', 'strictly increasing']),
+    (GOOD.replace('run_name: good', 'run_name: good\n  batch_size: 0'), ['train_parameters.batch_size', 'at least 1']),
+    (GOOD.replace('dataset: {image_folder: IMAGES}', 'dataset: {image_folder: IMAGES, validation_fraction: 1.5}'),
+     ['dataset.validation_fraction', 'in [0, 1)']),
+    # required key
+    (GOOD.replace('model: tiny_cnn\n', ''), ['model', 'required']),
+])
+def test_schema_errors(capsys, tmp_path, image_folder, text, needles):
+    assert_config_error(capsys, tmp_path, text, *needles, image_folder=image_folder)
+
+
+def test_module_that_cannot_be_imported(capsys, tmp_path, image_folder):
+    assert_config_error(capsys, tmp_path, GOOD.replace('tiny_models', 'no_such_module'),
+                        'experiment 1 (good)', "module: cannot import 'no_such_module'",
+                        image_folder=image_folder)
+
+
+def test_function_not_in_module(capsys, tmp_path, image_folder):
+    assert_config_error(capsys, tmp_path, GOOD.replace('model: tiny_cnn', 'model: tiny_cn'),
+                        "model: 'tiny_cn' is not a function", "did you mean 'tiny_cnn'",
+                        image_folder=image_folder)
+
+
+def test_zoo_model_name_typo(capsys, tmp_path, image_folder):
+    text = GOOD.replace('module: tiny_models\n', '').replace('model: tiny_cnn', 'model: cifar_resnt20')
+    assert_config_error(capsys, tmp_path, text, "'cifar_resnt20' is not a model of this project",
+                        "did you mean 'cifar_resnet20'", image_folder=image_folder)
+
+
+def test_unknown_model_parameter(capsys, tmp_path, image_folder):
+    text = GOOD.replace('dataset:', 'model_parameters: {widht: 4}\ndataset:')
+    assert_config_error(capsys, tmp_path, text, 'model_parameters.widht', "did you mean 'width'",
+                        image_folder=image_folder)
+
+
+def test_model_that_cannot_be_built(capsys, tmp_path, image_folder):
+    text = GOOD.replace('dataset:', 'model_parameters: {width: -3}\ndataset:')
+    assert_config_error(capsys, tmp_path, text, 'model_parameters', "'tiny_cnn' cannot be built",
+                        image_folder=image_folder)
+
+
+def test_bug_in_a_model_function_is_one_line_with_its_place(capsys, tmp_path, image_folder):
+    text = GOOD.replace('model: tiny_cnn', 'model: broken_cnn')
+    assert_config_error(capsys, tmp_path, text, "building 'broken_cnn' raised ZeroDivisionError: a bug "
+                        "in the model", 'tiny_models.py:', image_folder=image_folder)
+
+
+def test_weight_decay_for_model_without_the_argument(capsys, tmp_path, image_folder):
+    text = GOOD.replace('model: tiny_cnn', 'model: no_decay_cnn').replace(
+        'run_name: good', 'run_name: good\n  weight_decay: 0.0005')
+    assert_config_error(capsys, tmp_path, text, 'train_parameters.weight_decay', 'takes no weight_decay',
+                        image_folder=image_folder)
+
+
+def test_duplicate_run_names(capsys, tmp_path, image_folder):
+    line = assert_config_error(capsys, tmp_path, GOOD + '---\n' + GOOD, 'experiment 2 (good)',
+                               "run_name: 'good' is also the run name of", image_folder=image_folder)
+    assert 'experiment 1' in line
+
+
+def test_unknown_tfds_dataset(capsys, tmp_path):
+    text = GOOD.replace('dataset: {image_folder: IMAGES}', 'dataset: {name: cifar1O}')
+    assert_config_error(capsys, tmp_path, text, "dataset.name: 'cifar1O' is not a TensorFlow Datasets name")
+
+
+def test_missing_image_folder(capsys, tmp_path):
+    assert_config_error(capsys, tmp_path, GOOD, "dataset.image_folder: '/nonexistent' is not a directory")
+
+
+def test_dataset_not_prepared_offline(capsys, tmp_path):
+    text = GOOD.replace('dataset: {image_folder: IMAGES}', f'dataset: {{name: cifar10, data_dir: {tmp_path}/empty}}')
+    line = assert_config_error(capsys, tmp_path, text, "'cifar10' is not prepared", 'dataset.data_dir',
+                               'TFDS_DATA_DIR', 'image_folder')
+    assert f'{tmp_path}/empty' in line
+
+
+def test_yaml_syntax_error_names_the_line(capsys, tmp_path):
+    path, _ = write(tmp_path, 'model: tiny_cnn\ntrain_parameters:\n  batch_size: [1, 2\n  run_name: x\n')
+    code, out, err = run_cli(capsys, path)
+    assert code == 2 and 'Traceback' not in err
+    assert err.startswith(f'error: {path}:4:') and 'YAML syntax error' in err, err
+
+
+def test_error_in_a_later_experiment_stops_everything(capsys, tmp_path, image_folder):
+    second = GOOD.replace('run_name: good', 'run_name: second\n  momentum: 2.0')
+    line = assert_config_error(capsys, tmp_path, GOOD + '---\n' + second, 'experiment 2 (second)',
+                               'train_parameters.momentum', image_folder=image_folder)
+    assert 'in [0, 1)' in line
+
+
+def test_set_override_is_validated(capsys, tmp_path, image_folder):
+    line = assert_config_error(capsys, tmp_path, GOOD, 'train_parameters.batch_sise',
+                               "did you mean 'train_parameters.batch_size'", image_folder=image_folder,
+                               extra=('--set', 'train_parameters.batch_sise=64'))
+    assert line
+
+
+def test_set_override_and_scientific_notation(tmp_path):
+    path, _ = write(tmp_path, GOOD.replace('run_name: good', 'run_name: good\n  weight_decay: 5e-4'))
+    (exp,) = load_experiments(path, parse_overrides(['train_parameters.batch_size=64',
+                                                     'dataset.data_dir=/data', 'dataset.mean=[0.5, 0.5, 0.5]']))
+    assert exp.train_parameters.weight_decay == pytest.approx(5e-4)
+    assert exp.train_parameters.batch_size == 64
+    assert exp.dataset.data_dir == '/data' and exp.dataset.mean == [0.5, 0.5, 0.5]
+    with pytest.raises(ConfigError, match='expected KEY=VALUE'):
+        parse_overrides(['train_parameters.batch_size'])
+
+
+def test_only_with_unknown_name(capsys, tmp_path, image_folder):
+    path, _ = write(tmp_path, GOOD, image_folder)
+    code, out, err = run_cli(capsys, path, '--only', 'godo', '--list')
+    assert code == 2 and "--only: no experiment is named 'godo'; did you mean 'good'?" in err
+
+
+def test_defaults_reproduce_the_seed_schedule():
+    exp = experiment_from_dict({'model': 'cifar_resnet20'})
+    tp = exp.train_parameters
+    assert (tp.lr_values, tp.lr_boundaries) == ([0.01, 0.1, 0.01, 0.001], [400, 32000, 48000, 64000])
+    assert (tp.momentum, tp.nesterov, tp.batch_size) == (0.9, False, 128)
+    assert exp.dataset.name == 'cifar10' and exp.total_steps == 64000
+    assert exp.run_name == 'cifar_resnet20'
+    assert experiment_from_dict({'model': 'm', 'train_parameters': {'steps': 5}}).total_steps == 5
+
+
+def test_reference_covers_every_key():
+    keys = {row[0] for row in reference()}
+    assert {'model', 'module', 'dataset.validation_fraction', 'train_parameters.lr_boundaries',
+            'paper.top1_error', 'skip_error_test'} <= keys
+    for key, type_name, default, doc in reference():
+        assert doc, f'{key} has no documentation'
+
+
+def test_list_prints_every_experiment(capsys, tmp_path, image_folder):
+    second = GOOD.replace('run_name: good', 'run_name: wide').replace('dataset:', 'model_parameters: {width: 16}\ndataset:')
+    path, logdir = write(tmp_path, GOOD + '---\n' + second, image_folder)
+    code, out, err = run_cli(capsys, path, '--list')
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ['run', 'model', 'params', 'dataset', 'steps']
+    good, wide = lines[1].split(), lines[2].split()
+    assert good[0] == 'good' and good[1] == 'tiny_cnn' and good[-1] == '20'
+    assert wide[0] == 'wide'
+    assert '(32x32x3, 4 classes)' in lines[1]
+    assert not logdir.exists()

@@ -1,0 +1,158 @@
+"""Input pipelines: shapes, dtypes, augmentation bounds, determinism, the TFDS and image-folder paths."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import CIFAR_JPEG, make_image_folder
+from runner import data as data_lib
+from runner.config import DatasetConfig
+
+
+def split(n=64, size=8, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return data_lib.Split('train', rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                          (np.arange(n) % classes).astype(np.int32))
+
+
+def test_augmentation_is_a_flip_and_a_shifted_window_of_the_padded_image():
+    images = tf.constant(np.random.default_rng(1).normal(size=(16, 8, 8, 3)), tf.float32)
+    out = data_lib.augment_batch(images, tf.constant([3, 7], tf.int64), flip=True, crop_padding=2).numpy()
+    assert out.shape == images.shape
+    padded = np.pad(images.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)])
+    seen_flip, seen_shift = set(), set()
+    for i in range(16):
+        matches = [(f, dy, dx) for f in (False, True) for dy in range(5) for dx in range(5)
+                   if np.array_equal(out[i], (padded[i, :, ::-1] if f else padded[i])[dy:dy + 8, dx:dx + 8])]
+        assert matches, f'image {i} is not a flipped/shifted window of its padded original'
+        seen_flip.add(matches[0][0])
+        seen_shift.add(matches[0][1:])
+    assert seen_flip == {False, True} and len(seen_shift) > 3  # both flips and several shifts occur
+
+
+def test_augmentation_off_is_the_identity():
+    images = tf.random.normal((4, 8, 8, 3))
+    out = data_lib.augment_batch(images, tf.constant([0, 0], tf.int64), flip=False, crop_padding=0)
+    np.testing.assert_array_equal(out.numpy(), images.numpy())
+
+
+def test_train_dataset_shapes_dtypes_and_epochs():
+    s = split(n=64)
+    ds = data_lib.train_dataset(s, 16, seed=1, mean=[0.5], std=[0.25], flip=False, crop_padding=0)
+    batches = list(ds.take(8).as_numpy_iterator())  # two epochs of 4 batches
+    x, y = batches[0]
+    assert x.shape == (16, 8, 8, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    assert x.min() >= (0 - 0.5) / 0.25 - 1e-6 and x.max() <= (1 - 0.5) / 0.25 + 1e-6
+    # without augmentation each epoch is a permutation of the split
+    for epoch in (batches[:4], batches[4:]):
+        labels = np.concatenate([b[1] for b in epoch])
+        assert sorted(labels.tolist()) == sorted(s.labels.tolist())
+    first, second = np.concatenate([b[1] for b in batches[:4]]), np.concatenate([b[1] for b in batches[4:]])
+    imgs1 = np.concatenate([b[0] for b in batches[:4]])
+    imgs2 = np.concatenate([b[0] for b in batches[4:]])
+    assert not np.array_equal(imgs1, imgs2), 'each epoch is shuffled anew'
+
+
+def test_train_dataset_is_reproducible_from_its_seed():
+    s = split()
+    take = lambda seed: [b[0] for b in data_lib.train_dataset(s, 16, seed, [0.5], [0.25]).take(3).as_numpy_iterator()]
+    a, b, c = take(5), take(5), take(6)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_batch_larger_than_the_data_is_a_clear_error():
+    with pytest.raises(data_lib.DataUnavailable, match='larger than the 64 training images'):
+        data_lib.train_dataset(split(n=64), 128, 0, [0.5], [0.25])
+
+
+def test_eval_dataset_is_everything_once_in_order_unaugmented():
+    s = split(n=50)
+    batches = list(data_lib.eval_dataset(s, 16, [0.0], [1.0]).as_numpy_iterator())
+    assert [len(b[1]) for b in batches] == [16, 16, 16, 2]
+    x = np.concatenate([b[0] for b in batches])
+    np.testing.assert_allclose(x, s.images / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), s.labels)
+
+
+def test_channel_stats_on_known_images():
+    images = np.zeros((10, 4, 4, 3), np.uint8)
+    images[:5, ..., 0] = 255  # channel 0: half 1.0, half 0.0 -> mean 0.5, std 0.5
+    images[..., 1] = 51       # channel 1: constant 0.2
+    mean, std = data_lib.channel_stats(images)
+    assert mean == pytest.approx([0.5, 0.2, 0.0], abs=1e-6)
+    assert std[0] == pytest.approx(0.5, abs=1e-6) and std[1] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_validation_hold_out_is_disjoint_fixed_and_sized():
+    s = split(n=100)
+    s.images[:, 0, 0, 0] = np.arange(100)  # tag each image
+    train, val = data_lib.hold_out(s, 0.2)
+    assert len(val.labels) == 20 and len(train.labels) == 80 and val.name == 'validation'
+    tags_t, tags_v = set(train.images[:, 0, 0, 0]), set(val.images[:, 0, 0, 0])
+    assert not tags_t & tags_v and len(tags_t | tags_v) == 100
+    again = data_lib.hold_out(s, 0.2)[1]
+    np.testing.assert_array_equal(again.images, val.images)
+
+
+def test_tfds_path_with_mock_data():
+    import tensorflow_datasets as tfds
+    cfg = DatasetConfig(name='cifar10', download=True)
+    with tfds.testing.mock_data(num_examples=40):
+        data = data_lib.load(cfg)
+    assert data.info.image_shape == (32, 32, 3) and data.info.num_classes == 10
+    assert data.train.images.shape == (40, 32, 32, 3) and data.train.images.dtype == np.uint8
+    assert data.test.labels.dtype == np.int32 and data.eval is data.test
+    assert len(data.mean) == 3 and all(0 < v < 1 for v in data.std)
+
+
+def test_tfds_not_prepared_and_no_download_is_one_clear_line(tmp_path):
+    cfg = DatasetConfig(name='cifar10', data_dir=str(tmp_path))
+    with pytest.raises(data_lib.DataUnavailable) as e:
+        data_lib.load(cfg)
+    assert "'cifar10' is not prepared in" in str(e.value) and '\n' not in str(e.value)
+
+
+def test_synthetic_stand_in_when_data_is_absent(tmp_path):
+    cfg = DatasetConfig(name='cifar100', data_dir=str(tmp_path))
+    data = data_lib.load(cfg, limit=16, allow_synthetic=True)
+    assert data.train.images.shape == (16, 32, 32, 3) and data.info.num_classes == 100
+    assert 'synthetic' in data.info.description
+
+
+def test_image_folder_with_greyscale_alpha_and_other_sizes(tmp_path):
+    root = make_image_folder(tmp_path / 'f', splits=(('train', 6), ('test', 2)), classes=2, size=12)
+    grey = tf.io.encode_png(np.full((20, 16, 1), 200, np.uint8)).numpy()
+    rgba = tf.io.encode_png(np.full((12, 12, 4), 100, np.uint8)).numpy()
+    (tmp_path / 'f' / 'train' / 'class0' / 'grey.png').write_bytes(grey)
+    (tmp_path / 'f' / 'train' / 'class1' / 'rgba.png').write_bytes(rgba)
+    cfg = DatasetConfig(image_folder=root, image_size=[12, 12], validation_fraction=0.25)
+    data = data_lib.load(cfg)
+    assert data.info.image_shape == (12, 12, 3) and data.info.class_names == ['class0', 'class1']
+    assert data.train.images.shape[1:] == (12, 12, 3)
+    assert len(data.train.labels) + len(data.eval.labels) == 14 and data.eval.name == 'validation'
+    assert len(data.test.labels) == 4
+
+
+def test_image_folder_of_varying_sizes_needs_image_size(tmp_path):
+    root = make_image_folder(tmp_path / 'f', splits=(('train', 2), ('test', 1)), classes=2, size=12)
+    cfg = DatasetConfig(image_folder=root)
+    assert data_lib.describe(cfg).image_shape == (12, 12, 3)
+    cfg = DatasetConfig(image_folder=root, train_split='nope')
+    with pytest.raises(data_lib.DataUnavailable, match="no split folder 'nope'"):
+        data_lib.describe(cfg)
+
+
+@pytest.mark.skipif(not os.path.isdir(CIFAR_JPEG), reason='../shared/datasets/cifar10-jpeg is absent')
+def test_image_folder_on_the_cifar10_jpeg_copy():
+    cfg = DatasetConfig(image_folder=CIFAR_JPEG)
+    info = data_lib.describe(cfg)
+    assert info.image_shape == (32, 32, 3) and info.num_classes == 10
+    assert info.class_names[:3] == ['airplane', 'automobile', 'bird']
+    data = data_lib.load(cfg, info, limit=200)
+    assert data.train.images.shape == (200, 32, 32, 3) and data.train.images.dtype == np.uint8
+    assert len(set(data.train.labels.tolist())) > 5  # the file order is shuffled across classes
+    again = data_lib.load(cfg, info, limit=200)
+    np.testing.assert_array_equal(again.train.labels, data.train.labels)

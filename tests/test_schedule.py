@@ -1,0 +1,50 @@
+"""The learning-rate rule at and around every boundary."""
+import pytest
+
+from runner.schedule import piecewise_lr
+
+
+def lr(schedule, step):
+    return float(schedule(step))
+
+
+def test_seed_default_schedule_at_every_boundary():
+    s = piecewise_lr([0.01, 0.1, 0.01, 0.001], [400, 32000, 48000, 64000])
+    expected = {0: 0.01, 1: 0.01, 399: 0.01, 400: 0.1, 401: 0.1, 31999: 0.1, 32000: 0.01,
+                47999: 0.01, 48000: 0.001, 63999: 0.001}
+    for step, value in expected.items():
+        assert lr(s, step) == pytest.approx(value), step
+    # past the end the last value holds (a run extended with `steps`)
+    assert lr(s, 64000) == pytest.approx(0.001) and lr(s, 10 ** 6) == pytest.approx(0.001)
+
+
+def test_single_piece():
+    s = piecewise_lr([0.05], [100])
+    assert [lr(s, i) for i in (0, 50, 99, 100)] == pytest.approx([0.05] * 4)
+
+
+def test_linear_warmup_scales_the_first_steps():
+    s = piecewise_lr([0.1, 0.01], [100, 200], warmup_steps=10)
+    assert lr(s, 0) == pytest.approx(0.01)
+    assert lr(s, 4) == pytest.approx(0.05)
+    assert lr(s, 9) == pytest.approx(0.1)
+    assert lr(s, 10) == pytest.approx(0.1) and lr(s, 99) == pytest.approx(0.1)
+    assert lr(s, 100) == pytest.approx(0.01)
+
+
+def test_warmup_longer_than_a_piece_scales_the_next_piece_too():
+    s = piecewise_lr([0.1, 1.0], [5, 20], warmup_steps=10)
+    assert lr(s, 4) == pytest.approx(0.1 * 5 / 10)
+    assert lr(s, 5) == pytest.approx(1.0 * 6 / 10)
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError):
+        piecewise_lr([0.1, 0.01], [100])
+
+
+def test_schedule_round_trips_through_keras_serialisation():
+    import keras
+    s = piecewise_lr([0.1, 0.01], [100, 200], warmup_steps=10)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(s))
+    assert [lr(again, i) for i in (0, 50, 150)] == pytest.approx([lr(s, i) for i in (0, 50, 150)])
