@@ -3,8 +3,16 @@ import sys
 
 
 def keys_main(argv):
+    """The YAML reference; `--markdown` prints the table that README.md holds."""
     from runner.config import reference
-    for key, type_name, default, doc in reference():
+    rows = reference()
+    if '--markdown' in argv:
+        print('| key | type | default | meaning |\n| --- | --- | --- | --- |')
+        for key, type_name, default, doc in rows:
+            if type_name != 'section':
+                print(f'| `{key}` | {type_name} | `{default}` | {doc} |')
+        return 0
+    for key, type_name, default, doc in rows:
         if type_name == 'section':
             print(f'\n{key}:  {doc}')
         else:

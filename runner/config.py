@@ -416,8 +416,8 @@ def reference():
                 default = f.default_factory()
             else:
                 default = '(required)'
-            rows.append((prefix + name, _type_name(f.type),
-                         'null' if default is None else str(default).replace("'", ''),
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()
+            rows.append((prefix + name, _type_name(f.type), shown,
                          f.metadata.get('doc', '')))
     walk(Experiment, '')
     return rows

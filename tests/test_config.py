@@ -206,3 +206,18 @@ def test_list_prints_every_experiment(capsys, tmp_path, image_folder):
     assert wide[0] == 'wide'
     assert '(32x32x3, 4 classes)' in lines[1]
     assert not logdir.exists()
+
+
+def test_readme_reference_is_up_to_date():
+    """README.md's YAML reference is the output of `python -m runner keys --markdown`."""
+    import io
+    import contextlib
+    import re
+    from conftest import ROOT
+    from runner.__main__ import keys_main
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        keys_main(['--markdown'])
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    table = re.search(r'<!-- reference:start -->\n(.*)<!-- reference:end -->', readme, re.S).group(1)
+    assert table == buf.getvalue(), 'run `python -m runner keys --markdown` and paste it into README.md'

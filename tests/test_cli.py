@@ -1,0 +1,173 @@
+"""run_experiments.py end to end: training a small run, what it leaves behind, the smoke run
+of every shipped YAML file, and the seed runner's YAML examples."""
+import glob
+import json
+import os
+import textwrap
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from runner import cli, rundir
+
+TINY = """
+module: tiny_models
+model: tiny_cnn
+dataset: {{image_folder: {images}{extra_dataset}}}
+train_parameters:
+  logdir: {logdir}
+  run_name: {name}
+  batch_size: 16
+  log_interval: 5
+  val_interval: 10
+  lr_values: [0.05, 0.005]
+  lr_boundaries: [15, 20]
+"""
+
+
+def tiny(images, logdir, name='tiny', extra_dataset=''):
+    return TINY.format(images=images, logdir=logdir, name=name, extra_dataset=extra_dataset)
+
+
+def event_scalars(run_dir):
+    """{tag: [steps]} from the run's TensorBoard event files."""
+    import tensorflow as tf
+    from tensorboard.compat.proto import event_pb2
+    out = {}
+    for path in glob.glob(os.path.join(run_dir, 'events.out.tfevents.*')):
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            e = event_pb2.Event.FromString(raw)
+            for v in e.summary.value:
+                out.setdefault(v.tag, []).append(e.step)
+    return out
+
+
+def test_train_a_run_end_to_end(tmp_path, image_folder, capsys):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs'))
+    assert cli.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert 'smoke test: 1 experiment(s)' in out and 'ok    tiny' in out
+    run_dir = tmp_path / 'logs' / 'tiny'
+    s = json.loads((run_dir / 'summary.json').read_text())
+    for key in ('run_name', 'model', 'params', 'steps', 'status', 'test_top1_accuracy', 'test_top5_accuracy',
+                'best_test_top1_accuracy', 'train_images_per_second', 'wall_seconds', 'weights'):
+        assert key in s, key
+    assert s['status'] == 'finished' and s['steps'] == 20 and s['eval_split'] == 'test'
+    assert s['test_top1_accuracy'] > 0.5, 'the colour classes are easy'
+    assert (run_dir / s['weights']).stat().st_size > 0
+    # the resolved config: defaults and the data statistics filled in
+    cfg = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    assert cfg['train_parameters']['momentum'] == 0.9 and len(cfg['dataset']['mean']) == 3
+    tags = event_scalars(str(run_dir))
+    assert tags['train/loss'] == [5, 10, 15, 20]
+    assert tags['test/top1_error'] == [10, 20]
+    for tag in ('train/error', 'train/reg_loss', 'train/learning_rate', 'train/images_per_second',
+                'test/loss', 'test/top5_error'):
+        assert tag in tags, tag
+    lrs = [r['lr'] for r in rundir.read_metrics(str(run_dir)) if r['kind'] == 'train']
+    assert lrs == pytest.approx([0.05, 0.05, 0.05, 0.005])
+    # a second run skips the finished one and says so
+    assert cli.main([str(path), '--no-smoke']) == 0
+    assert 'tiny: finished at step 20; skipped' in capsys.readouterr().out
+
+
+def test_validation_split_selects_and_reports_the_split(tmp_path, image_folder, capsys):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs', extra_dataset=', validation_fraction: 0.25'))
+    assert cli.main([str(path), '--no-smoke']) == 0
+    run_dir = tmp_path / 'logs' / 'tiny'
+    s = json.loads((run_dir / 'summary.json').read_text())
+    assert s['eval_split'] == s['selection_split'] == 'validation'
+    assert 'val_top1_accuracy' in s and 'best_val_top1_accuracy' in s
+    assert 'test_top1_accuracy' in s and 'best_test_top1_accuracy' in s
+    tags = event_scalars(str(run_dir))
+    assert 'val/top1_error' in tags and 'test/top1_error' not in tags
+    assert 'validation-selected' in capsys.readouterr().out
+
+
+def test_set_and_logdir_apply_to_every_experiment(tmp_path, image_folder, capsys):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'ignored') + '---\n' + tiny(image_folder, tmp_path / 'ignored', 'two'))
+    code = cli.main([str(path), '--no-smoke', '--logdir', str(tmp_path / 'here'),
+                     '--set', 'train_parameters.steps=5', '--only', 'two'])
+    assert code == 0
+    assert not (tmp_path / 'ignored').exists() and not (tmp_path / 'here' / 'tiny').exists()
+    s = json.loads((tmp_path / 'here' / 'two' / 'summary.json').read_text())
+    assert s['steps'] == 5 and s['status'] == 'finished'
+
+
+def test_resume_refuses_a_changed_config(tmp_path, image_folder, capsys):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs'))
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=5']) == 0
+    capsys.readouterr()
+    code = cli.main([str(path), '--no-smoke', '--set', 'train_parameters.batch_size=8'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'train_parameters.batch_size: changed since run' in err and '--restart tiny' in err
+    # steps may change: the run goes on from its checkpoint
+    assert cli.main([str(path), '--no-smoke']) == 0
+    assert 'tiny: resuming' in capsys.readouterr().out
+
+
+def shipped_yaml_files():
+    return [os.path.join(ROOT, 'experiments.yaml')] + sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.yaml')))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', shipped_yaml_files(), ids=os.path.basename)
+def test_every_shipped_yaml_passes_the_smoke_run_offline(path, tmp_path, capsys, monkeypatch):
+    # No prepared data here: the smoke run falls back to synthetic batches of the dataset's shape.
+    monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no-data'))
+    code = cli.main([path, '--smoke', '--logdir', str(tmp_path / 'logs'), '--set', 'dataset.data_dir=null'])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert 'FAIL' not in out
+    assert out.count('  ok    ') == len([d for d in yaml.safe_load_all(open(path)) if d and not d.get('skip_error_test')])
+    assert not (tmp_path / 'logs').exists(), 'the smoke run writes only to a throwaway directory'
+
+
+SEED_RESNET110 = """
+module: 'models.resnet'      # .py file with models (required)
+model: 'cifar_resnet110'      # function that creates model (required)
+model_parameters:
+    shortcut_mode: 'A'        # A or B as in Deep Residual Learning for Image Recognition
+    block_type: 'original'    # original for Resnet v1, preactivated for Resnet v2
+train_parameters:
+    logdir: 'logs'            # folder for tensorboard (required)
+    run_name: 'resnet110_v1'  # name of the run in tensorboard (required)
+    log_interval: 400         # how often statistics are printed and saved to tensorboard
+    val_interval: 4000        # how often validation on the test set is done
+skip_error_test: False        # whether to skip a quick run before beginning the actual training
+"""
+
+SEED_WRN = """
+module: 'models.resnet'
+model: 'WRN_40_4'
+model_parameters: {}
+train_parameters:
+    logdir: 'logs'
+    run_name: 'WRN_40_4'
+    log_interval: 400
+    val_interval: 4000
+    lr_values: [0.1, 0.02, 0.004, 0.0008]
+    lr_boundaries: [24000, 48000, 64000, 80000]
+    nesterov: True
+"""
+
+
+@pytest.mark.slow
+def test_the_seed_runners_yaml_examples_run_with_only_module_names_changed(tmp_path, capsys, monkeypatch):
+    """001_bba23ab2ea219f51.txt's examples, `Models.Resnets` renamed to `models.resnet`."""
+    monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no-data'))
+    path = tmp_path / 'seed.yaml'
+    path.write_text(SEED_RESNET110 + '---\n' + SEED_WRN)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main([str(path), '--smoke'])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert 'ok    resnet110_v1' in out and 'ok    WRN_40_4' in out
+    code = cli.main([str(path), '--list'])
+    out = capsys.readouterr().out
+    assert 'resnet110_v1' in out and '64000' in out and '80000' in out
