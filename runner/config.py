@@ -20,6 +20,10 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 
+DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
+PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+
+
 class ConfigError(Exception):
     """A problem in an experiment file, reported as one line."""
 
@@ -94,6 +98,14 @@ class TrainConfig:
         'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
         default=None)
     seed: int = _doc('Seed for weights, shuffling and augmentation.', default=0)
+    distribution: str = _doc(
+        'auto | none | mirrored | multi_worker | tpu. auto: MirroredStrategy when more than one GPU '
+        'is visible, MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else none. '
+        'batch_size is the global batch over all replicas.', default='auto')
+    precision: str = _doc(
+        'auto | float32 | mixed_bfloat16 | mixed_float16 (with loss scaling). auto: mixed_float16 '
+        'on GPUs, float32 on CPUs.', default='auto')
+    jit_compile: bool = _doc('Compile the train step with XLA.', default=False)
     deterministic: bool = _doc(
         'Make every op deterministic (tf.config.experimental.enable_op_determinism): bit-exact '
         'reruns and resumes on the CPU, somewhat slower.', default=False)
@@ -325,6 +337,14 @@ def _check_values(exp):
         raise ConfigError(f'dataset.std: must be positive, got {ds.std}')
     if not ds.image_folder and not ds.name:
         raise ConfigError('dataset.name: give a TensorFlow Datasets name or dataset.image_folder')
+    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS}
+    for key, allowed in choices.items():
+        value = getattr(tp, key)
+        if value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ''
+            raise ConfigError(f"train_parameters.{key}: '{value}' is not one of {', '.join(allowed)}"
+                              f"{'; ' + hint.strip() if hint else ''}")
     if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', exp.run_name):
         raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' is not a usable directory "
                           f"name (letters, digits, . _ - + = and / only)")

@@ -274,25 +274,40 @@ def augment_batch(images, seed, flip=True, crop_padding=4):
     return images
 
 
-def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4):
-    """Endless, shuffled, augmented batches of (float32 images, int32 labels)."""
+def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4, start_batch=0):
+    """Endless, shuffled, augmented batches of (float32 images, int32 labels).
+
+    Epoch e visits the images in a permutation drawn from (seed, e), and batch b is
+    augmented with random numbers from (seed, b): the stream is a function of `seed`
+    alone, so `start_batch` resumes it exactly and at once, whatever the step. This works
+    under every tf.distribute strategy, where iterator checkpointing does not (iterators
+    distributed over several devices are not trackable) and costs no checkpoint space.
+    """
     images = tf.constant(split.images)
     labels = tf.constant(split.labels)
     n = len(split.labels)
     if n < batch_size:
         raise DataUnavailable(f'train_parameters.batch_size: {batch_size} is larger than the '
                               f'{n} training images')
+    seed = tf.constant(seed, tf.int64)
+
+    def epoch_order(epoch):
+        keys = tf.random.stateless_uniform([n], tf.stack([seed, epoch]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
 
     def make_batch(batch_index, idx):
         x = normalize(tf.gather(images, idx), mean, std)
-        x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64), batch_index]), flip, crop_padding)
+        x = augment_batch(x, tf.stack([seed, batch_index]), flip, crop_padding)
         return x, tf.gather(labels, idx)
 
-    ds = (tf.data.Dataset.range(n)
-          .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-          .repeat()
-          .batch(batch_size, drop_remainder=True)
-          .enumerate()
+    # Batches run across epoch ends, as with shuffle().repeat().batch(): batch b holds
+    # elements [b * batch_size, (b + 1) * batch_size) of the endless sequence of epochs.
+    first = start_batch * batch_size
+    indices = (tf.data.Dataset.range(first // n, 2 ** 62)
+               .flat_map(epoch_order)
+               .skip(first % n)
+               .batch(batch_size, drop_remainder=True))
+    ds = (tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, 2 ** 62), indices)
           .map(make_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
           .prefetch(AUTOTUNE))
     return ds

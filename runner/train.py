@@ -7,6 +7,7 @@ with tf.train.CheckpointManager, logged to TensorBoard. Resuming is the default:
 a run directory with a checkpoint continues from it.
 """
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from runner import data as data_lib
+from runner import distribute
 from runner import rundir
 from runner.config import dump_yaml
 from runner.registry import build_model, count_trainable
@@ -90,22 +92,25 @@ class Progress:
             self.bar.close()
 
 
-def make_strategy():
-    return tf.distribute.get_strategy()
-
-
 class Trainer:
     """Holds the model, optimizer, step functions and checkpoints of one run."""
 
-    def __init__(self, exp, data, strategy):
+    def __init__(self, exp, data, strategy, policy='float32'):
         tp = exp.train_parameters
         self.exp, self.data, self.strategy = exp, data, strategy
         self.global_batch = tp.batch_size
+        self.loss_scaling = policy == 'mixed_float16'
+        replicas = strategy.num_replicas_in_sync
+        if tp.batch_size % replicas:
+            raise ValueError(f'train_parameters.batch_size: {tp.batch_size} does not split evenly '
+                             f'over {replicas} replicas')
         with strategy.scope():
             self.model = build_model(exp, data.info.image_shape, data.info.num_classes)
             self.schedule = piecewise_lr(tp.lr_values, tp.lr_boundaries, tp.warmup_steps)
             self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=tp.momentum,
                                                   nesterov=tp.nesterov)
+            if self.loss_scaling:
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Create the slots now: a checkpoint restores into existing variables.
             self.optimizer.build(self.model.trainable_variables)
             self.best_error = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name='best_error')
@@ -118,18 +123,27 @@ class Trainer:
         self.loss_fn = keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=tp.label_smoothing, reduction=None)
 
-        train_ds = data_lib.train_dataset(data.train, tp.batch_size, tp.seed, data.mean, data.std,
-                                          exp.dataset.flip, exp.dataset.crop_padding)
-        self.iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+        self.iterator = None
         # Keras does not put the dropout seed generators' states in the model's checkpoint
         # graph; without them a resumed run draws other dropout masks.
         rng_states = [v for v in self.model.variables if v.path.endswith('seed_generator_state')]
+        # The input position is the step itself (see data.train_dataset), so the
+        # checkpoint needs no iterator state.
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              data=self.iterator, rng_states=rng_states,
+                                              rng_states=rng_states,
                                               metric_sums=self.sums, best_error=self.best_error,
                                               best_step=self.best_step)
+        # XLA compiles the per-replica computation; the input iterator stays outside it.
+        self.replica_step = tf.function(self._replica_step, jit_compile=tp.jit_compile)
         self.train_step = tf.function(self._train_step)
         self.eval_step = tf.function(self._eval_step)
+
+    def start_input(self):
+        """The training batches from the current step on."""
+        tp, ds = self.exp.train_parameters, self.exp.dataset
+        train_ds = data_lib.train_dataset(self.data.train, tp.batch_size, tp.seed, self.data.mean,
+                                          self.data.std, ds.flip, ds.crop_padding, start_batch=self.step)
+        self.iterator = iter(self.strategy.experimental_distribute_dataset(train_ds))
 
     @property
     def step(self):
@@ -145,9 +159,15 @@ class Trainer:
             reg = (tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
                    if self.model.losses else tf.constant(0.0))
             total = loss + reg
-        grads = tape.gradient(total, self.model.trainable_variables)
-        finite = tf.math.logical_and(tf.math.is_finite(total),
-                                     tf.math.is_finite(tf.linalg.global_norm(grads)))
+            scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        if self.loss_scaling:
+            # Overflowing float16 gradients are normal while the loss scale settles; the
+            # LossScaleOptimizer skips those steps, so only the loss itself can diverge.
+            finite = tf.math.is_finite(total)
+        else:
+            finite = tf.math.logical_and(tf.math.is_finite(total),
+                                         tf.math.is_finite(tf.linalg.global_norm(grads)))
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         errors = tf.reduce_sum(tf.cast(tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32),
                                                     tf.cast(labels, tf.int32)), tf.float32))
@@ -157,7 +177,7 @@ class Trainer:
     def _train_step(self, iterator):
         step = tf.cast(self.optimizer.iterations, tf.int64)
         images, labels = next(iterator)
-        out = self.strategy.run(self._replica_step, args=(images, labels))
+        out = self.strategy.run(self.replica_step, args=(images, labels))
         loss, reg, errors, n, bad = [self.strategy.reduce('SUM', v, axis=None) for v in out]
         num_replicas = self.strategy.num_replicas_in_sync
         self.sums['loss'].assign_add(loss)
@@ -207,17 +227,43 @@ def checkpoint_bytes(params):
     return params * 4 * 2 * 2 + 64 * 2**20
 
 
+_STRATEGIES = {}
+
+
+def strategy_for(kind):
+    # A process can set up a multi-worker cluster only once: share one strategy per kind
+    # among the experiments of a file.
+    if kind not in _STRATEGIES:
+        _STRATEGIES[kind] = distribute.make_strategy(kind)
+    return _STRATEGIES[kind]
+
+
 def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
+    policy = distribute.resolve_precision(exp.train_parameters.precision)
+    distribute.set_policy(policy)
+    try:
+        return _run(exp, data, quiet, max_eval_batches, stop, policy)
+    finally:
+        distribute.set_policy('float32')
+
+
+def _run(exp, data, quiet, max_eval_batches, stop, policy):
     tp = exp.train_parameters
-    run_dir = os.path.join(tp.logdir, exp.run_name)
-    previous = rundir.read_summary(run_dir) or {}
+    strategy = strategy_for(tp.distribution)
+    chief = distribute.is_chief(strategy)
+    chief_dir = os.path.join(tp.logdir, exp.run_name)
+    # Other workers of a multi-worker run keep their own copies (every worker must take part
+    # in a checkpoint save) in a scratch directory that is removed at the end.
+    run_dir = chief_dir if chief else os.path.join(tp.logdir, '.workers', exp.run_name,
+                                                   distribute.worker_id(strategy))
+    quiet = quiet or not chief
+    previous = rundir.read_summary(chief_dir) or {}
     keras.utils.set_random_seed(tp.seed)
     if tp.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = data or data_lib.load(exp.dataset)
-    strategy = make_strategy()
-    trainer = Trainer(exp, data, strategy)
+    trainer = Trainer(exp, data, strategy, policy)
     total = exp.total_steps
 
     os.makedirs(run_dir, exist_ok=True)
@@ -226,12 +272,14 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
                                               os.path.join(run_dir, 'best'), max_to_keep=1)
     resumed_from = None
-    if manager.latest_checkpoint:
-        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints'))
+    if latest:
+        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         resumed_from = trainer.step
         rundir.truncate_history(run_dir, resumed_from)
     else:
         rundir.truncate_history(run_dir, 0)
+    trainer.start_input()
 
     resolved = exp.to_dict()
     resolved['dataset']['mean'], resolved['dataset']['std'] = data.mean, data.std
@@ -246,6 +294,7 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
         'eval_split': eval_split_name, 'test_split': exp.dataset.test_split,
         'selection_split': eval_split_name,
         'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
+        'precision': policy, 'replicas': strategy.num_replicas_in_sync,
         'wall_seconds': previous.get('wall_seconds', 0.0) if resumed_from is not None else 0.0,
         'train_images_per_second': None,
     }
@@ -257,7 +306,7 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     writer = tf.summary.create_file_writer(run_dir)
     progress = Progress(exp.run_name, total, trainer.step, quiet)
     if resumed_from is not None and not quiet:
-        progress.log(resumed_from, f'resuming from {manager.latest_checkpoint}')
+        progress.log(resumed_from, f'resuming from {latest}')
 
     start_wall = time.time()
     base_wall = summary['wall_seconds']
@@ -373,6 +422,8 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
         summary['error'] = f'stopped by {signal.Signals(stop.signal).name} at step {trainer.step}'
     summary['last_checkpoint'] = manager.latest_checkpoint
     save_summary(status)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return summary
 
 

@@ -156,3 +156,13 @@ def test_image_folder_on_the_cifar10_jpeg_copy():
     assert len(set(data.train.labels.tolist())) > 5  # the file order is shuffled across classes
     again = data_lib.load(cfg, info, limit=200)
     np.testing.assert_array_equal(again.train.labels, data.train.labels)
+
+
+def test_train_dataset_resumes_exactly_at_any_batch():
+    s = split(n=40)  # batches of 16 run across epoch ends
+    full = [b for b in data_lib.train_dataset(s, 16, 3, [0.5], [0.25]).take(12).as_numpy_iterator()]
+    for start in (1, 2, 5, 7):
+        resumed = data_lib.train_dataset(s, 16, 3, [0.5], [0.25], start_batch=start)
+        for want, got in zip(full[start:], resumed.take(12 - start).as_numpy_iterator()):
+            np.testing.assert_array_equal(want[0], got[0])
+            np.testing.assert_array_equal(want[1], got[1])

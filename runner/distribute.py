@@ -1,0 +1,83 @@
+"""Devices, distribution strategies and precision, all through tf.distribute and Keras.
+
+- none: the default strategy (one device).
+- mirrored: tf.distribute.MirroredStrategy over every local GPU, or over every logical
+  CPU device when there is no GPU (tests split the CPU into two logical devices).
+- multi_worker: tf.distribute.MultiWorkerMirroredStrategy, cluster from TF_CONFIG.
+  Every worker runs the same command; the chief (worker 0) writes the run directory,
+  the others write their checkpoint copies to a scratch directory (all workers must take
+  part in a save) and delete it at the end.
+- tpu: tf.distribute.TPUStrategy on the TPU named by TPU_NAME (or the local one).
+
+`batch_size` is the global batch: each of N replicas computes on batch_size / N images
+and gradients are summed, so the learning rate that fits a batch size does not change
+with the number of devices. To use a larger global batch, scale the learning rate with it
+(Goyal et al. 2017: linear scaling with warm-up).
+"""
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+
+def tf_config():
+    try:
+        return json.loads(os.environ.get('TF_CONFIG', '') or '{}')
+    except ValueError:
+        return {}
+
+
+def _cluster_workers():
+    cluster = tf_config().get('cluster', {})
+    return len(cluster.get('worker', [])) + len(cluster.get('chief', []))
+
+
+def make_strategy(kind):
+    gpus = tf.config.list_logical_devices('GPU')
+    if kind == 'auto':
+        kind = ('multi_worker' if _cluster_workers() > 1 else
+                'mirrored' if len(gpus) > 1 else 'none')
+    if kind == 'none':
+        return tf.distribute.get_strategy()
+    if kind == 'mirrored':
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices('CPU'))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if kind == 'multi_worker':
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == 'tpu':
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get('TPU_NAME', ''))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f'unknown distribution {kind!r}')
+
+
+def is_chief(strategy):
+    """Only the chief writes the run directory; every worker still takes part in saves."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type is None or task_type == 'chief' or (task_type == 'worker' and task_id == 0
+                                                         and 'chief' not in resolver.cluster_spec().as_dict())
+
+
+def worker_id(strategy):
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    return f'{resolver.task_type}{resolver.task_id}' if resolver is not None and resolver.task_type else 'chief'
+
+
+def resolve_precision(precision):
+    """The Keras dtype policy: 'auto' is mixed_float16 on GPUs and float32 elsewhere.
+
+    On this project's CPU (Xeon with AVX512-BF16) mixed_bfloat16 was measured slower than
+    float32 for the CIFAR ResNets (see benchmarks/), so it is not chosen automatically.
+    """
+    if precision == 'auto':
+        return 'mixed_float16' if tf.config.list_logical_devices('GPU') else 'float32'
+    return precision
+
+
+def set_policy(policy):
+    keras.mixed_precision.set_global_policy(policy)
