@@ -50,9 +50,12 @@ def build_parser():
     return p
 
 
-def quiet_tensorflow():
+def quiet_tensorflow(experiments=()):
     """Import TensorFlow without the screenful of C++ start-up notices it prints to stderr
-    (CUDA probing on a CPU machine, oneDNN notes). What it prints is shown if the import fails."""
+    (CUDA probing on a CPU machine, oneDNN notes). What it prints is shown if the import fails.
+
+    A multi-worker strategy must exist before TensorFlow runs anything, so the strategies
+    the experiments need are created here too."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     if 'tensorflow' in sys.modules:
         return
@@ -62,7 +65,8 @@ def quiet_tensorflow():
         os.dup2(captured.fileno(), 2)
         try:
             import tensorflow as tf
-            tf.config.list_physical_devices()  # the CUDA probe happens here, not at import
+            if not start_collectives(experiments):
+                tf.config.list_physical_devices()  # the CUDA probe happens here, not at import
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -177,6 +181,19 @@ def validate(experiments, restarting=(), need_data=True):
         checked.append(Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
                                ready))
     return checked
+
+
+def start_collectives(experiments):
+    """A multi-worker strategy must exist before TensorFlow runs anything (validation builds
+    models), so it is created first."""
+    from runner import distribute, train
+    started = False
+    for exp in experiments:
+        kind = exp.train_parameters.distribution
+        if kind == 'multi_worker' or (kind == 'auto' and distribute.cluster_workers() > 1):
+            train.strategy_for(kind)
+            started = True
+    return started
 
 
 def print_list(checked):
@@ -309,7 +326,6 @@ def print_results(results):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
     from runner.config import ConfigError, parse_overrides
     try:
         overrides = parse_overrides(args.overrides)
@@ -320,6 +336,7 @@ def main(argv=None):
         for name in args.restart:
             if name not in names:
                 raise ConfigError(f"--restart: no selected experiment is named '{name}'")
+        quiet_tensorflow([] if args.list else experiments)
         checked = validate(experiments, set(args.restart), need_data=not (args.smoke or args.list))
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -28,23 +28,24 @@ def tf_config():
         return {}
 
 
-def _cluster_workers():
+def cluster_workers():
     cluster = tf_config().get('cluster', {})
     return len(cluster.get('worker', [])) + len(cluster.get('chief', []))
 
 
 def make_strategy(kind):
+    # Listing logical devices starts TensorFlow's runtime, after which a multi-worker
+    # cluster can no longer be configured: decide on multi_worker first.
+    if kind == 'multi_worker' or (kind == 'auto' and cluster_workers() > 1):
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices('GPU')
     if kind == 'auto':
-        kind = ('multi_worker' if _cluster_workers() > 1 else
-                'mirrored' if len(gpus) > 1 else 'none')
+        kind = 'mirrored' if len(gpus) > 1 else 'none'
     if kind == 'none':
         return tf.distribute.get_strategy()
     if kind == 'mirrored':
         devices = [d.name for d in (gpus or tf.config.list_logical_devices('CPU'))]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if kind == 'multi_worker':
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == 'tpu':
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get('TPU_NAME', ''))
         tf.config.experimental_connect_to_cluster(resolver)

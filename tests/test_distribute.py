@@ -1,0 +1,105 @@
+"""tf.distribute on the CPU: MirroredStrategy over two logical devices, and two
+MultiWorkerMirroredStrategy workers on loopback."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, subprocess_env
+from runner import rundir
+
+EXPERIMENT = """
+module: tiny_models
+model: {model}
+dataset: {{image_folder: {images}}}
+train_parameters:
+  logdir: {logdir}
+  run_name: dist
+  batch_size: 16
+  log_interval: 1
+  val_interval: 6
+  checkpoint_interval: 3
+  lr_values: [0.1]
+  lr_boundaries: [6]
+  distribution: {distribution}
+"""
+
+# Split the CPU into two logical devices before TensorFlow starts, then run the CLI.
+TWO_CPUS = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from runner.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run(args, env=None, timeout=300):
+    return subprocess.run([sys.executable] + args, cwd=ROOT, env=env or subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train_losses(run_dir):
+    return [r['loss'] for r in rundir.read_metrics(run_dir) if r['kind'] == 'train']
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_cpu_devices_matches_one_device(tmp_path, image_folder):
+    # no_decay_cnn has no batch norm, whose statistics are per replica: the summed
+    # gradient of two half-batches must then equal the gradient of the whole batch.
+    losses = {}
+    for distribution in ('none', 'mirrored'):
+        path = tmp_path / f'{distribution}.yaml'
+        path.write_text(EXPERIMENT.format(model='no_decay_cnn', images=image_folder,
+                                          logdir=tmp_path / distribution, distribution=distribution))
+        p = run(['-c', TWO_CPUS, str(path), '--no-smoke'])
+        assert p.returncode == 0, p.stdout + p.stderr
+        s = json.loads((tmp_path / distribution / 'dist' / 'summary.json').read_text())
+        assert s['replicas'] == (2 if distribution == 'mirrored' else 1) and s['status'] == 'finished'
+        losses[distribution] = train_losses(str(tmp_path / distribution / 'dist'))
+    assert len(losses['none']) == 6
+    assert losses['mirrored'] == pytest.approx(losses['none'], rel=1e-4)
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_train_checkpoint_and_finish(tmp_path, image_folder):
+    path = tmp_path / 'mw.yaml'
+    path.write_text(EXPERIMENT.format(model='tiny_cnn', images=image_folder, logdir=tmp_path / 'logs',
+                                      distribution='multi_worker'))
+    workers = [f'127.0.0.1:{p}' for p in free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': index}}
+        procs.append(subprocess.Popen(
+            [sys.executable, 'run_experiments.py', str(path), '--no-smoke'], cwd=ROOT,
+            env=subprocess_env(TF_CONFIG=json.dumps(tf_config)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], '\n'.join(outputs)
+    run_dir = tmp_path / 'logs' / 'dist'
+    s = json.loads((run_dir / 'summary.json').read_text())
+    assert s['status'] == 'finished' and s['steps'] == 6 and s['replicas'] == 2
+    # only the chief writes the run directory; the other worker's scratch copy is gone
+    assert sorted(p.name for p in (run_dir / 'checkpoints').iterdir() if p.suffix == '.index') == \
+        ['ckpt-3.index', 'ckpt-6.index']
+    assert not any((tmp_path / 'logs' / '.workers' / 'dist').glob('*'))
+    assert len(train_losses(str(run_dir))) == 6
