@@ -1,16 +1,27 @@
 """`python -m runner COMMAND`: train (the same as run_experiments.py) and keys (the YAML reference)."""
+import os
 import sys
 
 
 def keys_main(argv):
-    """The YAML reference; `--markdown` prints the table that README.md holds."""
+    """The YAML reference; `--markdown` prints the table README.md holds, `--update-readme`
+    writes it there."""
     from runner.config import reference
     rows = reference()
+    table = '| key | type | default | meaning |\n| --- | --- | --- | --- |\n' + ''.join(
+        f'| `{key}` | {type_name} | `{default}` | {doc} |\n'
+        for key, type_name, default, doc in rows if type_name != 'section')
     if '--markdown' in argv:
-        print('| key | type | default | meaning |\n| --- | --- | --- | --- |')
-        for key, type_name, default, doc in rows:
-            if type_name != 'section':
-                print(f'| `{key}` | {type_name} | `{default}` | {doc} |')
+        print(table, end='')
+        return 0
+    if '--update-readme' in argv:  # rewrite README.md's reference between its markers
+        import re
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')
+        text = open(path).read()
+        text = re.sub(r'(<!-- reference:start -->\n).*(<!-- reference:end -->)',
+                      lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+        with open(path, 'w') as f:
+            f.write(text)
         return 0
     for key, type_name, default, doc in rows:
         if type_name == 'section':
@@ -20,9 +31,23 @@ def keys_main(argv):
     return 0
 
 
+def _command(module):
+    """The main(argv) of an after-training module, imported when the command runs."""
+    def run(argv):
+        import importlib
+        return importlib.import_module(module).main(argv)
+    return run
+
+
 COMMANDS = {
     'train': ('train the experiments of YAML files (run_experiments.py)', None),
     'keys': ('print every experiment-file key with its type, default and meaning', keys_main),
+    'evaluate': ('error, per-class accuracy and confusion matrix of runs (TTA, ensembles)',
+                 _command('runner.evaluate')),
+    'predict': ('the top classes of image files by a trained run', _command('runner.predict')),
+    'export': ('write a TensorFlow SavedModel (preprocessing inside) of a run', _command('runner.export')),
+    'report': ('a Markdown table and learning-curve pictures of every run under a log directory',
+               _command('runner.report')),
 }
 
 

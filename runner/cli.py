@@ -21,7 +21,8 @@ RESUMABLE_CHANGES = {'train_parameters.steps', 'train_parameters.log_interval',
                      'train_parameters.keep_checkpoints', 'train_parameters.eval_batch_size',
                      'train_parameters.logdir', 'skip_error_test', 'paper.top1_error',
                      'paper.top5_error', 'paper.source', 'dataset.data_dir', 'dataset.download',
-                     'dataset.image_folder'}
+                     'dataset.image_folder', 'train_parameters.init_weights',
+                     'train_parameters.init_skip_mismatch'}
 
 
 def build_parser():
@@ -103,12 +104,15 @@ def select(experiments, only):
         return experiments
     names = [n.strip() for item in only for n in item.split(',') if n.strip()]
     known = {e.run_name: e for e in experiments}
+    known.update({e.run_name.split('/')[0]: e for e in experiments})
     for n in names:
         if n not in known:
             close = difflib.get_close_matches(n, list(known), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; run names: {', '.join(known)}"
             raise ConfigError(f"--only: no experiment is named '{n}'{hint}")
-    return [e for e in experiments if e.run_name in names]
+    # A name also selects the runs it expanded into (`resnet20` -> `resnet20/seed0`, ...).
+    return [e for e in experiments
+            if e.run_name in names or any(e.run_name.startswith(n + '/') for n in names)]
 
 
 def data_ready(exp):
@@ -157,7 +161,7 @@ def validate(experiments, restarting=(), need_data=True):
     import keras
     from runner import data as data_lib
     from runner.config import ConfigError
-    from runner.registry import build_model, count_trainable
+    from runner.registry import build_model, count_trainable, load_initial_weights
     checked = []
     for exp in experiments:
         try:
@@ -167,6 +171,9 @@ def validate(experiments, restarting=(), need_data=True):
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
             params = count_trainable(model)
+            if exp.train_parameters.init_weights:
+                load_initial_weights(model, exp.train_parameters.init_weights,
+                                     exp.train_parameters.init_skip_mismatch)
             del model
             keras.backend.clear_session()
             ready = data_ready(exp)

@@ -12,6 +12,7 @@ never a traceback.
 import copy
 import dataclasses
 import difflib
+import itertools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -98,6 +99,12 @@ class TrainConfig:
         'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
         default=None)
     seed: int = _doc('Seed for weights, shuffling and augmentation.', default=0)
+    init_weights: Optional[str] = _doc(
+        'Start from these weights (fine-tuning): a run directory (its final.weights.h5, else its '
+        'latest checkpoint) or a .weights.h5 file. Only for a fresh run, not on resume.', default=None)
+    init_skip_mismatch: bool = _doc(
+        'With init_weights, leave layers whose shapes differ (e.g. a new classifier) at their '
+        'fresh initialisation instead of failing.', default=False)
     distribution: str = _doc(
         'auto | none | mirrored | multi_worker | tpu. auto: MirroredStrategy when more than one GPU '
         'is visible, MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else none. '
@@ -134,6 +141,13 @@ class Experiment:
                               default_factory=PaperConfig)
     skip_error_test: bool = _doc('Leave this experiment out of the smoke run before training.',
                                  default=False)
+    repeats: int = _doc(
+        'Train the experiment this many times with seeds seed, seed+1, ... as runs '
+        '<run_name>/seed<k>; reports show mean and standard deviation.', default=1)
+    grid: Dict[str, Any] = _doc(
+        'Sweep: {dotted key: [values]}; the document stands for the cross product, each run named '
+        '<run_name>_<key>-<value>..., e.g. {model_parameters.depth: [20, 56], '
+        'train_parameters.batch_size: [64, 128]}.', default_factory=dict)
 
     # Set by the loader, not by the file.
     source: str = field(default='<string>', metadata={'internal': True})
@@ -155,8 +169,8 @@ class Experiment:
 
     def to_dict(self):
         d = dataclasses.asdict(self)
-        d.pop('source')
-        d.pop('index')
+        for key in ('source', 'index', 'repeats', 'grid'):  # expanded before the run exists
+            d.pop(key)
         return d
 
 
@@ -397,6 +411,54 @@ def experiment_from_dict(data, source='<string>', index=0, overrides=()):
     return exp
 
 
+def _format_value(value):
+    if isinstance(value, list):
+        return 'x'.join(_format_value(v) for v in value)
+    if isinstance(value, float):
+        return f'{value:g}'
+    return re.sub(r'[^\w.+=-]', '', str(value))
+
+
+def expand(data, overrides=()):
+    """A document with `grid` and/or `repeats` -> the plain documents it stands for."""
+    if not isinstance(data, dict):
+        return [data]
+    data = copy.deepcopy(data)
+    for key, value in overrides:  # --set may change the sweep itself
+        if key.split('.')[0] in ('grid', 'repeats'):
+            set_dotted(data, key, value)
+    grid = data.pop('grid', None) or {}
+    repeats = data.pop('repeats', 1)
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError('grid: expected a mapping of dotted keys to non-empty lists of values, '
+                          'e.g. {model_parameters.depth: [20, 56]}')
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ConfigError(f'repeats: expected a whole number of at least 1, got {_describe(repeats)}')
+    if not grid and repeats == 1:
+        return [data]
+    tp = data.get('train_parameters') if isinstance(data.get('train_parameters'), dict) else {}
+    base = tp.get('run_name') or data.get('model') or 'run'
+    base_seed = tp.get('seed', 0) if isinstance(tp.get('seed', 0), int) else 0
+    docs = []
+    for combo in itertools.product(*grid.values()):
+        doc = copy.deepcopy(data)
+        parts = [base]
+        for key, value in zip(grid, combo):
+            try:
+                set_dotted(doc, key, value)
+            except ConfigError as e:
+                raise ConfigError(f'grid: {e}'.replace('--set ', '')) from None
+            parts.append(f"{key.split('.')[-1]}-{_format_value(value)}")
+        name = '_'.join(parts)
+        for k in range(repeats):
+            one = copy.deepcopy(doc)
+            set_dotted(one, 'train_parameters.run_name', f'{name}/seed{k}' if repeats > 1 else name)
+            if repeats > 1:
+                set_dotted(one, 'train_parameters.seed', base_seed + k)
+            docs.append(one)
+    return docs
+
+
 def load_experiments(path, overrides=()):
     """All experiments of one file, validated (schema only; see runner.registry for models)."""
     try:
@@ -407,7 +469,15 @@ def load_experiments(path, overrides=()):
     docs = [d for d in parse_yaml(text, path) if d is not None]
     if not docs:
         raise ConfigError(f'{path}: no experiments in this file')
-    return [experiment_from_dict(d, path, i, overrides) for i, d in enumerate(docs)]
+    experiments = []
+    for i, doc in enumerate(docs):
+        try:
+            expanded = expand(doc, overrides)
+        except ConfigError as e:
+            raise ConfigError(f'{path}: experiment {i + 1}: {e}') from None
+        rest = [(k, v) for k, v in overrides if k.split('.')[0] not in ('grid', 'repeats')]
+        experiments += [experiment_from_dict(d, path, i, rest) for d in expanded]
+    return experiments
 
 
 def check_unique_run_names(experiments):

@@ -7,8 +7,10 @@ the user's own on the Python path, e.g. `module: my_models`).
 import importlib
 import inspect
 import math
+import os
 import pkgutil
 import traceback
+import warnings
 
 from runner.config import ConfigError
 
@@ -123,3 +125,67 @@ def build_model(exp, input_shape, num_classes):
 def count_trainable(model):
     """Trainable parameters (batch-norm moving statistics excluded, unlike count_params())."""
     return int(sum(math.prod(v.shape) for v in model.trainable_weights))
+
+
+def weight_mismatches(model, path):
+    """(layer, variable index, expected shape, found shape or None) for every weight of
+    `model` that the Keras weights file at `path` does not fit, in layer order."""
+    import h5py
+    out = []
+    with h5py.File(path, 'r') as f:
+        saved = f.get('layers')
+        if saved is None:
+            return out
+        for layer in model.layers:
+            group = saved.get(layer.name)
+            stored = group.get('vars') if group is not None else None
+            for i, v in enumerate(layer.weights):
+                have = stored.get(str(i)) if stored is not None else None
+                if have is None or tuple(have.shape) != tuple(v.shape):
+                    out.append((layer.name, i, tuple(v.shape), None if have is None else tuple(have.shape)))
+                    break
+    return out
+
+
+def load_initial_weights(model, source, skip_mismatch=False):
+    """Warm start: weights from a run directory or a .weights.h5 file into `model`.
+
+    A weight that does not fit fails with the first layer that does not fit named, unless
+    `skip_mismatch`, which leaves such layers as initialised (a new head for fine-tuning)."""
+    import tensorflow as tf
+    from runner.rundir import FINAL_WEIGHTS
+    source = os.path.expanduser(source)
+    path = source
+    if os.path.isdir(source):
+        path = os.path.join(source, FINAL_WEIGHTS)
+        if not os.path.exists(path):
+            latest = tf.train.latest_checkpoint(os.path.join(source, 'checkpoints'))
+            if not latest:
+                raise ConfigError(f"train_parameters.init_weights: '{source}' holds neither "
+                                  f"{FINAL_WEIGHTS} nor a checkpoint")
+            try:
+                tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+            except (ValueError, tf.errors.InvalidArgumentError) as e:
+                raise ConfigError(f'train_parameters.init_weights: {latest} does not fit '
+                                  f"'{model.name}': {_first_line(e)}") from None
+            return latest
+    if not os.path.exists(path):
+        raise ConfigError(f"train_parameters.init_weights: '{source}' does not exist")
+    mismatches = weight_mismatches(model, path)
+    if mismatches and not skip_mismatch:
+        layer, i, want, got = mismatches[0]
+        found = 'nothing' if got is None else f'shape {got}'
+        raise ConfigError(f"train_parameters.init_weights: layer '{layer}' (weight {i}) of "
+                          f"'{model.name}' has shape {want} but {path} holds {found}; set "
+                          f"init_skip_mismatch: true to leave such layers freshly initialised")
+    try:
+        with warnings.catch_warnings():  # Keras lists every skipped array; we name the layers
+            warnings.simplefilter('ignore')
+            model.load_weights(path, skip_mismatch=skip_mismatch)
+        if mismatches:
+            print(f"init_weights: left freshly initialised (shapes differ): "
+                  f"{', '.join(m[0] for m in mismatches)}", flush=True)
+    except ValueError as e:
+        raise ConfigError(f'train_parameters.init_weights: {path} does not fit '
+                          f"'{model.name}': {_first_line(e)}") from None
+    return path

@@ -22,7 +22,7 @@ from runner import data as data_lib
 from runner import distribute
 from runner import rundir
 from runner.config import dump_yaml
-from runner.registry import build_model, count_trainable
+from runner.registry import build_model, count_trainable, load_initial_weights
 from runner.schedule import piecewise_lr
 
 
@@ -222,6 +222,25 @@ class Trainer:
                 'top1_accuracy': top1 / n, 'top5_accuracy': top5 / n, 'examples': int(n)}
 
 
+def log_hparams(writer, exp, resolved, params, policy):
+    """The run's settings for TensorBoard's HParams dashboard (metrics: the scalar tags)."""
+    from tensorboard.plugins.hparams import api as hp
+    tp, ds = resolved['train_parameters'], resolved['dataset']
+    values = {
+        'model': exp.model, 'params': params, 'dataset': ds['image_folder'] or ds['name'],
+        'batch_size': tp['batch_size'], 'lr_values': str(tp['lr_values']),
+        'lr_boundaries': str(tp['lr_boundaries']), 'warmup_steps': tp['warmup_steps'],
+        'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
+        'weight_decay': 'model default' if tp['weight_decay'] is None else tp['weight_decay'],
+        'label_smoothing': tp['label_smoothing'], 'flip': ds['flip'], 'crop_padding': ds['crop_padding'],
+        'precision': policy, 'seed': tp['seed'],
+    }
+    for key, value in exp.model_parameters.items():
+        values[f'model.{key}'] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    with writer.as_default():
+        hp.hparams(values, trial_id=exp.run_name)
+
+
 def checkpoint_bytes(params):
     # weights + momentum, float32, twice over while the next one is written, plus room
     return params * 4 * 2 * 2 + 64 * 2**20
@@ -279,6 +298,10 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
         rundir.truncate_history(run_dir, resumed_from)
     else:
         rundir.truncate_history(run_dir, 0)
+        if tp.init_weights:
+            source = load_initial_weights(trainer.model, tp.init_weights, tp.init_skip_mismatch)
+            if not quiet:
+                print(f'{exp.run_name}: starting from the weights of {source}', flush=True)
     trainer.start_input()
 
     resolved = exp.to_dict()
@@ -304,6 +327,8 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
             summary[key] = previous[key]
 
     writer = tf.summary.create_file_writer(run_dir)
+    if resumed_from is None:
+        log_hparams(writer, exp, resolved, trainer.params, policy)
     progress = Progress(exp.run_name, total, trainer.step, quiet)
     if resumed_from is not None and not quiet:
         progress.log(resumed_from, f'resuming from {latest}')

@@ -171,3 +171,37 @@ def test_the_seed_runners_yaml_examples_run_with_only_module_names_changed(tmp_p
     code = cli.main([str(path), '--list'])
     out = capsys.readouterr().out
     assert 'resnet110_v1' in out and '64000' in out and '80000' in out
+
+
+def test_warm_start_from_a_run_and_hparams(tmp_path, image_folder, capsys):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs', 'base'))
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=5']) == 0
+    base = tmp_path / 'logs' / 'base'
+    # TensorBoard HParams: the run's settings are logged for the dashboard
+    import tensorflow as tf
+    from tensorboard.compat.proto import event_pb2
+    plugins = set()
+    for f in glob.glob(str(base / 'events.out.tfevents.*')):
+        for raw in tf.data.TFRecordDataset(f).as_numpy_iterator():
+            for v in event_pb2.Event.FromString(raw).summary.value:
+                plugins.add(v.metadata.plugin_data.plugin_name)
+    assert 'hparams' in plugins
+
+    fine = tmp_path / 'fine.yaml'
+    fine.write_text(tiny(image_folder, tmp_path / 'logs', 'fine') +
+                    f'  init_weights: {base}\n')
+    capsys.readouterr()
+    assert cli.main([str(fine), '--no-smoke', '--set', 'train_parameters.steps=1']) == 0
+    assert f'starting from the weights of {base}/final.weights.h5' in capsys.readouterr().out
+
+    # another width does not fit: the first layer that does not fit is named, nothing runs
+    wide = tmp_path / 'wide.yaml'
+    wide.write_text(tiny(image_folder, tmp_path / 'logs', 'wide').replace('dataset:', 'model_parameters: {width: 16}\ndataset:')
+                    + f'  init_weights: {base}/final.weights.h5\n')
+    assert cli.main([str(wide), '--no-smoke']) == 2
+    err = capsys.readouterr().err
+    assert "layer 'conv2d' (weight 0)" in err and 'has shape (3, 3, 3, 16)' in err and 'init_skip_mismatch' in err
+    assert not (tmp_path / 'logs' / 'wide').exists()
+    assert cli.main([str(wide), '--no-smoke', '--set', 'train_parameters.init_skip_mismatch=true',
+                     '--set', 'train_parameters.steps=1']) == 0

@@ -220,4 +220,35 @@ def test_readme_reference_is_up_to_date():
         keys_main(['--markdown'])
     readme = open(os.path.join(ROOT, 'README.md')).read()
     table = re.search(r'<!-- reference:start -->\n(.*)<!-- reference:end -->', readme, re.S).group(1)
-    assert table == buf.getvalue(), 'run `python -m runner keys --markdown` and paste it into README.md'
+    assert table == buf.getvalue(), 'run `python -m runner keys --update-readme`'
+
+
+def test_grid_expands_to_the_cross_product_with_readable_names(tmp_path, capsys, image_folder):
+    text = GOOD.replace('dataset:', 'grid:\n  model_parameters.width: [4, 8]\n  train_parameters.lr_values: [[0.1, 0.01], [0.2, 0.02]]\ndataset:')
+    path, logdir = write(tmp_path, text, image_folder)
+    exps = load_experiments(path)
+    names = [e.run_name for e in exps]
+    assert names == ['good_width-4_lr_values-0.1x0.01', 'good_width-4_lr_values-0.2x0.02',
+                     'good_width-8_lr_values-0.1x0.01', 'good_width-8_lr_values-0.2x0.02']
+    assert [e.model_parameters['width'] for e in exps] == [4, 4, 8, 8]
+    assert exps[3].train_parameters.lr_values == [0.2, 0.02]
+    code, out, err = run_cli(capsys, path, '--list')
+    assert code == 0 and all(n in out for n in names)
+
+
+def test_grid_values_are_validated_like_any_experiment(capsys, tmp_path, image_folder):
+    text = GOOD.replace('dataset:', 'grid:\n  train_parameters.batch_size: [64, big]\ndataset:')
+    assert_config_error(capsys, tmp_path, text, 'train_parameters.batch_size', 'expected integer',
+                        image_folder=image_folder)
+    text = GOOD.replace('dataset:', 'grid:\n  train_parameters.batch_size: 64\ndataset:')
+    assert_config_error(capsys, tmp_path, text, 'grid: expected a mapping of dotted keys to non-empty lists',
+                        image_folder=image_folder)
+
+
+def test_repeats_give_seeded_runs(tmp_path, capsys, image_folder):
+    path, _ = write(tmp_path, GOOD + 'repeats: 3\n', image_folder)
+    exps = load_experiments(path)
+    assert [e.run_name for e in exps] == ['good/seed0', 'good/seed1', 'good/seed2']
+    assert [e.train_parameters.seed for e in exps] == [0, 1, 2]
+    code, out, err = run_cli(capsys, path, '--list', '--only', 'good')
+    assert code == 0 and out.count('good/seed') == 3

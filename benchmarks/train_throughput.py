@@ -1,0 +1,121 @@
+"""Images per second of the runner's train step beside keras.Model.fit and a bare
+hand-written tf.function loop, on the same model and the same batches, in one process.
+
+    python benchmarks/train_throughput.py --model cifar_resnet20 --batch 128 --steps 60
+    python benchmarks/train_throughput.py --model cifar_resnet20 --precision mixed_bfloat16
+
+Prints a table (images/s, ratio to the bare loop), the input pipeline alone, and peak
+resident memory. Data are random CIFAR-shaped images, so no dataset is needed; the
+pipeline is the runner's own (gather, normalise, flip, pad-crop). A benchmark, not a
+test: it asserts nothing. Run it on an otherwise idle machine.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def timed(fn, steps, warmup):
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - start
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--model', default='cifar_resnet20')
+    p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--steps', type=int, default=50, help='timed steps per contender')
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--precision', default='float32',
+                   choices=['float32', 'mixed_bfloat16', 'mixed_float16'])
+    p.add_argument('--jit', action='store_true', help='XLA-compile the runner step')
+    p.add_argument('--skip', default='', help='comma-separated: runner,fit,bare,pipeline')
+    a = p.parse_args()
+    skip = set(filter(None, a.skip.split(',')))
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from runner import data as data_lib
+    from runner import distribute
+    from runner.config import experiment_from_dict
+    from runner.registry import build_model
+    from runner.train import Trainer
+
+    exp = experiment_from_dict({'model': a.model, 'train_parameters': {
+        'batch_size': a.batch, 'precision': a.precision, 'jit_compile': a.jit,
+        'lr_values': [0.01], 'lr_boundaries': [10 ** 6]}})
+    info = data_lib.DataInfo('random', (32, 32, 3), 10)
+    train = data_lib.synthetic(info, 50000 // 4, seed=0)
+    data = data_lib.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    results = {}
+    print(f'{a.model}, batch {a.batch}, {a.precision}{", XLA" if a.jit else ""}, '
+          f'{a.steps} timed steps after {a.warmup} warm-up; {os.cpu_count()} CPU cores', flush=True)
+
+    def pipeline():
+        return data_lib.train_dataset(train, a.batch, 0, data.mean, data.std)
+
+    if 'pipeline' not in skip:
+        it = iter(pipeline())
+        results['input pipeline alone'] = timed(lambda: next(it), a.steps * 4, a.warmup) / 4
+
+    distribute.set_policy(a.precision)
+    if 'runner' not in skip:
+        keras.utils.set_random_seed(0)
+        trainer = Trainer(exp, data, tf.distribute.get_strategy(), a.precision)
+        trainer.start_input()
+        results['runner train_step'] = timed(lambda: trainer.train_step(trainer.iterator), a.steps, a.warmup)
+        del trainer
+
+    if 'bare' not in skip:
+        keras.utils.set_random_seed(0)
+        model = build_model(exp, info.image_shape, info.num_classes)
+        opt = keras.optimizers.SGD(0.01, momentum=0.9)
+        if a.precision == 'mixed_float16':
+            opt = keras.optimizers.LossScaleOptimizer(opt)
+
+        @tf.function
+        def bare_step(x, y):
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(x, training=True), tf.float32)
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+                loss += tf.add_n(model.losses)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+        it = iter(pipeline())
+        results['bare tf.function loop'] = timed(lambda: bare_step(*next(it)), a.steps, a.warmup)
+        del model
+
+    if 'fit' not in skip:
+        keras.utils.set_random_seed(0)
+        model = build_model(exp, info.image_shape, info.num_classes)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=['accuracy'], jit_compile=a.jit)
+        ds = pipeline()
+        model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0)
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0)
+        results['keras Model.fit'] = time.perf_counter() - start
+
+    bare = results.get('bare tf.function loop')
+    print(f'{"":24s} {"img/s":>8s} {"vs bare":>8s}')
+    for name, seconds in results.items():
+        rate = a.steps * a.batch / seconds
+        ratio = f'{bare / seconds:8.2f}' if bare else ''
+        print(f'{name:24s} {rate:8.0f} {ratio}')
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f'peak resident memory: {peak:.0f} MiB')
+
+
+if __name__ == '__main__':
+    main()
