@@ -23,6 +23,7 @@ import yaml
 
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+LR_SCHEDULES = ('piecewise', 'linear', 'cosine')
 
 
 class ConfigError(Exception):
@@ -87,6 +88,10 @@ class TrainConfig:
     lr_boundaries: List[int] = _doc(
         'End step of each piece (steps; same length as lr_values); the last one is the total '
         'number of training steps.', default_factory=lambda: [400, 32000, 48000, 64000])
+    lr_schedule: str = _doc(
+        'piecewise (lr_values between lr_boundaries), linear or cosine (warm-up, then from '
+        'lr_values[0] down to 0 at the last boundary; give one value and one boundary).',
+        default='piecewise')
     warmup_steps: int = _doc(
         'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', default=0)
     momentum: float = _doc('SGD momentum.', default=0.9)
@@ -351,7 +356,10 @@ def _check_values(exp):
         raise ConfigError(f'dataset.std: must be positive, got {ds.std}')
     if not ds.image_folder and not ds.name:
         raise ConfigError('dataset.name: give a TensorFlow Datasets name or dataset.image_folder')
-    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS}
+    if tp.lr_schedule != 'piecewise' and len(values) != 1:
+        raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
+                          f'peak rate; give one value and one boundary (the last step), got {values}')
+    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS, 'lr_schedule': LR_SCHEDULES}
     for key, allowed in choices.items():
         value = getattr(tp, key)
         if value not in allowed:

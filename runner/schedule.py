@@ -6,6 +6,11 @@ default, [0.01, 0.1, 0.01, 0.001] ending at [400, 32000, 48000, 64000], is He et
 CIFAR ResNet schedule (2015, section 4.2) with their 400-step warm-up at 0.01.
 Keras' PiecewiseConstantDecay does the stepping; an optional linear warm-up
 (Goyal et al. 2017, arXiv:1706.02677) scales it over the first `warmup_steps`.
+
+For short budgets the speed-record literature uses a warm-up then a decay to zero
+(Smith's one-cycle, arXiv:1708.07120; airbench): `lr_schedule: linear` (Keras
+PolynomialDecay with power 1 under the same warm-up) or `cosine` (Keras CosineDecay with
+its own linear warm-up), from lr_values[0] to 0 at the last boundary.
 """
 import keras
 import tensorflow as tf
@@ -48,3 +53,18 @@ def piecewise_lr(lr_values, lr_boundaries, warmup_steps=0):
         value = float(lr_values[0])
         inner = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries=[0], values=[value, value])
     return LinearWarmup(inner, int(warmup_steps))
+
+
+def make_lr_schedule(kind, lr_values, lr_boundaries, warmup_steps=0):
+    """The schedule a config names: 'piecewise', 'linear' or 'cosine' (see module doc)."""
+    if kind == 'piecewise':
+        return piecewise_lr(lr_values, lr_boundaries, warmup_steps)
+    peak, total = float(lr_values[0]), int(lr_boundaries[-1])
+    if kind == 'linear':
+        decay = keras.optimizers.schedules.PolynomialDecay(peak, total, end_learning_rate=0.0, power=1.0)
+        return LinearWarmup(decay, int(warmup_steps))
+    if kind == 'cosine':
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup_steps else peak, max(total - warmup_steps, 1), alpha=0.0,
+            warmup_target=peak if warmup_steps else None, warmup_steps=int(warmup_steps))
+    raise ValueError(f'unknown lr_schedule {kind!r}')

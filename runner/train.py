@@ -23,7 +23,7 @@ from runner import distribute
 from runner import rundir
 from runner.config import dump_yaml
 from runner.registry import build_model, count_trainable, load_initial_weights
-from runner.schedule import piecewise_lr
+from runner.schedule import make_lr_schedule
 
 
 class StopRequest:
@@ -106,7 +106,7 @@ class Trainer:
                              f'over {replicas} replicas')
         with strategy.scope():
             self.model = build_model(exp, data.info.image_shape, data.info.num_classes)
-            self.schedule = piecewise_lr(tp.lr_values, tp.lr_boundaries, tp.warmup_steps)
+            self.schedule = make_lr_schedule(tp.lr_schedule, tp.lr_values, tp.lr_boundaries, tp.warmup_steps)
             self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=tp.momentum,
                                                   nesterov=tp.nesterov)
             if self.loss_scaling:
@@ -229,7 +229,8 @@ def log_hparams(writer, exp, resolved, params, policy):
     values = {
         'model': exp.model, 'params': params, 'dataset': ds['image_folder'] or ds['name'],
         'batch_size': tp['batch_size'], 'lr_values': str(tp['lr_values']),
-        'lr_boundaries': str(tp['lr_boundaries']), 'warmup_steps': tp['warmup_steps'],
+        'lr_schedule': tp['lr_schedule'], 'lr_boundaries': str(tp['lr_boundaries']),
+        'warmup_steps': tp['warmup_steps'],
         'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
         'weight_decay': 'model default' if tp['weight_decay'] is None else tp['weight_decay'],
         'label_smoothing': tp['label_smoothing'], 'flip': ds['flip'], 'crop_padding': ds['crop_padding'],

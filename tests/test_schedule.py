@@ -48,3 +48,22 @@ def test_schedule_round_trips_through_keras_serialisation():
     s = piecewise_lr([0.1, 0.01], [100, 200], warmup_steps=10)
     again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(s))
     assert [lr(again, i) for i in (0, 50, 150)] == pytest.approx([lr(s, i) for i in (0, 50, 150)])
+
+
+def test_linear_decay_after_warmup():
+    from runner.schedule import make_lr_schedule
+    s = make_lr_schedule('linear', [0.4], [1000], warmup_steps=100)
+    assert lr(s, 0) == pytest.approx(0.4 * (1 - 0 / 1000) / 100)
+    assert lr(s, 99) == pytest.approx(0.4 * (1 - 99 / 1000))  # warm-up done
+    assert lr(s, 500) == pytest.approx(0.2)
+    assert lr(s, 1000) == pytest.approx(0.0)
+
+
+def test_cosine_decay_after_warmup():
+    from runner.schedule import make_lr_schedule
+    s = make_lr_schedule('cosine', [0.4], [1100], warmup_steps=100)
+    assert lr(s, 0) == pytest.approx(0.0) and lr(s, 50) == pytest.approx(0.2)
+    assert lr(s, 100) == pytest.approx(0.4)
+    assert lr(s, 600) == pytest.approx(0.2, rel=1e-3)
+    assert lr(s, 1100) == pytest.approx(0.0, abs=1e-6)
+    assert lr(make_lr_schedule('piecewise', [0.1, 0.01], [10, 20]), 10) == pytest.approx(0.01)
