@@ -104,9 +104,18 @@ def _truncate_event_file(path, step):
 def move_aside(run_dir):
     """`--restart`: keep the old run under a timestamped name; never delete it."""
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    target = f'{run_dir}.restarted-{stamp}'
-    shutil.move(run_dir, target)
+    target, n = f'{run_dir}.restarted-{stamp}', 1
+    while os.path.exists(target):  # two restarts within a second
+        target, n = f'{run_dir}.restarted-{stamp}-{n}', n + 1
+    os.rename(run_dir, target)  # refuses to overwrite, unlike shutil.move
     return target
+
+
+def remove_partial_checkpoints(run_dir):
+    """Files of a checkpoint whose write was killed: never listed, never read; drop them."""
+    ckpt_dir = os.path.join(run_dir, 'checkpoints')
+    for path in glob.glob(os.path.join(ckpt_dir, '*_temp*')):
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
 def check_writable(logdir, need_bytes):

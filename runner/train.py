@@ -119,7 +119,7 @@ class Trainer:
         self.params = count_trainable(self.model)
         # Training sums since the last log; reset after every log.
         self.sums = {k: tf.Variable(0.0, trainable=False, name=k)
-                     for k in ('loss', 'reg_loss', 'errors', 'examples')}
+                     for k in ('loss', 'reg_loss', 'errors', 'examples', 'steps')}
         self.loss_fn = keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=tp.label_smoothing, reduction=None)
 
@@ -184,14 +184,17 @@ class Trainer:
         self.sums['reg_loss'].assign_add(reg / num_replicas)  # each replica adds 1/n of it
         self.sums['errors'].assign_add(errors)
         self.sums['examples'].assign_add(n)
+        self.sums['steps'].assign_add(1.0)
         if bad > 0 and self.bad_step < 0:
             self.bad_step.assign(step)
 
-    def read_train_metrics(self, steps):
+    def read_train_metrics(self):
+        """Means since the last log. The sums and their step count are checkpointed, so a
+        log after a resume covers the same steps as in an uninterrupted run."""
         s = {k: float(v.numpy()) for k, v in self.sums.items()}
         for v in self.sums.values():
             v.assign(0.0)
-        steps = max(steps, 1)
+        steps = max(s['steps'], 1.0)
         return {'loss': s['loss'] / steps, 'reg_loss': s['reg_loss'] / steps,
                 'error': s['errors'] / max(s['examples'], 1.0)}
 
@@ -220,6 +223,20 @@ class Trainer:
         loss, top1, top5, n = totals
         return {'loss': loss / n, 'top1_error': 1 - top1 / n, 'top5_error': 1 - top5 / n,
                 'top1_accuracy': top1 / n, 'top5_accuracy': top5 / n, 'examples': int(n)}
+
+
+def restored_step(exp, data):
+    """Build the experiment afresh and restore its latest checkpoint into it; the step it
+    holds. The smoke run's check that a run can resume, without tracing a second step."""
+    policy = distribute.resolve_precision(exp.train_parameters.precision)
+    distribute.set_policy(policy)
+    try:
+        trainer = Trainer(exp, data, strategy_for(exp.train_parameters.distribution), policy)
+        ckpt_dir = os.path.join(exp.train_parameters.logdir, exp.run_name, 'checkpoints')
+        trainer.checkpoint.restore(tf.train.latest_checkpoint(ckpt_dir)).assert_existing_objects_matched()
+        return trainer.step
+    finally:
+        distribute.set_policy('float32')
 
 
 def log_hparams(writer, exp, resolved, params, policy):
@@ -287,6 +304,7 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
     total = exp.total_steps
 
     os.makedirs(run_dir, exist_ok=True)
+    rundir.remove_partial_checkpoints(run_dir)
     manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(run_dir, 'checkpoints'),
                                          max_to_keep=tp.keep_checkpoints)
     best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
@@ -297,6 +315,9 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
         trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         resumed_from = trainer.step
         rundir.truncate_history(run_dir, resumed_from)
+        # A finished run extended with more steps: its old final weights are not final now.
+        if os.path.exists(os.path.join(run_dir, rundir.FINAL_WEIGHTS)):
+            os.remove(os.path.join(run_dir, rundir.FINAL_WEIGHTS))
     else:
         rundir.truncate_history(run_dir, 0)
         if tp.init_weights:
@@ -393,7 +414,7 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
                     break
             if log_now:
                 steps = step - last_log_step
-                m = trainer.read_train_metrics(steps)
+                m = trainer.read_train_metrics()
                 # Images per second of training alone: evaluation and checkpoint time left out.
                 rate = steps * tp.batch_size / max(time.time() - last_log_time - overhead, 1e-9)
                 rates.append(rate)
@@ -414,6 +435,9 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
                 writer.flush()
                 do_eval(step)
             if ckpt_now or stop:
+                # Events up to this step must be on disk before the checkpoint that a
+                # resume starts after; otherwise a kill loses them for good.
+                writer.flush()
                 manager.save(checkpoint_number=step)
                 save_summary()
             overhead += time.time() - side_start
@@ -453,6 +477,18 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
     return summary
 
 
+def error_message(error):
+    """One line that says what went wrong. A TensorFlow op error raised in a tf.function
+    begins 'Graph execution error:' and carries its cause in a later line."""
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith('[[')]
+    if isinstance(error, tf.errors.OpError):
+        lines = [l for l in lines if not l.startswith(('Graph execution error', 'Detected at node',
+                                                       'File "', 'Stack trace'))] or lines
+        return lines[-1] if lines else type(error).__name__
+    return lines[0] if lines else type(error).__name__
+
+
 def record_failure(exp, error):
     """Mark a run `failed` with the error, keeping the traceback in error.log."""
     run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
@@ -461,6 +497,6 @@ def record_failure(exp, error):
         f.write(''.join(traceback.format_exception(error)))
     summary = rundir.read_summary(run_dir) or {'run_name': exp.run_name, 'model': exp.model}
     summary['status'] = 'failed'
-    summary['error'] = f'{type(error).__name__}: {error}'.splitlines()[0]
+    summary['error'] = f'{type(error).__name__}: {error_message(error)}'
     rundir.write_summary(run_dir, summary)
     return summary
