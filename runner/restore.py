@@ -1,0 +1,287 @@
+"""A trained run back in memory: its experiment, data description, model and weights,
+and the preprocessing and test-time augmentation that evaluate, predict and export share.
+
+Used by `python -m runner evaluate | predict | export`. Every problem a person can cause
+(a directory that is not a run, a run with no weights yet, data that moved) is a
+`RunError` whose message is one line.
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+TTA_MODES = ('none', 'flip', '10crop')
+WEIGHTS = ('best', 'last')
+CONFIG, FINAL_WEIGHTS = 'config.yaml', 'final.weights.h5'  # as runner.rundir names them
+DATA_INFO = 'data_info.json'   # shape and class names, cached so predict/export work without the data
+
+
+class RunError(Exception):
+    """A run directory cannot be used as asked (one-line message)."""
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    run_dir: str
+    config: dict          # config.yaml as written by the training run
+    exp: object           # runner.config.Experiment
+    summary: dict
+    info: object          # runner.data.DataInfo
+    mean: list
+    std: list
+    model: object = None
+    weights: str = ''     # which weights were loaded, for people: 'best (step 4000)'
+    weights_step: int = None
+
+    @property
+    def name(self):
+        return self.summary.get('run_name') or self.exp.run_name
+
+    @property
+    def model_name(self):
+        return self.exp.model
+
+    @property
+    def image_size(self):
+        return tuple(self.info.image_shape[:2])
+
+    @property
+    def num_classes(self):
+        return self.info.num_classes
+
+    @property
+    def class_names(self):
+        names = self.info.class_names or []
+        if len(names) != self.info.num_classes:
+            return [str(i) for i in range(self.info.num_classes)]
+        return list(names)
+
+
+def read_config(run_dir):
+    import yaml
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.isdir(run_dir):
+        raise RunError(f'{run_dir}: no such directory')
+    if not os.path.exists(path):
+        raise RunError(f'{run_dir}: not a run directory (no {CONFIG}; give '
+                       f'<logdir>/<run_name> of a run that has started)')
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise RunError(f'{path}: cannot read: {str(e).splitlines()[0]}') from None
+    if not isinstance(cfg, dict):
+        raise RunError(f'{path}: not an experiment')
+    return cfg
+
+
+def load_experiment(run_dir, data_dir=None):
+    """The run's resolved experiment, with `data_dir` (TFDS) or the image folder's new place."""
+    from runner.config import ConfigError, experiment_from_dict
+    cfg = read_config(run_dir)
+    if data_dir:
+        ds = cfg.setdefault('dataset', {})
+        if ds.get('image_folder'):
+            ds['image_folder'] = data_dir
+        else:
+            ds['data_dir'] = data_dir
+    try:
+        exp = experiment_from_dict(cfg, os.path.join(run_dir, CONFIG))
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    return cfg, exp
+
+
+def data_info(run_dir, exp):
+    """Image shape and class names: from the data when it is here (and cached in the run
+    directory), from the cache when it is not, so predict and export need no data."""
+    from runner import data as data_lib
+    from runner import rundir
+    cache = os.path.join(run_dir, DATA_INFO)
+    try:
+        info = data_lib.describe(exp.dataset)
+    except data_lib.DataUnavailable as e:
+        try:
+            with open(cache) as f:
+                d = json.load(f)
+            return data_lib.DataInfo(d['description'], tuple(d['image_shape']), d['num_classes'],
+                                     d.get('class_names'))
+        except (OSError, ValueError, KeyError):
+            raise RunError(f'{run_dir}: {e} (use --data-dir to say where the data is now)') from None
+    try:
+        rundir.write_atomic(cache, json.dumps({
+            'description': info.description, 'image_shape': list(info.image_shape),
+            'num_classes': info.num_classes, 'class_names': info.class_names}, indent=1) + '\n')
+    except OSError:
+        pass  # a read-only run directory: fine, the cache is only a convenience
+    return info
+
+
+def restore_weights(model, run_dir, which):
+    """Load `best` (best/ checkpoint) or `last` (final.weights.h5, else the latest checkpoint)
+    into `model`. Returns (description, step or None)."""
+    import tensorflow as tf
+    from runner import rundir
+    if which not in WEIGHTS:
+        raise RunError(f"--weights: '{which}' is not one of {', '.join(WEIGHTS)}")
+    if which == 'best':
+        ckpt = tf.train.latest_checkpoint(os.path.join(run_dir, 'best'))
+        if not ckpt:
+            raise RunError(f'{run_dir}: no best/ checkpoint (the run was never evaluated); '
+                           f'use --weights last')
+        step = _ckpt_step(ckpt)
+        _restore_checkpoint(model, ckpt, run_dir)
+        chosen = (rundir.read_summary(run_dir) or {}).get('selection_split')
+        chosen = {'validation': ', chosen on val', 'test': ', chosen on test'}.get(chosen, '')
+        return f'best (step {step}{chosen})', step
+    final = os.path.join(run_dir, FINAL_WEIGHTS)
+    summary = rundir.read_summary(run_dir) or {}
+    ckpt = tf.train.latest_checkpoint(os.path.join(run_dir, 'checkpoints'))
+    # A finished run resumed for more steps has a stale final.weights.h5: while it is not
+    # finished, its latest checkpoint is the last word.
+    if os.path.exists(final) and (summary.get('status') == 'finished' or not ckpt):
+        try:
+            model.load_weights(final)
+        except Exception as e:  # wrong architecture, a truncated file
+            raise RunError(f'{final}: does not fit the model of config.yaml: '
+                           f'{_first_line(e)}') from None
+        step = summary.get('steps') if summary.get('status') == 'finished' else None
+        return f"last ({FINAL_WEIGHTS}{f', step {step}' if step is not None else ''})", step
+    if not ckpt:
+        raise RunError(f'{run_dir}: no {FINAL_WEIGHTS} and no checkpoint: the run has '
+                       f'not saved any weights yet')
+    step = _ckpt_step(ckpt)
+    _restore_checkpoint(model, ckpt, run_dir)
+    return f'last (checkpoint at step {step}; run unfinished)', step
+
+
+def _ckpt_step(path):
+    try:
+        return int(path.rsplit('-', 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _restore_checkpoint(model, ckpt, run_dir):
+    import tensorflow as tf
+    try:
+        # Only the model: the training checkpoints also hold optimizer and counters.
+        tf.train.Checkpoint(model=model).restore(ckpt).assert_existing_objects_matched().expect_partial()
+    except Exception as e:
+        raise RunError(f'{ckpt}: does not fit the model of config.yaml: {_first_line(e)}') from None
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_run(run_dir, weights='best', data_dir=None, build=True):
+    """Everything needed to use a run's model; `build=False` skips the model."""
+    from runner import rundir
+    from runner.config import ConfigError
+    from runner.registry import build_model
+    run_dir = os.path.normpath(run_dir)
+    cfg, exp = load_experiment(run_dir, data_dir)
+    info = data_info(run_dir, exp)
+    ds = cfg.get('dataset', {})
+    mean, std = ds.get('mean'), ds.get('std')
+    if mean is None or std is None:
+        raise RunError(f'{run_dir}: config.yaml has no dataset mean/std (was it written by the '
+                       f'training run?)')
+    if not ds.get('normalize', True):
+        mean, std = [0.0], [1.0]
+    run = LoadedRun(run_dir, cfg, exp, rundir.read_summary(run_dir) or {}, info, list(mean),
+                    list(std))
+    if build:
+        try:
+            run.model = build_model(exp, info.image_shape, info.num_classes)
+        except ConfigError as e:
+            raise RunError(f'{run_dir}: {e}') from None
+        run.weights, run.weights_step = restore_weights(run.model, run_dir, weights)
+    return run
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing and test-time augmentation
+
+def tta_views(x, tta='none', crop_padding=4):
+    """The views of a batch of normalised images [B, H, W, C] that `tta` averages over.
+
+    none:   the image.
+    flip:   the image and its horizontal mirror.
+    10crop: the image padded by `crop_padding` on every side with zeros (the mean colour
+            after normalisation, as in training's pad-and-crop), cropped back to H x W at
+            the four corners and the centre (the centre crop is the image itself), and the
+            mirrors of those five. With crop_padding 0 the five crops are all the image.
+    """
+    import tensorflow as tf
+    if tta == 'none':
+        return [x]
+    if tta == 'flip':
+        return [x, tf.reverse(x, axis=[2])]
+    if tta != '10crop':
+        raise RunError(f"--tta: '{tta}' is not one of {', '.join(TTA_MODES)}")
+    p = int(crop_padding)
+    h, w = x.shape[1], x.shape[2]
+    padded = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+    crops = [padded[:, dy:dy + h, dx:dx + w, :]
+             for dy, dx in ((0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p))]
+    return crops + [tf.reverse(c, axis=[2]) for c in crops]
+
+
+def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4):
+    """A tf.function: uint8 images [B, H, W, 3] -> class probabilities [B, C] (float32),
+    the softmax of the model's logits averaged over the TTA views."""
+    import tensorflow as tf
+    from runner import data as data_lib
+    h, w = image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
+    def probabilities(images):
+        x = data_lib.normalize(images, mean, std)
+        views = tta_views(x, tta, crop_padding)
+        total = None
+        for v in views:
+            p = tf.nn.softmax(tf.cast(model(v, training=False), tf.float32), axis=-1)
+            total = p if total is None else total + p
+        return total / float(len(views))
+    return probabilities
+
+
+def predict_probabilities(run, images, tta='none', batch_size=None):
+    """Class probabilities (float32 [N, C]) of uint8 images [N, H, W, 3] of the model's size."""
+    tp = run.exp.train_parameters
+    batch_size = batch_size or tp.eval_batch_size
+    if tta == '10crop':
+        batch_size = max(1, batch_size // 5)  # ten views per image in memory at once
+    fn = probability_fn(run.model, run.image_size, run.mean, run.std, tta,
+                        run.exp.dataset.crop_padding)
+    out = [fn(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    if not out:
+        return np.zeros((0, run.num_classes), np.float32)
+    return np.concatenate(out)
+
+
+def prepare_image(data, image_size):
+    """Encoded image bytes (JPEG, PNG, BMP, GIF; any size; grey, RGB or RGBA) -> uint8
+    [H, W, 3], exactly as the training data is read: decoded to three channels as TFDS
+    decodes (grey is repeated, alpha dropped), resized with antialiasing, rounded.
+
+    Raises tf.errors.InvalidArgumentError for data that is not a (complete) image."""
+    import tensorflow as tf
+    h, w = image_size
+    img = tf.io.decode_image(data, channels=3, expand_animations=False)
+    if img.shape[0] != h or img.shape[1] != w:
+        # The same arithmetic as runner.data._to_arrays, so a file gives the model the same
+        # pixels through predict as through the data pipeline.
+        img = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(img, (h, w), antialias=True)),
+                                       0, 255), tf.uint8)
+    return img.numpy()
+
+
+def quiet_tensorflow():
+    """Import TensorFlow without its start-up notices (as the train command does)."""
+    from runner.cli import quiet_tensorflow as quiet
+    quiet()
