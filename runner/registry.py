@@ -16,6 +16,11 @@ from runner.config import ConfigError
 
 ZOO_PACKAGE = 'models'
 
+# The seed runner's spellings (001_bba23ab2ea219f51.txt), so its experiment files run with
+# only the module name changed: model names, and model_parameters keys.
+SEED_MODEL_NAMES = {f'WRN_{d}_{w}': f'cifar_WRN_{d}_{w}' for d, w in ((16, 4), (16, 8), (28, 10), (40, 4))}
+SEED_PARAMETER_NAMES = {'shortcut_mode': 'shortcut_type'}
+
 
 def zoo_functions():
     """{name: (module_name, function)} for every public model function in the zoo."""
@@ -42,12 +47,16 @@ def resolve_model_fn(exp):
         except Exception as e:  # an error inside the user's module
             raise ConfigError(f"module: importing '{exp.module}' failed: {type(e).__name__}: {e}") from None
         fn = getattr(mod, exp.model, None)
+        if fn is None and exp.module.split('.')[0] == ZOO_PACKAGE:
+            fn = getattr(mod, SEED_MODEL_NAMES.get(exp.model, ''), None)
         if not callable(fn):
             names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith('_')]
             hint = _suggest(exp.model, names)
             raise ConfigError(f"model: '{exp.model}' is not a function of module '{exp.module}'{hint}")
         return fn
     zoo = zoo_functions()
+    if exp.model not in zoo and exp.model in SEED_MODEL_NAMES:
+        return zoo[SEED_MODEL_NAMES[exp.model]][1]
     if exp.model not in zoo:
         raise ConfigError(f"model: '{exp.model}' is not a model of this project{_suggest(exp.model, zoo)}; "
                           f"set 'module' to use a model of your own")
@@ -71,8 +80,11 @@ def model_kwargs(exp, fn, input_shape, num_classes):
     The runner passes the dataset's `input_shape` and `num_classes`, and the experiment's
     `weight_decay`, to every function that accepts them, so one model serves any dataset.
     """
-    params = dict(exp.model_parameters)
     sig = inspect.signature(fn)
+    params = {}
+    for key, value in exp.model_parameters.items():
+        new = SEED_PARAMETER_NAMES.get(key)
+        params[new if new and key not in sig.parameters and new in sig.parameters else key] = value
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     supplied = {'input_shape': tuple(input_shape), 'num_classes': num_classes}
     wd = exp.train_parameters.weight_decay

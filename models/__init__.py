@@ -1,0 +1,31 @@
+"""Model zoo: functions that build image-classification ConvNets as logits-out ``keras.Model``s.
+
+Every model function takes ``input_shape``, ``num_classes`` and ``weight_decay``
+(the papers' SGD coefficient, see :mod:`models.layers`) plus family-specific
+keywords, and names its model after itself.  One module per family; the
+runner finds the functions by scanning the modules (``runner.registry``).
+"""
+
+from .alexnet import alexnet, alexnet_bn, zfnet_bn
+from .densenet import (densenet, densenet40_k12, densenet_bc100_k12, densenet_bc190_k40,
+                       densenet_bc250_k24)
+from .nin import nin_bn
+from .resnet import (cifar_resnet, cifar_resnet20, cifar_resnet32, cifar_resnet44,
+                     cifar_resnet56, cifar_resnet110, cifar_resnet164, cifar_resnet1001,
+                     cifar_resnext, cifar_resnext29_8x64d, cifar_resnext29_16x64d,
+                     cifar_wide_resnet, cifar_WRN_16_4, cifar_WRN_16_8, cifar_WRN_28_10,
+                     cifar_WRN_40_4, resnet50, resnet50_v2, se_resnet50)
+from .vgg import cifar_vgg11, cifar_vgg13, cifar_vgg16, cifar_vgg19, cifar_vgg_bn
+
+__all__ = [
+    "alexnet", "alexnet_bn", "zfnet_bn",
+    "densenet", "densenet40_k12", "densenet_bc100_k12", "densenet_bc190_k40",
+    "densenet_bc250_k24",
+    "nin_bn",
+    "cifar_resnet", "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56",
+    "cifar_resnet110", "cifar_resnet164", "cifar_resnet1001",
+    "cifar_resnext", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d",
+    "cifar_wide_resnet", "cifar_WRN_16_4", "cifar_WRN_16_8", "cifar_WRN_28_10", "cifar_WRN_40_4",
+    "resnet50", "resnet50_v2", "se_resnet50",
+    "cifar_vgg11", "cifar_vgg13", "cifar_vgg16", "cifar_vgg19", "cifar_vgg_bn",
+]

@@ -1,0 +1,306 @@
+"""Residual networks: CIFAR ResNets (original, pre-activation, wide, ResNeXt) and ResNet-50s.
+
+Papers:
+- He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", 2015,
+  arXiv:1512.03385 (ResNet-20/32/44/56/110 on CIFAR, section 4.2; ResNet-50, Table 1).
+- He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", 2016,
+  arXiv:1603.05027 (pre-activation units; ResNet-164/1001).
+- Zagoruyko, Komodakis, "Wide Residual Networks", 2016, arXiv:1605.07146.
+- Xie, Girshick, Dollar, Tu, He, "Aggregated Residual Transformations for Deep
+  Neural Networks", 2016, arXiv:1611.05431 (ResNeXt).
+- Hu, Shen, Albanie, Sun, Wu, "Squeeze-and-Excitation Networks", 2017,
+  arXiv:1709.01507.
+
+All variants come from one builder, :func:`_resnet`, fed a list of stages.
+'original' blocks are He et al. 2015's (conv-BN-ReLU, addition, then ReLU);
+'preactivated' blocks are He et al. 2016's (BN-ReLU-conv, bare addition, one
+BN-ReLU after the last stage).
+
+Parameter counts against the papers: He et al. (2015, 2016) and Xie et al.
+count conv and dense weights only; the other figures (WRN, SE-ResNet-50, and
+ResNet-50's 25.6M, which the paper does not state) count all trainable
+weights.  This matters only where BN's gamma/beta cross a rounding boundary:
+ResNet-1001 has 10,327,706 trainable parameters, 10.18M without BN (paper:
+10.2M), and ResNeXt-29 16x64d has 68,155,210, 68.05M without BN (paper:
+68.1M).  Both follow their authors' released code (KaimingHe/resnet-1k-layers,
+facebookresearch/ResNeXt) layer for layer, without conv biases, so no change
+of architecture explains the difference.
+
+Choices the papers leave open:
+- Convolutions have no bias (BN follows or precedes each one), as in the
+  authors' Torch code; only the classifier has a bias.  Exception: ResNet-50 v2
+  follows TF-slim's resnet_v2 / keras.applications.ResNet50V2 and biases the
+  convs that write into the residual stream (stem, each unit's last 1x1, the
+  projections), 19,008 parameters, which gives the commonly cited 25.6M
+  (25,568,360, equal to Keras'); without them it would be 25.5M.
+- Option A (the CIFAR default) zero-pads new channels after the subsampled
+  identity; option B projects with a 1x1 conv only where the shape changes.
+- Where a projection meets a pre-activation unit it reads the unit's BN-ReLU
+  output and has no BN, as in resnet-1k-layers and Zagoruyko's WRN code; the
+  identity and zero-padding shortcuts read the raw input.
+- Which conv of a downsampling bottleneck carries the stride follows each
+  family's released code: the first 1x1 for ResNet-164/1001 (resnet-1k-layers),
+  ResNet-50 v1 and SE-ResNet-50 (the released Caffe models); the 3x3 for
+  ResNet-50 v2 (fb.resnet.torch preresnet.lua) and ResNeXt.  Counts are unaffected.
+- ImageNet stems use 'same' padding (7x7/2 conv, 3x3/2 max-pool), giving the
+  paper's 112/56 maps at 224 and working at any input size.  The v2 stem is a
+  bare conv whose BN-ReLU is the first unit's (He et al. 2016, section 4.1).
+- WRN places its dropout between the two 3x3 convs (Zagoruyko & Komodakis,
+  section 2.4) and has (depth - 4) / 6 units per stage, as in their code.
+- ResNeXt-29 follows facebookresearch/ResNeXt's CIFAR model: 64-filter 3x3
+  stem, stage outputs 256/512/1024, grouped width cardinality x base_width x
+  2^stage, projection shortcuts only where the shape changes, weight decay 5e-4.
+- SE-ResNet-50's gate (two biased dense layers, reduction 16) rescales the
+  residual branch before the addition (Hu et al., Fig. 3), adding 2.53M to
+  ResNet-50's 25.56M.
+"""
+
+import types
+
+from keras import Input, layers
+
+from . import layers as L
+
+# Bottleneck units per stage of the ImageNet ResNets (He et al. 2015, Table 1).
+_IMAGENET_STAGES = types.MappingProxyType({
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+})
+
+_BLOCK_TYPES = ("original", "preactivated")
+_SHORTCUT_TYPES = ("A", "B")
+
+
+def _residual_block(x, convs, *, preact, shortcut_type, dropout, se_reduction, weight_decay,
+                    residual_bias, name):
+    """Apply one residual unit whose branch is ``convs`` of (kernel, filters, strides, groups)."""
+    width = convs[-1][1]
+    strides = 1
+    r, pre = x, None
+    for i, (kernel, filters, s, groups) in enumerate(convs, start=1):
+        strides *= s
+        last = i == len(convs)
+        if preact:
+            r = L.bn_relu(r, name=name, suffix=i)
+            if i == 1:
+                pre = r
+        if last and dropout:
+            r = layers.Dropout(dropout, name=f"{name}_dropout")(r)
+        if preact:
+            r = L.conv(r, filters, kernel, strides=s, groups=groups, weight_decay=weight_decay,
+                       use_bias=residual_bias and last, name=f"{name}_conv{i}")
+        else:
+            r = L.conv_bn_relu(r, filters, kernel, strides=s, groups=groups, relu=not last,
+                               weight_decay=weight_decay, name=name, suffix=i)
+    if se_reduction:
+        r = L.squeeze_excite(r, reduction=se_reduction, weight_decay=weight_decay,
+                             name=f"{name}_se")
+    sc = L.shortcut(x, width, strides, shortcut_type, preactivated=pre, use_bias=residual_bias,
+                    weight_decay=weight_decay, name=f"{name}_shortcut")
+    x = layers.Add(name=f"{name}_add")([r, sc])
+    return x if preact else layers.ReLU(name=f"{name}_out")(x)
+
+
+def _resnet(name, input_shape, num_classes, weight_decay, *, stages, stem, stem_width, preact,
+            shortcut_type, bottleneck, groups=1, stride_in_3x3=True, dropout=0.0,
+            se_reduction=0, residual_bias=False):
+    """Build a ResNet from ``stages``, a list of (blocks, output width, inner width, stride).
+
+    ``stem`` is 'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv, 3x3/2 max-pool).
+    Basic units are two 3x3 convs of the output width; bottleneck units are
+    1x1 (inner), 3x3 (inner, ``groups``), 1x1 (output width).  With
+    ``residual_bias`` the convs that write into the residual stream (stem,
+    each unit's last conv, projections) of a pre-activation net get a bias.
+    """
+    input_shape = L.check_args(name, input_shape, num_classes)
+    L.check_choice(name, "shortcut_type", shortcut_type, _SHORTCUT_TYPES)
+    L.check_rate(name, "dropout", dropout)
+    inputs = Input(shape=input_shape, name="input")
+    kernel, stride = (3, 1) if stem == "cifar" else (7, 2)
+    x = L.conv(inputs, stem_width, kernel, strides=stride, use_bias=residual_bias,
+               weight_decay=weight_decay, name="stem_conv")
+    if not preact:
+        x = L.bn_relu(x, name="stem")
+    if stem == "imagenet":
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+
+    for s, (n_blocks, width, inner, stage_stride) in enumerate(stages, start=1):
+        for b in range(1, n_blocks + 1):
+            stride = stage_stride if b == 1 else 1
+            if bottleneck:
+                s1, s3 = (1, stride) if stride_in_3x3 else (stride, 1)
+                convs = [(1, inner, s1, 1), (3, inner, s3, groups), (1, width, 1, 1)]
+            else:
+                convs = [(3, width, stride, 1), (3, width, 1, 1)]
+            x = _residual_block(x, convs, preact=preact, shortcut_type=shortcut_type,
+                                dropout=dropout, se_reduction=se_reduction,
+                                weight_decay=weight_decay, residual_bias=residual_bias,
+                                name=f"stage{s}_block{b}")
+    if preact:
+        x = L.bn_relu(x, name="final")
+    return L.build_model(inputs, L.classifier(x, num_classes, weight_decay=weight_decay), name)
+
+
+def _blocks_per_stage(name, depth, layers_per_block, extra, rule):
+    """Return n for a 3-stage CIFAR net whose depth is 3 * layers_per_block * n + extra."""
+    step = 3 * layers_per_block
+    if (isinstance(depth, bool) or not isinstance(depth, int) or depth < step + extra
+            or (depth - extra) % step):
+        raise ValueError(f"{name}: depth must be {rule} (n >= 1), got {depth!r}")
+    return (depth - extra) // step
+
+
+def cifar_resnet(depth, block_type="original", shortcut_type="A", bottleneck=False,
+                 input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, name=None):
+    """CIFAR ResNet of any depth: 6n+2 with basic units, 9n+2 with bottleneck units."""
+    name = name or "cifar_resnet"
+    L.check_choice(name, "block_type", block_type, _BLOCK_TYPES)
+    if bottleneck:
+        n = _blocks_per_stage(name, depth, 3, 2, "9n+2 for bottleneck blocks")
+        # resnet-1k-layers: 16-filter stem, bottleneck outputs 64/128/256 (4x inner).
+        stages = [(n, 64, 16, 1), (n, 128, 32, 2), (n, 256, 64, 2)]
+    else:
+        n = _blocks_per_stage(name, depth, 2, 2, "6n+2 for basic blocks")
+        stages = [(n, 16, None, 1), (n, 32, None, 2), (n, 64, None, 2)]
+    return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
+                   stem_width=16, preact=block_type == "preactivated",
+                   shortcut_type=shortcut_type, bottleneck=bottleneck, stride_in_3x3=False)
+
+
+def cifar_resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                   block_type="original", shortcut_type="A"):
+    """ResNet-20 for CIFAR (He et al. 2015, 0.27M)."""
+    return cifar_resnet(20, block_type, shortcut_type, input_shape=input_shape,
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet20")
+
+
+def cifar_resnet32(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                   block_type="original", shortcut_type="A"):
+    """ResNet-32 for CIFAR (He et al. 2015, 0.46M)."""
+    return cifar_resnet(32, block_type, shortcut_type, input_shape=input_shape,
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet32")
+
+
+def cifar_resnet44(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                   block_type="original", shortcut_type="A"):
+    """ResNet-44 for CIFAR (He et al. 2015, 0.66M)."""
+    return cifar_resnet(44, block_type, shortcut_type, input_shape=input_shape,
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet44")
+
+
+def cifar_resnet56(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                   block_type="original", shortcut_type="A"):
+    """ResNet-56 for CIFAR (He et al. 2015, 0.85M)."""
+    return cifar_resnet(56, block_type, shortcut_type, input_shape=input_shape,
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet56")
+
+
+def cifar_resnet110(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                    block_type="original", shortcut_type="A"):
+    """ResNet-110 for CIFAR (He et al. 2015, 1.7M)."""
+    return cifar_resnet(110, block_type, shortcut_type, input_shape=input_shape,
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet110")
+
+
+def cifar_resnet164(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                    block_type="preactivated", shortcut_type="B"):
+    """ResNet-164, pre-activation bottleneck units (He et al. 2016, 1.7M)."""
+    return cifar_resnet(164, block_type, shortcut_type, bottleneck=True, input_shape=input_shape,
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet164")
+
+
+def cifar_resnet1001(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                     block_type="preactivated", shortcut_type="B"):
+    """ResNet-1001, pre-activation bottleneck units (He et al. 2016, 10.2M)."""
+    return cifar_resnet(1001, block_type, shortcut_type, bottleneck=True, input_shape=input_shape,
+                        num_classes=num_classes, weight_decay=weight_decay,
+                        name="cifar_resnet1001")
+
+
+def cifar_wide_resnet(depth, width, dropout=0.0, input_shape=(32, 32, 3), num_classes=10,
+                      weight_decay=5e-4, name=None):
+    """Wide ResNet WRN-depth-width: pre-activation basic units 16k/32k/64k wide, depth 6n+4."""
+    name = name or "cifar_wide_resnet"
+    n = _blocks_per_stage(name, depth, 2, 4, "6n+4")
+    L.check_positive_int(name, "width", width)
+    stages = [(n, 16 * width, None, 1), (n, 32 * width, None, 2), (n, 64 * width, None, 2)]
+    return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
+                   stem_width=16, preact=True, shortcut_type="B", bottleneck=False,
+                   dropout=dropout)
+
+
+def cifar_WRN_16_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+    """WRN-16-4 (Zagoruyko & Komodakis 2016, 2.7M)."""
+    return cifar_wide_resnet(16, 4, dropout, input_shape, num_classes, weight_decay,
+                             name="cifar_WRN_16_4")
+
+
+def cifar_WRN_16_8(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+    """WRN-16-8 (Zagoruyko & Komodakis 2016, 11.0M)."""
+    return cifar_wide_resnet(16, 8, dropout, input_shape, num_classes, weight_decay,
+                             name="cifar_WRN_16_8")
+
+
+def cifar_WRN_28_10(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+    """WRN-28-10 (Zagoruyko & Komodakis 2016, 36.5M)."""
+    return cifar_wide_resnet(28, 10, dropout, input_shape, num_classes, weight_decay,
+                             name="cifar_WRN_28_10")
+
+
+def cifar_WRN_40_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+    """WRN-40-4 (Zagoruyko & Komodakis 2016, 8.9M)."""
+    return cifar_wide_resnet(40, 4, dropout, input_shape, num_classes, weight_decay,
+                             name="cifar_WRN_40_4")
+
+
+def cifar_resnext(depth, cardinality, base_width, input_shape=(32, 32, 3), num_classes=10,
+                  weight_decay=5e-4, name=None):
+    """CIFAR ResNeXt-depth (cardinality x base_width d): grouped bottleneck units, depth 9n+2."""
+    name = name or "cifar_resnext"
+    n = _blocks_per_stage(name, depth, 3, 2, "9n+2")
+    L.check_positive_int(name, "cardinality", cardinality)
+    L.check_positive_int(name, "base_width", base_width)
+    stages = [(n, 256 * 2 ** i, cardinality * base_width * 2 ** i, 1 if i == 0 else 2)
+              for i in range(3)]
+    return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
+                   stem_width=64, preact=False, shortcut_type="B", bottleneck=True,
+                   groups=cardinality, stride_in_3x3=True)
+
+
+def cifar_resnext29_8x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
+    """ResNeXt-29 8x64d for CIFAR (Xie et al. 2016, 34.4M)."""
+    return cifar_resnext(29, 8, 64, input_shape, num_classes, weight_decay,
+                         name="cifar_resnext29_8x64d")
+
+
+def cifar_resnext29_16x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
+    """ResNeXt-29 16x64d for CIFAR (Xie et al. 2016, 68.1M)."""
+    return cifar_resnext(29, 16, 64, input_shape, num_classes, weight_decay,
+                         name="cifar_resnext29_16x64d")
+
+
+def _imagenet_resnet(name, depth, input_shape, num_classes, weight_decay, *, preact,
+                     se_reduction=0):
+    """Build an ImageNet bottleneck ResNet of ``depth`` (50/101/152) with 64-filter 7x7 stem."""
+    stages = [(n, 256 * 2 ** i, 64 * 2 ** i, 1 if i == 0 else 2)
+              for i, n in enumerate(_IMAGENET_STAGES[depth])]
+    return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="imagenet",
+                   stem_width=64, preact=preact, shortcut_type="B", bottleneck=True,
+                   stride_in_3x3=preact, se_reduction=se_reduction, residual_bias=preact)
+
+
+def resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
+    """ResNet-50 v1 (He et al. 2015, 25.6M)."""
+    return _imagenet_resnet("resnet50", 50, input_shape, num_classes, weight_decay, preact=False)
+
+
+def resnet50_v2(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
+    """ResNet-50 v2, pre-activation units (He et al. 2016, 25.6M)."""
+    return _imagenet_resnet("resnet50_v2", 50, input_shape, num_classes, weight_decay, preact=True)
+
+
+def se_resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
+    """SE-ResNet-50, squeeze-excitation with reduction 16 (Hu et al. 2017, 28.1M)."""
+    return _imagenet_resnet("se_resnet50", 50, input_shape, num_classes, weight_decay,
+                            preact=False, se_reduction=16)

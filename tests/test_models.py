@@ -1,0 +1,505 @@
+"""Tests of the model zoo, after timm's tests/test_models.py and TF Model Garden's resnet_test.py.
+
+Every public model function is discovered from the ``models`` package the way the
+runner finds them (runner.registry), and must appear in EXACT_PARAMS (named models)
+or GENERIC_BUILDERS (functions that need family arguments), so a new model cannot
+escape these tests.  Each named model is built once at its native input size (a
+module-scoped fixture, so pytest runs all its tests together) for the parameter
+counts, the weight-decay check, the forward/gradient check and the SGD check; the
+largest ones run forward/backward with batch 1, and the ImageNet-size ones at a
+smaller input.
+"""
+
+import importlib
+import inspect
+import pkgutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+from models import layers as L
+
+CIFAR_SHAPE, IMAGENET_SHAPE = (32, 32, 3), (224, 224, 3)
+
+
+def discover_model_functions():
+    """{name: function} for every public function of every family module of ``models``."""
+    found = {}
+    for info in pkgutil.iter_modules(models.__path__):
+        if info.name.startswith("_") or info.name == "layers":
+            continue
+        module = importlib.import_module(f"models.{info.name}")
+        for name, fn in vars(module).items():
+            if (inspect.isfunction(fn) and not name.startswith("_")
+                    and fn.__module__ == module.__name__):
+                found[name] = fn
+    return found
+
+
+MODEL_FNS = discover_model_functions()
+
+# Trainable parameters (BN moving statistics excluded) at the native input size with
+# default arguments.  Cross-checks: WRN-28-10 equals Zagoruyko's PyTorch count,
+# DenseNet-BC-190 Huang's, ResNet-50 torchvision's, ResNet-50 v2 Keras applications'.
+EXACT_PARAMS = {
+    "cifar_vgg11": 9_228_362,
+    "cifar_vgg13": 9_413_066,
+    "cifar_vgg16": 14_724_042,
+    "cifar_vgg19": 20_035_018,
+    "cifar_vgg_bn": 14_987_722,
+    "cifar_resnet20": 269_722,
+    "cifar_resnet32": 464_154,
+    "cifar_resnet44": 658_586,
+    "cifar_resnet56": 853_018,
+    "cifar_resnet110": 1_727_962,
+    "cifar_resnet164": 1_703_258,
+    "cifar_resnet1001": 10_327_706,
+    "cifar_WRN_16_4": 2_748_890,
+    "cifar_WRN_16_8": 10_961_370,
+    "cifar_WRN_28_10": 36_479_194,
+    "cifar_WRN_40_4": 8_949_210,
+    "cifar_resnext29_8x64d": 34_426_698,
+    "cifar_resnext29_16x64d": 68_155_210,
+    "resnet50": 25_557_032,
+    "resnet50_v2": 25_568_360,
+    "se_resnet50": 28_088_024,
+    "densenet40_k12": 1_019_722,
+    "densenet_bc100_k12": 769_162,
+    "densenet_bc250_k24": 15_324_406,
+    "densenet_bc190_k40": 25_624_430,
+    "nin_bn": 968_404,
+    "alexnet": 60_965_224,
+    "alexnet_bn": 60_966_600,
+    "zfnet_bn": 62_358_984,
+}
+
+# Functions that need family arguments: an example call and its exact count.
+GENERIC_BUILDERS = {
+    "cifar_resnet": (dict(depth=20), 269_722),
+    "cifar_wide_resnet": (dict(depth=16, width=4), 2_748_890),
+    "cifar_resnext": (dict(depth=11, cardinality=2, base_width=4), 761_290),
+    "densenet": (dict(depth=22, growth_rate=4, bottleneck=True, compression=0.5), 8_714),
+}
+
+# Non-default configurations of named models, with exact counts.
+VARIANT_PARAMS = [
+    ("cifar_resnet20", dict(block_type="preactivated"), 269_722),
+    ("cifar_resnet20", dict(shortcut_type="B"), 272_474),
+    ("cifar_resnet20", dict(block_type="preactivated", shortcut_type="B"), 272_282),
+    ("cifar_resnet", dict(depth=11, bottleneck=True, block_type="original", shortcut_type="B"),
+     127_642),
+    ("cifar_resnet", dict(depth=11, bottleneck=True, block_type="preactivated", shortcut_type="A"),
+     84_762),
+    ("cifar_WRN_16_4", dict(dropout=0.3), 2_748_890),
+]
+
+# Published figures: (millions, decimals the paper gives, what it counts).  'all' is
+# every trainable weight; 'weights' leaves out BN's gamma and beta, as He et al. and
+# Xie et al. do (see models/resnet.py: ResNet-1001 and ResNeXt-29 16x64d only match
+# that way).  None: no published figure for this exact model.
+PAPER_PARAMS = {
+    "cifar_vgg11": (9.2, 1, "all"),
+    "cifar_vgg13": (9.4, 1, "all"),
+    "cifar_vgg16": (14.7, 1, "all"),
+    "cifar_vgg19": (20.0, 1, "all"),
+    "cifar_vgg_bn": None,
+    "cifar_resnet20": (0.27, 2, "weights"),
+    "cifar_resnet32": (0.46, 2, "weights"),
+    "cifar_resnet44": (0.66, 2, "weights"),
+    "cifar_resnet56": (0.85, 2, "weights"),
+    "cifar_resnet110": (1.7, 1, "weights"),
+    "cifar_resnet164": (1.7, 1, "weights"),
+    "cifar_resnet1001": (10.2, 1, "weights"),
+    "cifar_WRN_16_4": None,
+    "cifar_WRN_16_8": (11.0, 1, "all"),
+    "cifar_WRN_28_10": (36.5, 1, "all"),
+    "cifar_WRN_40_4": (8.9, 1, "all"),
+    "cifar_resnext29_8x64d": (34.4, 1, "weights"),
+    "cifar_resnext29_16x64d": (68.1, 1, "weights"),
+    "resnet50": (25.6, 1, "all"),
+    "resnet50_v2": (25.6, 1, "all"),
+    "se_resnet50": (28.1, 1, "all"),
+    "densenet40_k12": (1.0, 1, "all"),
+    "densenet_bc100_k12": (0.8, 1, "all"),
+    "densenet_bc250_k24": (15.3, 1, "all"),
+    "densenet_bc190_k40": (25.6, 1, "all"),
+    "nin_bn": None,
+    "alexnet": (61, 0, "all"),
+    "alexnet_bn": None,
+    "zfnet_bn": None,
+}
+
+IMAGENET_MODELS = {"resnet50", "resnet50_v2", "se_resnet50", "alexnet", "alexnet_bn", "zfnet_bn"}
+# Too costly for batch 2 at native size on 2 CPU cores: forward/backward with batch 1.
+LARGE_CIFAR_MODELS = {"cifar_resnet164", "cifar_resnet1001", "cifar_resnext29_8x64d",
+                      "cifar_resnext29_16x64d", "cifar_WRN_28_10", "densenet_bc190_k40",
+                      "densenet_bc250_k24"}
+# Input side for the forward/gradient check of the ImageNet-size models: 64, or the
+# smallest input the AlexNet family accepts (the size their ValueError names).
+SMALL_SIDE = {"resnet50": 64, "resnet50_v2": 64, "se_resnet50": 64,
+              "alexnet": 63, "alexnet_bn": 63, "zfnet_bn": 63}
+# Small and medium models, one or two per family, that must reduce the loss on a fixed
+# batch within a few SGD steps (eager steps of the deeper ones cost seconds each here;
+# tracing a tf.function for them costs close to a minute).
+SGD_MODELS = {"cifar_vgg11", "cifar_vgg_bn", "cifar_resnet20", "cifar_resnet56",
+              "cifar_WRN_16_4", "densenet40_k12", "nin_bn"}
+# Where the paper trains with 5e-4; everything else defaults to 1e-4.
+WD_5E4 = {"cifar_vgg11", "cifar_vgg13", "cifar_vgg16", "cifar_vgg19", "cifar_vgg_bn",
+          "cifar_wide_resnet", "cifar_WRN_16_4", "cifar_WRN_16_8", "cifar_WRN_28_10",
+          "cifar_WRN_40_4", "cifar_resnext", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d",
+          "nin_bn", "alexnet", "alexnet_bn", "zfnet_bn"}
+
+SLOW = LARGE_CIFAR_MODELS | {"resnet50", "resnet50_v2", "se_resnet50"}
+NAMED = sorted(EXACT_PARAMS)
+CIFAR_NAMED = [n for n in NAMED if n not in IMAGENET_MODELS]
+
+
+def params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
+def trainable_count(model):
+    return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+
+
+def bn_count(model):
+    return int(sum(np.prod(v.shape) for layer in model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)
+                   for v in layer.trainable_weights))
+
+
+def batch(model, size, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((size,) + tuple(model.input_shape[1:])).astype("float32")
+    y = rng.integers(0, model.output_shape[-1], size=size)
+    return tf.constant(x), tf.constant(y)
+
+
+CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def loss_fn(model, x, y):
+    logits = model(x, training=True)
+    return CE(y, logits) + tf.add_n(model.losses), logits
+
+
+@pytest.fixture(scope="module", params=params(NAMED))
+def native_model(request):
+    """(name, model) built with default arguments at the native input size, once per module run."""
+    keras.backend.clear_session()
+    yield request.param, MODEL_FNS[request.param]()
+    keras.backend.clear_session()
+
+
+# --- discovery and conventions ---------------------------------------------------------
+
+
+def test_every_model_function_is_tested():
+    assert MODEL_FNS, "no model functions discovered"
+    untested = set(MODEL_FNS) - set(EXACT_PARAMS) - set(GENERIC_BUILDERS)
+    assert not untested, f"add to EXACT_PARAMS or GENERIC_BUILDERS: {sorted(untested)}"
+    assert set(EXACT_PARAMS) | set(GENERIC_BUILDERS) == set(MODEL_FNS)
+    assert set(PAPER_PARAMS) == set(EXACT_PARAMS)
+    assert set(models.__all__) == set(MODEL_FNS)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FNS))
+def test_function_signature_and_docstring(name):
+    fn = MODEL_FNS[name]
+    sig = inspect.signature(fn).parameters
+    native = (IMAGENET_SHAPE, 1000) if name in IMAGENET_MODELS else (CIFAR_SHAPE, 10)
+    assert (sig["input_shape"].default, sig["num_classes"].default) == native
+    assert sig["weight_decay"].default == (5e-4 if name in WD_5E4 else 1e-4)
+    doc = inspect.getdoc(fn)
+    assert doc and len(doc.splitlines()) == 1, f"{name}: docstring must be one line"
+
+
+@pytest.mark.parametrize("module", sorted({fn.__module__ for fn in MODEL_FNS.values()}))
+def test_family_module_docstring_cites_papers(module):
+    doc = importlib.import_module(module).__doc__
+    assert "Paper" in doc and "arXiv:" in doc
+
+
+# --- per named model, at native size ------------------------------------------------------
+
+
+def test_exact_trainable_param_count(native_model):
+    name, model = native_model
+    assert trainable_count(model) == EXACT_PARAMS[name]
+
+
+def test_param_count_matches_paper(native_model):
+    name, model = native_model
+    if PAPER_PARAMS[name] is None:
+        pytest.skip(f"{name}: no published parameter count")
+    millions, decimals, counting = PAPER_PARAMS[name]
+    count = trainable_count(model) - (bn_count(model) if counting == "weights" else 0)
+    assert round(count / 1e6, decimals) == millions, f"{name}: {count:,} vs paper {millions}M"
+
+
+def test_model_name_and_logits_output(native_model):
+    name, model = native_model
+    assert model.name == name
+    last = model.layers[-1]
+    assert last.name == "logits"
+    # Logits: no softmax or other activation on the output layer.
+    assert getattr(last, "activation", keras.activations.linear) is keras.activations.linear
+
+
+def test_weight_decay_regularises_conv_and_dense_kernels_only(native_model):
+    name, model = native_model
+    wd = inspect.signature(MODEL_FNS[name]).parameters["weight_decay"].default
+    kernels = [layer.kernel for layer in model.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    assert len(model.losses) == len(kernels)
+    expected = wd / 2 * sum(float(tf.reduce_sum(tf.square(k))) for k in kernels)
+    np.testing.assert_allclose(float(tf.add_n(model.losses)), expected, rtol=1e-4)
+
+
+def test_forward_and_gradients(native_model):
+    name, model = native_model
+    num_classes = model.output_shape[-1]
+    if name in SMALL_SIDE:
+        side = SMALL_SIDE[name]
+        model = MODEL_FNS[name](input_shape=(side, side, 3))
+    x, y = batch(model, 1 if name in LARGE_CIFAR_MODELS else 2)
+    with tf.GradientTape() as tape:
+        loss, logits = loss_fn(model, x, y)
+    assert logits.shape == (x.shape[0], num_classes)
+    assert np.isfinite(logits.numpy()).all() and np.isfinite(float(loss))
+    grads = tape.gradient(loss, model.trainable_weights)
+    for var, grad in zip(model.trainable_weights, grads):
+        assert grad is not None, f"{name}: no gradient for {var.path}"
+        g = grad.numpy()
+        assert np.isfinite(g).all(), f"{name}: non-finite gradient for {var.path}"
+        assert np.any(g != 0), f"{name}: all-zero gradient for {var.path}"
+
+
+def test_sgd_steps_lower_loss(native_model):
+    """A few SGD steps on one fixed batch lower the loss (run last: it changes the weights)."""
+    name, model = native_model
+    if name not in SGD_MODELS:
+        pytest.skip(f"{name}: not in SGD_MODELS (a few per family keep this file near 3 minutes)")
+    # Dropout off so the loss on the fixed batch is deterministic; BN stays in training mode.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    x, y = batch(model, 4, seed=1)
+    optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    losses = []
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss, _ = loss_fn(model, x, y)
+        losses.append(float(loss))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights),
+                                      model.trainable_weights))
+    losses.append(float(loss_fn(model, x, y)[0]))
+    assert losses[-1] < losses[0], f"{name}: losses {losses}"
+
+
+# --- other sizes and arguments ------------------------------------------------------------
+
+
+# The largest CIFAR models are thin variants of builders checked here at small depth
+# (cifar_resnet164 and the bottleneck config cover ResNet-1001; the small ResNeXt and
+# DenseNet-BC configs cover ResNeXt-29 and DenseNet-BC-190/250; WRN-16-4/16-8/40-4
+# cover WRN-28-10); building them again would cost about a minute on 2 CPU cores.
+SIZE_CHECKS = [(n, {}) for n in CIFAR_NAMED
+               if n == "cifar_resnet164" or n not in LARGE_CIFAR_MODELS] + [
+    ("cifar_resnet", dict(depth=11, bottleneck=True, block_type="preactivated", shortcut_type="B")),
+    ("cifar_resnext", GENERIC_BUILDERS["cifar_resnext"][0]),
+    ("densenet", GENERIC_BUILDERS["densenet"][0]),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", SIZE_CHECKS)
+def test_cifar_model_works_at_64px_with_100_classes(name, kwargs):
+    keras.backend.clear_session()
+    model = MODEL_FNS[name](input_shape=(64, 64, 3), num_classes=100, **kwargs)
+    assert model.output_shape == (None, 100)
+    x, _ = batch(model, 2)
+    logits = model(x, training=False)
+    assert logits.shape == (2, 100) and np.isfinite(logits.numpy()).all()
+
+
+@pytest.mark.parametrize("name, kwargs, count", VARIANT_PARAMS + [
+    (name, kwargs, count) for name, (kwargs, count) in GENERIC_BUILDERS.items()])
+def test_variants_and_generic_builders(name, kwargs, count):
+    keras.backend.clear_session()
+    model = MODEL_FNS[name](**kwargs)
+    assert model.name == name
+    assert trainable_count(model) == count
+    x, y = batch(model, 2)
+    with tf.GradientTape() as tape:
+        loss, logits = loss_fn(model, x, y)
+    assert logits.shape == (2, 10)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
+
+
+@pytest.mark.parametrize("name, shape, smallest", [
+    ("alexnet", (32, 32, 3), 63),
+    ("alexnet_bn", (32, 32, 3), 63),
+    ("zfnet_bn", (32, 32, 3), 63),
+    ("alexnet", (224, 60, 3), 63),
+    ("densenet40_k12", (3, 3, 3), 4),
+])
+def test_too_small_input_raises_clear_error(name, shape, smallest):
+    with pytest.raises(ValueError) as info:
+        MODEL_FNS[name](input_shape=shape)
+    message = str(info.value)
+    assert "\n" not in message
+    assert name in message and str(shape) in message
+    assert f"({smallest}, {smallest}, 3)" in message
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("cifar_resnet", dict(depth=21), r"6n\+2"),
+    ("cifar_resnet", dict(depth=21, bottleneck=True), r"9n\+2"),
+    ("cifar_resnet20", dict(block_type="bottleneck"), "block_type"),
+    ("cifar_resnet110", dict(shortcut_type="C"), "shortcut_type"),
+    ("cifar_resnet164", dict(block_type="pre"), "block_type"),
+    ("cifar_wide_resnet", dict(depth=15, width=4), r"6n\+4"),
+    ("cifar_wide_resnet", dict(depth=16, width=0), "width"),
+    ("cifar_WRN_16_4", dict(dropout=1.0), "dropout"),
+    ("cifar_resnext", dict(depth=30, cardinality=8, base_width=64), r"9n\+2"),
+    ("cifar_resnext", dict(depth=29, cardinality=0, base_width=64), "cardinality"),
+    ("densenet", dict(depth=41, growth_rate=12), r"3n\+4"),
+    ("densenet", dict(depth=37, growth_rate=12, bottleneck=True), r"6n\+4"),
+    ("densenet", dict(depth=40, growth_rate=12, compression=0.0), "compression"),
+    ("densenet", dict(depth=40, growth_rate=0), "growth_rate"),
+    ("nin_bn", dict(dropout=-0.1), "dropout"),
+    ("cifar_vgg11", dict(num_classes=0), "num_classes"),
+    ("resnet50", dict(input_shape=(224, 224)), "input_shape"),
+    ("cifar_resnet20", dict(weight_decay=-1e-4), "weight_decay"),
+    ("alexnet", dict(input_shape=(None, None, 3)), "fixed input size"),
+])
+def test_invalid_family_args_raise_value_error(name, kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        MODEL_FNS[name](**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_weight_decay_zero_adds_no_regulariser():
+    assert L.l2(0) is None and L.l2(0.0) is None
+    for fn, kwargs in [(models.cifar_resnet20, {}), (models.cifar_vgg_bn, {}),
+                       (models.nin_bn, {}), (models.alexnet, dict(input_shape=(63, 63, 3)))]:
+        assert fn(weight_decay=0, **kwargs).losses == []
+
+
+SMALL_CONFIGS = [
+    ("cifar_resnet20", {}),
+    ("cifar_resnet20", dict(block_type="preactivated", shortcut_type="B")),
+    ("cifar_vgg_bn", {}),
+    ("cifar_WRN_16_4", dict(dropout=0.3)),
+    ("cifar_resnext", dict(depth=11, cardinality=2, base_width=4)),
+    ("densenet", dict(depth=22, growth_rate=4, bottleneck=True, compression=0.5, dropout=0.2)),
+    ("nin_bn", {}),
+    ("alexnet", dict(input_shape=(63, 63, 3))),
+    ("zfnet_bn", dict(input_shape=(63, 63, 3))),
+    ("se_resnet50", dict(input_shape=(64, 64, 3))),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", SMALL_CONFIGS)
+def test_layer_names_are_explicit_and_stable(name, kwargs):
+    """Two builds in one session give the same names: none is Keras' auto-numbered default."""
+    first = [layer.name for layer in MODEL_FNS[name](**kwargs).layers]
+    second = [layer.name for layer in MODEL_FNS[name](**kwargs).layers]
+    assert first == second
+    assert len(set(first)) == len(first)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("cifar_resnet20", {}),
+    ("cifar_resnext", dict(depth=11, cardinality=2, base_width=4)),
+    ("alexnet", dict(input_shape=(63, 63, 3))),
+])
+def test_config_round_trip_with_custom_layers(name, kwargs):
+    """ZeroPadShortcut, GroupedConv2D and LocalResponseNormalization survive a JSON round trip."""
+    model = MODEL_FNS[name](**kwargs)
+    clone = keras.models.model_from_json(model.to_json())
+    clone.set_weights(model.get_weights())
+    x, _ = batch(model, 2)
+    np.testing.assert_allclose(clone(x, training=False).numpy(), model(x, training=False).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("cifar_resnet20", dict(input_shape=(8, 8, 3))),
+    ("cifar_resnext", dict(depth=11, cardinality=2, base_width=4, input_shape=(8, 8, 3))),
+    ("alexnet", dict(input_shape=(63, 63, 3))),
+])
+def test_mixed_precision_forward_and_gradients(name, kwargs):
+    """Custom layers and regularisers work under mixed_float16 (small inputs: slow on CPU)."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = MODEL_FNS[name](**kwargs)
+        x, y = batch(model, 2)
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = CE(y, tf.cast(logits, tf.float32)) + tf.add_n(model.losses)
+        assert logits.dtype == tf.float16
+        grads = tape.gradient(loss, model.trainable_weights)
+        assert all(np.isfinite(g.numpy()).all() for g in grads)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# --- building blocks -------------------------------------------------------------------
+
+
+def test_grouped_conv_matches_keras_and_block_diagonal_conv():
+    """GroupedConv2D computes Conv2D(groups=...) with the same kernel layout, and its gradients."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((2, 9, 9, 8)).astype("float32"))
+    ours = L.GroupedConv2D(12, 3, strides=2, padding="same", groups=4, use_bias=False)
+    reference = keras.layers.Conv2D(12, 3, strides=2, padding="same", groups=4, use_bias=False)
+    ours.build(x.shape)
+    reference.build(x.shape)
+    assert ours.kernel.shape == reference.kernel.shape == (3, 3, 2, 12)
+    reference.set_weights(ours.get_weights())
+    np.testing.assert_allclose(ours(x).numpy(), reference(x).numpy(), rtol=1e-5, atol=1e-5)
+
+    # Gradients against an ordinary conv with the equivalent block-diagonal kernel.
+    kernel = ours.kernel.numpy()
+    dense = np.zeros((3, 3, 8, 12), "float32")
+    for g in range(4):
+        dense[:, :, 2 * g:2 * g + 2, 3 * g:3 * g + 3] = kernel[:, :, :, 3 * g:3 * g + 3]
+    dense = tf.Variable(dense)
+    weights = tf.constant(rng.standard_normal((2, 5, 5, 12)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        a = tf.reduce_sum(ours(x) * weights)
+        b = tf.reduce_sum(tf.nn.conv2d(x, dense, 2, "SAME") * weights)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(a, x).numpy(), tape.gradient(b, x).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    gk, gd = tape.gradient(a, ours.kernel).numpy(), tape.gradient(b, dense).numpy()
+    for g in range(4):
+        np.testing.assert_allclose(gk[:, :, :, 3 * g:3 * g + 3],
+                                   gd[:, :, 2 * g:2 * g + 2, 3 * g:3 * g + 3],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_zero_pad_shortcut_subsamples_and_pads_channels():
+    x = tf.reshape(tf.range(2 * 5 * 5 * 3, dtype=tf.float32), (2, 5, 5, 3))
+    y = L.ZeroPadShortcut(8, strides=2)(x).numpy()
+    assert y.shape == (2, 3, 3, 8)
+    np.testing.assert_array_equal(y[..., :3], x.numpy()[:, ::2, ::2, :])
+    assert not y[..., 3:].any()
+
+
+def test_resnet50_v2_count_equals_keras_applications():
+    keras_model = keras.applications.ResNet50V2(weights=None)
+    assert EXACT_PARAMS["resnet50_v2"] == trainable_count(keras_model)
+
+
+def test_resnet50_count_equals_keras_applications_without_conv_biases():
+    keras_model = keras.applications.ResNet50(weights=None)
+    conv_biases = sum(int(layer.bias.shape[0]) for layer in keras_model.layers
+                      if isinstance(layer, keras.layers.Conv2D) and layer.use_bias)
+    assert EXACT_PARAMS["resnet50"] == trainable_count(keras_model) - conv_biases
