@@ -12,20 +12,12 @@ test: it asserts nothing. Run it on an otherwise idle machine.
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def timed(fn, steps, warmup):
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return time.perf_counter() - start
 
 
 def main():
@@ -34,6 +26,7 @@ def main():
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--steps', type=int, default=50, help='timed steps per contender')
     p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--rounds', type=int, default=5, help='contenders take turns this many times')
     p.add_argument('--precision', default='float32',
                    choices=['float32', 'mixed_bfloat16', 'mixed_float16'])
     p.add_argument('--jit', action='store_true', help='XLA-compile the runner step')
@@ -56,24 +49,34 @@ def main():
     info = data_lib.DataInfo('random', (32, 32, 3), 10)
     train = data_lib.synthetic(info, 50000 // 4, seed=0)
     data = data_lib.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    results = {}
     print(f'{a.model}, batch {a.batch}, {a.precision}{", XLA" if a.jit else ""}, '
           f'{a.steps} timed steps after {a.warmup} warm-up; {os.cpu_count()} CPU cores', flush=True)
 
     def pipeline():
         return data_lib.train_dataset(train, a.batch, 0, data.mean, data.std)
 
+    # Each contender is a function that runs k steps; they take turns in rounds and the
+    # median round is reported, so a change in background load hits all of them alike.
+    contenders = {}
     if 'pipeline' not in skip:
-        it = iter(pipeline())
-        results['input pipeline alone'] = timed(lambda: next(it), a.steps * 4, a.warmup) / 4
+        it_p = iter(pipeline())
+
+        def run_pipeline(k):
+            for _ in range(k * 4):
+                next(it_p)
+        contenders['input pipeline alone'] = (run_pipeline, 4)
 
     distribute.set_policy(a.precision)
     if 'runner' not in skip:
         keras.utils.set_random_seed(0)
         trainer = Trainer(exp, data, tf.distribute.get_strategy(), a.precision)
         trainer.start_input()
-        results['runner train_step'] = timed(lambda: trainer.train_step(trainer.iterator), a.steps, a.warmup)
-        del trainer
+
+        def run_runner(k):
+            for _ in range(k):
+                trainer.train_step(trainer.iterator)
+            trainer.step  # wait for the last step
+        contenders['runner train_step'] = (run_runner, 1)
 
     if 'bare' not in skip:
         keras.utils.set_random_seed(0)
@@ -91,21 +94,38 @@ def main():
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
-        it = iter(pipeline())
-        results['bare tf.function loop'] = timed(lambda: bare_step(*next(it)), a.steps, a.warmup)
-        del model
+        it_b = iter(pipeline())
+
+        def run_bare(k):
+            for _ in range(k):
+                loss = bare_step(*next(it_b))
+            float(loss)
+        contenders['bare tf.function loop'] = (run_bare, 1)
 
     if 'fit' not in skip:
         keras.utils.set_random_seed(0)
-        model = build_model(exp, info.image_shape, info.num_classes)
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=['accuracy'], jit_compile=a.jit)
-        ds = pipeline()
-        model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0)
-        start = time.perf_counter()
-        model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0)
-        results['keras Model.fit'] = time.perf_counter() - start
+        fit_model = build_model(exp, info.image_shape, info.num_classes)
+        fit_model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=['accuracy'], jit_compile=a.jit)
+        ds_fit = pipeline()
+
+        def run_fit(k):
+            fit_model.fit(ds_fit, steps_per_epoch=k, epochs=1, verbose=0)
+        contenders['keras Model.fit'] = (run_fit, 1)
+
+    for fn, _ in contenders.values():  # trace and warm up
+        fn(a.warmup)
+    per_round = max(a.steps // a.rounds, 1)
+    times = {name: [] for name in contenders}
+    for _ in range(a.rounds):
+        for name, (fn, _) in contenders.items():
+            start = time.perf_counter()
+            fn(per_round)
+            times[name].append(time.perf_counter() - start)
+    # seconds per `steps` steps, from the median round
+    results = {name: statistics.median(t) / mult * a.steps / per_round
+               for name, t in times.items() for mult in [contenders[name][1]]}
 
     bare = results.get('bare tf.function loop')
     print(f'{"":24s} {"img/s":>8s} {"vs bare":>8s}')
