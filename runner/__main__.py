@@ -1,4 +1,5 @@
-"""`python -m runner COMMAND`: train (the same as run_experiments.py) and keys (the YAML reference)."""
+"""`python -m runner COMMAND`: train (the same as run_experiments.py), keys (the YAML reference),
+the after-training commands and stats (a dataset's mean and std)."""
 import os
 import sys
 
@@ -48,6 +49,8 @@ COMMANDS = {
     'export': ('write a TensorFlow SavedModel (preprocessing inside) of a run', _command('runner.export')),
     'report': ('a Markdown table and learning-curve pictures of every run under a log directory',
                _command('runner.report')),
+    'stats': ('per-channel mean and std, image count and size range of a training split',
+              _command('runner.stats')),
 }
 
 

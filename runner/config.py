@@ -24,6 +24,7 @@ import yaml
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine')
+EVAL_TTA = ('none', 'flip')
 
 
 class ConfigError(Exception):
@@ -37,10 +38,12 @@ def _doc(text, **kw):
 @dataclass
 class DatasetConfig:
     name: Optional[str] = _doc(
-        'TensorFlow Datasets name (cifar10, cifar100, ...). Ignored when image_folder is set.',
+        'TensorFlow Datasets name (cifar10, cifar100, imagenette, imagenet2012, ...). Ignored when '
+        'image_folder, list files or TFRecords are given.',
         default='cifar10')
     image_folder: Optional[str] = _doc(
-        'Root of an image-folder dataset: <root>/<split>/<class>/<image>, read with tfds.ImageFolder.',
+        'Root of an image-folder dataset: <root>/<split>/<class>/<image>, listed as tfds.ImageFolder '
+        'lists it (.jpg, .jpeg, .png).',
         default=None)
     data_dir: Optional[str] = _doc(
         'Where TFDS keeps prepared datasets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
@@ -54,8 +57,46 @@ class DatasetConfig:
         'Fraction of train_split held out as a validation split (0 = none). When set, periodic '
         'evaluation and best-checkpoint selection use it, and the test split is only read at the end.',
         default=0.0)
+    manual_dir: Optional[str] = _doc(
+        'Where TFDS finds manually downloaded archives (imagenet2012: ILSVRC2012_img_train.tar and '
+        'ILSVRC2012_img_val.tar), prepared once with download: true; null = <data_dir>/downloads/manual.',
+        default=None)
+    list_root: Optional[str] = _doc(
+        'Image root of a list-file dataset (train_list, test_list); null = the folder of each list file.',
+        default=None)
+    train_list: Optional[str] = _doc(
+        'List file of the training split: one `relative/path label` line per image (paths relative '
+        'to list_root; a relative list path may also be relative to list_root).', default=None)
+    test_list: Optional[str] = _doc('List file of the test split (as train_list).', default=None)
+    tfrecord_train: Optional[str] = _doc(
+        'Glob pattern of the training TFRecord shards (tf.train.Examples with an encoded image and '
+        'an int64 label), e.g. /data/imagenet/train-*.', default=None)
+    tfrecord_test: Optional[str] = _doc('Glob pattern of the test TFRecord shards.', default=None)
+    tfrecord_image_key: Optional[str] = _doc(
+        'Feature of the TFRecords holding the encoded image; null = image/encoded.', default=None)
+    tfrecord_label_key: Optional[str] = _doc(
+        'Feature of the TFRecords holding the label; null = image/class/label.', default=None)
+    class_names_file: Optional[str] = _doc(
+        'Class names, one a line in label order (a leading "<label> " is dropped); for list files '
+        'and TFRecords, or to name the classes of any source.', default=None)
+    num_classes: Optional[int] = _doc(
+        'Number of classes of list files or TFRecords; null = the lines of class_names_file, else '
+        '(list files) the largest label + 1. TFRecords need this or class_names_file.', default=None)
+    label_offset: Optional[int] = _doc(
+        'Added to every label of list files and TFRecords, e.g. -1 for TFRecords labelled 1..1000; '
+        'null = 0. Labels outside [0, num_classes) are an error before training.', default=None)
     image_size: Optional[List[int]] = _doc(
-        '[height, width] to resize images to; null keeps the dataset\'s own size.', default=None)
+        '[height, width] of the model input. cifar style: images are resized to it; imagenet style: '
+        'the size of the crops. null = the images\' own size, or 224x224 for imagenet-style images '
+        'of varying size.', default=None)
+    preprocessing: Optional[str] = _doc(
+        'cifar (resize to image_size, flips and pad-and-crop), imagenet (random resized crop and '
+        'flip; evaluation: short side to image_size/0.875, centre crop) or auto; null = auto: '
+        'imagenet when the images are larger than 64 px or of unknown size.', default=None)
+    cache_budget_mb: Optional[int] = _doc(
+        'A split whose decoded images fit in this many MB (image count x decoded size of a sample) is '
+        'held in memory; a larger one is streamed from disk. null = 2048; 0 streams every split.',
+        default=None)
     flip: bool = _doc('Random horizontal flips in training.', default=True)
     crop_padding: int = _doc(
         'Pad each side by this many pixels, then random-crop back to size (0 = off). '
@@ -69,6 +110,12 @@ class DatasetConfig:
     std: Optional[List[float]] = _doc(
         'Per-channel standard deviation in [0, 1] pixel units; null computes it from the training split.',
         default=None)
+    mean_std: Optional[str] = _doc(
+        'Known mean and std instead of computing them: imagenet ([0.485, 0.456, 0.406], [0.229, 0.224, '
+        '0.225]), cifar10 or cifar100; mean and std, when given, win.', default=None)
+    stats_sample: Optional[int] = _doc(
+        'Mean and std of a streamed training split come from this many of its images (a fixed sample); '
+        'null = 10000, 0 = all. A split held in memory always uses all.', default=None)
 
 
 @dataclass
@@ -100,6 +147,16 @@ class TrainConfig:
         'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels); '
         'null keeps the model\'s own default (1e-4 for most models).', default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
+    ema_decay: Optional[float] = _doc(
+        'Keep an exponential moving average of the weights and batch-norm statistics, updated '
+        'every step with decay min(ema_decay, (1 + step) / (10 + step)) (the num_updates rule of '
+        'tf.train.ExponentialMovingAverage, so early averages forget the initialisation), e.g. '
+        '0.99; null = off. Evaluations, best/ and final.weights.h5 use the averaged weights; '
+        'checkpoints hold both, so a resume is exact.', default=None)
+    eval_tta: str = _doc(
+        'Test-time augmentation of the periodic and final evaluations during training: none, or '
+        'flip (softmax of each image and of its mirror averaged; the loss is -log of the averaged '
+        'probability of the true class).', default='none')
     steps: Optional[int] = _doc(
         'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
         default=None)
@@ -340,6 +397,8 @@ def _check_values(exp):
         raise ConfigError(f'train_parameters.momentum: must be in [0, 1), got {tp.momentum}')
     if not 0 <= tp.label_smoothing < 1:
         raise ConfigError(f'train_parameters.label_smoothing: must be in [0, 1), got {tp.label_smoothing}')
+    if tp.ema_decay is not None and not 0 < tp.ema_decay < 1:
+        raise ConfigError(f'train_parameters.ema_decay: must be in (0, 1) or null, got {tp.ema_decay}')
     if tp.weight_decay is not None and tp.weight_decay < 0:
         raise ConfigError(f'train_parameters.weight_decay: must not be negative, got {tp.weight_decay}')
     if not 0 <= ds.validation_fraction < 1:
@@ -354,12 +413,41 @@ def _check_values(exp):
             raise ConfigError(f'dataset.{key}: expected 1 or 3 values (one per channel), got {v}')
     if ds.std is not None and min(ds.std) <= 0:
         raise ConfigError(f'dataset.std: must be positive, got {ds.std}')
-    if not ds.image_folder and not ds.name:
-        raise ConfigError('dataset.name: give a TensorFlow Datasets name or dataset.image_folder')
+    given = [k for k, on in (('image_folder', ds.image_folder),
+                                ('train_list', ds.train_list or ds.test_list or ds.list_root),
+                                ('tfrecord_train', ds.tfrecord_train or ds.tfrecord_test)) if on]
+    if len(given) > 1:
+        raise ConfigError(f'dataset.{given[1]}: give one source of images; dataset.{given[0]} '
+                          f'is set too')
+    if not given and not ds.name:
+        raise ConfigError('dataset.name: give a TensorFlow Datasets name, dataset.image_folder, list '
+                          'files (train_list, test_list) or TFRecords (tfrecord_train, tfrecord_test)')
+    for a, b in (('train_list', 'test_list'), ('tfrecord_train', 'tfrecord_test')):
+        if bool(getattr(ds, a)) != bool(getattr(ds, b)):
+            missing = b if getattr(ds, a) else a
+            raise ConfigError(f'dataset.{missing}: needed with dataset.{a if missing == b else b}')
+    if ds.list_root and not ds.train_list:
+        raise ConfigError('dataset.train_list: list_root needs the list files train_list and test_list')
+    if ds.tfrecord_train and not ds.num_classes and not ds.class_names_file:
+        raise ConfigError('dataset.num_classes: TFRecords need the number of classes (or '
+                          'dataset.class_names_file)')
+    if ds.num_classes is not None and ds.num_classes < 1:
+        raise ConfigError(f'dataset.num_classes: must be at least 1, got {ds.num_classes}')
+    for key in ('cache_budget_mb', 'stats_sample'):
+        if getattr(ds, key) is not None and getattr(ds, key) < 0:
+            raise ConfigError(f'dataset.{key}: must not be negative, got {getattr(ds, key)}')
+    for key, allowed in (('preprocessing', ('auto', 'cifar', 'imagenet')),
+                         ('mean_std', ('imagenet', 'cifar10', 'cifar100'))):
+        value = getattr(ds, key)
+        if value is not None and value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise ConfigError(f"dataset.{key}: '{value}' is not one of {', '.join(allowed)}{hint}")
     if tp.lr_schedule != 'piecewise' and len(values) != 1:
         raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
                           f'peak rate; give one value and one boundary (the last step), got {values}')
-    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS, 'lr_schedule': LR_SCHEDULES}
+    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS, 'lr_schedule': LR_SCHEDULES,
+               'eval_tta': EVAL_TTA}
     for key, allowed in choices.items():
         value = getattr(tp, key)
         if value not in allowed:

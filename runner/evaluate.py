@@ -8,11 +8,13 @@ their ensemble (the mean of their class probabilities) follows, as an "Average" 
 is written to the first run directory (`eval-ensemble-...`) or to --out.
 
 Test-time augmentation averages the softmax probabilities of several views of each image:
-`flip` the image and its mirror; `10crop` the four corner crops and the centre crop of
-the image padded by the training `crop_padding` (zeros after normalisation, i.e. the mean
-colour, as in training), and their mirrors. The pipeline resizes every image to the
-model's input size, so the crops come from the padded image and have the model's size;
-the centre crop is the image itself. The loss with TTA is -log of the averaged probability.
+`flip` the image and its mirror; `10crop` the four corner crops and the centre crop, and
+their mirrors, at the model's input size. The crops follow the run's preprocessing style:
+cifar style (images resized to the model size) crops the image padded by the training
+`crop_padding` (zeros after normalisation, i.e. the mean colour, as in training), so the
+centre crop is the image itself; imagenet style crops the image resized so that its short
+side is size / 0.875 (256 for 224), as its evaluation's centre crop does. The loss with
+TTA is -log of the averaged probability.
 """
 import argparse
 import json
@@ -34,9 +36,11 @@ def build_parser():
                     'runs, with optional test-time augmentation; with several runs, also their '
                     'ensemble (mean of the class probabilities). Results are written beside each '
                     'run as eval-<split>-<tta>-<weights>.json and -confusion.png.',
-        epilog='10crop: the four corner crops and the centre crop of the image padded by the '
-               "run's dataset.crop_padding (4 for CIFAR), plus their mirrors; crops have the "
-               "model's input size and the centre crop is the unpadded image.")
+        epilog='10crop: the four corner crops and the centre crop, plus their mirrors, at the '
+               "model's input size. cifar-style runs: crops of the image padded by the run's "
+               'dataset.crop_padding (4 for CIFAR), the centre crop being the unpadded image; '
+               'imagenet-style runs: crops of the image resized to a short side of size / 0.875 '
+               '(256 for 224).')
     p.add_argument('run_dirs', nargs='+', metavar='RUN_DIR', help='run directories (<logdir>/<run_name>)')
     p.add_argument('--split', default='test',
                    help="'test' (the run's dataset.test_split, default), 'validation' (the part of "
@@ -77,31 +81,37 @@ def _split_name(exp, split):
     return split
 
 
-def read_eval_split(run, split, limit=None):
-    """The uint8 images and labels of `split` as the run's data pipeline reads them."""
+def read_eval_split(run, split, limit=None, tta='none'):
+    """The uint8 images and labels of `split` as the run's data pipeline reads them (for
+    10crop of an imagenet-style run: resized, not yet cropped)."""
     from runner import data as data_lib
+    from runner.restore import ten_crop_style
     exp, info = run.exp, run.info
     name = _split_name(exp, split)
+    resized = tta == '10crop' and ten_crop_style(run)
     try:
         if name == 'validation' or (split == 'train' and exp.dataset.validation_fraction):
-            train = data_lib.read_split(exp.dataset, info, exp.dataset.train_split)
+            train = data_lib.read_split(exp.dataset, info, exp.dataset.train_split, resized=resized)
             train, val = data_lib.hold_out(train, exp.dataset.validation_fraction)
             out = val if name == 'validation' else train
             if limit:
-                out = data_lib.Split(out.name, out.images[:limit], out.labels[:limit])
+                out = type(out)(out.name, out.images[:limit], out.labels[:limit])
             return out
-        return data_lib.read_split(exp.dataset, info, name, limit)
+        return data_lib.read_split(exp.dataset, info, name, limit, resized=resized)
     except data_lib.DataUnavailable as e:
         raise RunError(f'{run.run_dir}: {e} (use --data-dir to say where the data is now)') from None
     except Exception as e:  # an unknown split name of an image folder, a TFDS error
         raise RunError(f"{run.run_dir}: cannot read split '{name}': {str(e).strip().splitlines()[0]}") from None
 
 
-def _data_key(run, split, limit):
+def _data_key(run, split, limit, tta):
     """Runs whose data is read the same way share one copy in memory."""
+    from runner.restore import ten_crop_style
     ds = run.exp.dataset
-    return (ds.name, ds.image_folder, ds.data_dir, split, ds.train_split, ds.test_split,
-            ds.validation_fraction, tuple(run.info.image_shape), limit)
+    return (ds.name, ds.image_folder, ds.data_dir, ds.train_list, ds.test_list, ds.list_root,
+            ds.tfrecord_train, ds.tfrecord_test, ds.label_offset, split, ds.train_split,
+            ds.test_split, ds.validation_fraction, tuple(run.info.image_shape),
+            run.info.preprocessing, tta == '10crop' and ten_crop_style(run), limit)
 
 
 # ---------------------------------------------------------------------------
@@ -205,19 +215,21 @@ def evaluate_runs(run_dirs, split='test', tta='none', weights='best', data_dir=N
     results, cache = [], {}
     for run_dir in run_dirs:
         run = restore.load_run(run_dir, weights, data_dir)
-        key = _data_key(run, split, limit)
+        key = _data_key(run, split, limit, tta)
         if key not in cache:
-            cache[key] = read_eval_split(run, split, limit)
+            cache[key] = read_eval_split(run, split, limit, tta)
         data = cache[key]
         if len(data.labels) == 0:
             raise RunError(f"{run_dir}: split '{split}' is empty")
         probs = restore.predict_probabilities(run, data.images, tta, batch_size)
+        ten_crop = restore.ten_crop_style(run)
         m = metrics(probs, data.labels, run.class_names)
         r = {'run_dir': run.run_dir, 'run_name': run.name, 'model': run.model_name,
              'split': split, 'split_name': data.name if split != 'test' else run.exp.dataset.test_split,
              'tta': tta, 'weights': weights, 'weights_loaded': run.weights,
              'weights_step': run.weights_step, 'class_names': run.class_names,
-             'crop_padding': run.exp.dataset.crop_padding if tta == '10crop' else None,
+             'crop_padding': run.exp.dataset.crop_padding if tta == '10crop' and not ten_crop else None,
+             'preprocessing': run.info.preprocessing,
              'limit': limit, **m, 'probabilities': probs, 'labels': data.labels}
         if write:
             stem = os.path.join(run.run_dir, result_stem(split, tta, weights))

@@ -8,8 +8,10 @@ run's mean and std, and returns
   top_class_name  string  [None]     its name
 The class names are in OUT_DIR/assets/labels.txt (one a line, in class-index order) and
 are returned by the `class_names` signature; OUT_DIR/export.json says which run, weights,
-input size and normalisation the export comes from. Resizing is left to the caller
-(`python -m runner predict` shows how: decode to RGB, resize with antialiasing, round).
+input size, preprocessing and normalisation the export comes from. Resizing is left to the
+caller (`python -m runner predict` shows how: decode to RGB, then for `preprocessing: cifar`
+resize with antialiasing and round, for `imagenet` resize the short side to size/0.875 and
+take the centre crop).
 
     import tensorflow as tf
     m = tf.saved_model.load('OUT_DIR')
@@ -102,6 +104,8 @@ def export_run(run_dir, out_dir, weights='best', data_dir=None, force=False):
                 'input': {'name': 'images', 'dtype': 'uint8', 'shape': [None, h, w, 3]},
                 'outputs': {'probabilities': 'float32 [None, C]', 'top_class': 'int64 [None]',
                             'top_class_name': 'string [None]'},
+                # How the caller turns an image of any size into the input (see predict).
+                'preprocessing': run.info.preprocessing,
                 'mean': run.mean, 'std': run.std, 'num_classes': run.num_classes,
                 'class_names': run.class_names, 'labels_file': f'assets/{LABELS}',
                 'summary': {k: run.summary.get(k) for k in ('status', 'steps', 'test_top1_accuracy',

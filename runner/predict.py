@@ -36,7 +36,7 @@ def build_parser():
     return p
 
 
-def read_images(paths, image_size):
+def read_images(paths, image_size, style='cifar'):
     """[(path, uint8 image or None, error or None)] in the order given."""
     import tensorflow as tf
     from runner.restore import prepare_image
@@ -49,7 +49,7 @@ def read_images(paths, image_size):
             out.append((path, None, f'cannot read: {e.strerror}'))
             continue
         try:
-            out.append((path, prepare_image(data, image_size), None))
+            out.append((path, prepare_image(data, image_size, style), None))
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError) as e:
             msg = _clean(str(getattr(e, 'message', e))) or type(e).__name__
             out.append((path, None, f'not an image, or a damaged one ({msg})'))
@@ -66,7 +66,7 @@ def _clean(message):
 def predict_files(run, paths, batch_size=64):
     """[(path, probabilities float32 [C] or None, error or None)] for image files."""
     from runner.restore import predict_probabilities
-    items = read_images(paths, run.image_size)
+    items = read_images(paths, run.image_size, run.info.preprocessing)
     ok = [i for i, (_, img, _) in enumerate(items) if img is not None]
     probs = {}
     if ok:

@@ -106,13 +106,14 @@ def data_info(run_dir, exp):
             with open(cache) as f:
                 d = json.load(f)
             return data_lib.DataInfo(d['description'], tuple(d['image_shape']), d['num_classes'],
-                                     d.get('class_names'))
+                                     d.get('class_names'), d.get('preprocessing', 'cifar'))
         except (OSError, ValueError, KeyError):
             raise RunError(f'{run_dir}: {e} (use --data-dir to say where the data is now)') from None
     try:
         rundir.write_atomic(cache, json.dumps({
             'description': info.description, 'image_shape': list(info.image_shape),
-            'num_classes': info.num_classes, 'class_names': info.class_names}, indent=1) + '\n')
+            'num_classes': info.num_classes, 'class_names': info.class_names,
+            'preprocessing': info.preprocessing}, indent=1) + '\n')
     except OSError:
         pass  # a read-only run directory: fine, the cache is only a convenience
     return info
@@ -215,6 +216,8 @@ def tta_views(x, tta='none', crop_padding=4):
             after normalisation, as in training's pad-and-crop), cropped back to H x W at
             the four corners and the centre (the centre crop is the image itself), and the
             mirrors of those five. With crop_padding 0 the five crops are all the image.
+            This is the cifar style's; imagenet-style runs crop the image resized whole
+            (ten_crop_probability_fn).
     """
     import tensorflow as tf
     if tta == 'none':
@@ -250,12 +253,40 @@ def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4):
     return probabilities
 
 
+def ten_crop_style(run):
+    """Does `--tta 10crop` of this run crop an image resized whole (the imagenet style)
+    rather than pad the model-size image (the cifar style)?"""
+    return getattr(run.info, 'preprocessing', 'cifar') == 'imagenet'
+
+
+def ten_crop_probability_fn(model, image_size, mean, std):
+    """A tf.function: the ten views of a batch of images [B, 10, H, W, 3] (uint8, from
+    runner.data.ten_crop) -> class probabilities [B, C], the softmax averaged over the views."""
+    import tensorflow as tf
+    from runner import data as data_lib
+    h, w = image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 10, h, w, 3], tf.uint8)])
+    def probabilities(views):
+        b = tf.shape(views)[0]
+        x = data_lib.normalize(tf.reshape(views, [-1, h, w, 3]), mean, std)
+        p = tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+        return tf.reduce_mean(tf.reshape(p, [b, 10, -1]), axis=1)
+    return probabilities
+
+
 def predict_probabilities(run, images, tta='none', batch_size=None):
-    """Class probabilities (float32 [N, C]) of uint8 images [N, H, W, 3] of the model's size."""
+    """Class probabilities (float32 [N, C]) of uint8 images [N, H, W, 3] of the model's size.
+
+    For `10crop` of an imagenet-style run, `images` are instead the images through
+    runner.data.resize_short_side (a list when their shapes differ, as read_split(...,
+    resized=True) gives them): the views are their corners and centres at the model size."""
     tp = run.exp.train_parameters
     batch_size = batch_size or tp.eval_batch_size
     if tta == '10crop':
         batch_size = max(1, batch_size // 5)  # ten views per image in memory at once
+    if tta == '10crop' and ten_crop_style(run):
+        return _ten_crop_probabilities(run, images, batch_size)
     fn = probability_fn(run.model, run.image_size, run.mean, run.std, tta,
                         run.exp.dataset.crop_padding)
     out = [fn(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
@@ -264,21 +295,33 @@ def predict_probabilities(run, images, tta='none', batch_size=None):
     return np.concatenate(out)
 
 
-def prepare_image(data, image_size):
-    """Encoded image bytes (JPEG, PNG, BMP, GIF; any size; grey, RGB or RGBA) -> uint8
-    [H, W, 3], exactly as the training data is read: decoded to three channels as TFDS
-    decodes (grey is repeated, alpha dropped), resized with antialiasing, rounded.
+def _ten_crop_probabilities(run, images, batch_size):
+    import tensorflow as tf
+    from runner import data as data_lib
+    size = run.image_size
+    fn = ten_crop_probability_fn(run.model, size, run.mean, run.std)
+    ds = (tf.data.Dataset.from_generator(lambda: iter(images),
+                                         output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+          .map(lambda img: data_lib.ten_crop(img, size), num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(batch_size).prefetch(2))
+    out = [fn(views).numpy() for views in ds]
+    if not out:
+        return np.zeros((0, run.num_classes), np.float32)
+    return np.concatenate(out)
+
+
+def prepare_image(data, image_size, style='cifar'):
+    """Encoded image bytes (JPEG, PNG, BMP, GIF; any size; grey, RGB, RGBA or CMYK) -> uint8
+    [H, W, 3], exactly as the evaluation pipeline reads it: decoded to three channels, then
+    (cifar style) resized with antialiasing and rounded, or (imagenet style) the short side
+    resized to size/0.875 and the centre cropped.
 
     Raises tf.errors.InvalidArgumentError for data that is not a (complete) image."""
-    import tensorflow as tf
-    h, w = image_size
-    img = tf.io.decode_image(data, channels=3, expand_animations=False)
-    if img.shape[0] != h or img.shape[1] != w:
-        # The same arithmetic as runner.data._to_arrays, so a file gives the model the same
-        # pixels through predict as through the data pipeline.
-        img = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(img, (h, w), antialias=True)),
-                                       0, 255), tf.uint8)
-    return img.numpy()
+    from runner import data as data_lib
+    # The pipeline's own functions, so a file gives the model the same pixels through
+    # predict as through evaluation.
+    img = data_lib.decode(data)
+    return data_lib.prepare_eval_image(img, tuple(image_size), style).numpy()
 
 
 def quiet_tensorflow():

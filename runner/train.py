@@ -5,7 +5,14 @@ regularisation losses, SGD with momentum under a piecewise-constant schedule) ru
 under a tf.distribute strategy, evaluated every `val_interval` steps, checkpointed
 with tf.train.CheckpointManager, logged to TensorBoard. Resuming is the default:
 a run directory with a checkpoint continues from it.
+
+Two tricks of the CIFAR-10 speed records are options of every run: an exponential
+moving average of the whole model state, weights and batch-norm statistics (`ema_decay`;
+Page's DAWNBench ResNet-9 posts, 2018; the Lookahead of Jordan 2024, arXiv:2404.00498,
+keeps a related average), and flip test-time augmentation of the runner's own
+evaluations (`eval_tta`).
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -116,6 +123,14 @@ class Trainer:
             self.best_error = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name='best_error')
             self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='best_step')
             self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='first_nonfinite_step')
+            # Batch-norm statistics are averaged with the weights (as Page's and airbench's
+            # averages of the whole state_dict): statistics gathered under the raw weights
+            # would not describe the averaged network's activations.
+            self.averaged = ([v for v in self.model.variables if keras.backend.is_float_dtype(v.dtype)]
+                             if tp.ema_decay else [])
+            self.averages = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
+                                         name='average_' + v.path.replace('/', '_'))
+                             for v in self.averaged]
         self.params = count_trainable(self.model)
         # Training sums since the last log; reset after every log.
         self.sums = {k: tf.Variable(0.0, trainable=False, name=k)
@@ -129,20 +144,30 @@ class Trainer:
         rng_states = [v for v in self.model.variables if v.path.endswith('seed_generator_state')]
         # The input position is the step itself (see data.train_dataset), so the
         # checkpoint needs no iterator state.
+        # Only runs that average have the averages in their checkpoint, so older
+        # checkpoints without them still restore with every object matched.
+        averages = {'weight_averages': self.averages} if self.averages else {}
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               rng_states=rng_states,
                                               metric_sums=self.sums, best_error=self.best_error,
-                                              best_step=self.best_step)
+                                              best_step=self.best_step, **averages)
         # XLA compiles the per-replica computation; the input iterator stays outside it.
         self.replica_step = tf.function(self._replica_step, jit_compile=tp.jit_compile)
         self.train_step = tf.function(self._train_step)
         self.eval_step = tf.function(self._eval_step)
+        self.swap_averages = tf.function(self._swap_averages)
+
+    @property
+    def evaluated_weights(self):
+        """What evaluations and saved weights hold, in words for logs and summaries."""
+        decay = self.exp.train_parameters.ema_decay
+        return f'exponential moving average, decay {decay:g}' if self.averages else 'raw'
 
     def start_input(self):
         """The training batches from the current step on."""
         tp, ds = self.exp.train_parameters, self.exp.dataset
-        train_ds = data_lib.train_dataset(self.data.train, tp.batch_size, tp.seed, self.data.mean,
-                                          self.data.std, ds.flip, ds.crop_padding, start_batch=self.step)
+        # Cached or streamed, cifar or imagenet style: a function of (seed, batch number).
+        train_ds = data_lib.train_input(self.data, ds, tp.batch_size, tp.seed, start_batch=self.step)
         self.iterator = iter(self.strategy.experimental_distribute_dataset(train_ds))
 
     @property
@@ -187,6 +212,38 @@ class Trainer:
         self.sums['steps'].assign_add(1.0)
         if bad > 0 and self.bad_step < 0:
             self.bad_step.assign(step)
+        if self.averages:
+            # In the cross-replica context, after the update: every replica holds the same
+            # weights, so the averages are computed once from them.
+            n = tf.cast(step, tf.float32)
+            decay = tf.minimum(float(self.exp.train_parameters.ema_decay), (1.0 + n) / (10.0 + n))
+            for average, var in zip(self.averages, self.averaged):
+                average.assign_sub((1.0 - decay) * (average - tf.cast(var, tf.float32)))
+
+    # -- weight averaging -------------------------------------------------------
+    def _swap_averages(self):
+        for average, var in zip(self.averages, self.averaged):
+            raw = tf.identity(tf.convert_to_tensor(var))
+            var.assign(average)
+            average.assign(raw)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Inside: the model holds the averaged weights (and the averages the raw ones).
+        Swapping twice restores both exactly, so training goes on as if nothing happened."""
+        if not self.averages:
+            yield
+            return
+        self.swap_averages()
+        try:
+            yield
+        finally:
+            self.swap_averages()
+
+    def reset_averages(self):
+        """Start the averages at the model's current weights (after loading init_weights)."""
+        for average, var in zip(self.averages, self.averaged):
+            average.assign(tf.convert_to_tensor(var))
 
     def read_train_metrics(self):
         """Means since the last log. The sums and their step count are checkpointed, so a
@@ -200,12 +257,20 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------
     def _replica_eval(self, images, labels):
-        logits = tf.cast(self.model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
-        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        if self.exp.train_parameters.eval_tta == 'flip':
+            # One call on image and mirror together; as `python -m runner evaluate --tta flip`.
+            both = tf.cast(self.model(tf.concat([images, tf.reverse(images, axis=[2])], 0),
+                                      training=False), tf.float32)
+            scores = tf.reduce_mean(tf.stack(tf.split(tf.nn.softmax(both), 2)), axis=0)
+            p_true = tf.gather(scores, labels, batch_dims=1)
+            loss = tf.reduce_sum(-tf.math.log(tf.maximum(p_true, 1e-12)))
+        else:
+            scores = tf.cast(self.model(images, training=False), tf.float32)
+            loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels, scores, from_logits=True))
         k = min(5, self.data.info.num_classes)
-        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32))
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, scores, 1), tf.float32))
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, scores, k), tf.float32))
         return loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)
 
     def _eval_step(self, images, labels):
@@ -213,13 +278,15 @@ class Trainer:
         return [self.strategy.reduce('SUM', v, axis=None) for v in out]
 
     def evaluate(self, split, max_batches=None):
-        ds = data_lib.eval_dataset(split, self.exp.train_parameters.eval_batch_size,
-                                   self.data.mean, self.data.std)
+        ds = data_lib.eval_input(self.data, split, self.exp.train_parameters.eval_batch_size)
         if max_batches:
             ds = ds.take(max_batches)
         totals = np.zeros(4)
         for images, labels in self.strategy.experimental_distribute_dataset(ds):
             totals += [float(v) for v in self.eval_step(images, labels)]
+        skipped = data_lib.unreadable_report(self.data)  # files skipped since the last report
+        if skipped:
+            print(skipped, file=sys.stderr, flush=True)
         loss, top1, top5, n = totals
         return {'loss': loss / n, 'top1_error': 1 - top1 / n, 'top5_error': 1 - top5 / n,
                 'top1_accuracy': top1 / n, 'top5_accuracy': top5 / n, 'examples': int(n)}
@@ -251,6 +318,7 @@ def log_hparams(writer, exp, resolved, params, policy):
         'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
         'weight_decay': 'model default' if tp['weight_decay'] is None else tp['weight_decay'],
         'label_smoothing': tp['label_smoothing'], 'flip': ds['flip'], 'crop_padding': ds['crop_padding'],
+        'ema_decay': 'off' if tp['ema_decay'] is None else tp['ema_decay'], 'eval_tta': tp['eval_tta'],
         'precision': policy, 'seed': tp['seed'],
     }
     for key, value in exp.model_parameters.items():
@@ -322,6 +390,7 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
         rundir.truncate_history(run_dir, 0)
         if tp.init_weights:
             source = load_initial_weights(trainer.model, tp.init_weights, tp.init_skip_mismatch)
+            trainer.reset_averages()
             if not quiet:
                 print(f'{exp.run_name}: starting from the weights of {source}', flush=True)
     trainer.start_input()
@@ -342,6 +411,8 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
         'precision': policy, 'replicas': strategy.num_replicas_in_sync,
         'wall_seconds': previous.get('wall_seconds', 0.0) if resumed_from is not None else 0.0,
         'train_images_per_second': None,
+        # Every accuracy in this summary and in metrics.jsonl is of these weights and views.
+        'evaluated_weights': trainer.evaluated_weights, 'eval_tta': tp.eval_tta,
     }
     for key in ('test_top1_accuracy', 'test_top5_accuracy', 'best_test_top1_accuracy',
                 'val_top1_accuracy', 'best_val_top1_accuracy', 'best_step'):
@@ -371,25 +442,36 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
             summary['status'] = status
         rundir.write_summary(run_dir, summary)
 
+    how = ', '.join(([f'{tp.eval_tta} TTA'] if tp.eval_tta != 'none' else [])
+                    + ([f'weights: {trainer.evaluated_weights}'] if trainer.averages else []))
+    how = f' ({how})' if how else ''
+
     def do_eval(step):
         split = data.eval
-        m = trainer.evaluate(split, max_eval_batches)
-        prefix = 'val' if eval_split_name == 'validation' else 'test'
+        eval_start = time.time()
+        with trainer.averaged_weights():
+            m = trainer.evaluate(split, max_eval_batches)
+            prefix = 'val' if eval_split_name == 'validation' else 'test'
+            if m['top1_error'] < float(trainer.best_error.numpy()):
+                trainer.best_error.assign(m['top1_error'])
+                trainer.best_step.assign(step)
+                best_manager.save(checkpoint_number=step)
         with writer.as_default(step=step):
             for k in ('loss', 'top1_error', 'top5_error'):
                 tf.summary.scalar(f'{prefix}/{k}', m[k])
-        rundir.append_metrics(run_dir, {'step': step, 'kind': prefix, **m})
+        # Wall time since the run began (earlier sessions of a resumed run included) and this
+        # evaluation's own share of it, so time-to-accuracy can leave the measuring out.
+        rundir.append_metrics(run_dir, {'step': step, 'kind': prefix, **m, 'eval_tta': tp.eval_tta,
+                                        'weights': trainer.evaluated_weights,
+                                        'wall_seconds': round(base_wall + time.time() - start_wall, 2),
+                                        'eval_seconds': round(time.time() - eval_start, 2)})
         summary[f'{prefix}_top1_accuracy'] = round(m['top1_accuracy'], 6)
         if prefix == 'test':
             summary['test_top5_accuracy'] = round(m['top5_accuracy'], 6)
-        if m['top1_error'] < float(trainer.best_error.numpy()):
-            trainer.best_error.assign(m['top1_error'])
-            trainer.best_step.assign(step)
-            best_manager.save(checkpoint_number=step)
         summary[f'best_{prefix}_top1_accuracy'] = round(1 - float(trainer.best_error.numpy()), 6)
         summary['best_step'] = int(trainer.best_step.numpy())
         progress.log(step, f'{prefix} top-1 error {m["top1_error"]:.2%}, top-5 {m["top5_error"]:.2%}, '
-                           f'loss {m["loss"]:.4f}')
+                           f'loss {m["loss"]:.4f}{how}')
         return m
 
     def diverged_message(step):
@@ -425,7 +507,8 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
                 tf.summary.scalar('train/learning_rate', lr, step=step)
                 tf.summary.scalar('train/images_per_second', rate, step=step)
                 rundir.append_metrics(run_dir, {'step': step, 'kind': 'train', 'lr': lr,
-                                                'images_per_second': rate, **m})
+                                                'images_per_second': rate, **m,
+                                                'wall_seconds': round(base_wall + time.time() - start_wall, 2)})
                 progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} lr {lr:g} '
                                    f'{rate:.0f} img/s',
                              postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate:.0f} img/s')
@@ -449,23 +532,29 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
 
     if status is None:
         status = 'finished'
-        final = trainer.evaluate(data.test, max_eval_batches)
-        summary['test_top1_accuracy'] = round(final['top1_accuracy'], 6)
-        summary['test_top5_accuracy'] = round(final['top5_accuracy'], 6)
-        summary['test_loss'] = round(final['loss'], 6)
-        if eval_split_name == 'validation':
-            # The number to report: test accuracy of the weights chosen on validation.
-            last_weights = [v.numpy() for v in trainer.model.weights]
-            if best_manager.latest_checkpoint:
-                tf.train.Checkpoint(model=trainer.model).restore(best_manager.latest_checkpoint)
-                best = trainer.evaluate(data.test, max_eval_batches)
-                summary['best_test_top1_accuracy'] = round(best['top1_accuracy'], 6)
-                for v, w in zip(trainer.model.weights, last_weights):
-                    v.assign(w)
-        else:
-            summary['best_test_top1_accuracy'] = max(summary.get('best_test_top1_accuracy', 0.0),
-                                                     summary['test_top1_accuracy'])
-        trainer.model.save_weights(os.path.join(run_dir, rundir.FINAL_WEIGHTS))
+        if trainer.averages and not quiet:
+            print(f'{exp.run_name}: the final evaluation and {rundir.FINAL_WEIGHTS} use the '
+                  f'averaged weights ({trainer.evaluated_weights})', flush=True)
+        # The checkpoints keep the raw weights beside the averages; what is evaluated and
+        # saved as the result is the averaged network.
+        with trainer.averaged_weights():
+            final = trainer.evaluate(data.test, max_eval_batches)
+            summary['test_top1_accuracy'] = round(final['top1_accuracy'], 6)
+            summary['test_top5_accuracy'] = round(final['top5_accuracy'], 6)
+            summary['test_loss'] = round(final['loss'], 6)
+            if eval_split_name == 'validation':
+                # The number to report: test accuracy of the weights chosen on validation.
+                last_weights = [v.numpy() for v in trainer.model.weights]
+                if best_manager.latest_checkpoint:
+                    tf.train.Checkpoint(model=trainer.model).restore(best_manager.latest_checkpoint)
+                    best = trainer.evaluate(data.test, max_eval_batches)
+                    summary['best_test_top1_accuracy'] = round(best['top1_accuracy'], 6)
+                    for v, w in zip(trainer.model.weights, last_weights):
+                        v.assign(w)
+            else:
+                summary['best_test_top1_accuracy'] = max(summary.get('best_test_top1_accuracy', 0.0),
+                                                         summary['test_top1_accuracy'])
+            trainer.model.save_weights(os.path.join(run_dir, rundir.FINAL_WEIGHTS))
         summary['weights'] = rundir.FINAL_WEIGHTS
         summary.pop('error', None)
     if stop and status == 'interrupted':
