@@ -9,6 +9,7 @@ runner finds the functions by scanning the modules (``runner.registry``).
 from .alexnet import alexnet, alexnet_bn, zfnet_bn
 from .densenet import (densenet, densenet40_k12, densenet_bc100_k12, densenet_bc190_k40,
                        densenet_bc250_k24)
+from .fast import cifar_airbench94, cifar_resnet9
 from .nin import nin_bn
 from .resnet import (cifar_resnet, cifar_resnet20, cifar_resnet32, cifar_resnet44,
                      cifar_resnet56, cifar_resnet110, cifar_resnet164, cifar_resnet1001,
@@ -21,6 +22,7 @@ __all__ = [
     "alexnet", "alexnet_bn", "zfnet_bn",
     "densenet", "densenet40_k12", "densenet_bc100_k12", "densenet_bc190_k40",
     "densenet_bc250_k24",
+    "cifar_airbench94", "cifar_resnet9",
     "nin_bn",
     "cifar_resnet", "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56",
     "cifar_resnet110", "cifar_resnet164", "cifar_resnet1001",

@@ -74,6 +74,8 @@ EXACT_PARAMS = {
     "alexnet": 60_965_224,
     "alexnet_bn": 60_966_600,
     "zfnet_bn": 62_358_984,
+    "cifar_airbench94": 1_971_640,
+    "cifar_resnet9": 6_573_120,
 }
 
 # Functions that need family arguments: an example call and its exact count.
@@ -94,6 +96,7 @@ VARIANT_PARAMS = [
     ("cifar_resnet", dict(depth=11, bottleneck=True, block_type="preactivated", shortcut_type="A"),
      84_762),
     ("cifar_WRN_16_4", dict(dropout=0.3), 2_748_890),
+    ("cifar_airbench94", dict(widths=[32, 64, 128]), 294_648),
 ]
 
 # Published figures: (millions, decimals the paper gives, what it counts).  'all' is
@@ -130,6 +133,8 @@ PAPER_PARAMS = {
     "alexnet": (61, 0, "all"),
     "alexnet_bn": None,
     "zfnet_bn": None,
+    "cifar_airbench94": (1.97, 2, "all"),
+    "cifar_resnet9": None,
 }
 
 IMAGENET_MODELS = {"resnet50", "resnet50_v2", "se_resnet50", "alexnet", "alexnet_bn", "zfnet_bn"}
@@ -145,12 +150,12 @@ SMALL_SIDE = {"resnet50": 64, "resnet50_v2": 64, "se_resnet50": 64,
 # batch within a few SGD steps (eager steps of the deeper ones cost seconds each here;
 # tracing a tf.function for them costs close to a minute).
 SGD_MODELS = {"cifar_vgg11", "cifar_vgg_bn", "cifar_resnet20", "cifar_resnet56",
-              "cifar_WRN_16_4", "densenet40_k12", "nin_bn"}
+              "cifar_WRN_16_4", "densenet40_k12", "nin_bn", "cifar_airbench94"}
 # Where the paper trains with 5e-4; everything else defaults to 1e-4.
 WD_5E4 = {"cifar_vgg11", "cifar_vgg13", "cifar_vgg16", "cifar_vgg19", "cifar_vgg_bn",
           "cifar_wide_resnet", "cifar_WRN_16_4", "cifar_WRN_16_8", "cifar_WRN_28_10",
           "cifar_WRN_40_4", "cifar_resnext", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d",
-          "nin_bn", "alexnet", "alexnet_bn", "zfnet_bn"}
+          "nin_bn", "alexnet", "alexnet_bn", "zfnet_bn", "cifar_airbench94", "cifar_resnet9"}
 
 SLOW = LARGE_CIFAR_MODELS | {"resnet50", "resnet50_v2", "se_resnet50"}
 NAMED = sorted(EXACT_PARAMS)
@@ -346,6 +351,8 @@ def test_variants_and_generic_builders(name, kwargs, count):
     ("zfnet_bn", (32, 32, 3), 63),
     ("alexnet", (224, 60, 3), 63),
     ("densenet40_k12", (3, 3, 3), 4),
+    ("cifar_airbench94", (8, 8, 3), 9),
+    ("cifar_resnet9", (7, 7, 3), 8),
 ])
 def test_too_small_input_raises_clear_error(name, shape, smallest):
     with pytest.raises(ValueError) as info:
@@ -392,6 +399,7 @@ def test_weight_decay_zero_adds_no_regulariser():
 
 SMALL_CONFIGS = [
     ("cifar_resnet20", {}),
+    ("cifar_airbench94", {}),
     ("cifar_resnet20", dict(block_type="preactivated", shortcut_type="B")),
     ("cifar_vgg_bn", {}),
     ("cifar_WRN_16_4", dict(dropout=0.3)),
@@ -417,6 +425,7 @@ def test_layer_names_are_explicit_and_stable(name, kwargs):
     ("cifar_resnet20", {}),
     ("cifar_resnext", dict(depth=11, cardinality=2, base_width=4)),
     ("alexnet", dict(input_shape=(63, 63, 3))),
+    ("cifar_airbench94", {}),
 ])
 def test_config_round_trip_with_custom_layers(name, kwargs):
     """ZeroPadShortcut, GroupedConv2D and LocalResponseNormalization survive a JSON round trip."""

@@ -1,0 +1,339 @@
+"""The time-to-accuracy options: weight averaging (ema_decay), flip TTA in the runner's own
+evaluations (eval_tta), the airbench94 / ResNet-9 networks of models/fast.py, and the
+cifar10_fast recipe. Parameter counts of the networks are pinned in test_models.py."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, subprocess_env
+from models import fast
+from runner import data as data_lib
+from runner import rundir, train
+from runner.config import ConfigError, experiment_from_dict, load_experiments
+
+
+def asymmetric_cnn(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4):
+    """Logits from the flattened image: a mirrored image gets other logits (module: test_fast)."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name='logits')(x))
+
+
+def make_data(n=48, seed=0):
+    info = data_lib.DataInfo('random', (32, 32, 3), 10)
+    split = data_lib.synthetic(info, n, seed=seed)
+    return data_lib.Data(info, split, split, split, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+
+
+def make_exp(tmp_path, model='tiny_cnn', module='tiny_models', **train_parameters):
+    tp = dict(logdir=str(tmp_path), run_name='run', batch_size=8, eval_batch_size=16,
+              log_interval=2, val_interval=3, checkpoint_interval=3, lr_values=[0.1],
+              lr_boundaries=[6])
+    tp.update(train_parameters)
+    return experiment_from_dict({'module': module, 'model': model, 'train_parameters': tp})
+
+
+def make_trainer(exp, data):
+    # Fresh layer names (conv2d, conv2d_1, ...) in every model: weights files match by name.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(exp.train_parameters.seed)
+    trainer = train.Trainer(exp, data, tf.distribute.get_strategy())
+    trainer.start_input()
+    return trainer
+
+
+def run(exp, data):
+    keras.backend.clear_session()
+    return train.run(exp, data=data, quiet=True)
+
+
+def values(variables):
+    return [np.array(tf.convert_to_tensor(v)) for v in variables]
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('ema_decay', 1.0, 'train_parameters.ema_decay: must be in (0, 1) or null, got 1.0'),
+    ('ema_decay', 0, 'train_parameters.ema_decay: must be in (0, 1) or null, got 0.0'),
+    ('ema_decay', 'yes', "train_parameters.ema_decay: expected number, got str 'yes'"),
+    ('eval_tta', 'flips', "train_parameters.eval_tta: 'flips' is not one of none, flip; "
+                          "did you mean 'flip'?"),
+])
+def test_bad_values_are_one_line_errors(key, value, message):
+    with pytest.raises(ConfigError) as info:
+        experiment_from_dict({'model': 'cifar_airbench94', 'train_parameters': {key: value}})
+    assert str(info.value).endswith(message)
+    assert '\n' not in str(info.value)
+
+
+# --- weight averaging ---------------------------------------------------------------------
+
+
+def test_averages_cover_weights_and_bn_statistics_and_start_at_the_weights(tmp_path):
+    trainer = make_trainer(make_exp(tmp_path, ema_decay=0.9), make_data())
+    paths = [v.path for v in trainer.averaged]
+    assert set(paths) >= {v.path for v in trainer.model.trainable_variables}
+    assert any('moving_mean' in p for p in paths) and any('moving_variance' in p for p in paths)
+    assert not any('seed_generator' in p for p in paths)
+    for a, w in zip(values(trainer.averages), values(trainer.averaged)):
+        np.testing.assert_array_equal(a, w)
+    no_average = make_trainer(make_exp(tmp_path / 'off'), make_data())
+    assert no_average.averages == [] and no_average.evaluated_weights == 'raw'
+
+
+def test_averages_move_toward_the_weights_at_the_configured_rate(tmp_path):
+    decay = 0.5
+    trainer = make_trainer(make_exp(tmp_path, ema_decay=decay), make_data())
+    # Steps 0 and 1 follow the warm-up rule (1 + n) / (10 + n) < 0.5; from step 8 on the
+    # configured decay holds: jump the step counter there (the schedule is flat).
+    for n in (0, 1, 100):
+        trainer.optimizer.iterations.assign(n)
+        before = values(trainer.averages)
+        trainer.train_step(trainer.iterator)
+        after, weights = values(trainer.averages), values(trainer.averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        moved = 0
+        for a0, a1, w in zip(before, after, weights):
+            np.testing.assert_allclose(a1, d * a0 + (1 - d) * w, rtol=1e-5, atol=1e-6)
+            moved += not np.array_equal(a0, a1)
+        assert moved > len(after) // 2, 'the averages did not follow the training weights'
+
+
+def test_evaluation_uses_the_averages_and_swapping_back_is_exact(tmp_path):
+    data = make_data()
+    trainer = make_trainer(make_exp(tmp_path, ema_decay=0.9), data)
+    for _ in range(3):
+        trainer.train_step(trainer.iterator)
+    raw, averages = values(trainer.averaged), values(trainer.averages)
+    assert any(not np.array_equal(r, a) for r, a in zip(raw, averages))
+    with trainer.averaged_weights():
+        for v, a in zip(values(trainer.averaged), averages):
+            np.testing.assert_array_equal(v, a)
+        averaged_eval = trainer.evaluate(data.test)
+    for v, r in zip(values(trainer.averaged), raw):
+        np.testing.assert_array_equal(v, r)
+    for v, a in zip(values(trainer.averages), averages):
+        np.testing.assert_array_equal(v, a)
+    assert averaged_eval['loss'] != trainer.evaluate(data.test)['loss']
+
+
+def test_a_run_evaluates_and_saves_the_averaged_weights(tmp_path):
+    data = make_data()
+    exp = make_exp(tmp_path, ema_decay=0.8)
+    summary = run(exp, data)
+    run_dir = tmp_path / 'run'
+    assert summary['status'] == 'finished'
+    assert summary['evaluated_weights'] == 'exponential moving average, decay 0.8'
+    # The last checkpoint holds raw weights and averages; final.weights.h5 is the averages.
+    trainer = make_trainer(exp, data)
+    trainer.checkpoint.restore(str(summary['last_checkpoint'])).assert_existing_objects_matched()
+    averages, raw = values(trainer.averages), values(trainer.averaged)
+    saved = make_trainer(exp, data)
+    saved.model.load_weights(str(run_dir / rundir.FINAL_WEIGHTS))
+    for s, a in zip(values(saved.averaged), averages):
+        np.testing.assert_array_equal(s, a)
+    assert any(not np.array_equal(a, r) for a, r in zip(averages, raw))
+    final = [r for r in rundir.read_metrics(str(run_dir)) if r['kind'] == 'test'][-1]
+    assert final['weights'] == summary['evaluated_weights']
+    np.testing.assert_allclose(final['loss'], saved.evaluate(data.test)['loss'], rtol=1e-5)
+    assert summary['test_top1_accuracy'] == pytest.approx(final['top1_accuracy'], abs=1e-6)
+
+
+def test_a_checkpoint_restores_the_averages(tmp_path):
+    data = make_data()
+    exp = make_exp(tmp_path, ema_decay=0.9)
+    first = make_trainer(exp, data)
+    for _ in range(3):
+        first.train_step(first.iterator)
+    path = first.checkpoint.save(str(tmp_path / 'ckpt'))
+    second = make_trainer(exp, data)
+    second.train_step(second.iterator)  # other averages before the restore
+    second.checkpoint.restore(path).assert_existing_objects_matched()
+    second.start_input()
+    for a, b in zip(values(second.averages), values(first.averages)):
+        np.testing.assert_array_equal(a, b)
+    first.train_step(first.iterator)
+    second.train_step(second.iterator)
+    for a, b in zip(values(second.averages), values(first.averages)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_resumed_run_ends_with_the_averages_of_an_uninterrupted_one(tmp_path):
+    data = make_data()
+    straight = run(make_exp(tmp_path / 'a', ema_decay=0.8), data)
+    run(make_exp(tmp_path / 'b', ema_decay=0.8, steps=3), data)
+    resumed = run(make_exp(tmp_path / 'b', ema_decay=0.8), data)
+    assert straight['steps'] == resumed['steps'] == 6
+    exp = make_exp(tmp_path / 'c', ema_decay=0.8)
+    fresh = values(make_trainer(exp, data).averaged)
+    final = {}
+    for name in 'ab':
+        trainer = make_trainer(exp, data)
+        trainer.model.load_weights(str(tmp_path / name / 'run' / rundir.FINAL_WEIGHTS))
+        final[name] = values(trainer.averaged)
+    assert all(not np.allclose(x, y) for x, y in zip(final['a'], fresh) if x.ndim == 4)
+    # A resume that lost the averages would start them afresh and end 1e-3 away.
+    for x, y in zip(final['a'], final['b']):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_init_weights_restart_the_averages_there(tmp_path):
+    data = make_data()
+    source = make_trainer(make_exp(tmp_path / 'src'), data)
+    source.model.save_weights(str(tmp_path / 'init.weights.h5'))
+    exp = make_exp(tmp_path, ema_decay=0.99, init_weights=str(tmp_path / 'init.weights.h5'),
+                   steps=1, seed=5)
+    run(exp, data)
+    trainer = make_trainer(exp, data)
+    ckpt = tf.train.latest_checkpoint(str(tmp_path / 'run' / 'checkpoints'))
+    trainer.checkpoint.restore(ckpt).assert_existing_objects_matched()
+    # After one step from the loaded weights w0 to w1 the average is 0.1 w0 + 0.9 w1 (decay
+    # (1 + 0) / 10); averages left at the fresh seed-5 weights would differ from that.
+    first = trainer.model.trainable_variables[0]
+    i = next(i for i, v in enumerate(trainer.averaged) if v is first)
+    w0 = np.array(tf.convert_to_tensor(source.model.trainable_variables[0]))
+    w1 = np.array(tf.convert_to_tensor(first))
+    np.testing.assert_allclose(np.array(trainer.averages[i]), 0.1 * w0 + 0.9 * w1,
+                               rtol=1e-5, atol=1e-6)
+
+
+# --- flip test-time augmentation -----------------------------------------------------------
+
+
+def test_flip_tta_averages_the_softmax_of_image_and_mirror(tmp_path):
+    data = make_data()
+    exp_none = make_exp(tmp_path, model='asymmetric_cnn', module='test_fast')
+    exp_flip = make_exp(tmp_path, model='asymmetric_cnn', module='test_fast', eval_tta='flip')
+    plain, flipped = make_trainer(exp_none, data), make_trainer(exp_flip, data)
+    flipped.model.set_weights(plain.model.get_weights())
+    got, without = flipped.evaluate(data.test), plain.evaluate(data.test)
+
+    probs, labels = [], []
+    for images, y in data_lib.eval_input(data, data.test, 16):
+        p = (tf.nn.softmax(plain.model(images)) + tf.nn.softmax(plain.model(images[:, :, ::-1, :]))) / 2
+        probs.append(p.numpy())
+        labels.append(y.numpy())
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    p_true = probs[np.arange(len(labels)), labels]
+    order = np.argsort(-probs, axis=1)
+    assert got['examples'] == len(labels)
+    np.testing.assert_allclose(got['loss'], np.mean(-np.log(p_true)), rtol=1e-5)
+    assert got['top1_accuracy'] == pytest.approx(np.mean(order[:, 0] == labels))
+    assert got['top5_accuracy'] == pytest.approx(np.mean((order[:, :5] == labels[:, None]).any(1)))
+    assert got['loss'] != pytest.approx(without['loss'], rel=1e-4)
+
+
+def test_run_records_say_which_views_and_weights_they_measured(tmp_path):
+    summary = run(make_exp(tmp_path, eval_tta='flip'), make_data())
+    assert summary['eval_tta'] == 'flip' and summary['evaluated_weights'] == 'raw'
+    records = rundir.read_metrics(str(tmp_path / 'run'))
+    evals = [r for r in records if r['kind'] == 'test']
+    assert [r['step'] for r in evals] == [3, 6]
+    assert all(r['eval_tta'] == 'flip' and r['eval_seconds'] >= 0 for r in evals)
+    walls = [r['wall_seconds'] for r in records]
+    assert walls == sorted(walls) and walls[-1] <= summary['wall_seconds'] + 0.1
+
+
+# --- models/fast.py -----------------------------------------------------------------------
+
+
+def test_partial_dirac_passes_the_first_channels_through():
+    init = fast.PartialDirac('zeros')
+    kernel = np.array(init((3, 3, 4, 6)))
+    x = np.random.default_rng(0).standard_normal((1, 5, 5, 4)).astype('float32')
+    y = tf.nn.conv2d(x, kernel, 1, 'SAME').numpy()
+    np.testing.assert_allclose(y[..., :4], x, rtol=1e-6)
+    assert not y[..., 4:].any()
+    # A 2x2 kernel's centre is (1, 1), as torch.nn.init.dirac_ has it; filters past the
+    # input channels keep the base initialiser's values.
+    kernel = np.array(fast.PartialDirac(keras.initializers.Constant(0.5))((2, 2, 3, 5)))
+    identity = np.zeros((2, 2, 3, 3))
+    identity[1, 1, [0, 1, 2], [0, 1, 2]] = 1
+    np.testing.assert_array_equal(kernel[..., :3], identity)
+    assert (kernel[..., 3:] == 0.5).all()
+
+
+def test_airbench_layout():
+    model = fast.cifar_airbench94()
+    kinds = [type(l).__name__ for l in model.layers[1:]]
+    group = ['Conv2D', 'MaxPooling2D', 'BatchNormalization', 'Activation', 'Conv2D',
+             'BatchNormalization', 'Activation']
+    assert kinds == ['Conv2D', 'Activation'] + group * 3 + ['GlobalMaxPooling2D', 'Dense', 'Rescaling']
+    widths = [l.filters for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert widths == [24, 64, 64, 256, 256, 256, 256]
+    assert model.get_layer('stem_conv').kernel.shape == (2, 2, 3, 24)
+    assert model.get_layer('stem_conv').padding == 'valid'
+    bn = model.get_layer('block1_bn1')
+    assert not bn.scale and bn.momentum == 0.6
+    assert model.get_layer('block1_act1').activation is keras.activations.gelu
+    # The logits are the classifier's output times 1/9.
+    x = tf.random.normal((2, 32, 32, 3))
+    features = keras.Model(model.input, model.get_layer('classifier').output)(x)
+    np.testing.assert_allclose(model(x), features / 9, rtol=1e-5)
+
+
+def test_resnet9_residual_stages_add_their_input():
+    model = fast.cifar_resnet9()
+    adds = [l for l in model.layers if isinstance(l, keras.layers.Add)]
+    assert [l.name for l in adds] == ['block1_add', 'block3_add']
+    assert [l.input[0].shape[-1] for l in adds] == [128, 512]
+    assert model.get_layer('logits').scale == 0.125
+
+
+def test_widths_are_checked():
+    with pytest.raises(ValueError, match='widths must be 3 positive integers'):
+        fast.cifar_airbench94(widths=[64, 256])
+
+
+# --- the recipe -----------------------------------------------------------------------------
+
+
+def test_fast_recipe_uses_the_fast_options():
+    for exp in load_experiments(os.path.join(ROOT, 'experiments', 'cifar10_fast.yaml')):
+        tp = exp.train_parameters
+        assert exp.model == 'cifar_airbench94'
+        assert tp.eval_tta == 'flip' and tp.ema_decay is not None
+        assert tp.label_smoothing > 0 and tp.lr_schedule == 'linear' and tp.warmup_steps > 0
+        assert exp.dataset.flip and exp.dataset.crop_padding > 0
+
+
+@pytest.mark.slow
+def test_averaging_and_tta_under_mirrored_strategy(tmp_path, image_folder):
+    # Two logical CPUs, split before TensorFlow starts; tiny_cnn has batch norm, whose
+    # statistics are per replica variables that the averages must read and swap too.
+    script = ("import sys, tensorflow as tf\n"
+              "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+              "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+              "from runner.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    path = tmp_path / 'mirrored.yaml'
+    path.write_text(f"""
+module: tiny_models
+model: tiny_cnn
+dataset: {{image_folder: {image_folder}}}
+train_parameters:
+  logdir: {tmp_path / 'logs'}
+  run_name: dist
+  batch_size: 16
+  val_interval: 3
+  lr_values: [0.1]
+  lr_boundaries: [6]
+  distribution: mirrored
+  ema_decay: 0.8
+  eval_tta: flip
+""")
+    p = subprocess.run([sys.executable, '-c', script, str(path), '--no-smoke'], cwd=ROOT,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = json.loads((tmp_path / 'logs' / 'dist' / 'summary.json').read_text())
+    assert s['replicas'] == 2 and s['status'] == 'finished'
+    assert s['evaluated_weights'] == 'exponential moving average, decay 0.8'
+    assert 'the final evaluation and final.weights.h5 use the averaged weights' in p.stdout
