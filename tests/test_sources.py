@@ -514,10 +514,17 @@ def test_stats_errors_are_one_line_exit_2(argv, needle, tmp_path, capsys):
 # ---------------------------------------------------------------------------
 # Streaming in flat memory
 
+# Peak resident memory from VmHWM, this process image's own high-water mark: ru_maxrss
+# would not do, Linux carries it across exec from the parent (pytest, gigabytes by then).
 MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
 from runner import data as data_lib
 from runner.config import DatasetConfig
+
+def peak_mb():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 1024
+
 out = []
 for budget in [int(b) for b in sys.argv[2:]]:  # 0: streamed; else cached, after the streamed run
     cfg = DatasetConfig(image_folder=sys.argv[1], image_size=[64, 64], preprocessing='imagenet',
@@ -526,7 +533,7 @@ for budget in [int(b) for b in sys.argv[2:]]:  # 0: streamed; else cached, after
     n = data_lib.size(data.train)
     seen = sum(len(y) for _, y in data_lib.train_input(data, cfg, 20, seed=0).take(n // 20))
     out.append({'cached': data_lib.cached(data.train), 'images': seen,
-                'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                'peak_mb': peak_mb()})
 print(json.dumps(out))
 """
 
