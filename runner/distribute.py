@@ -72,8 +72,9 @@ def worker_id(strategy):
 def resolve_precision(precision):
     """The Keras dtype policy: 'auto' is mixed_float16 on GPUs and float32 elsewhere.
 
-    On this project's CPU (Xeon with AVX512-BF16) mixed_bfloat16 was measured slower than
-    float32 for the CIFAR ResNets (see benchmarks/), so it is not chosen automatically.
+    mixed_bfloat16 is not chosen automatically on CPUs: for the CIFAR ResNets it was measured
+    at half float32's speed on one Xeon with AVX512-BF16 and 1.2-1.4 times on an EPYC with
+    it (README, Speed and scale), and its accuracy has not been checked here.
     """
     if precision == 'auto':
         return 'mixed_float16' if tf.config.list_logical_devices('GPU') else 'float32'
