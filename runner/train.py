@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from runner import data as data_lib
 from runner import distribute
+from runner import restore
 from runner import rundir
 from runner.config import dump_yaml
 from runner.registry import build_model, count_trainable, load_initial_weights
@@ -132,6 +133,11 @@ class Trainer:
                                          name='average_' + v.path.replace('/', '_'))
                              for v in self.averaged]
         self.params = count_trainable(self.model)
+        # Batch-norm offsets whose gradient is scaled (airbench's bias_scaler): with SGD, a
+        # gradient m times larger is a learning rate m times larger for that variable.
+        self.lr_boosted = ({layer.beta.path for layer in self.model._flatten_layers(include_self=False)
+                            if isinstance(layer, keras.layers.BatchNormalization) and layer.center}
+                           if tp.bn_bias_lr_multiplier != 1 else set())
         # Training sums since the last log; reset after every log.
         self.sums = {k: tf.Variable(0.0, trainable=False, name=k)
                      for k in ('loss', 'reg_loss', 'errors', 'examples', 'steps')}
@@ -186,6 +192,10 @@ class Trainer:
             total = loss + reg
             scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
         grads = tape.gradient(scaled, self.model.trainable_variables)
+        if self.lr_boosted:
+            boost = float(self.exp.train_parameters.bn_bias_lr_multiplier)
+            grads = [g * boost if g is not None and v.path in self.lr_boosted else g
+                     for g, v in zip(grads, self.model.trainable_variables)]
         if self.loss_scaling:
             # Overflowing float16 gradients are normal while the loss scale settles; the
             # LossScaleOptimizer skips those steps, so only the loss itself can diverge.
@@ -219,6 +229,34 @@ class Trainer:
             decay = tf.minimum(float(self.exp.train_parameters.ema_decay), (1.0 + n) / (10.0 + n))
             for average, var in zip(self.averages, self.averaged):
                 average.assign_sub((1.0 - decay) * (average - tf.cast(var, tf.float32)))
+
+    # -- data-dependent initialisation --------------------------------------------
+    def adapt_layers(self):
+        """Fit every layer that has an ``adapt(images)`` method (Keras' Normalization, the
+        patch whitening of models/fast.py) to the first `adapt_examples` training images,
+        un-augmented and normalised, as they reach that layer. Names of the layers adapted."""
+        targets = [layer for layer in self.model._flatten_layers(include_self=False)
+                   if callable(getattr(layer, 'adapt', None))]
+        if not targets:
+            return []
+        n = self.exp.train_parameters.adapt_examples
+        batches = data_lib.eval_input(self.data, self.data.train, min(n, 500))
+        images = np.concatenate([x.numpy() for x, _ in batches.take(-(-n // min(n, 500)))])[:n]
+        for layer in targets:
+            if layer.input is self.model.inputs[0]:
+                inputs = images
+            else:
+                try:
+                    feed = keras.Model(self.model.inputs, layer.input)
+                except ValueError:
+                    raise ValueError(f'layer {layer.name} has an adapt() method but its input is not '
+                                     f'reachable from the model input (a nested model?); the runner '
+                                     f'adapts layers of the outer functional model only') from None
+                inputs = np.asarray(feed.predict(images, batch_size=500, verbose=0), np.float32)
+            layer.adapt(inputs)
+        # The averages began at the unadapted weights.
+        self.reset_averages()
+        return [layer.name for layer in targets]
 
     # -- weight averaging -------------------------------------------------------
     def _swap_averages(self):
@@ -258,11 +296,11 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------
     def _replica_eval(self, images, labels):
         labels = tf.cast(labels, tf.int32)
-        if self.exp.train_parameters.eval_tta == 'flip':
-            # One call on image and mirror together; as `python -m runner evaluate --tta flip`.
-            both = tf.cast(self.model(tf.concat([images, tf.reverse(images, axis=[2])], 0),
-                                      training=False), tf.float32)
-            scores = tf.reduce_mean(tf.stack(tf.split(tf.nn.softmax(both), 2)), axis=0)
+        views = restore.tta_views(images, self.exp.train_parameters.eval_tta)
+        if len(views) > 1:
+            # One call on all views together; as `python -m runner evaluate --tta ...`.
+            logits = tf.cast(self.model(tf.concat(views, 0), training=False), tf.float32)
+            scores = tf.reduce_mean(tf.stack(tf.split(tf.nn.softmax(logits), len(views))), axis=0)
             p_true = tf.gather(scores, labels, batch_dims=1)
             loss = tf.reduce_sum(-tf.math.log(tf.maximum(p_true, 1e-12)))
         else:
@@ -317,7 +355,8 @@ def log_hparams(writer, exp, resolved, params, policy):
         'warmup_steps': tp['warmup_steps'],
         'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
         'weight_decay': 'model default' if tp['weight_decay'] is None else tp['weight_decay'],
-        'label_smoothing': tp['label_smoothing'], 'flip': ds['flip'], 'crop_padding': ds['crop_padding'],
+        'label_smoothing': tp['label_smoothing'], 'bn_bias_lr_multiplier': tp['bn_bias_lr_multiplier'],
+        'flip': ds['flip'], 'crop_padding': ds['crop_padding'],
         'ema_decay': 'off' if tp['ema_decay'] is None else tp['ema_decay'], 'eval_tta': tp['eval_tta'],
         'precision': policy, 'seed': tp['seed'],
     }
@@ -393,6 +432,11 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
             trainer.reset_averages()
             if not quiet:
                 print(f'{exp.run_name}: starting from the weights of {source}', flush=True)
+        else:
+            adapted = trainer.adapt_layers()
+            if adapted and not quiet:
+                print(f'{exp.run_name}: adapted {", ".join(adapted)} to {tp.adapt_examples} training '
+                      f'images', flush=True)
     trainer.start_input()
 
     resolved = exp.to_dict()

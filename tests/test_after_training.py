@@ -70,6 +70,13 @@ def ten_crops(x, p=4):
     return crops + [c[:, :, ::-1] for c in crops]
 
 
+def flip_translate_views(x):
+    """The image, shifted one pixel up-left and down-right (reflected edges), and mirrors."""
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode='reflect')
+    views = [x, padded[:, :-2, :-2], padded[:, 2:, 2:]]
+    return views + [v[:, :, ::-1] for v in views]
+
+
 def read_png(path):
     import matplotlib.image
     img = matplotlib.image.imread(path)
@@ -115,7 +122,7 @@ def test_tta_views_are_the_image_its_mirror_and_crops_of_the_padded_image():
     np.testing.assert_allclose(np.stack(crops), np.stack(ten_crops(x)))
 
 
-@pytest.mark.parametrize('tta', ['none', 'flip', '10crop'])
+@pytest.mark.parametrize('tta', ['none', 'flip', 'flip_translate', '10crop'])
 def test_evaluate_each_tta_equals_the_manual_average(trained, tta, capsys):
     from runner import evaluate, restore
     run_dir = trained['runs'][0]
@@ -139,7 +146,8 @@ def test_evaluate_each_tta_equals_the_manual_average(trained, tta, capsys):
     run = restore.load_run(run_dir, 'best')
     data = evaluate.read_eval_split(run, 'test')
     (r,) = evaluate.evaluate_runs([run_dir], tta=tta, write=False)
-    views = {'none': lambda x: [x], 'flip': lambda x: [x, x[:, :, ::-1]], '10crop': ten_crops}[tta]
+    views = {'none': lambda x: [x], 'flip': lambda x: [x, x[:, :, ::-1]],
+             'flip_translate': flip_translate_views, '10crop': ten_crops}[tta]
     np.testing.assert_allclose(r['probabilities'], manual_probabilities(run, data.images, views), atol=1e-5)
     np.testing.assert_array_equal(r['labels'], data.labels)
     assert r['top1_error'] == pytest.approx(result['top1_error'])

@@ -1,6 +1,7 @@
-"""The time-to-accuracy options: weight averaging (ema_decay), flip TTA in the runner's own
-evaluations (eval_tta), the airbench94 / ResNet-9 networks of models/fast.py, and the
-cifar10_fast recipe. Parameter counts of the networks are pinned in test_models.py."""
+"""The time-to-accuracy options: weight averaging (ema_decay), flip and translate TTA in the
+runner's own evaluations (eval_tta), data-dependent layers (adapt_examples), the batch-norm
+offsets' learning rate (bn_bias_lr_multiplier), the airbench94 / ResNet-9 networks of
+models/fast.py with airbench's patch whitening, and the cifar10_fast recipe. Parameter counts of the networks are pinned in test_models.py."""
 import json
 import os
 import subprocess
@@ -23,6 +24,15 @@ def asymmetric_cnn(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4):
     inputs = keras.Input(input_shape)
     x = keras.layers.Flatten()(inputs)
     return keras.Model(inputs, keras.layers.Dense(num_classes, name='logits')(x))
+
+
+def normalized_cnn(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4):
+    """A Keras Normalization layer after a conv: adapted to features, not to images."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(4, 3, name='conv')(inputs)
+    x = keras.layers.Normalization(name='norm')(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
 def make_data(n=48, seed=0):
@@ -64,8 +74,10 @@ def values(variables):
     ('ema_decay', 1.0, 'train_parameters.ema_decay: must be in (0, 1) or null, got 1.0'),
     ('ema_decay', 0, 'train_parameters.ema_decay: must be in (0, 1) or null, got 0.0'),
     ('ema_decay', 'yes', "train_parameters.ema_decay: expected number, got str 'yes'"),
-    ('eval_tta', 'flips', "train_parameters.eval_tta: 'flips' is not one of none, flip; "
-                          "did you mean 'flip'?"),
+    ('eval_tta', 'flips', "train_parameters.eval_tta: 'flips' is not one of none, flip, "
+                          "flip_translate; did you mean 'flip'?"),
+    ('bn_bias_lr_multiplier', 0, 'train_parameters.bn_bias_lr_multiplier: must be positive, got 0.0'),
+    ('adapt_examples', 0, 'train_parameters.adapt_examples: must be at least 1, got 0'),
 ])
 def test_bad_values_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as info:
@@ -208,17 +220,30 @@ def test_init_weights_restart_the_averages_there(tmp_path):
 # --- flip test-time augmentation -----------------------------------------------------------
 
 
-def test_flip_tta_averages_the_softmax_of_image_and_mirror(tmp_path):
+def numpy_views(images, tta):
+    """The TTA views written out with numpy, independently of restore.tta_views."""
+    x = np.asarray(images)
+    views = [x]
+    if tta == 'flip_translate':
+        padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode='reflect')
+        views += [padded[:, :-2, :-2], padded[:, 2:, 2:]]
+    return views + [v[:, :, ::-1, :] for v in views]
+
+
+@pytest.mark.parametrize('tta', ['flip', 'flip_translate'])
+def test_tta_averages_the_softmax_of_its_views(tmp_path, tta):
     data = make_data()
     exp_none = make_exp(tmp_path, model='asymmetric_cnn', module='test_fast')
-    exp_flip = make_exp(tmp_path, model='asymmetric_cnn', module='test_fast', eval_tta='flip')
-    plain, flipped = make_trainer(exp_none, data), make_trainer(exp_flip, data)
+    exp_tta = make_exp(tmp_path, model='asymmetric_cnn', module='test_fast', eval_tta=tta)
+    plain, flipped = make_trainer(exp_none, data), make_trainer(exp_tta, data)
     flipped.model.set_weights(plain.model.get_weights())
     got, without = flipped.evaluate(data.test), plain.evaluate(data.test)
 
     probs, labels = [], []
     for images, y in data_lib.eval_input(data, data.test, 16):
-        p = (tf.nn.softmax(plain.model(images)) + tf.nn.softmax(plain.model(images[:, :, ::-1, :]))) / 2
+        views = numpy_views(images, tta)
+        assert len(views) == {'flip': 2, 'flip_translate': 6}[tta]
+        p = sum(tf.nn.softmax(plain.model(v)) for v in views) / len(views)
         probs.append(p.numpy())
         labels.append(y.numpy())
     probs, labels = np.concatenate(probs), np.concatenate(labels)
@@ -240,6 +265,97 @@ def test_run_records_say_which_views_and_weights_they_measured(tmp_path):
     assert all(r['eval_tta'] == 'flip' and r['eval_seconds'] >= 0 for r in evals)
     walls = [r['wall_seconds'] for r in records]
     assert walls == sorted(walls) and walls[-1] <= summary['wall_seconds'] + 0.1
+
+
+def test_translated_views_shift_by_one_pixel_with_reflected_edges():
+    from runner.restore import tta_views
+    x = tf.reshape(tf.range(2 * 4 * 5 * 1, dtype=tf.float32), (2, 4, 5, 1))
+    views = [np.array(v) for v in tta_views(x, 'flip_translate')]
+    x = np.array(x)
+    assert len(views) == 6
+    np.testing.assert_array_equal(views[1][:, 1:, 1:], x[:, :-1, :-1])   # content moves down-right
+    np.testing.assert_array_equal(views[1][:, 0, 1:], x[:, 1, :-1])      # reflected top row
+    np.testing.assert_array_equal(views[2][:, :-1, :-1], x[:, 1:, 1:])
+    for plain, mirror in zip(views[:3], views[3:]):
+        np.testing.assert_array_equal(mirror, plain[:, :, ::-1])
+
+
+# --- data-dependent layers and the BN offsets' learning rate --------------------------------
+
+
+def airbench_exp(tmp_path, **train_parameters):
+    tp = dict(logdir=str(tmp_path), run_name='run', batch_size=8, eval_batch_size=16, log_interval=2,
+              val_interval=3, checkpoint_interval=3, lr_values=[0.1], lr_boundaries=[3])
+    tp.update(train_parameters)
+    return experiment_from_dict({'model': 'cifar_airbench94', 'model_parameters': {'widths': [8, 8, 8]},
+                                 'train_parameters': tp})
+
+
+def test_patch_whitening_whitens_the_patches_it_was_adapted_to():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(64, 12, 12, 3))
+    x = base + 0.8 * np.roll(base, 1, axis=1)   # neighbouring rows correlate
+    x[..., 1] += 0.5 * x[..., 0]                # and so do the channels
+    layer = fast.PatchWhitening(2)
+    layer.build(x.shape)
+    assert not layer.kernel.trainable and layer.bias.trainable
+    layer.adapt(x)
+    y = np.asarray(layer(x.astype('float32')))
+    assert y.shape == (64, 11, 11, 24)
+    first = y[..., :12].reshape(-1, 12)
+    # Uncorrelated unit-variance outputs (eigenvalues >> epsilon), largest eigenvalue first.
+    np.testing.assert_allclose(first.T @ first / len(first), np.eye(12), atol=0.01)
+    np.testing.assert_allclose(y[..., 12:], -y[..., :12], rtol=1e-6)
+    kernel = np.array(layer.kernel).reshape(12, 24)
+    norms = np.linalg.norm(kernel[:, :12], axis=0)  # 1 / sqrt(eigenvalue + eps)
+    assert (np.diff(norms) >= 0).all()
+
+
+def test_a_fresh_run_adapts_the_whitening_to_the_training_images(tmp_path):
+    data = make_data(n=48)
+    exp = airbench_exp(tmp_path, adapt_examples=40, ema_decay=0.9)
+    summary = run(exp, data)
+    assert summary['status'] == 'finished'
+    images = np.concatenate([x.numpy() for x, _ in data_lib.eval_input(data, data.train, 16)])[:40]
+    expected = fast.PatchWhitening(2)
+    expected.build(images.shape)
+    expected.adapt(images)
+    # final.weights.h5 holds the averages: they restarted at the adapted kernel, which
+    # training (no gradient: frozen) leaves alone.
+    trainer = make_trainer(exp, data)
+    fresh = np.array(trainer.model.get_layer('stem_whiten').kernel)
+    trainer.model.load_weights(str(tmp_path / 'run' / rundir.FINAL_WEIGHTS))
+    got = np.array(trainer.model.get_layer('stem_whiten').kernel)
+    np.testing.assert_allclose(got, np.array(expected.kernel), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, fresh)
+
+
+def test_layers_deeper_in_the_model_are_adapted_to_their_own_inputs(tmp_path):
+    data = make_data()
+    trainer = make_trainer(make_exp(tmp_path, model='normalized_cnn', module='test_fast',
+                                    adapt_examples=20), data)
+    assert trainer.adapt_layers() == ['norm']
+    images = np.concatenate([x.numpy() for x, _ in data_lib.eval_input(data, data.train, 16)])[:20]
+    features = keras.Model(trainer.model.input, trainer.model.get_layer('conv').output)(images)
+    norm = trainer.model.get_layer('norm')
+    np.testing.assert_allclose(np.ravel(norm.mean), np.mean(features, axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+
+
+def test_bn_bias_lr_multiplier_scales_only_the_bn_offsets_step(tmp_path):
+    data = make_data()
+    deltas = {}
+    for m in (1.0, 8.0):
+        trainer = make_trainer(make_exp(tmp_path / str(m), momentum=0.0, bn_bias_lr_multiplier=m,
+                                        weight_decay=0.0), data)
+        before = {v.path: np.array(v) for v in trainer.model.trainable_variables}
+        trainer.train_step(trainer.iterator)
+        deltas[m] = {v.path: np.array(v) - before[v.path] for v in trainer.model.trainable_variables}
+        if m != 1:
+            assert trainer.lr_boosted == {p for p in before if p.endswith('beta')} != set()
+    for path, d in deltas[1.0].items():
+        scale = 8.0 if path.endswith('beta') else 1.0
+        np.testing.assert_allclose(deltas[8.0][path], scale * d, rtol=1e-4, atol=1e-7)
+        assert np.abs(d).max() > 0
 
 
 # --- models/fast.py -----------------------------------------------------------------------
@@ -266,11 +382,17 @@ def test_airbench_layout():
     kinds = [type(l).__name__ for l in model.layers[1:]]
     group = ['Conv2D', 'MaxPooling2D', 'BatchNormalization', 'Activation', 'Conv2D',
              'BatchNormalization', 'Activation']
-    assert kinds == ['Conv2D', 'Activation'] + group * 3 + ['GlobalMaxPooling2D', 'Dense', 'Rescaling']
+    assert kinds == ['PatchWhitening', 'Activation'] + group * 3 + ['GlobalMaxPooling2D', 'Dense',
+                                                                    'Rescaling']
     widths = [l.filters for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    assert widths == [24, 64, 64, 256, 256, 256, 256]
-    assert model.get_layer('stem_conv').kernel.shape == (2, 2, 3, 24)
-    assert model.get_layer('stem_conv').padding == 'valid'
+    assert widths == [64, 64, 256, 256, 256, 256]
+    assert model.get_layer('stem_whiten').kernel.shape == (2, 2, 3, 24)
+    assert model.get_layer('block1_conv1').input.shape[1:] == (31, 31, 24)
+    # Without whitening the stem is a trainable 2x2 valid conv with a bias (288 + 24 weights).
+    plain = fast.cifar_airbench94(whiten=False)
+    stem = plain.get_layer('stem_conv')
+    assert stem.kernel.shape == (2, 2, 3, 24) and stem.padding == 'valid' and stem.use_bias
+    assert len(plain.trainable_weights) == len(model.trainable_weights) + 1
     bn = model.get_layer('block1_bn1')
     assert not bn.scale and bn.momentum == 0.6
     assert model.get_layer('block1_act1').activation is keras.activations.gelu
@@ -300,15 +422,17 @@ def test_fast_recipe_uses_the_fast_options():
     for exp in load_experiments(os.path.join(ROOT, 'experiments', 'cifar10_fast.yaml')):
         tp = exp.train_parameters
         assert exp.model == 'cifar_airbench94'
-        assert tp.eval_tta == 'flip' and tp.ema_decay is not None
+        assert tp.eval_tta == 'flip_translate' and tp.ema_decay is not None
+        assert tp.bn_bias_lr_multiplier == 64 and exp.model_parameters.get('whiten', True)
         assert tp.label_smoothing > 0 and tp.lr_schedule == 'linear' and tp.warmup_steps > 0
         assert exp.dataset.flip and exp.dataset.crop_padding > 0
 
 
 @pytest.mark.slow
 def test_averaging_and_tta_under_mirrored_strategy(tmp_path, image_folder):
-    # Two logical CPUs, split before TensorFlow starts; tiny_cnn has batch norm, whose
-    # statistics are per replica variables that the averages must read and swap too.
+    # Two logical CPUs, split before TensorFlow starts. The network has batch norm, whose
+    # statistics are per replica variables that the averages must read and swap too, BN
+    # offsets whose gradients are scaled, and a whitening layer adapted before step 1.
     script = ("import sys, tensorflow as tf\n"
               "cpu = tf.config.list_physical_devices('CPU')[0]\n"
               "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
@@ -316,8 +440,8 @@ def test_averaging_and_tta_under_mirrored_strategy(tmp_path, image_folder):
               "sys.exit(main(sys.argv[1:]))\n")
     path = tmp_path / 'mirrored.yaml'
     path.write_text(f"""
-module: tiny_models
-model: tiny_cnn
+model: cifar_airbench94
+model_parameters: {{widths: [8, 8, 8]}}
 dataset: {{image_folder: {image_folder}}}
 train_parameters:
   logdir: {tmp_path / 'logs'}
@@ -328,7 +452,9 @@ train_parameters:
   lr_boundaries: [6]
   distribution: mirrored
   ema_decay: 0.8
-  eval_tta: flip
+  eval_tta: flip_translate
+  bn_bias_lr_multiplier: 64
+  adapt_examples: 20
 """)
     p = subprocess.run([sys.executable, '-c', script, str(path), '--no-smoke'], cwd=ROOT,
                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -337,3 +463,5 @@ train_parameters:
     assert s['replicas'] == 2 and s['status'] == 'finished'
     assert s['evaluated_weights'] == 'exponential moving average, decay 0.8'
     assert 'the final evaluation and final.weights.h5 use the averaged weights' in p.stdout
+    assert 'adapted stem_whiten to 20 training images' in p.stdout
+    assert s['eval_tta'] == 'flip_translate' and 0 <= s['test_top1_accuracy'] <= 1
