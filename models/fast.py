@@ -97,12 +97,6 @@ class PatchWhitening(layers.Layer):
         y = ops.conv(x, ops.cast(self.kernel, x.dtype), padding="valid")
         return y + ops.cast(self.bias, x.dtype)
 
-    def compute_output_shape(self, input_shape):
-        p = self.patch_size
-        h, w = input_shape[1], input_shape[2]
-        return (input_shape[0], None if h is None else h - p + 1, None if w is None else w - p + 1,
-                2 * p * p * input_shape[-1])
-
     def adapt(self, images):
         """Set the filters from a batch of images [N, H, W, C] (numpy or tensor)."""
         x = np.asarray(images, np.float64)

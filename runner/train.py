@@ -240,8 +240,9 @@ class Trainer:
         if not targets:
             return []
         n = self.exp.train_parameters.adapt_examples
-        batches = data_lib.eval_input(self.data, self.data.train, min(n, 500))
-        images = np.concatenate([x.numpy() for x, _ in batches.take(-(-n // min(n, 500)))])[:n]
+        batch = min(n, 500)
+        batches = data_lib.eval_input(self.data, self.data.train, batch).take(-(-n // batch))
+        images = np.concatenate([x.numpy() for x, _ in batches])[:n]
         for layer in targets:
             if layer.input is self.model.inputs[0]:
                 inputs = images

@@ -62,3 +62,12 @@ def cifar10_tfds_dir():
     subprocess.run([sys.executable, tool, data_dir], check=True, env=subprocess_env(),
                    stdout=subprocess.DEVNULL)
     return data_dir
+
+
+def flip_translate_views(x):
+    """Reference for TTA flip_translate in numpy: the image, shifted one pixel up-left and
+    down-right (reflected edges), and the mirrors of the three."""
+    import numpy as np
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode='reflect')
+    views = [x, padded[:, :-2, :-2], padded[:, 2:, 2:]]
+    return views + [v[:, :, ::-1] for v in views]

@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPEG, subprocess_env
+from conftest import CIFAR_JPEG, flip_translate_views, subprocess_env
 
 RUNS = """
 module: tiny_models
@@ -68,13 +68,6 @@ def ten_crops(x, p=4):
     crops = [padded[:, dy:dy + h, dx:dx + w] for dy, dx in
              ((0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p))]
     return crops + [c[:, :, ::-1] for c in crops]
-
-
-def flip_translate_views(x):
-    """The image, shifted one pixel up-left and down-right (reflected edges), and mirrors."""
-    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode='reflect')
-    views = [x, padded[:, :-2, :-2], padded[:, 2:, 2:]]
-    return views + [v[:, :, ::-1] for v in views]
 
 
 def read_png(path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, flip_translate_views, subprocess_env
 from models import fast
 from runner import data as data_lib
 from runner import rundir, train
@@ -41,12 +41,19 @@ def make_data(n=48, seed=0):
     return data_lib.Data(info, split, split, split, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 
 
-def make_exp(tmp_path, model='tiny_cnn', module='tiny_models', **train_parameters):
+def make_exp(tmp_path, model='tiny_cnn', module='tiny_models', model_parameters=None,
+             **train_parameters):
     tp = dict(logdir=str(tmp_path), run_name='run', batch_size=8, eval_batch_size=16,
               log_interval=2, val_interval=3, checkpoint_interval=3, lr_values=[0.1],
               lr_boundaries=[6])
     tp.update(train_parameters)
-    return experiment_from_dict({'module': module, 'model': model, 'train_parameters': tp})
+    doc = {'model': model, 'model_parameters': model_parameters or {}, 'train_parameters': tp}
+    return experiment_from_dict({**doc, 'module': module} if module else doc)
+
+
+def train_images(data, n):
+    """The first n training images as the runner adapts layers to them (un-augmented)."""
+    return np.concatenate([x.numpy() for x, _ in data_lib.eval_input(data, data.train, 16)])[:n]
 
 
 def make_trainer(exp, data):
@@ -223,11 +230,7 @@ def test_init_weights_restart_the_averages_there(tmp_path):
 def numpy_views(images, tta):
     """The TTA views written out with numpy, independently of restore.tta_views."""
     x = np.asarray(images)
-    views = [x]
-    if tta == 'flip_translate':
-        padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode='reflect')
-        views += [padded[:, :-2, :-2], padded[:, 2:, 2:]]
-    return views + [v[:, :, ::-1, :] for v in views]
+    return flip_translate_views(x) if tta == 'flip_translate' else [x, x[:, :, ::-1, :]]
 
 
 @pytest.mark.parametrize('tta', ['flip', 'flip_translate'])
@@ -284,11 +287,8 @@ def test_translated_views_shift_by_one_pixel_with_reflected_edges():
 
 
 def airbench_exp(tmp_path, **train_parameters):
-    tp = dict(logdir=str(tmp_path), run_name='run', batch_size=8, eval_batch_size=16, log_interval=2,
-              val_interval=3, checkpoint_interval=3, lr_values=[0.1], lr_boundaries=[3])
-    tp.update(train_parameters)
-    return experiment_from_dict({'model': 'cifar_airbench94', 'model_parameters': {'widths': [8, 8, 8]},
-                                 'train_parameters': tp})
+    return make_exp(tmp_path, model='cifar_airbench94', module=None,
+                    model_parameters={'widths': [8, 8, 8]}, lr_boundaries=[3], **train_parameters)
 
 
 def test_patch_whitening_whitens_the_patches_it_was_adapted_to():
@@ -316,7 +316,7 @@ def test_a_fresh_run_adapts_the_whitening_to_the_training_images(tmp_path):
     exp = airbench_exp(tmp_path, adapt_examples=40, ema_decay=0.9)
     summary = run(exp, data)
     assert summary['status'] == 'finished'
-    images = np.concatenate([x.numpy() for x, _ in data_lib.eval_input(data, data.train, 16)])[:40]
+    images = train_images(data, 40)
     expected = fast.PatchWhitening(2)
     expected.build(images.shape)
     expected.adapt(images)
@@ -335,7 +335,7 @@ def test_layers_deeper_in_the_model_are_adapted_to_their_own_inputs(tmp_path):
     trainer = make_trainer(make_exp(tmp_path, model='normalized_cnn', module='test_fast',
                                     adapt_examples=20), data)
     assert trainer.adapt_layers() == ['norm']
-    images = np.concatenate([x.numpy() for x, _ in data_lib.eval_input(data, data.train, 16)])[:20]
+    images = train_images(data, 20)
     features = keras.Model(trainer.model.input, trainer.model.get_layer('conv').output)(images)
     norm = trainer.model.get_layer('norm')
     np.testing.assert_allclose(np.ravel(norm.mean), np.mean(features, axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
