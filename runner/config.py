@@ -25,6 +25,7 @@ DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine')
 EVAL_TTA = ('none', 'flip', 'flip_translate')
+CROP_PADDING_MODES = ('zeros', 'reflect')
 
 
 class ConfigError(Exception):
@@ -98,10 +99,15 @@ class DatasetConfig:
         'held in memory; a larger one is streamed from disk. null = 2048; 0 streams every split.',
         default=None)
     flip: bool = _doc('Random horizontal flips in training.', default=True)
+    alternate_flips: bool = _doc(
+        'With flip: mirror each image in every other epoch instead of at random, the first '
+        'epoch\'s choice drawn per image from the seed, so each image is seen both ways round in '
+        'any two consecutive epochs (airbench94\'s alternating flip, Jordan 2024).', default=False)
     crop_padding: int = _doc(
-        'Pad each side by this many pixels, then random-crop back to size (0 = off). '
-        'Padding is zero after normalisation, i.e. the mean colour, as in fb.resnet.torch.',
-        default=4)
+        'Pad each side by this many pixels, then random-crop back to size (0 = off).', default=4)
+    crop_padding_mode: str = _doc(
+        'What the padding holds: zeros (after normalisation, i.e. the mean colour, as in '
+        'fb.resnet.torch) or reflect (the image mirrored at its edges, as airbench).', default='zeros')
     normalize: bool = _doc('Subtract the per-channel mean and divide by the standard deviation.',
                            default=True)
     mean: Optional[List[float]] = _doc(
@@ -161,6 +167,15 @@ class TrainConfig:
         'tf.train.ExponentialMovingAverage, so early averages forget the initialisation), e.g. '
         '0.99; null = off. Evaluations, best/ and final.weights.h5 use the averaged weights; '
         'checkpoints hold both, so a resume is exact.', default=None)
+    lookahead_interval: Optional[int] = _doc(
+        'Lookahead (airbench94): every this many steps the slow weights (and batch-norm statistics) '
+        'move towards the trained ones, slow += (1 - alpha) * (trained - slow), and the trained ones '
+        'are set to them; alpha = lookahead_decay**interval * (step / last lr_boundary)**3, and at '
+        'the last lr_boundary the run ends on the slow weights. null = off; airbench uses 5.',
+        default=None)
+    lookahead_decay: float = _doc(
+        'Per-step decay of Lookahead at the end of training (see lookahead_interval); airbench 0.95.',
+        default=0.95)
     eval_tta: str = _doc(
         'Test-time augmentation of the periodic and final evaluations during training: none, '
         'flip (softmax of each image and of its mirror averaged; the loss is -log of the averaged '
@@ -414,12 +429,20 @@ def _check_values(exp):
         raise ConfigError(f'train_parameters.adapt_examples: must be at least 1, got {tp.adapt_examples}')
     if tp.ema_decay is not None and not 0 < tp.ema_decay < 1:
         raise ConfigError(f'train_parameters.ema_decay: must be in (0, 1) or null, got {tp.ema_decay}')
+    if tp.lookahead_interval is not None and tp.lookahead_interval < 1:
+        raise ConfigError(f'train_parameters.lookahead_interval: must be at least 1 or null, got '
+                          f'{tp.lookahead_interval}')
+    if not 0 < tp.lookahead_decay <= 1:
+        raise ConfigError(f'train_parameters.lookahead_decay: must be in (0, 1], got {tp.lookahead_decay}')
     if tp.weight_decay is not None and tp.weight_decay < 0:
         raise ConfigError(f'train_parameters.weight_decay: must not be negative, got {tp.weight_decay}')
     if not 0 <= ds.validation_fraction < 1:
         raise ConfigError(f'dataset.validation_fraction: must be in [0, 1), got {ds.validation_fraction}')
     if ds.crop_padding < 0:
         raise ConfigError(f'dataset.crop_padding: must not be negative, got {ds.crop_padding}')
+    if ds.alternate_flips and not ds.flip:
+        raise ConfigError('dataset.alternate_flips: needs dataset.flip: true (it says how images are '
+                          'flipped, not whether)')
     if ds.image_size is not None and (len(ds.image_size) != 2 or min(ds.image_size) < 1):
         raise ConfigError(f'dataset.image_size: expected [height, width], got {ds.image_size}')
     for key in ('mean', 'std'):
@@ -452,7 +475,8 @@ def _check_values(exp):
         if getattr(ds, key) is not None and getattr(ds, key) < 0:
             raise ConfigError(f'dataset.{key}: must not be negative, got {getattr(ds, key)}')
     for key, allowed in (('preprocessing', ('auto', 'cifar', 'imagenet')),
-                         ('mean_std', ('imagenet', 'cifar10', 'cifar100'))):
+                         ('mean_std', ('imagenet', 'cifar10', 'cifar100')),
+                         ('crop_padding_mode', CROP_PADDING_MODES)):
         value = getattr(ds, key)
         if value is not None and value not in allowed:
             close = difflib.get_close_matches(value, allowed, n=1)

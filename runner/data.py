@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from runner import sources
+from runner.config import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The validation split is the same for every seed and repeat of an experiment.
@@ -77,6 +78,8 @@ class Prep:
     size: tuple = (32, 32)
     flip: bool = True
     crop_padding: int = 4
+    alternate_flips: bool = False
+    crop_padding_mode: str = 'zeros'
 
 
 class Unreadable:
@@ -535,7 +538,8 @@ def describe(cfg):
 
 
 def prep_for(cfg, info):
-    return Prep(info.preprocessing, tuple(info.image_shape[:2]), cfg.flip, cfg.crop_padding)
+    return Prep(info.preprocessing, tuple(info.image_shape[:2]), cfg.flip, cfg.crop_padding,
+                cfg.alternate_flips, cfg.crop_padding_mode)
 
 
 # ---------------------------------------------------------------------------
@@ -970,17 +974,19 @@ def normalize(images, mean, std):
     return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def augment_batch(images, seed, flip=True, crop_padding=4):
-    """Random horizontal flip and pad-and-crop of a whole batch, from a stateless seed."""
+def augment_batch(images, seed, flip=True, crop_padding=4, flip_mask=None, crop_padding_mode='zeros'):
+    """Horizontal flip and pad-and-crop of a whole batch, from a stateless seed. The flips
+    are random unless `flip_mask` ([batch] bool) says which images to mirror."""
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     seeds = tf.random.experimental.stateless_split(seed, 3)
     if flip:
-        mask = tf.random.stateless_uniform([b], seeds[0]) < 0.5
+        mask = tf.random.stateless_uniform([b], seeds[0]) < 0.5 if flip_mask is None else flip_mask
         images = tf.where(mask[:, None, None, None], tf.reverse(images, axis=[2]), images)
     if crop_padding:
         p = crop_padding
-        padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
+        padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]],
+                        mode='REFLECT' if crop_padding_mode == 'reflect' else 'CONSTANT')
         dy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * p + 1, dtype=tf.int32)
         dx = tf.random.stateless_uniform([b], seeds[2], 0, 2 * p + 1, dtype=tf.int32)
         rows = dy[:, None] + tf.range(h)[None, :]
@@ -988,6 +994,19 @@ def augment_batch(images, seed, flip=True, crop_padding=4):
         images = tf.gather(padded, rows, axis=1, batch_dims=1)
         images = tf.gather(images, cols, axis=2, batch_dims=1)
     return images
+
+
+def alternating_flips(seed, n):
+    """airbench94's alternating flip as a function (image indices, stream positions) ->
+    which images to mirror: image i is mirrored in the first epoch when a draw from
+    (seed, i) says so, and then in every other epoch, so any two consecutive epochs show
+    it both ways round. The epoch of an item is its stream position // n."""
+    first = tf.random.stateless_uniform([n], tf.stack([tf.cast(seed, tf.int64), 0xF11B])) < 0.5
+
+    def mask(indices, positions):
+        odd_epoch = tf.math.floormod(tf.cast(positions, tf.int64) // n, 2) == 1
+        return tf.not_equal(tf.gather(first, indices), odd_epoch)
+    return mask
 
 
 def _gather_fn(images):
@@ -1031,8 +1050,8 @@ def _loader(split):
 def _batched(split, batches, item_fn, finish):
     """(batch number, item indices) elements -> one batch each: the items loaded (an
     unreadable one dropped and recorded), put through item_fn(image, position), batched,
-    then finish(batch number, images, labels). A batch's content depends on its element
-    alone, so the stream can start anywhere."""
+    then finish(batch number, images, labels, item indices, positions). A batch's content
+    depends on its element alone, so the stream can start anywhere."""
     load = _loader(split)
     streamed = isinstance(split, Stream)
     note = _note(split) if streamed else None
@@ -1042,16 +1061,16 @@ def _batched(split, batches, item_fn, finish):
             lambda i, p: load(i) + (i, p), num_parallel_calls=AUTOTUNE, deterministic=True)
         if streamed:
             ds = ds.ignore_errors()
-        ds = ds.map(lambda x, y, i, p: (item_fn(x, p), y, i),
+        ds = ds.map(lambda x, y, i, p: (item_fn(x, p), y, i, p),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(tf.cast(tf.size(idx), tf.int64))
 
-        def done(x, y, kept):
+        def done(x, y, kept, positions):
             if streamed:
                 dropped = tf.numpy_function(note, [idx, kept], tf.int64, stateful=True)
                 with tf.control_dependencies([dropped]):
                     x = tf.identity(x)
-            return finish(b, x, y)
+            return finish(b, x, y, kept, positions)
         return ds.map(done)
     return batches.interleave(one, cycle_length=2, block_length=1, num_parallel_calls=AUTOTUNE,
                               deterministic=True)
@@ -1082,13 +1101,17 @@ def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4,
     exactly and at once, whatever the step, cached or streamed. This works under every
     tf.distribute strategy, where iterator checkpointing does not (iterators distributed
     over several devices are not trackable), and costs no checkpoint space.
+    `prep`, when given, decides the augmentation (its flip and crop_padding win).
     """
     n = size(split)
     if n < batch_size:
         raise DataUnavailable(f'train_parameters.batch_size: {batch_size} is larger than the '
                               f'{n} training images')
     prep = prep or Prep('cifar', None, flip, crop_padding)
+    flip, crop_padding = prep.flip, prep.crop_padding
     seed = tf.constant(seed, tf.int64)
+    flips = alternating_flips(seed, n) if flip and prep.alternate_flips else None
+    pad_mode = prep.crop_padding_mode
     fast = isinstance(split, Split) and prep.style == 'cifar' and \
         (prep.size is None or tuple(split.images.shape[1:3]) == tuple(prep.size))
     if fast:
@@ -1098,7 +1121,8 @@ def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4,
 
         def make_batch(batch_index, idx):
             x = normalize(gather(idx), mean, std)
-            x = augment_batch(x, tf.stack([seed, batch_index]), flip, crop_padding)
+            mask = flips(idx, batch_index * batch_size + tf.range(batch_size, dtype=tf.int64)) if flips else None
+            x = augment_batch(x, tf.stack([seed, batch_index]), flip, crop_padding, mask, pad_mode)
             return x, tf.gather(labels, idx)
 
         return (_index_stream(n, batch_size, seed, start_batch)
@@ -1117,9 +1141,10 @@ def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4,
             return fit(x, prep.size)
         padding = crop_padding
 
-    def finish(b, x, y):
+    def finish(b, x, y, indices, positions):
         x = normalize(x, mean, std)
-        return augment_batch(x, tf.stack([seed, b]), flip, padding), y
+        mask = flips(indices, positions) if flips else None
+        return augment_batch(x, tf.stack([seed, b]), flip, padding, mask, pad_mode), y
 
     batches = _index_stream(n, batch_size, seed, start_batch).map(
         lambda b, idx: (b, idx, b * batch_size + tf.range(batch_size, dtype=tf.int64)))
@@ -1154,7 +1179,7 @@ def eval_dataset(split, batch_size, mean, std, prep=None):
     def item(x, pos):
         return prepare_eval_image(x, prep.size, prep.style)
 
-    def finish(b, x, y):
+    def finish(b, x, y, *_):
         return normalize(x, mean, std), y
 
     batches = tf.data.Dataset.range(0, n, batch_size).map(
@@ -1167,7 +1192,11 @@ def train_input(data, cfg, batch_size, seed, start_batch=0):
     """The training batches of a loaded experiment (Trainer.start_input); `cfg` is its
     dataset section."""
     prep = dataclasses.replace(data.prep or prep_for(cfg, data.info), flip=cfg.flip,
-                               crop_padding=cfg.crop_padding)
+                               crop_padding=cfg.crop_padding, alternate_flips=cfg.alternate_flips,
+                               crop_padding_mode=cfg.crop_padding_mode)
+    if prep.crop_padding_mode == 'reflect' and prep.crop_padding >= min(data.info.image_shape[:2]):
+        raise ConfigError(f'dataset.crop_padding: {prep.crop_padding} pixels of reflect padding need '
+                          f'images larger than that; the model input is {data.info.image_shape[:2]}')
     return train_dataset(data.train, batch_size, seed, data.mean, data.std, prep.flip,
                          prep.crop_padding, start_batch=start_batch, prep=prep)
 

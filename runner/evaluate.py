@@ -11,7 +11,8 @@ Test-time augmentation averages the softmax probabilities of several views of ea
 `flip` the image and its mirror; `10crop` the four corner crops and the centre crop, and
 their mirrors, at the model's input size. The crops follow the run's preprocessing style:
 cifar style (images resized to the model size) crops the image padded by the training
-`crop_padding` (zeros after normalisation, i.e. the mean colour, as in training), so the
+`crop_padding` as training pads (`crop_padding_mode`: zeros after normalisation, i.e. the
+mean colour, or the reflected image), so the
 centre crop is the image itself; imagenet style crops the image resized so that its short
 side is size / 0.875 (256 for 224), as its evaluation's centre crop does. The loss with
 TTA is -log of the averaged probability.
@@ -38,7 +39,8 @@ def build_parser():
                     'run as eval-<split>-<tta>-<weights>.json and -confusion.png.',
         epilog='10crop: the four corner crops and the centre crop, plus their mirrors, at the '
                "model's input size. cifar-style runs: crops of the image padded by the run's "
-               'dataset.crop_padding (4 for CIFAR), the centre crop being the unpadded image; '
+               'dataset.crop_padding (4 for CIFAR) as training pads it (dataset.crop_padding_mode), '
+               'the centre crop being the unpadded image; '
                'imagenet-style runs: crops of the image resized to a short side of size / 0.875 '
                '(256 for 224).')
     p.add_argument('run_dirs', nargs='+', metavar='RUN_DIR', help='run directories (<logdir>/<run_name>)')

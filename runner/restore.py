@@ -207,7 +207,7 @@ def load_run(run_dir, weights='best', data_dir=None, build=True):
 # ---------------------------------------------------------------------------
 # Preprocessing and test-time augmentation
 
-def tta_views(x, tta='none', crop_padding=4):
+def tta_views(x, tta='none', crop_padding=4, crop_padding_mode='zeros'):
     """The views of a batch of normalised images [B, H, W, C] that `tta` averages over.
 
     none:   the image.
@@ -215,8 +215,9 @@ def tta_views(x, tta='none', crop_padding=4):
     flip_translate: the image, the image shifted by one pixel up-left and by one down-right
             (edges reflected), and the mirrors of the three (airbench's TTA level 2, Jordan
             2024, whose weighting counts the unshifted pair double; here all six count once).
-    10crop: the image padded by `crop_padding` on every side with zeros (the mean colour
-            after normalisation, as in training's pad-and-crop), cropped back to H x W at
+    10crop: the image padded by `crop_padding` on every side as training pads it
+            (`crop_padding_mode`: zeros, the mean colour after normalisation, or the
+            reflected image), cropped back to H x W at
             the four corners and the centre (the centre crop is the image itself), and the
             mirrors of those five. With crop_padding 0 the five crops are all the image.
             This is the cifar style's; imagenet-style runs crop the image resized whole
@@ -236,13 +237,14 @@ def tta_views(x, tta='none', crop_padding=4):
         raise RunError(f"--tta: '{tta}' is not one of {', '.join(TTA_MODES)}")
     p = int(crop_padding)
     h, w = x.shape[1], x.shape[2]
-    padded = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+    padded = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]],
+                    mode='REFLECT' if crop_padding_mode == 'reflect' else 'CONSTANT')
     crops = [padded[:, dy:dy + h, dx:dx + w, :]
              for dy, dx in ((0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p))]
     return crops + [tf.reverse(c, axis=[2]) for c in crops]
 
 
-def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4):
+def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4, crop_padding_mode='zeros'):
     """A tf.function: uint8 images [B, H, W, 3] -> class probabilities [B, C] (float32),
     the softmax of the model's logits averaged over the TTA views."""
     import tensorflow as tf
@@ -252,7 +254,7 @@ def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4):
     @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
     def probabilities(images):
         x = data_lib.normalize(images, mean, std)
-        views = tta_views(x, tta, crop_padding)
+        views = tta_views(x, tta, crop_padding, crop_padding_mode)
         total = None
         for v in views:
             p = tf.nn.softmax(tf.cast(model(v, training=False), tf.float32), axis=-1)
@@ -296,7 +298,7 @@ def predict_probabilities(run, images, tta='none', batch_size=None):
     if tta == '10crop' and ten_crop_style(run):
         return _ten_crop_probabilities(run, images, batch_size)
     fn = probability_fn(run.model, run.image_size, run.mean, run.std, tta,
-                        run.exp.dataset.crop_padding)
+                        run.exp.dataset.crop_padding, run.exp.dataset.crop_padding_mode)
     out = [fn(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
     if not out:
         return np.zeros((0, run.num_classes), np.float32)

@@ -11,6 +11,11 @@ For short budgets the speed-record literature uses a warm-up then a decay to zer
 (Smith's one-cycle, arXiv:1708.07120; airbench): `lr_schedule: linear` (Keras
 PolynomialDecay with power 1 under the same warm-up) or `cosine` (Keras CosineDecay with
 its own linear warm-up), from lr_values[0] to 0 at the last boundary.
+
+Lookahead (Zhang et al. 2019, arXiv:1907.08610) as airbench94 uses it (Jordan 2024,
+arXiv:2404.00498): every `interval` steps the slow weights move towards the trained ones
+by 1 - alpha and the trained ones are reset to them; alpha grows with the cube of the
+progress, so the early run is plain SGD and the late run is pulled back hard.
 """
 import keras
 import tensorflow as tf
@@ -68,3 +73,14 @@ def make_lr_schedule(kind, lr_values, lr_boundaries, warmup_steps=0):
             0.0 if warmup_steps else peak, max(total - warmup_steps, 1), alpha=0.0,
             warmup_target=peak if warmup_steps else None, warmup_steps=int(warmup_steps))
     raise ValueError(f'unknown lr_schedule {kind!r}')
+
+
+def lookahead_alpha(step, total_steps, decay, interval):
+    """How much of the slow weights a Lookahead synchronisation after `step` (steps done,
+    1-based) keeps: decay**interval * (step / total_steps)**3, airbench94's rule (0.95**5
+    times the cubed progress), and 1 at total_steps, the schedule's end, where the run
+    ends on the slow weights. Past it (a run extended with `steps`) the full decay holds.
+    Works on Python numbers and on tensors."""
+    progress = tf.minimum(tf.cast(step, tf.float32) / float(total_steps), 1.0)
+    alpha = float(decay) ** int(interval) * progress ** 3
+    return tf.where(tf.equal(tf.cast(step, tf.int64), int(total_steps)), 1.0, alpha)

@@ -31,7 +31,7 @@ from runner import restore
 from runner import rundir
 from runner.config import dump_yaml
 from runner.registry import build_model, count_trainable, load_initial_weights
-from runner.schedule import make_lr_schedule
+from runner.schedule import lookahead_alpha, make_lr_schedule
 
 
 class StopRequest:
@@ -127,11 +127,17 @@ class Trainer:
             # Batch-norm statistics are averaged with the weights (as Page's and airbench's
             # averages of the whole state_dict): statistics gathered under the raw weights
             # would not describe the averaged network's activations.
-            self.averaged = ([v for v in self.model.variables if keras.backend.is_float_dtype(v.dtype)]
-                             if tp.ema_decay else [])
+            state = [v for v in self.model.variables if keras.backend.is_float_dtype(v.dtype)]
+            self.averaged = state if tp.ema_decay else []
             self.averages = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
                                          name='average_' + v.path.replace('/', '_'))
                              for v in self.averaged]
+            # Lookahead's slow weights: a copy of the same state, batch-norm statistics
+            # included, as airbench's copy of the whole state_dict.
+            self.lookahead_state = state if tp.lookahead_interval else []
+            self.slow = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
+                                     name='slow_' + v.path.replace('/', '_'))
+                         for v in self.lookahead_state]
         self.params = count_trainable(self.model)
         # Batch-norm offsets whose gradient is scaled (airbench's bias_scaler): with SGD, a
         # gradient m times larger is a learning rate m times larger for that variable.
@@ -153,6 +159,8 @@ class Trainer:
         # Only runs that average have the averages in their checkpoint, so older
         # checkpoints without them still restore with every object matched.
         averages = {'weight_averages': self.averages} if self.averages else {}
+        if self.slow:
+            averages['lookahead_slow_weights'] = self.slow
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               rng_states=rng_states,
                                               metric_sums=self.sums, best_error=self.best_error,
@@ -222,6 +230,8 @@ class Trainer:
         self.sums['steps'].assign_add(1.0)
         if bad > 0 and self.bad_step < 0:
             self.bad_step.assign(step)
+        if self.slow:
+            self._lookahead(step + 1)
         if self.averages:
             # In the cross-replica context, after the update: every replica holds the same
             # weights, so the averages are computed once from them.
@@ -229,6 +239,19 @@ class Trainer:
             decay = tf.minimum(float(self.exp.train_parameters.ema_decay), (1.0 + n) / (10.0 + n))
             for average, var in zip(self.averages, self.averaged):
                 average.assign_sub((1.0 - decay) * (average - tf.cast(var, tf.float32)))
+
+    def _lookahead(self, done):
+        """After step number `done` (1-based): every lookahead_interval steps, and at the
+        schedule's last step, pull the slow weights towards the trained ones and restart
+        from them. The schedule's end, not `steps`: a run stopped early by `steps` and
+        resumed must follow the same path as one run straight through."""
+        tp = self.exp.train_parameters
+        total = tp.lr_boundaries[-1]
+        if tf.logical_or(done % tp.lookahead_interval == 0, done == total):
+            alpha = lookahead_alpha(done, total, tp.lookahead_decay, tp.lookahead_interval)
+            for slow, var in zip(self.slow, self.lookahead_state):
+                slow.assign_add((1.0 - alpha) * (tf.cast(var, tf.float32) - slow))
+                var.assign(tf.cast(slow, var.dtype))
 
     # -- data-dependent initialisation --------------------------------------------
     def adapt_layers(self):
@@ -255,7 +278,7 @@ class Trainer:
                                      f'adapts layers of the outer functional model only') from None
                 inputs = np.asarray(feed.predict(images, batch_size=500, verbose=0), np.float32)
             layer.adapt(inputs)
-        # The averages began at the unadapted weights.
+        # The averages and slow weights began at the unadapted weights.
         self.reset_averages()
         return [layer.name for layer in targets]
 
@@ -280,8 +303,9 @@ class Trainer:
             self.swap_averages()
 
     def reset_averages(self):
-        """Start the averages at the model's current weights (after loading init_weights)."""
-        for average, var in zip(self.averages, self.averaged):
+        """Start the averages and Lookahead's slow weights at the model's current weights
+        (after loading init_weights or adapting layers)."""
+        for average, var in zip(self.averages + self.slow, self.averaged + self.lookahead_state):
             average.assign(tf.convert_to_tensor(var))
 
     def read_train_metrics(self):
@@ -357,8 +381,11 @@ def log_hparams(writer, exp, resolved, params, policy):
         'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
         'weight_decay': 'model default' if tp['weight_decay'] is None else tp['weight_decay'],
         'label_smoothing': tp['label_smoothing'], 'bn_bias_lr_multiplier': tp['bn_bias_lr_multiplier'],
-        'flip': ds['flip'], 'crop_padding': ds['crop_padding'],
+        'flip': ds['flip'], 'alternate_flips': ds['alternate_flips'], 'crop_padding': ds['crop_padding'],
+        'crop_padding_mode': ds['crop_padding_mode'],
         'ema_decay': 'off' if tp['ema_decay'] is None else tp['ema_decay'], 'eval_tta': tp['eval_tta'],
+        'lookahead': ('off' if tp['lookahead_interval'] is None else
+                      f"every {tp['lookahead_interval']} steps, decay {tp['lookahead_decay']:g}"),
         'precision': policy, 'seed': tp['seed'],
     }
     for key, value in exp.model_parameters.items():

@@ -113,6 +113,11 @@ def test_tta_views_are_the_image_its_mirror_and_crops_of_the_padded_image():
     for plain, mirrored in zip(crops[:5], crops[5:]):
         np.testing.assert_array_equal(mirrored, plain[:, :, ::-1])
     np.testing.assert_allclose(np.stack(crops), np.stack(ten_crops(x)))
+    # a run trained with reflect padding is evaluated on reflect-padded crops
+    reflected = [v.numpy() for v in tta_views(tf.constant(x), '10crop', 4, 'reflect')]
+    padded = np.pad(x, [(0, 0), (4, 4), (4, 4), (0, 0)], mode='reflect')
+    for crop, (dy, dx) in zip(reflected, ((0, 0), (0, 8), (8, 0), (8, 8), (4, 4))):
+        np.testing.assert_array_equal(crop, padded[:, dy:dy + 32, dx:dx + 32])
 
 
 @pytest.mark.parametrize('tta', ['none', 'flip', 'flip_translate', '10crop'])

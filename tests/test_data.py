@@ -158,11 +158,61 @@ def test_image_folder_on_the_cifar10_jpeg_copy():
     np.testing.assert_array_equal(again.train.labels, data.train.labels)
 
 
-def test_train_dataset_resumes_exactly_at_any_batch():
+AIRBENCH_AUGMENTATION = data_lib.Prep('cifar', None, flip=True, crop_padding=2, alternate_flips=True,
+                                      crop_padding_mode='reflect')
+
+
+@pytest.mark.parametrize('prep', [None, AIRBENCH_AUGMENTATION], ids=['default', 'airbench'])
+def test_train_dataset_resumes_exactly_at_any_batch(prep):
     s = split(n=40)  # batches of 16 run across epoch ends
-    full = [b for b in data_lib.train_dataset(s, 16, 3, [0.5], [0.25]).take(12).as_numpy_iterator()]
+    full = [b for b in data_lib.train_dataset(s, 16, 3, [0.5], [0.25], prep=prep).take(12).as_numpy_iterator()]
     for start in (1, 2, 5, 7):
-        resumed = data_lib.train_dataset(s, 16, 3, [0.5], [0.25], start_batch=start)
+        resumed = data_lib.train_dataset(s, 16, 3, [0.5], [0.25], start_batch=start, prep=prep)
         for want, got in zip(full[start:], resumed.take(12 - start).as_numpy_iterator()):
             np.testing.assert_array_equal(want[0], got[0])
             np.testing.assert_array_equal(want[1], got[1])
+
+
+def test_reflect_padding_crops_windows_of_the_mirrored_border():
+    images = tf.constant(np.random.default_rng(2).normal(size=(16, 8, 8, 3)), tf.float32)
+    out = data_lib.augment_batch(images, tf.constant([5, 1], tf.int64), flip=False, crop_padding=2,
+                                 crop_padding_mode='reflect').numpy()
+    padded = np.pad(images.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)], mode='reflect')
+    shifts = set()
+    for i in range(16):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if np.array_equal(out[i], padded[i, dy:dy + 8, dx:dx + 8])]
+        assert found, f'image {i} is not a window of its reflect-padded original'
+        shifts.add(found[0])
+    assert any(s != (2, 2) for s in shifts)
+    # no zero (mean-colour) border: every output pixel is one of the image's own pixels
+    assert not np.any(np.all(out == 0, axis=-1))
+
+
+def mirrored_by_epoch(s, seed, epochs, batch):
+    """[epoch, image] -> was it mirrored, from a pipeline without crops whose labels are the
+    image indices and whose outputs are the raw pixel values."""
+    n = len(s.labels)
+    prep = data_lib.Prep('cifar', None, flip=True, crop_padding=0, alternate_flips=True)
+    ds = data_lib.train_dataset(s, batch, seed=seed, mean=[0.0], std=[1 / 255], prep=prep)
+    batches = list(ds.take(epochs * n // batch).as_numpy_iterator())
+    images = np.concatenate([b[0] for b in batches]).round().astype(np.int64)
+    labels = np.concatenate([b[1] for b in batches])
+    mirrored = np.zeros((epochs, n), bool)
+    for position, (image, label) in enumerate(zip(images, labels)):
+        original = s.images[label].astype(np.int64)
+        flipped = np.array_equal(image, original[:, ::-1])
+        assert flipped or np.array_equal(image, original)
+        mirrored[position // n, label] = flipped
+    return mirrored
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch():
+    s = split(n=10, classes=10)  # label = image index; batches of 4 run across epoch ends
+    mirrored = mirrored_by_epoch(s, seed=7, epochs=4, batch=4)
+    assert mirrored[0].any() and not mirrored[0].all(), 'the first epoch mirrors some images, not all'
+    np.testing.assert_array_equal(mirrored[1], ~mirrored[0])
+    np.testing.assert_array_equal(mirrored[2], mirrored[0])
+    np.testing.assert_array_equal(mirrored[3], ~mirrored[0])
+    # which images start mirrored comes from the seed
+    assert not np.array_equal(mirrored_by_epoch(s, seed=8, epochs=1, batch=4)[0], mirrored[0])

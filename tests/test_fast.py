@@ -85,12 +85,32 @@ def values(variables):
                           "flip_translate; did you mean 'flip'?"),
     ('bn_bias_lr_multiplier', 0, 'train_parameters.bn_bias_lr_multiplier: must be positive, got 0.0'),
     ('adapt_examples', 0, 'train_parameters.adapt_examples: must be at least 1, got 0'),
+    ('lookahead_interval', 0, 'train_parameters.lookahead_interval: must be at least 1 or null, got 0'),
+    ('lookahead_decay', 0, 'train_parameters.lookahead_decay: must be in (0, 1], got 0.0'),
+    ('lookahead_decay', 1.5, 'train_parameters.lookahead_decay: must be in (0, 1], got 1.5'),
 ])
 def test_bad_values_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as info:
         experiment_from_dict({'model': 'cifar_airbench94', 'train_parameters': {key: value}})
     assert str(info.value).endswith(message)
     assert '\n' not in str(info.value)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('crop_padding_mode', 'reflection', "dataset.crop_padding_mode: 'reflection' is not one of zeros, "
+                                        "reflect; did you mean 'reflect'?"),
+    ('alternate_flips', 'yes', "dataset.alternate_flips: expected true/false, got str 'yes'"),
+])
+def test_bad_augmentation_values_are_one_line_errors(key, value, message):
+    with pytest.raises(ConfigError) as info:
+        experiment_from_dict({'model': 'cifar_airbench94', 'dataset': {key: value}})
+    assert str(info.value).endswith(message) and '\n' not in str(info.value)
+
+
+def test_alternate_flips_need_flips():
+    with pytest.raises(ConfigError, match=r'dataset.alternate_flips: needs dataset.flip: true'):
+        experiment_from_dict({'model': 'cifar_airbench94', 'dataset': {'alternate_flips': True,
+                                                                       'flip': False}})
 
 
 # --- weight averaging ---------------------------------------------------------------------
@@ -222,6 +242,64 @@ def test_init_weights_restart_the_averages_there(tmp_path):
     w1 = np.array(tf.convert_to_tensor(first))
     np.testing.assert_allclose(np.array(trainer.averages[i]), 0.1 * w0 + 0.9 * w1,
                                rtol=1e-5, atol=1e-6)
+
+
+# --- Lookahead ------------------------------------------------------------------------------
+
+
+def test_lookahead_pulls_the_weights_to_the_slow_copy_and_ends_on_it(tmp_path):
+    data = make_data()
+    exp = make_exp(tmp_path, lookahead_interval=2, lookahead_decay=0.9, lr_boundaries=[6])
+    trainer = make_trainer(exp, data)
+    paths = [v.path for v in trainer.lookahead_state]
+    assert set(paths) >= {v.path for v in trainer.model.trainable_variables}
+    assert any('moving_mean' in p for p in paths)
+    start = values(trainer.lookahead_state)
+    trainer.train_step(trainer.iterator)  # step 1: no synchronisation
+    for slow, s0 in zip(values(trainer.slow), start):
+        np.testing.assert_array_equal(slow, s0)
+    path = trainer.checkpoint.save(str(tmp_path / 'ckpt'))
+    # The weights step 2 trains to, before the synchronisation: the same step without Lookahead.
+    plain = make_trainer(make_exp(tmp_path / 'plain', lr_boundaries=[6]), data)
+    plain.checkpoint.restore(path).assert_existing_objects_matched()
+    plain.start_input()
+    plain.train_step(plain.iterator)
+    trained = values(plain.lookahead_state or [v for v in plain.model.variables
+                                               if keras.backend.is_float_dtype(v.dtype)])
+    trainer.train_step(trainer.iterator)  # step 2: synchronise
+    alpha = 0.9 ** 2 * (2 / 6) ** 3
+    moved = 0
+    for slow, weights, s0, w in zip(values(trainer.slow), values(trainer.lookahead_state), start, trained):
+        np.testing.assert_allclose(slow, s0 + (1 - alpha) * (w - s0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(weights, slow)
+        moved += not np.allclose(slow, w)
+    assert moved, 'alpha > 0 keeps part of the old slow weights'
+    for _ in range(3):
+        trainer.train_step(trainer.iterator)  # steps 3-5
+    slow5, fast5 = values(trainer.slow), values(trainer.lookahead_state)
+    assert any(not np.array_equal(a, b) for a, b in zip(slow5, fast5))
+    trainer.train_step(trainer.iterator)  # step 6, the last: the run ends on the slow weights
+    for slow, weights, s5 in zip(values(trainer.slow), values(trainer.lookahead_state), slow5):
+        np.testing.assert_array_equal(slow, s5)
+        np.testing.assert_array_equal(weights, s5)
+
+
+def test_resumed_lookahead_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    data = make_data()
+    options = dict(lookahead_interval=2, lookahead_decay=0.9)
+    straight = run(make_exp(tmp_path / 'a', **options), data)
+    run(make_exp(tmp_path / 'b', steps=3, **options), data)  # stops between synchronisations
+    resumed = run(make_exp(tmp_path / 'b', **options), data)
+    assert straight['steps'] == resumed['steps'] == 6
+    exp = make_exp(tmp_path / 'c', **options)
+    final = {}
+    for name in 'ab':
+        trainer = make_trainer(exp, data)
+        trainer.model.load_weights(str(tmp_path / name / 'run' / rundir.FINAL_WEIGHTS))
+        final[name] = values(trainer.lookahead_state)
+    # A resume that lost the slow weights would restart them at the initialisation.
+    for x, y in zip(final['a'], final['b']):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 # --- flip test-time augmentation -----------------------------------------------------------
@@ -429,10 +507,11 @@ def test_fast_recipe_uses_the_fast_options():
 
 
 @pytest.mark.slow
-def test_averaging_and_tta_under_mirrored_strategy(tmp_path, image_folder):
+def test_fast_options_under_mirrored_strategy(tmp_path, image_folder):
     # Two logical CPUs, split before TensorFlow starts. The network has batch norm, whose
     # statistics are per replica variables that the averages must read and swap too, BN
-    # offsets whose gradients are scaled, and a whitening layer adapted before step 1.
+    # offsets whose gradients are scaled, a whitening layer adapted before step 1, and
+    # Lookahead's slow copy, synchronised in the cross-replica context.
     script = ("import sys, tensorflow as tf\n"
               "cpu = tf.config.list_physical_devices('CPU')[0]\n"
               "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
@@ -442,10 +521,11 @@ def test_averaging_and_tta_under_mirrored_strategy(tmp_path, image_folder):
     path.write_text(f"""
 model: cifar_airbench94
 model_parameters: {{widths: [8, 8, 8]}}
-dataset: {{image_folder: {image_folder}}}
+dataset: {{image_folder: {image_folder}, alternate_flips: true, crop_padding_mode: reflect}}
 train_parameters:
   logdir: {tmp_path / 'logs'}
   run_name: dist
+  lookahead_interval: 2
   batch_size: 16
   val_interval: 3
   lr_values: [0.1]

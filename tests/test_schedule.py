@@ -1,7 +1,7 @@
 """The learning-rate rule at and around every boundary."""
 import pytest
 
-from runner.schedule import piecewise_lr
+from runner.schedule import lookahead_alpha, piecewise_lr
 
 
 def lr(schedule, step):
@@ -67,3 +67,15 @@ def test_cosine_decay_after_warmup():
     assert lr(s, 600) == pytest.approx(0.2, rel=1e-3)
     assert lr(s, 1100) == pytest.approx(0.0, abs=1e-6)
     assert lr(make_lr_schedule('piecewise', [0.1, 0.01], [10, 20]), 10) == pytest.approx(0.01)
+
+
+def test_lookahead_alpha_grows_with_the_cube_of_progress_and_is_one_at_the_end():
+    # airbench94: 0.95**5 * (step / total)**3 every 5 steps, 1 at the last step
+    alpha = lambda step: float(lookahead_alpha(step, 100, 0.95, 5))
+    assert alpha(0) == 0.0
+    assert alpha(5) == pytest.approx(0.95 ** 5 * 0.05 ** 3)
+    assert alpha(50) == pytest.approx(0.95 ** 5 / 8)
+    assert alpha(95) == pytest.approx(0.95 ** 5 * 0.95 ** 3)
+    assert alpha(99) < 0.95 ** 5 < alpha(100) == 1.0
+    assert alpha(120) == pytest.approx(0.95 ** 5)  # a run extended past its schedule
+    assert float(lookahead_alpha(10, 20, 0.9, 2)) == pytest.approx(0.81 / 8)

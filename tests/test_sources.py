@@ -178,11 +178,13 @@ def test_cached_and_streamed_give_the_same_batches(imagenet_folder, tmp_path):
         np.testing.assert_allclose(xa, xb, atol=1e-6)
 
 
-def test_a_tfds_dataset_streamed_gives_the_batches_it_gives_from_memory(cifar10_tfds_dir):
+@pytest.mark.parametrize('augmentation', [{}, dict(alternate_flips=True, crop_padding_mode='reflect')],
+                         ids=['default', 'airbench'])
+def test_a_tfds_dataset_streamed_gives_the_batches_it_gives_from_memory(cifar10_tfds_dir, augmentation):
     batches = {}
     for budget in (None, 0):
         cfg = DatasetConfig(name='cifar10', data_dir=cifar10_tfds_dir, cache_budget_mb=budget,
-                            mean_std='cifar10')
+                            mean_std='cifar10', **augmentation)
         data = data_lib.load(cfg, limit=64)
         assert data_lib.cached(data.train) == (budget is None) and data_lib.size(data.train) == 64
         batches[budget] = list(data_lib.train_input(data, cfg, 16, seed=1, start_batch=2)
