@@ -33,10 +33,33 @@ def cluster_workers():
     return len(cluster.get('worker', [])) + len(cluster.get('chief', []))
 
 
+def is_multi_worker(kind):
+    """Whether `distribution: kind` means MultiWorkerMirroredStrategy on this machine."""
+    return kind == 'multi_worker' or (kind == 'auto' and cluster_workers() > 1)
+
+
+def _chief(task_type, task_id, cluster):
+    return task_type is None or task_type == 'chief' or (
+        task_type == 'worker' and task_id == 0 and 'chief' not in cluster)
+
+
+def task_is_chief():
+    """Is this process the chief of the TF_CONFIG cluster (true without one)? The same rule
+    as is_chief, for code that runs without a strategy (recording a failed run)."""
+    task = tf_config().get('task', {})
+    return _chief(task.get('type'), int(task.get('index', 0)), tf_config().get('cluster', {}))
+
+
+def task_id():
+    """This process's TF_CONFIG task, e.g. worker1 ('chief' without a cluster)."""
+    task = tf_config().get('task', {})
+    return f"{task['type']}{task.get('index', 0)}" if task.get('type') else 'chief'
+
+
 def make_strategy(kind):
     # Listing logical devices starts TensorFlow's runtime, after which a multi-worker
     # cluster can no longer be configured: decide on multi_worker first.
-    if kind == 'multi_worker' or (kind == 'auto' and cluster_workers() > 1):
+    if is_multi_worker(kind):
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices('GPU')
     if kind == 'auto':
@@ -59,14 +82,7 @@ def is_chief(strategy):
     resolver = getattr(strategy, 'cluster_resolver', None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type is None or task_type == 'chief' or (task_type == 'worker' and task_id == 0
-                                                         and 'chief' not in resolver.cluster_spec().as_dict())
-
-
-def worker_id(strategy):
-    resolver = getattr(strategy, 'cluster_resolver', None)
-    return f'{resolver.task_type}{resolver.task_id}' if resolver is not None and resolver.task_type else 'chief'
+    return _chief(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
 
 
 def resolve_precision(precision):

@@ -428,7 +428,7 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
     # Other workers of a multi-worker run keep their own copies (every worker must take part
     # in a checkpoint save) in a scratch directory that is removed at the end.
     run_dir = chief_dir if chief else os.path.join(tp.logdir, '.workers', exp.run_name,
-                                                   distribute.worker_id(strategy))
+                                                   distribute.task_id())
     quiet = quiet or not chief
     previous = rundir.read_summary(chief_dir) or {}
     keras.utils.set_random_seed(tp.seed)
@@ -651,8 +651,13 @@ def error_message(error):
 
 
 def record_failure(exp, error):
-    """Mark a run `failed` with the error, keeping the traceback in error.log."""
-    run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
+    """Mark a run `failed` with the error, keeping the traceback in error.log. A worker of a
+    multi-worker run other than the chief writes to its own scratch directory, as it does
+    while training: the chief's run directory is the chief's to write."""
+    tp = exp.train_parameters
+    run_dir = os.path.join(tp.logdir, exp.run_name)
+    if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
+        run_dir = os.path.join(tp.logdir, '.workers', exp.run_name, distribute.task_id())
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, 'error.log'), 'w') as f:
         f.write(''.join(traceback.format_exception(error)))

@@ -103,3 +103,21 @@ def test_two_workers_on_loopback_train_checkpoint_and_finish(tmp_path, image_fol
         ['ckpt-3.index', 'ckpt-6.index']
     assert not any((tmp_path / 'logs' / '.workers' / 'dist').glob('*'))
     assert len(train_losses(str(run_dir))) == 6
+
+
+@pytest.mark.parametrize('index, writes_chief_dir', [(0, True), (1, False)])
+def test_only_the_chief_records_a_failure_in_the_run_directory(tmp_path, monkeypatch, index,
+                                                               writes_chief_dir):
+    from runner import train
+    from runner.config import experiment_from_dict
+    monkeypatch.setenv('TF_CONFIG', json.dumps({
+        'cluster': {'worker': ['127.0.0.1:1', '127.0.0.1:2']}, 'task': {'type': 'worker', 'index': index}}))
+    exp = experiment_from_dict({'model': 'cifar_resnet20', 'train_parameters': {
+        'logdir': str(tmp_path), 'run_name': 'r', 'distribution': 'multi_worker'}})
+    summary = train.record_failure(exp, RuntimeError('out of memory'))
+    assert summary['status'] == 'failed' and 'out of memory' in summary['error']
+    chief_log = tmp_path / 'r' / 'error.log'
+    worker_log = tmp_path / '.workers' / 'r' / f'worker{index}' / 'error.log'
+    assert chief_log.exists() == writes_chief_dir
+    assert worker_log.exists() == (not writes_chief_dir)
+    assert 'out of memory' in (chief_log if writes_chief_dir else worker_log).read_text()
