@@ -30,8 +30,10 @@ airbench94 as released (legacy/airbench94.py), with these differences:
 - Not in the model, and done by the runner's own options: the learning rate 64x larger
   for BN biases (``bn_bias_lr_multiplier``), translate-and-mirror TTA (``eval_tta:
   flip_translate``, the six views weighted equally where airbench weights the unshifted
-  pair double). Left out: Lookahead (``ema_decay`` averages the weights for evaluation
-  instead) and alternating flips (flips are random).
+  pair double), Lookahead (``lookahead_interval``), alternating flips
+  (``dataset.alternate_flips``) and reflect-padded translation (``dataset.crop_padding_mode``).
+  Left out: weight decay on the BN biases and the whitening bias, and freezing that bias
+  after 3 epochs.
 
 ResNet-9 as in Page's DAWNBench code (dawn.py): conv-BN-ReLU then max-pool, residual
 pairs of conv-BN-ReLU in the first and third stages, widths 64/128/256/512, scale 0.125.

@@ -174,8 +174,13 @@ class Trainer:
     @property
     def evaluated_weights(self):
         """What evaluations and saved weights hold, in words for logs and summaries."""
-        decay = self.exp.train_parameters.ema_decay
-        return f'exponential moving average, decay {decay:g}' if self.averages else 'raw'
+        tp = self.exp.train_parameters
+        # Lookahead changes the trained weights themselves; the run ends on its slow copy.
+        trained = f'Lookahead every {tp.lookahead_interval} steps' if self.slow else 'raw'
+        if not self.averages:
+            return trained
+        average = f'exponential moving average, decay {tp.ema_decay:g}'
+        return f'{average}, over {trained}' if self.slow else average
 
     def start_input(self):
         """The training batches from the current step on."""
@@ -515,7 +520,7 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
         rundir.write_summary(run_dir, summary)
 
     how = ', '.join(([f'{tp.eval_tta} TTA'] if tp.eval_tta != 'none' else [])
-                    + ([f'weights: {trainer.evaluated_weights}'] if trainer.averages else []))
+                    + ([f'weights: {trainer.evaluated_weights}'] if trainer.averages or trainer.slow else []))
     how = f' ({how})' if how else ''
 
     def do_eval(step):

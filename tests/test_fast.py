@@ -251,6 +251,7 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_and_ends_on_it(tmp_path):
     data = make_data()
     exp = make_exp(tmp_path, lookahead_interval=2, lookahead_decay=0.9, lr_boundaries=[6])
     trainer = make_trainer(exp, data)
+    assert trainer.evaluated_weights == 'Lookahead every 2 steps'
     paths = [v.path for v in trainer.lookahead_state]
     assert set(paths) >= {v.path for v in trainer.model.trainable_variables}
     assert any('moving_mean' in p for p in paths)
@@ -291,6 +292,7 @@ def test_resumed_lookahead_run_ends_where_an_uninterrupted_one_does(tmp_path):
     run(make_exp(tmp_path / 'b', steps=3, **options), data)  # stops between synchronisations
     resumed = run(make_exp(tmp_path / 'b', **options), data)
     assert straight['steps'] == resumed['steps'] == 6
+    assert resumed['evaluated_weights'] == 'Lookahead every 2 steps'
     exp = make_exp(tmp_path / 'c', **options)
     final = {}
     for name in 'ab':
@@ -500,10 +502,14 @@ def test_fast_recipe_uses_the_fast_options():
     for exp in load_experiments(os.path.join(ROOT, 'experiments', 'cifar10_fast.yaml')):
         tp = exp.train_parameters
         assert exp.model == 'cifar_airbench94'
-        assert tp.eval_tta == 'flip_translate' and tp.ema_decay is not None
+        assert tp.eval_tta == 'flip_translate'
+        assert tp.ema_decay is not None or tp.lookahead_interval is not None
         assert tp.bn_bias_lr_multiplier == 64 and exp.model_parameters.get('whiten', True)
         assert tp.label_smoothing > 0 and tp.lr_schedule == 'linear' and tp.warmup_steps > 0
         assert exp.dataset.flip and exp.dataset.crop_padding > 0
+    airbench = load_experiments(os.path.join(ROOT, 'experiments', 'cifar10_fast.yaml'))[1]
+    assert airbench.train_parameters.lookahead_interval == 5
+    assert airbench.dataset.alternate_flips and airbench.dataset.crop_padding_mode == 'reflect'
 
 
 @pytest.mark.slow
@@ -541,7 +547,7 @@ train_parameters:
     assert p.returncode == 0, p.stdout + p.stderr
     s = json.loads((tmp_path / 'logs' / 'dist' / 'summary.json').read_text())
     assert s['replicas'] == 2 and s['status'] == 'finished'
-    assert s['evaluated_weights'] == 'exponential moving average, decay 0.8'
+    assert s['evaluated_weights'] == 'exponential moving average, decay 0.8, over Lookahead every 2 steps'
     assert 'the final evaluation and final.weights.h5 use the averaged weights' in p.stdout
     assert 'adapted stem_whiten to 20 training images' in p.stdout
     assert s['eval_tta'] == 'flip_translate' and 0 <= s['test_top1_accuracy'] <= 1
