@@ -974,6 +974,14 @@ def normalize(images, mean, std):
     return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
+def pad_images(images, padding, mode='zeros'):
+    """Pad a batch [B, H, W, C] by `padding` pixels on each side: zeros (after normalisation,
+    the mean colour) or the image reflected at its edges (dataset.crop_padding_mode)."""
+    p = padding
+    return tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]],
+                  mode='REFLECT' if mode == 'reflect' else 'CONSTANT')
+
+
 def augment_batch(images, seed, flip=True, crop_padding=4, flip_mask=None, crop_padding_mode='zeros'):
     """Horizontal flip and pad-and-crop of a whole batch, from a stateless seed. The flips
     are random unless `flip_mask` ([batch] bool) says which images to mirror."""
@@ -985,8 +993,7 @@ def augment_batch(images, seed, flip=True, crop_padding=4, flip_mask=None, crop_
         images = tf.where(mask[:, None, None, None], tf.reverse(images, axis=[2]), images)
     if crop_padding:
         p = crop_padding
-        padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]],
-                        mode='REFLECT' if crop_padding_mode == 'reflect' else 'CONSTANT')
+        padded = pad_images(images, p, crop_padding_mode)
         dy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * p + 1, dtype=tf.int32)
         dx = tf.random.stateless_uniform([b], seeds[2], 0, 2 * p + 1, dtype=tf.int32)
         rows = dy[:, None] + tf.range(h)[None, :]

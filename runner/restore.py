@@ -237,8 +237,8 @@ def tta_views(x, tta='none', crop_padding=4, crop_padding_mode='zeros'):
         raise RunError(f"--tta: '{tta}' is not one of {', '.join(TTA_MODES)}")
     p = int(crop_padding)
     h, w = x.shape[1], x.shape[2]
-    padded = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]],
-                    mode='REFLECT' if crop_padding_mode == 'reflect' else 'CONSTANT')
+    from runner import data as data_lib
+    padded = data_lib.pad_images(x, p, crop_padding_mode)
     crops = [padded[:, dy:dy + h, dx:dx + w, :]
              for dy, dx in ((0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p))]
     return crops + [tf.reverse(c, axis=[2]) for c in crops]

@@ -432,8 +432,7 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
     chief_dir = os.path.join(tp.logdir, exp.run_name)
     # Other workers of a multi-worker run keep their own copies (every worker must take part
     # in a checkpoint save) in a scratch directory that is removed at the end.
-    run_dir = chief_dir if chief else os.path.join(tp.logdir, '.workers', exp.run_name,
-                                                   distribute.task_id())
+    run_dir = chief_dir if chief else worker_dir(exp)
     quiet = quiet or not chief
     previous = rundir.read_summary(chief_dir) or {}
     keras.utils.set_random_seed(tp.seed)
@@ -655,6 +654,11 @@ def error_message(error):
     return lines[0] if lines else type(error).__name__
 
 
+def worker_dir(exp):
+    """The scratch run directory of a non-chief worker of a multi-worker run."""
+    return os.path.join(exp.train_parameters.logdir, '.workers', exp.run_name, distribute.task_id())
+
+
 def record_failure(exp, error):
     """Mark a run `failed` with the error, keeping the traceback in error.log. A worker of a
     multi-worker run other than the chief writes to its own scratch directory, as it does
@@ -662,7 +666,7 @@ def record_failure(exp, error):
     tp = exp.train_parameters
     run_dir = os.path.join(tp.logdir, exp.run_name)
     if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
-        run_dir = os.path.join(tp.logdir, '.workers', exp.run_name, distribute.task_id())
+        run_dir = worker_dir(exp)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, 'error.log'), 'w') as f:
         f.write(''.join(traceback.format_exception(error)))
