@@ -4,9 +4,10 @@ hand-written tf.function loop, on the same model and the same batches, in one pr
     python benchmarks/train_throughput.py --model cifar_resnet20 --batch 128 --steps 60
     python benchmarks/train_throughput.py --model cifar_resnet20 --precision mixed_bfloat16
 
-Prints a table (images/s, ratio to the bare loop), the input pipeline alone, and peak
-resident memory. Data are random CIFAR-shaped images, so no dataset is needed; the
-pipeline is the runner's own (gather, normalise, flip, pad-crop). A benchmark, not a
+Prints a table (images/s, ratio to the bare loop), the input pipeline alone, and the peak
+resident memory of the process (all contenders together; --skip the others for one's
+own). Data are random CIFAR-shaped images, so no dataset is needed; the pipeline is the
+runner's own (gather, normalise, flip, pad-crop). A benchmark, not a
 test: it asserts nothing. Run it on an otherwise idle machine.
 """
 import argparse
@@ -134,7 +135,8 @@ def main():
         ratio = f'{bare / seconds:8.2f}' if bare else ''
         print(f'{name:24s} {rate:8.0f} {ratio}')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f'peak resident memory: {peak:.0f} MiB')
+    # One process holds every contender, so this is their peak together, not each one's.
+    print(f'peak resident memory of this process (all contenders): {peak:.0f} MiB')
 
 
 if __name__ == '__main__':
