@@ -54,7 +54,9 @@ def build_parser():
                         'checkpoint of an unfinished run')
     p.add_argument('--data-dir', metavar='DIR',
                    help="where the data is now: replaces dataset.data_dir (TFDS) or "
-                        "dataset.image_folder of the runs' config.yaml")
+                        "dataset.image_folder of the runs' config.yaml; for list files and "
+                        "TFRecords, the deepest folder that held them all (list files, list_root, "
+                        "shards), the layout under it kept")
     p.add_argument('--limit', type=int, metavar='N', help='only the first N images of the split (a quick look)')
     p.add_argument('--batch-size', type=int, metavar='N',
                    help="images per batch (default: the run's eval_batch_size)")

@@ -76,16 +76,44 @@ def read_config(run_dir):
     return cfg
 
 
+def relocate_dataset(ds, data_dir):
+    """`ds` (config.yaml's dataset section) for data that has moved to `data_dir`: the TFDS
+    data_dir or the image folder becomes `data_dir`; for list files and TFRecords the deepest
+    folder holding all of them (list files, list_root, the shards' folders) is replaced by
+    `data_dir`, keeping the layout under it. A class_names_file moves with them when it was
+    under that folder. A list path relative to list_root follows list_root."""
+    ds = dict(ds)
+    if ds.get('image_folder'):
+        ds['image_folder'] = data_dir
+        return ds
+    moved = {}
+    if ds.get('list_root'):
+        moved['list_root'] = ds['list_root']
+    for key in ('train_list', 'test_list', 'tfrecord_train', 'tfrecord_test'):
+        path = ds.get(key)
+        if path and not (key.endswith('_list') and ds.get('list_root') and not os.path.isabs(path)):
+            moved[key] = path
+    if not moved:
+        ds['data_dir'] = data_dir
+        return ds
+    full = {k: os.path.abspath(os.path.expanduser(p)) for k, p in moved.items()}
+    root = os.path.commonpath([p if k == 'list_root' else os.path.dirname(p) for k, p in full.items()])
+    names = ds.get('class_names_file')
+    if names and os.path.abspath(os.path.expanduser(names)).startswith(root + os.sep):
+        full['class_names_file'] = os.path.abspath(os.path.expanduser(names))
+    for key, path in full.items():
+        rel = os.path.relpath(path, root)
+        ds[key] = data_dir if rel == '.' else os.path.join(data_dir, rel)
+    return ds
+
+
 def load_experiment(run_dir, data_dir=None):
-    """The run's resolved experiment, with `data_dir` (TFDS) or the image folder's new place."""
+    """The run's resolved experiment, with its data where `data_dir` says it is now
+    (relocate_dataset)."""
     from runner.config import ConfigError, experiment_from_dict
     cfg = read_config(run_dir)
     if data_dir:
-        ds = cfg.setdefault('dataset', {})
-        if ds.get('image_folder'):
-            ds['image_folder'] = data_dir
-        else:
-            ds['data_dir'] = data_dir
+        cfg['dataset'] = relocate_dataset(cfg.get('dataset') or {}, data_dir)
     try:
         exp = experiment_from_dict(cfg, os.path.join(run_dir, CONFIG))
     except ConfigError as e:

@@ -23,6 +23,18 @@ def subprocess_env(**extra):
     return env
 
 
+def one_line_error(capsys, code, expected, *needles):
+    """A command's exit code was `expected` and it printed one `error:` line, no traceback,
+    holding every needle."""
+    out, err = capsys.readouterr()
+    assert code == expected, out + err
+    lines = [l for l in err.strip().splitlines() if l.startswith('error:')]
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
 def make_image_folder(root, splits=(('train', 40), ('test', 10)), classes=4, size=32, fmt='png'):
     """A tiny image-folder data set whose classes differ by colour, so it is learnable."""
     import numpy as np

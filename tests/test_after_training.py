@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPEG, flip_translate_views, subprocess_env
+from conftest import CIFAR_JPEG, flip_translate_views, one_line_error, subprocess_env
 
 RUNS = """
 module: tiny_models
@@ -76,16 +76,6 @@ def read_png(path):
     assert img.ndim == 3 and img.shape[2] in (3, 4), img.shape
     assert img[..., :3].std() > 0.01, f'{path} is a blank picture'
     return img
-
-
-def one_line_error(capsys, code, expected, *needles):
-    out, err = capsys.readouterr()
-    assert code == expected, out + err
-    lines = [l for l in err.strip().splitlines() if l.startswith('error:')]
-    assert len(lines) == 1 and 'Traceback' not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------

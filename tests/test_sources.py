@@ -9,6 +9,7 @@ is absent.
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CIFAR_JPEG, ROOT, subprocess_env
+from conftest import CIFAR_JPEG, ROOT, one_line_error, subprocess_env
 from runner import data as data_lib
 from runner import sources
 from runner.config import DatasetConfig
@@ -695,3 +696,51 @@ def test_predict_of_an_imagenet_style_run_centre_crops_as_evaluation_does(traine
     x = data_lib.normalize(np.stack([img for _, img, _ in read]), run.mean, run.std)
     probs = tf.nn.softmax(run.model(x, training=False), axis=-1).numpy()
     np.testing.assert_allclose(probs, ev['probabilities'][picks], atol=1e-5)
+
+
+def test_relocate_dataset_keeps_the_layout_under_the_moved_folder():
+    from runner.restore import relocate_dataset
+    lists = {'list_root': '/data/x/images', 'train_list': '/data/x/lists/train.txt',
+             'test_list': '/data/x/lists/test.txt', 'class_names_file': '/data/x/lists/names.txt'}
+    assert relocate_dataset(lists, '/mnt/x') == {
+        'list_root': '/mnt/x/images', 'train_list': '/mnt/x/lists/train.txt',
+        'test_list': '/mnt/x/lists/test.txt', 'class_names_file': '/mnt/x/lists/names.txt'}
+    # lists relative to list_root follow it; a names file elsewhere stays
+    rel = {'list_root': '/data/x', 'train_list': 'train.txt', 'test_list': 'test.txt',
+           'class_names_file': '/home/me/names.txt'}
+    assert relocate_dataset(rel, '/mnt/x') == dict(rel, list_root='/mnt/x')
+    shards = {'tfrecord_train': '/data/rec/train-*', 'tfrecord_test': '/data/rec/test-*', 'num_classes': 3}
+    assert relocate_dataset(shards, '/mnt/r') == {'tfrecord_train': '/mnt/r/train-*',
+                                                  'tfrecord_test': '/mnt/r/test-*', 'num_classes': 3}
+    assert relocate_dataset({'name': 'cifar10', 'data_dir': '/a'}, '/b') == {'name': 'cifar10', 'data_dir': '/b'}
+    assert relocate_dataset({'image_folder': '/a', 'data_dir': None}, '/b') == {'image_folder': '/b', 'data_dir': None}
+
+
+@needs_cifar
+@pytest.mark.parametrize('name', ['listed', 'records'])
+def test_evaluate_data_dir_finds_moved_lists_and_tfrecords(trained, name, tmp_path, capsys):
+    """A run whose list files / TFRecords now live elsewhere: config.yaml names a folder that
+    is gone, --data-dir the one that holds the same layout, and the evaluation is the same."""
+    import yaml
+    from runner import evaluate
+    from runner.restore import relocate_dataset
+    assert trained['proc'].returncode == 0, trained['proc'].stderr[-3000:]
+    run_dir = str(trained['logs'] / name)
+    before = evaluate.evaluate_runs([run_dir], weights='last', write=False)[0]
+    copy = tmp_path / 'run'
+    shutil.copytree(run_dir, copy)
+    cfg = yaml.safe_load((copy / 'config.yaml').read_text())
+    ds = cfg['dataset']
+    keys = [k for k in ('list_root', 'train_list', 'test_list', 'tfrecord_train', 'tfrecord_test') if ds.get(k)]
+    old_root = os.path.commonpath([ds[k] if k == 'list_root' else os.path.dirname(ds[k]) for k in keys])
+    gone, moved = str(tmp_path / 'gone'), tmp_path / 'moved'
+    for k in keys:   # the data, copied to the new place with its layout
+        src = ds[k] if k == 'list_root' else os.path.dirname(ds[k])
+        if not os.path.exists(moved / os.path.relpath(src, old_root)):
+            shutil.copytree(src, moved / os.path.relpath(src, old_root))
+    cfg['dataset'] = relocate_dataset(ds, gone)   # the config of a run whose data has gone
+    (copy / 'config.yaml').write_text(yaml.safe_dump(cfg))
+    one_line_error(capsys, evaluate.main([str(copy), '--weights', 'last']), 1, gone, '--data-dir')
+    after = evaluate.evaluate_runs([str(copy)], weights='last', data_dir=str(moved), write=False)[0]
+    np.testing.assert_array_equal(after['labels'], before['labels'])
+    np.testing.assert_allclose(after['probabilities'], before['probabilities'], atol=1e-6)
