@@ -22,7 +22,7 @@ import yaml
 
 
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
-PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+PRECISIONS = ('auto', 'fastest', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine')
 EVAL_TTA = ('none', 'flip', 'flip_translate')
 CROP_PADDING_MODES = ('zeros', 'reflect')
@@ -197,8 +197,11 @@ class TrainConfig:
         'is visible, MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else none. '
         'batch_size is the global batch over all replicas.', default='auto')
     precision: str = _doc(
-        'auto | float32 | mixed_bfloat16 | mixed_float16 (with loss scaling). auto: mixed_float16 '
-        'on GPUs, float32 on CPUs.', default='auto')
+        'auto | fastest | float32 | mixed_bfloat16 | mixed_float16 (with loss scaling). auto: '
+        'mixed_float16 on GPUs, float32 on CPUs. fastest: as auto, except on a single machine '
+        'whose CPU has bfloat16 instructions, where a few train steps of the model are timed in '
+        'float32 and mixed_bfloat16 before step 1 and the run trains in mixed_bfloat16 if it is '
+        'at least 1.1x as fast (a resumed run keeps its choice).', default='auto')
     jit_compile: bool = _doc('Compile the train step with XLA.', default=False)
     deterministic: bool = _doc(
         'Make every op deterministic (tf.config.experimental.enable_op_determinism): bit-exact '

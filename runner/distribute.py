@@ -86,16 +86,40 @@ def is_chief(strategy):
 
 
 def resolve_precision(precision):
-    """The Keras dtype policy: 'auto' is mixed_float16 on GPUs and float32 elsewhere.
+    """The Keras dtype policy: 'auto' is mixed_float16 on GPUs and float32 elsewhere;
+    'fastest' is that too until the training loop has measured (runner.train.choose_precision).
 
     mixed_bfloat16 is not chosen automatically on CPUs: for the CIFAR ResNets it was measured
     at half float32's speed on one Xeon with AVX512-BF16 and 1.2-1.4 times on an EPYC with
     it (README, Speed and scale). It kept accuracy where checked (cifar10_fast_90: 88.21%
-    in both precisions), so recipes may ask for it on a CPU known to run it fast.
+    in both precisions), so recipes may ask for it, or for 'fastest', which measures.
     """
-    if precision == 'auto':
+    if precision in ('auto', 'fastest'):
         return 'mixed_float16' if tf.config.list_logical_devices('GPU') else 'float32'
     return precision
+
+
+def cpu_has_bfloat16(cpuinfo='/proc/cpuinfo'):
+    """Whether the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX-BF16), as Linux reports
+    its flags; False where that cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {'avx512_bf16', 'amx_bf16'})
+
+
+# mixed_bfloat16 only when clearly faster: float32 is the more exact of the two, and a
+# probe of a few steps on a shared machine is noisy by several per cent.
+BF16_MARGIN = 1.1
+
+
+def faster_precision(images_per_second, margin=BF16_MARGIN):
+    """The policy to train in from measured {'float32': rate, 'mixed_bfloat16': rate}."""
+    if images_per_second['mixed_bfloat16'] / images_per_second['float32'] >= margin:
+        return 'mixed_bfloat16'
+    return 'float32'
 
 
 def set_policy(policy):

@@ -415,17 +415,73 @@ def strategy_for(kind):
     return _STRATEGIES[kind]
 
 
+def probe_precisions(exp, info, batch_size, steps=3):
+    """Images per second of a plain SGD step of the experiment's model on random images,
+    in float32 and in mixed_bfloat16: {policy: rate}. One step traces and warms up, the
+    median of `steps` timed ones counts."""
+    rates = {}
+    x = tf.random.uniform((batch_size, *info.image_shape), -1.0, 1.0, seed=0)
+    y = tf.random.uniform((batch_size,), 0, info.num_classes, tf.int32, seed=0)
+    try:
+        for policy in ('float32', 'mixed_bfloat16'):
+            distribute.set_policy(policy)
+            model = build_model(exp, info.image_shape, info.num_classes)
+            optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
+
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    logits = tf.cast(model(x, training=True), tf.float32)
+                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                return loss
+
+            float(step())
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                float(step())
+                times.append(time.perf_counter() - start)
+            rates[policy] = batch_size / statistics.median(times)
+            del model, optimizer, step
+    finally:
+        distribute.set_policy('float32')
+    return rates
+
+
+def choose_precision(exp, info, strategy, previous_precision=None):
+    """The policy to train in, and for `precision: fastest` why: (policy, reason or None).
+    Only a single machine probes; every worker of a multi-worker run must use the same
+    policy and each would measure its own."""
+    tp = exp.train_parameters
+    policy = distribute.resolve_precision(tp.precision)
+    if tp.precision != 'fastest':
+        return policy, None
+    if previous_precision:
+        return previous_precision, 'chosen when the run started'
+    if tf.config.list_logical_devices('GPU'):
+        return policy, 'a GPU'
+    if distribute.is_multi_worker(tp.distribution):
+        return policy, 'several workers, which could measure differently'
+    if not distribute.cpu_has_bfloat16():
+        return policy, 'this CPU has no bfloat16 instructions'
+    batch = min(tp.batch_size // strategy.num_replicas_in_sync, 256)
+    rates = probe_precisions(exp, info, batch)
+    policy = distribute.faster_precision(rates)
+    return policy, (f"float32 {rates['float32']:.0f}, mixed_bfloat16 {rates['mixed_bfloat16']:.0f} "
+                    f"images/s on this CPU (batch {batch}); bfloat16 needs {distribute.BF16_MARGIN}x")
+
+
 def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
-    policy = distribute.resolve_precision(exp.train_parameters.precision)
-    distribute.set_policy(policy)
     try:
-        return _run(exp, data, quiet, max_eval_batches, stop, policy)
+        return _run(exp, data, quiet, max_eval_batches, stop)
     finally:
         distribute.set_policy('float32')
 
 
-def _run(exp, data, quiet, max_eval_batches, stop, policy):
+def _run(exp, data, quiet, max_eval_batches, stop):
     tp = exp.train_parameters
     strategy = strategy_for(tp.distribution)
     chief = distribute.is_chief(strategy)
@@ -435,10 +491,16 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
     run_dir = chief_dir if chief else worker_dir(exp)
     quiet = quiet or not chief
     previous = rundir.read_summary(chief_dir) or {}
-    keras.utils.set_random_seed(tp.seed)
     if tp.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = data or data_lib.load(exp.dataset)
+    resuming = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints')) is not None
+    policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
+    if why and not quiet:
+        print(f'{exp.run_name}: precision fastest: {policy} ({why})', flush=True)
+    distribute.set_policy(policy)
+    # After the probe, which builds models of its own: the weights start the same either way.
+    keras.utils.set_random_seed(tp.seed)
     trainer = Trainer(exp, data, strategy, policy)
     total = exp.total_steps
 
@@ -484,7 +546,8 @@ def _run(exp, data, quiet, max_eval_batches, stop, policy):
         'eval_split': eval_split_name, 'test_split': exp.dataset.test_split,
         'selection_split': eval_split_name,
         'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
-        'precision': policy, 'replicas': strategy.num_replicas_in_sync,
+        'precision': policy, **({'precision_fastest': why} if why else {}),
+        'replicas': strategy.num_replicas_in_sync,
         'wall_seconds': previous.get('wall_seconds', 0.0) if resumed_from is not None else 0.0,
         'train_images_per_second': None,
         # Every accuracy in this summary and in metrics.jsonl is of these weights and views.

@@ -505,6 +505,7 @@ def test_fast_recipe_uses_the_fast_options():
         assert tp.eval_tta == 'flip_translate'
         # airbench94's tricks, as measured in the README (Lookahead, not a weight average)
         assert tp.lookahead_interval == 5 and tp.ema_decay is None
+        assert tp.precision == 'fastest'   # bfloat16 only where this CPU runs it faster
         assert tp.bn_bias_lr_multiplier == 64 and exp.model_parameters.get('whiten', True)
         assert tp.label_smoothing > 0 and tp.lr_schedule == 'linear' and tp.warmup_steps > 0
         assert exp.dataset.flip and exp.dataset.crop_padding == 2

@@ -1,0 +1,101 @@
+"""precision: fastest. On a single machine whose CPU has bfloat16 instructions the runner
+times a few steps of the model in float32 and mixed_bfloat16 and trains in the faster;
+elsewhere it is `auto`. The choice survives a resume and does not change the start."""
+import json
+
+import numpy as np
+import pytest
+
+from runner import distribute, rundir, train
+from test_fast import make_data, make_exp, run
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n', True),
+    ('flags\t\t: fpu amx_bf16 amx_tile\n', True),
+    ('flags\t\t: fpu avx512f avx512_vnni avx512_fp16\n', False),
+    ('Features\t: fp asimd bf16\n', False),   # an ARM CPU: not a flag this runner measures
+])
+def test_bfloat16_instructions_are_read_from_the_cpu_flags(tmp_path, text, expected):
+    path = tmp_path / 'cpuinfo'
+    path.write_text('processor\t: 0\n' + text)
+    assert distribute.cpu_has_bfloat16(str(path)) is expected
+    assert distribute.cpu_has_bfloat16(str(tmp_path / 'missing')) is False
+
+
+def test_bfloat16_only_when_clearly_faster():
+    assert distribute.faster_precision({'float32': 100, 'mixed_bfloat16': 110}) == 'mixed_bfloat16'
+    assert distribute.faster_precision({'float32': 100, 'mixed_bfloat16': 109.9}) == 'float32'
+    assert distribute.faster_precision({'float32': 100, 'mixed_bfloat16': 50}) == 'float32'
+
+
+class Probe:
+    def __init__(self, rates):
+        self.rates, self.calls = rates, []
+
+    def __call__(self, exp, info, batch_size, steps=3):
+        self.calls.append(batch_size)
+        return dict(self.rates)
+
+
+@pytest.mark.parametrize('bf16_rate, expected', [(150, 'mixed_bfloat16'), (105, 'float32')])
+def test_fastest_follows_the_probe(tmp_path, monkeypatch, bf16_rate, expected):
+    import tensorflow as tf
+    probe = Probe({'float32': 100, 'mixed_bfloat16': bf16_rate})
+    monkeypatch.setattr(train, 'probe_precisions', probe)
+    monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: True)
+    strategy = tf.distribute.get_strategy()
+    exp = make_exp(tmp_path, precision='fastest', batch_size=512)
+    policy, why = train.choose_precision(exp, make_data().info, strategy)
+    assert policy == expected and f'mixed_bfloat16 {bf16_rate}' in why
+    assert probe.calls == [256]   # the batch, capped: a probe costs seconds, not minutes
+    # a resumed run keeps its choice without measuring again
+    assert train.choose_precision(exp, make_data().info, strategy, 'float32') == \
+        ('float32', 'chosen when the run started')
+    # no bfloat16 instructions, several workers, or another precision: no probe
+    monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: False)
+    assert train.choose_precision(exp, make_data().info, strategy)[0] == 'float32'
+    monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: True)
+    multi = make_exp(tmp_path, precision='fastest', distribution='multi_worker')
+    assert train.choose_precision(multi, make_data().info, strategy)[0] == 'float32'
+    for precision in ('auto', 'float32', 'mixed_bfloat16'):
+        assert train.choose_precision(make_exp(tmp_path, precision=precision), make_data().info,
+                                      strategy) == (distribute.resolve_precision(precision), None)
+    assert len(probe.calls) == 1
+
+
+def test_probe_times_the_model_in_both_precisions():
+    from runner.config import experiment_from_dict
+    exp = experiment_from_dict({'model': 'tiny_cnn', 'module': 'tiny_models'})
+    rates = train.probe_precisions(exp, make_data().info, 8, steps=2)
+    assert set(rates) == {'float32', 'mixed_bfloat16'} and all(r > 0 for r in rates.values())
+    import keras
+    assert keras.mixed_precision.global_policy().name == 'float32'   # left as it was found
+
+
+def test_a_fastest_run_trains_as_the_precision_it_chose_and_keeps_it(tmp_path, monkeypatch):
+    """With the real probe: the run records the measured rates, its losses are those of a
+    run given the chosen precision outright (the probe's own models leave the start
+    unchanged), and a resume neither measures again nor changes precision."""
+    monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: True)
+    data = make_data()
+    fastest = run(make_exp(tmp_path / 'fastest', precision='fastest', steps=3), data)
+    assert fastest['status'] == 'finished' and fastest['steps'] == 3
+    chosen = fastest['precision']
+    rates = {p: float(v) for p, v in (part.split()[-2:] for part in
+                                      fastest['precision_fastest'].split(' images/s')[0].split(', '))}
+    assert chosen == distribute.faster_precision(rates)
+    given = run(make_exp(tmp_path / 'given', precision=chosen, steps=3), data)
+    assert 'precision_fastest' not in given
+
+    def losses(d):
+        return [r['loss'] for r in rundir.read_metrics(str(d / 'run')) if r['kind'] == 'train']
+    np.testing.assert_allclose(losses(tmp_path / 'fastest'), losses(tmp_path / 'given'), rtol=1e-6)
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError('a resumed run measured again')
+    monkeypatch.setattr(train, 'probe_precisions', no_probe)
+    resumed = run(make_exp(tmp_path / 'fastest', precision='fastest'), data)
+    assert resumed['steps'] == 6 and resumed['precision'] == chosen
+    assert resumed['precision_fastest'] == 'chosen when the run started'
+    assert json.loads((tmp_path / 'fastest' / 'run' / 'summary.json').read_text())['precision'] == chosen
