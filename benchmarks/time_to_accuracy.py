@@ -26,7 +26,6 @@ asserts nothing.
 import argparse
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,15 +38,13 @@ CIFAR10_TRAIN_IMAGES = 50000
 
 
 def machine():
-    """One line naming the CPU, its core count and the load when the benchmark started."""
-    model = platform.processor() or 'unknown CPU'
-    try:
-        with open('/proc/cpuinfo') as f:
-            model = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+    """One line naming the CPU, its widest vector instructions, its cores, whether
+    TensorFlow runs its oneDNN kernels, and the load when the benchmark started."""
+    import runner  # first: it sets TensorFlow's CPU-kernel switch before TensorFlow loads
+    from runner.distribute import cpu_description
     load = ', '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
-    return f'{model}, {os.cpu_count()} CPU cores, no GPU in use; load average {load}'
+    kernels = 'on' if runner.onednn_enabled() else 'off'
+    return f'{cpu_description()}, no GPU in use, oneDNN kernels {kernels}; load average {load}'
 
 
 def crossings(records, targets):

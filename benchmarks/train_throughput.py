@@ -35,14 +35,17 @@ def main():
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(',')))
 
-    import keras
-    import numpy as np
-    import tensorflow as tf
+    # The runner first: it sets TensorFlow's CPU-kernel switch before TensorFlow loads, so
+    # every contender runs on the kernels a training run gets.
+    import runner
     from runner import data as data_lib
     from runner import distribute
     from runner.config import experiment_from_dict
     from runner.registry import build_model
     from runner.train import Trainer
+    import keras
+    import numpy as np
+    import tensorflow as tf
 
     exp = experiment_from_dict({'model': a.model, 'train_parameters': {
         'batch_size': a.batch, 'precision': a.precision, 'jit_compile': a.jit,
@@ -51,7 +54,8 @@ def main():
     train = data_lib.synthetic(info, 50000 // 4, seed=0)
     data = data_lib.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     print(f'{a.model}, batch {a.batch}, {a.precision}{", XLA" if a.jit else ""}, '
-          f'{a.steps} timed steps after {a.warmup} warm-up; {os.cpu_count()} CPU cores', flush=True)
+          f'{a.steps} timed steps after {a.warmup} warm-up; {os.cpu_count()} CPU cores; '
+          f'oneDNN kernels {"on" if runner.onednn_enabled() else "off"}', flush=True)
 
     def pipeline():
         return data_lib.train_dataset(train, a.batch, 0, data.mean, data.std)

@@ -16,6 +16,7 @@ with the number of devices. To use a larger global batch, scale the learning rat
 """
 import json
 import os
+import platform
 
 import keras
 import tensorflow as tf
@@ -99,15 +100,44 @@ def resolve_precision(precision):
     return precision
 
 
+def _cpuinfo(cpuinfo='/proc/cpuinfo'):
+    """(model name, set of flags) of the first CPU as Linux reports them; ('', set()) where
+    that cannot be read."""
+    model, flags = '', set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                key = key.strip()
+                if key == 'model name' and not model:
+                    model = value.strip()
+                elif key == 'flags' and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
 def cpu_has_bfloat16(cpuinfo='/proc/cpuinfo'):
     """Whether the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX-BF16), as Linux reports
     its flags; False where that cannot be read."""
-    try:
-        with open(cpuinfo) as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {'avx512_bf16', 'amx_bf16'})
+    return bool(_cpuinfo(cpuinfo)[1] & {'avx512_bf16', 'amx_bf16'})
+
+
+# The instruction sets that decide a CPU's training speed, widest first: one model name
+# (AMD EPYC, say) covers chips with and without them, 2.6 times apart for ResNet-20.
+_VECTOR_ISAS = (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX512-BF16'), ('avx512_vnni', 'AVX512-VNNI'),
+                ('avx512f', 'AVX512'), ('avx2', 'AVX2'))
+
+
+def cpu_description(cpuinfo='/proc/cpuinfo'):
+    """'AMD EPYC (AVX2), 2 cores': the CPU model, its widest vector instructions and the
+    cores this process may use, for the records that carry a speed."""
+    model, flags = _cpuinfo(cpuinfo)
+    model = model or platform.processor() or 'unknown CPU'
+    isa = next((name for flag, name in _VECTOR_ISAS if flag in flags), None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return f'{model}{f" ({isa})" if isa else ""}, {cores} cores'
 
 
 # mixed_bfloat16 only when clearly faster: float32 is the more exact of the two, and a

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import runner
 from runner import data as data_lib
 from runner import distribute
 from runner import restore
@@ -548,6 +549,9 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
         'precision': policy, **({'precision_fastest': why} if why else {}),
         'replicas': strategy.num_replicas_in_sync,
+        # What the images/s and wall times were measured on (the chief's machine).
+        'machine': {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
+                    'gpus': len(tf.config.list_logical_devices('GPU'))},
         'wall_seconds': previous.get('wall_seconds', 0.0) if resumed_from is not None else 0.0,
         'train_images_per_second': None,
         # Every accuracy in this summary and in metrics.jsonl is of these weights and views.

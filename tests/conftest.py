@@ -13,6 +13,9 @@ for p in (ROOT, TESTS):
     if p not in sys.path:
         sys.path.insert(0, p)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Before any test module imports TensorFlow: the runner sets its CPU-kernel switch (oneDNN)
+# as a training run gets it, so the tests run on the same kernels, at the same speed.
+import runner  # noqa: E402,F401
 
 
 def subprocess_env(**extra):

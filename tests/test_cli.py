@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from runner import cli, rundir
+import runner
+from runner import cli, distribute, rundir
 
 TINY = """
 module: tiny_models
@@ -55,6 +56,9 @@ def test_train_a_run_end_to_end(tmp_path, image_folder, capsys):
                 'best_test_top1_accuracy', 'train_images_per_second', 'wall_seconds', 'weights'):
         assert key in s, key
     assert s['status'] == 'finished' and s['steps'] == 20 and s['eval_split'] == 'test'
+    # what the speeds were measured on
+    assert s['machine'] == {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
+                            'gpus': 0}
     assert s['test_top1_accuracy'] > 0.5, 'the colour classes are easy'
     assert (run_dir / s['weights']).stat().st_size > 0
     # the resolved config: defaults and the data statistics filled in

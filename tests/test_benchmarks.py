@@ -1,0 +1,37 @@
+"""The benchmark scripts still run and say what they measured on: a few steps of each
+contender, not a timing (their figures belong in the README, with the machine)."""
+import os
+import platform
+import re
+import subprocess
+import sys
+
+from conftest import ROOT, subprocess_env
+from runner import distribute
+
+
+def test_train_throughput_runs_every_contender_and_names_the_kernels():
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'train_throughput.py'), '--model',
+         'cifar_resnet20', '--batch', '8', '--steps', '2', '--warmup', '1', '--rounds', '1'],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300, check=True).stdout
+    # on x86 the runner switches TensorFlow's oneDNN kernels on, and every contender gets them
+    x86 = platform.machine().lower() in ('x86_64', 'amd64')
+    assert ('oneDNN kernels on' if x86 else 'oneDNN kernels ') in out.splitlines()[0], out
+    rates = dict(re.findall(r'^(\S.*?)\s{2,}(\d+)', out, re.M))
+    assert set(rates) == {'input pipeline alone', 'runner train_step', 'bare tf.function loop',
+                          'keras Model.fit'}, out
+    assert all(int(r) > 0 for r in rates.values())
+    assert re.search(r'^bare tf.function loop\s+\d+\s+1.00$', out, re.M), out
+    assert 'peak resident memory of this process (all contenders):' in out
+
+
+def test_time_to_accuracy_names_the_machine():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import time_to_accuracy
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    line = time_to_accuracy.machine()
+    assert line.startswith(distribute.cpu_description() + ', no GPU in use, oneDNN kernels ')
+    assert 'load average' in line
