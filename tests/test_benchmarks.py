@@ -1,12 +1,12 @@
 """The benchmark scripts still run and say what they measured on: a few steps of each
 contender, not a timing (their figures belong in the README, with the machine)."""
 import os
-import platform
 import re
 import subprocess
 import sys
 
 from conftest import ROOT, subprocess_env
+import runner
 from runner import distribute
 
 
@@ -16,8 +16,7 @@ def test_train_throughput_runs_every_contender_and_names_the_kernels():
          'cifar_resnet20', '--batch', '8', '--steps', '2', '--warmup', '1', '--rounds', '1'],
         env=subprocess_env(), capture_output=True, text=True, timeout=300, check=True).stdout
     # on x86 the runner switches TensorFlow's oneDNN kernels on, and every contender gets them
-    x86 = platform.machine().lower() in ('x86_64', 'amd64')
-    assert ('oneDNN kernels on' if x86 else 'oneDNN kernels ') in out.splitlines()[0], out
+    assert ('oneDNN kernels on' if runner.on_x86() else 'oneDNN kernels ') in out.splitlines()[0], out
     rates = dict(re.findall(r'^(\S.*?)\s{2,}(\d+)', out, re.M))
     assert set(rates) == {'input pipeline alone', 'runner train_step', 'bare tf.function loop',
                           'keras Model.fit'}, out

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import subprocess_env
+import runner
 from runner import distribute
 
 AVX2_EPYC = 'model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n'
@@ -47,7 +48,7 @@ def child_onednn(**env):
     return out.split()[-2:]
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='an x86 switch')
+@pytest.mark.skipif(not runner.on_x86(), reason='an x86 switch')
 def test_onednn_kernels_are_on_unless_the_environment_says_otherwise():
     assert child_onednn() == ['1', 'True']
     assert child_onednn(TF_ENABLE_ONEDNN_OPTS='0') == ['0', 'False']
@@ -56,7 +57,6 @@ def test_onednn_kernels_are_on_unless_the_environment_says_otherwise():
 def test_the_switch_is_left_alone_off_x86(monkeypatch):
     # What runner/__init__ does on import, replayed for a machine it must not touch.
     import importlib
-    import runner
     monkeypatch.delenv('TF_ENABLE_ONEDNN_OPTS', raising=False)
     monkeypatch.setattr(platform, 'machine', lambda: 'aarch64')
     importlib.reload(runner)
