@@ -540,6 +540,8 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), dump_yaml(resolved))
 
     eval_split_name = 'validation' if exp.dataset.validation_fraction else 'test'
+    machine = {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
+               'gpus': len(tf.config.list_logical_devices('GPU'))}
     summary = {
         'run_name': exp.run_name, 'model': exp.model, 'module': exp.module,
         'params': trainer.params, 'dataset': data.info.description,
@@ -549,9 +551,10 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
         'precision': policy, **({'precision_fastest': why} if why else {}),
         'replicas': strategy.num_replicas_in_sync,
-        # What the images/s and wall times were measured on (the chief's machine).
-        'machine': {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
-                    'gpus': len(tf.config.list_logical_devices('GPU'))},
+        # What this session's images/s were measured on (the chief's machine); `sessions`
+        # has every start and resume, each with its own machine and images/s.
+        'machine': machine,
+        'sessions': sessions_so_far(previous, resumed_from, machine),
         'wall_seconds': previous.get('wall_seconds', 0.0) if resumed_from is not None else 0.0,
         'train_images_per_second': None,
         # Every accuracy in this summary and in metrics.jsonl is of these weights and views.
@@ -571,16 +574,15 @@ def _run(exp, data, quiet, max_eval_batches, stop):
 
     start_wall = time.time()
     base_wall = summary['wall_seconds']
-    # Throughput of every logged interval so far (history before a resume included).
-    rates = [r['images_per_second'] for r in rundir.read_metrics(run_dir) if r.get('kind') == 'train']
+    # (step, images/s) of every logged interval so far (history before a resume included).
+    rates = [(r['step'], r['images_per_second']) for r in rundir.read_metrics(run_dir)
+             if r.get('kind') == 'train']
     stop = stop if stop is not None else StopRequest()
 
     def save_summary(status=None):
         summary['steps'] = trainer.step
         summary['wall_seconds'] = round(base_wall + time.time() - start_wall, 1)
-        if rates:
-            # The first interval includes tracing the step function; leave it out.
-            summary['train_images_per_second'] = round(statistics.median(rates[1:] or rates), 1)
+        summary['train_images_per_second'] = session_throughput(summary['sessions'], rates, trainer.step)
         if status:
             summary['status'] = status
         rundir.write_summary(run_dir, summary)
@@ -642,7 +644,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                 m = trainer.read_train_metrics()
                 # Images per second of training alone: evaluation and checkpoint time left out.
                 rate = steps * tp.batch_size / max(time.time() - last_log_time - overhead, 1e-9)
-                rates.append(rate)
+                rates.append((step, rate))
                 lr = float(trainer.schedule(step - 1))
                 tf.summary.scalar('train/loss', m['loss'], step=step)
                 tf.summary.scalar('train/error', m['error'], step=step)
@@ -707,6 +709,38 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return summary
+
+
+def sessions_so_far(previous, resumed_from, machine):
+    """The sessions of a run, one per start and resume, each {'start_step', 'machine'}: the
+    earlier ones from the summary of the run resumed (a run from before sessions were
+    recorded is one session on its recorded machine), then this one. A session that began
+    at or after the checkpoint resumed from kept none of its steps and is dropped."""
+    if resumed_from is None:
+        return [{'start_step': 0, 'machine': machine}]
+    earlier = previous.get('sessions') or [{'start_step': 0, 'machine': previous.get('machine')}]
+    kept = [{'start_step': s['start_step'], 'machine': s.get('machine')}
+            for s in earlier if s['start_step'] < resumed_from]
+    return kept + [{'start_step': resumed_from, 'machine': machine}]
+
+
+def session_throughput(sessions, rates, step):
+    """Fill in each session's `end_step` and `train_images_per_second` (median of its logged
+    intervals; `rates` is [(step, images/s)]) and return the run's: the median over the
+    intervals of every session on the current (last) session's machine, so the summary's
+    images/s and `machine` describe the same hardware. A session's first interval includes
+    tracing the step function and is left out, unless it is the only one."""
+    pooled = []
+    current = sessions[-1]['machine']
+    for i, session in enumerate(sessions):
+        end = sessions[i + 1]['start_step'] if i + 1 < len(sessions) else step
+        own = [r for s, r in rates if session['start_step'] < s <= end]
+        own = own[1:] or own
+        session['end_step'] = end
+        session['train_images_per_second'] = round(statistics.median(own), 1) if own else None
+        if session['machine'] == current:
+            pooled += own
+    return round(statistics.median(pooled), 1) if pooled else None
 
 
 def error_message(error):

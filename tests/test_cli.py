@@ -10,7 +10,7 @@ import yaml
 
 from conftest import ROOT
 import runner
-from runner import cli, distribute, rundir
+from runner import cli, distribute, rundir, train
 
 TINY = """
 module: tiny_models
@@ -75,6 +75,60 @@ def test_train_a_run_end_to_end(tmp_path, image_folder, capsys):
     # a second run skips the finished one and says so
     assert cli.main([str(path), '--no-smoke']) == 0
     assert 'tiny: finished at step 20; skipped' in capsys.readouterr().out
+
+
+def test_a_run_resumed_on_another_machine_reports_each_machines_speed(tmp_path, image_folder, monkeypatch):
+    """Images/s depend on the CPU: a run begun on one machine and resumed on another keeps
+    both sessions, each with its machine and its own median images/s, and the run's
+    images/s is only the current machine's, beside that machine."""
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs'))
+    here = distribute.cpu_description()
+    monkeypatch.setattr(distribute, 'cpu_description', lambda: 'Other CPU (AVX2), 64 cores')
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=10']) == 0
+    monkeypatch.setattr(distribute, 'cpu_description', lambda: here)
+    assert cli.main([str(path), '--no-smoke']) == 0
+    run_dir = tmp_path / 'logs' / 'tiny'
+    s = json.loads((run_dir / 'summary.json').read_text())
+    rates = {r['step']: r['images_per_second'] for r in rundir.read_metrics(str(run_dir))
+             if r['kind'] == 'train'}
+    assert sorted(rates) == [5, 10, 15, 20]
+    first, second = s['sessions']
+    assert s['machine'] == second['machine'] and s['machine']['cpu'] == here
+    assert first['machine']['cpu'] == 'Other CPU (AVX2), 64 cores'
+    assert (first['start_step'], first['end_step'], second['start_step'], second['end_step']) == (0, 10, 10, 20)
+    # Each session's first interval includes tracing the step function: left out.
+    assert first['train_images_per_second'] == round(rates[10], 1)
+    assert second['train_images_per_second'] == round(rates[20], 1)
+    assert s['train_images_per_second'] == second['train_images_per_second']
+
+
+def test_session_throughput_pools_the_sessions_on_the_current_machine():
+    a, b = {'cpu': 'A'}, {'cpu': 'B'}
+    sessions = [{'start_step': 0, 'machine': a}, {'start_step': 30, 'machine': b},
+                {'start_step': 50, 'machine': a}]
+    rates = [(10, 1.0), (20, 100.0), (30, 110.0), (40, 5.0), (50, 900.0), (60, 7.0), (70, 120.0),
+             (80, 130.0)]
+    assert train.session_throughput(sessions, rates, 80) == 115.0  # of 100, 110, 120, 130
+    assert [(s['end_step'], s['train_images_per_second']) for s in sessions] == \
+        [(30, 105.0), (50, 900.0), (80, 125.0)]
+    # A session with no logged interval yet
+    assert train.session_throughput([{'start_step': 0, 'machine': a}], [], 3) is None
+
+
+def test_sessions_so_far_drops_what_a_resume_trains_again():
+    a, b, c = {'cpu': 'A'}, {'cpu': 'B'}, {'cpu': 'C'}
+    assert train.sessions_so_far({}, None, a) == [{'start_step': 0, 'machine': a}]
+    previous = {'machine': b, 'sessions': [{'start_step': 0, 'machine': a, 'end_step': 40},
+                                           {'start_step': 40, 'machine': b, 'end_step': 45}]}
+    # Resumed from the checkpoint of step 40: the session begun there kept nothing.
+    assert train.sessions_so_far(previous, 40, c) == [{'start_step': 0, 'machine': a},
+                                                      {'start_step': 40, 'machine': c}]
+    assert train.sessions_so_far(previous, 44, c)[1:] == [{'start_step': 40, 'machine': b},
+                                                          {'start_step': 44, 'machine': c}]
+    # A run from before sessions were recorded: one session on its recorded machine
+    assert train.sessions_so_far({'machine': b}, 20, c) == [{'start_step': 0, 'machine': b},
+                                                            {'start_step': 20, 'machine': c}]
 
 
 def test_validation_split_selects_and_reports_the_split(tmp_path, image_folder, capsys):
