@@ -23,7 +23,7 @@ import yaml
 
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
 PRECISIONS = ('auto', 'fastest', 'float32', 'mixed_bfloat16', 'mixed_float16')
-LR_SCHEDULES = ('piecewise', 'linear', 'cosine')
+LR_SCHEDULES = ('piecewise', 'linear', 'cosine', 'piecewise_linear')
 EVAL_TTA = ('none', 'flip', 'flip_translate')
 CROP_PADDING_MODES = ('zeros', 'reflect')
 
@@ -140,10 +140,12 @@ class TrainConfig:
         'Learning rate for each piece of the schedule.', default_factory=lambda: [0.01, 0.1, 0.01, 0.001])
     lr_boundaries: List[int] = _doc(
         'End step of each piece (steps; same length as lr_values); the last one is the total '
-        'number of training steps.', default_factory=lambda: [400, 32000, 48000, 64000])
+        'number of training steps. For piecewise_linear, the step of each knot, the first 0.',
+        default_factory=lambda: [400, 32000, 48000, 64000])
     lr_schedule: str = _doc(
         'piecewise (lr_values between lr_boundaries), linear or cosine (warm-up, then from '
-        'lr_values[0] down to 0 at the last boundary; give one value and one boundary).',
+        'lr_values[0] down to 0 at the last boundary; give one value and one boundary), or '
+        'piecewise_linear (lr_values[i] at step lr_boundaries[i], straight lines between).',
         default='piecewise')
     warmup_steps: int = _doc(
         'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', default=0)
@@ -402,13 +404,29 @@ _SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper':
 def _check_values(exp):
     """Checks of values that a type alone cannot express."""
     tp, ds = exp.train_parameters, exp.dataset
+    # First: the rules for lr_boundaries depend on which schedule is named.
+    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS, 'lr_schedule': LR_SCHEDULES,
+               'eval_tta': EVAL_TTA}
+    for key, allowed in choices.items():
+        value = getattr(tp, key)
+        if value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ''
+            raise ConfigError(f"train_parameters.{key}: '{value}' is not one of {', '.join(allowed)}"
+                              f"{'; ' + hint.strip() if hint else ''}")
     values, bounds = tp.lr_values, tp.lr_boundaries
     if len(values) != len(bounds):
         raise ConfigError(f'train_parameters.lr_values: has {len(values)} values but lr_boundaries '
                           f'has {len(bounds)}; give one end step per learning rate')
     if not bounds:
         raise ConfigError('train_parameters.lr_boundaries: needs at least one step')
-    if any(b <= a for a, b in zip([0] + bounds, bounds)):
+    if tp.lr_schedule == 'piecewise_linear':
+        # Knots: the rate at step 0 is one of them.
+        if len(bounds) < 2 or bounds[0] != 0 or any(b <= a for a, b in zip(bounds, bounds[1:])):
+            raise ConfigError(f'train_parameters.lr_boundaries: lr_schedule piecewise_linear needs the '
+                              f'steps of two or more knots, strictly increasing from 0 (the rate at '
+                              f'the start) to the last step, got {bounds}')
+    elif any(b <= a for a, b in zip([0] + bounds, bounds)):
         raise ConfigError(f'train_parameters.lr_boundaries: must be positive and strictly '
                           f'increasing, got {bounds}')
     if any(v < 0 for v in values):
@@ -485,18 +503,9 @@ def _check_values(exp):
             close = difflib.get_close_matches(value, allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ''
             raise ConfigError(f"dataset.{key}: '{value}' is not one of {', '.join(allowed)}{hint}")
-    if tp.lr_schedule != 'piecewise' and len(values) != 1:
+    if tp.lr_schedule in ('linear', 'cosine') and len(values) != 1:
         raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
                           f'peak rate; give one value and one boundary (the last step), got {values}')
-    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS, 'lr_schedule': LR_SCHEDULES,
-               'eval_tta': EVAL_TTA}
-    for key, allowed in choices.items():
-        value = getattr(tp, key)
-        if value not in allowed:
-            close = difflib.get_close_matches(value, allowed, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ''
-            raise ConfigError(f"train_parameters.{key}: '{value}' is not one of {', '.join(allowed)}"
-                              f"{'; ' + hint.strip() if hint else ''}")
     if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', exp.run_name):
         raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' is not a usable directory "
                           f"name (letters, digits, . _ - + = and / only)")

@@ -265,7 +265,10 @@ def lr_changes(r):
     if values and bounds and len(values) == len(bounds):
         if tp.get('warmup_steps'):
             out.append((tp['warmup_steps'], values[0], f"warm-up ends, lr {values[0]:g}"))
-        if tp.get('lr_schedule', 'piecewise') != 'piecewise':
+        schedule = tp.get('lr_schedule', 'piecewise')
+        if schedule == 'piecewise_linear':  # the knots between the first and the last
+            return out + [(b, v, f'lr {v:g}') for b, v in zip(bounds[1:-1], values[1:-1])]
+        if schedule != 'piecewise':
             return out  # linear or cosine decay: no steps to mark
         for b, new, old in zip(bounds[:-1], values[1:], values[:-1]):
             if new != old:
@@ -285,6 +288,8 @@ def lr_description(r):
     tp = r['config'].get('train_parameters') or {}
     schedule = tp.get('lr_schedule', 'piecewise')
     if tp.get('lr_values'):
+        if schedule == 'piecewise_linear':
+            return 'lr ' + ' / '.join(f'{v:g}' for v in tp['lr_values']) + ' (piecewise linear)'
         if schedule != 'piecewise':
             return f"{schedule} decay from lr {tp['lr_values'][0]:g}"
         return f"starting lr {tp['lr_values'][0]:g}"

@@ -12,6 +12,12 @@ For short budgets the speed-record literature uses a warm-up then a decay to zer
 PolynomialDecay with power 1 under the same warm-up) or `cosine` (Keras CosineDecay with
 its own linear warm-up), from lr_values[0] to 0 at the last boundary.
 
+The speed-record codes write their schedules as straight lines between (step, rate) knots:
+Page's ResNet-9 `PiecewiseLinear([0, 5, 24], [0, 0.4, 0])` (epochs), airbench94's 0.2x
+peak rising to the peak at 23% of the steps and falling to 0.07x at the end.
+`lr_schedule: piecewise_linear` is that rule: `lr_values[i]` at step `lr_boundaries[i]`,
+the first boundary 0 and the last the end of training.
+
 Lookahead (Zhang et al. 2019, arXiv:1907.08610) as airbench94 uses it (Jordan 2024,
 arXiv:2404.00498): every `interval` steps the slow weights move towards the trained ones
 by 1 - alpha and the trained ones are reset to them; alpha grows with the cube of the
@@ -46,6 +52,33 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(keras.optimizers.schedules.deserialize(config['schedule']), config['warmup_steps'])
 
 
+@keras.saving.register_keras_serializable('convnet_runner')
+class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
+    """`values[i]` at step `boundaries[i]` (in steps, increasing, the first 0), straight
+    lines between, the last value after the last boundary (a run extended with `steps`)."""
+
+    def __init__(self, boundaries, values):
+        if len(boundaries) != len(values) or len(boundaries) < 2:
+            raise ValueError('piecewise_linear needs two or more (boundary, value) knots, '
+                             f'got {boundaries} and {values}')
+        self.boundaries = [int(b) for b in boundaries]
+        self.values = [float(v) for v in values]
+
+    def __call__(self, step):
+        knots = tf.constant(self.boundaries, tf.float32)
+        values = tf.constant(self.values, tf.float32)
+        step = tf.cast(step, tf.float32)
+        # The segment [knots[i], knots[i + 1]] that holds the step; the first before it.
+        i = tf.searchsorted(knots, tf.reshape(step, [1]), side='right')[0] - 1
+        i = tf.clip_by_value(i, 0, len(self.boundaries) - 2)
+        start, end = knots[i], knots[i + 1]
+        fraction = tf.clip_by_value((step - start) / (end - start), 0.0, 1.0)
+        return values[i] + fraction * (values[i + 1] - values[i])
+
+    def get_config(self):
+        return {'boundaries': self.boundaries, 'values': self.values}
+
+
 def piecewise_lr(lr_values, lr_boundaries, warmup_steps=0):
     """The seed's piecewise-constant schedule (boundaries in steps) with optional warm-up."""
     if len(lr_values) != len(lr_boundaries):
@@ -64,6 +97,8 @@ def make_lr_schedule(kind, lr_values, lr_boundaries, warmup_steps=0):
     """The schedule a config names: 'piecewise', 'linear' or 'cosine' (see module doc)."""
     if kind == 'piecewise':
         return piecewise_lr(lr_values, lr_boundaries, warmup_steps)
+    if kind == 'piecewise_linear':
+        return LinearWarmup(PiecewiseLinear(lr_boundaries, lr_values), int(warmup_steps))
     peak, total = float(lr_values[0]), int(lr_boundaries[-1])
     if kind == 'linear':
         decay = keras.optimizers.schedules.PolynomialDecay(peak, total, end_learning_rate=0.0, power=1.0)

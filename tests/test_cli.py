@@ -103,6 +103,19 @@ def test_a_run_resumed_on_another_machine_reports_each_machines_speed(tmp_path, 
     assert s['train_images_per_second'] == second['train_images_per_second']
 
 
+def test_a_piecewise_linear_schedule_trains_through_its_knots(tmp_path, image_folder):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs').replace(
+        'lr_values: [0.05, 0.005]\n  lr_boundaries: [15, 20]',
+        'lr_schedule: piecewise_linear\n  lr_values: [0.01, 0.05, 0.0]\n  lr_boundaries: [0, 8, 20]'))
+    assert cli.main([str(path), '--no-smoke']) == 0
+    # The rate logged at step s is the one its last step (s - 1) trained with.
+    lrs = {r['step']: r['lr'] for r in rundir.read_metrics(str(tmp_path / 'logs' / 'tiny'))
+           if r['kind'] == 'train'}
+    assert lrs == pytest.approx({5: 0.01 + 0.04 * 4 / 8, 10: 0.05 * 11 / 12, 15: 0.05 * 6 / 12,
+                                 20: 0.05 * 1 / 12})
+
+
 def test_session_throughput_pools_the_sessions_on_the_current_machine():
     a, b = {'cpu': 'A'}, {'cpu': 'B'}
     sessions = [{'start_step': 0, 'machine': a}, {'start_step': 30, 'machine': b},

@@ -63,6 +63,10 @@ def assert_config_error(capsys, tmp_path, text, *needles, image_folder=None, ext
     # schedules
     (GOOD.replace('[10, 20]', '[10, 20, 30]'), ['lr_values', 'has 2 values but lr_boundaries has 3']),
     (GOOD.replace('[10, 20]', '[20, 10]'), ['lr_boundaries', 'strictly increasing']),
+    (GOOD.replace('run_name: good', 'run_name: good\n  lr_schedule: piecewise_linear'),
+     ['train_parameters.lr_boundaries', 'piecewise_linear', 'from 0 (the rate at the start)', '[10, 20]']),
+    (GOOD.replace('run_name: good', 'run_name: good\n  lr_schedule: piecewise_liner').replace('[10, 20]', '[0, 20]'),
+     ["train_parameters.lr_schedule", "did you mean 'piecewise_linear'"]),
     (GOOD.replace('run_name: good', 'run_name: good\n  batch_size: 0'), ['train_parameters.batch_size', 'at least 1']),
     (GOOD.replace('dataset: {image_folder: IMAGES}', 'dataset: {image_folder: IMAGES, validation_fraction: 1.5}'),
      ['dataset.validation_fraction', 'in [0, 1)']),

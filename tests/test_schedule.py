@@ -79,3 +79,40 @@ def test_lookahead_alpha_grows_with_the_cube_of_progress_and_is_one_at_the_end()
     assert alpha(99) < 0.95 ** 5 < alpha(100) == 1.0
     assert alpha(120) == pytest.approx(0.95 ** 5)  # a run extended past its schedule
     assert float(lookahead_alpha(10, 20, 0.9, 2)) == pytest.approx(0.81 / 8)
+
+
+def test_piecewise_linear_at_and_between_its_knots():
+    """airbench94's schedule for 476 steps at peak 1.5: 0.2x the peak at step 0, the peak at
+    23% of the steps (109), 0.07x at the end; after the end the last value holds."""
+    from runner.schedule import make_lr_schedule
+    s = make_lr_schedule('piecewise_linear', [0.3, 1.5, 0.105], [0, 109, 476])
+    for step, expected in {0: 0.3, 1: 0.3 + 1.2 / 109, 54: 0.3 + 1.2 * 54 / 109, 108: 0.3 + 1.2 * 108 / 109,
+                           109: 1.5, 110: 1.5 - 1.395 / 367, 300: 1.5 - 1.395 * 191 / 367, 476: 0.105,
+                           477: 0.105, 10 ** 6: 0.105}.items():
+        assert lr(s, step) == pytest.approx(expected, rel=1e-5), step
+    # Page's ResNet-9: 0 -> 0.4 at epoch 5 -> 0 at epoch 24 (here 10 steps an epoch)
+    page = make_lr_schedule('piecewise_linear', [0.0, 0.4, 0.0], [0, 50, 240])
+    assert [lr(page, i) for i in (0, 25, 50, 145, 240)] == pytest.approx([0, 0.2, 0.4, 0.2, 0], abs=1e-7)
+    again = keras_round_trip(s)
+    assert [lr(again, i) for i in (0, 54, 300)] == pytest.approx([lr(s, i) for i in (0, 54, 300)])
+
+
+def test_piecewise_linear_needs_two_knots():
+    from runner.schedule import PiecewiseLinear
+    with pytest.raises(ValueError):
+        PiecewiseLinear([0], [0.1])
+    with pytest.raises(ValueError):
+        PiecewiseLinear([0, 10], [0.1])
+
+
+def keras_round_trip(schedule):
+    import keras
+    return keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+
+
+def test_report_marks_the_inner_knots_of_a_piecewise_linear_schedule():
+    from runner import report
+    run = {'metrics': [], 'config': {'train_parameters': {
+        'lr_schedule': 'piecewise_linear', 'lr_values': [0.3, 1.5, 0.105], 'lr_boundaries': [0, 109, 476]}}}
+    assert report.lr_changes(run) == [(109, 1.5, 'lr 1.5')]
+    assert report.lr_description(run) == 'lr 0.3 / 1.5 / 0.105 (piecewise linear)'
