@@ -27,16 +27,19 @@ airbench94 as released (legacy/airbench94.py), with these differences:
 - Initialisation as PyTorch's default (uniform, bound 1/sqrt(fan_in)), and airbench's
   partial identity ("dirac") init: in every conv the first min(in, out) filters
   pass their input channel through.
+- Weight decay on every trainable weight, the BN biases and the whitening bias included
+  (``decay_all``, on by default; both released codes decay every parameter).
 - Not in the model, and done by the runner's own options: the learning rate 64x larger
-  for BN biases (``bn_bias_lr_multiplier``), translate-and-mirror TTA (``eval_tta:
-  flip_translate``, the six views weighted equally where airbench weights the unshifted
-  pair double), Lookahead (``lookahead_interval``), alternating flips
-  (``dataset.alternate_flips``) and reflect-padded translation (``dataset.crop_padding_mode``).
-  Left out: weight decay on the BN biases and the whitening bias, and freezing that bias
-  after 3 epochs.
+  for BN biases and not their weight decay (``bn_bias_lr_multiplier``), translate-and-mirror
+  TTA with airbench's weights (``eval_tta: flip_translate``), Lookahead
+  (``lookahead_interval``), alternating flips (``dataset.alternate_flips``), reflect-padded
+  translation (``dataset.crop_padding_mode``) and the schedule (``lr_schedule:
+  piecewise_linear``). Left out: freezing the whitening bias after 3 epochs (airbench's
+  speed trick: the bias stops training, saving its share of the backward pass).
 
 ResNet-9 as in Page's DAWNBench code (dawn.py): conv-BN-ReLU then max-pool, residual
-pairs of conv-BN-ReLU in the first and third stages, widths 64/128/256/512, scale 0.125.
+pairs of conv-BN-ReLU in the first and third stages, widths 64/128/256/512, scale 0.125,
+weight decay on every trainable weight (dawn.py's SGD takes all of them; ``decay_all``).
 """
 
 import dataclasses
@@ -84,16 +87,18 @@ class PatchWhitening(layers.Layer):
     still runs (tests, predict on a model whose weights are loaded afterwards).
     """
 
-    def __init__(self, patch_size=2, epsilon=5e-4, **kwargs):
+    def __init__(self, patch_size=2, epsilon=5e-4, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.patch_size, self.epsilon = int(patch_size), float(epsilon)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
 
     def build(self, input_shape):
         p, c = self.patch_size, int(input_shape[-1])
         self.filters = 2 * p * p * c
         self.kernel = self.add_weight(shape=(p, p, c, self.filters), initializer=_torch_default_init(),
                                       trainable=False, name="kernel")
-        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias",
+                                    regularizer=self.bias_regularizer)
 
     def call(self, x):
         y = ops.conv(x, ops.cast(self.kernel, x.dtype), padding="valid")
@@ -115,7 +120,8 @@ class PatchWhitening(layers.Layer):
         self.kernel.assign(kernel.astype("float32"))
 
     def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "epsilon": self.epsilon}
+        return {**super().get_config(), "patch_size": self.patch_size, "epsilon": self.epsilon,
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer)}
 
 
 def _torch_default_init():
@@ -149,9 +155,12 @@ _SPECS = types.MappingProxyType({
 })
 
 
-def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, whiten=False):
+def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, whiten=False,
+              decay_all=True):
     """Build the network of one ``_SPECS`` row; ``widths`` replaces the stage widths,
-    ``whiten`` makes the stem a :class:`PatchWhitening` layer of the stem's kernel size."""
+    ``whiten`` makes the stem a :class:`PatchWhitening` layer of the stem's kernel size,
+    ``decay_all`` puts the weight decay on every trainable weight (BN offsets and scales,
+    biases) as both released codes do, not only on the kernels."""
     stages = spec.stages
     if widths is not None:
         widths = list(widths)
@@ -164,20 +173,24 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, w
     input_shape = L.check_args(name, input_shape, num_classes, size_ops=size_ops)
     init = PartialDirac(_torch_default_init()) if spec.dirac else _torch_default_init()
 
+    other_decay = L.l2(weight_decay) if decay_all else None
+
     def conv(x, width, k, layer_name, pad="same", use_bias=False):
         return layers.Conv2D(width, k, padding=pad, use_bias=use_bias, kernel_initializer=init,
-                             kernel_regularizer=L.l2(weight_decay), name=layer_name)(x)
+                             kernel_regularizer=L.l2(weight_decay), bias_regularizer=other_decay,
+                             name=layer_name)(x)
 
     def norm_act(x, prefix, suffix):
         x = layers.BatchNormalization(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon,
-                                      scale=spec.bn_scale, name=f"{prefix}_bn{suffix}")(x)
+                                      scale=spec.bn_scale, beta_regularizer=other_decay,
+                                      gamma_regularizer=other_decay, name=f"{prefix}_bn{suffix}")(x)
         return layers.Activation(spec.activation, name=f"{prefix}_act{suffix}")(x)
 
     inputs = Input(shape=input_shape, name="input")
     if whiten:
         if padding != "valid":
             raise ValueError(f"{name}: whitening needs a stem with valid padding")
-        x = PatchWhitening(kernel, name="stem_whiten")(inputs)
+        x = PatchWhitening(kernel, bias_regularizer=other_decay, name="stem_whiten")(inputs)
     else:
         x = conv(inputs, filters, kernel, "stem_conv", pad=padding, use_bias=bias)
     x = norm_act(x, "stem", "") if stem_norm else layers.Activation(spec.activation, name="stem_act")(x)
@@ -202,12 +215,13 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, w
 
 
 def cifar_airbench94(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, widths=(64, 256, 256),
-                     whiten=True):
+                     whiten=True, decay_all=True):
     """airbench94's network with its frozen patch-whitening first layer (Jordan 2024, 1.97M)."""
     return _fast_net("cifar_airbench94", _SPECS["cifar_airbench94"], input_shape, num_classes,
-                     weight_decay, widths, whiten=bool(whiten))
+                     weight_decay, widths, whiten=bool(whiten), decay_all=bool(decay_all))
 
 
-def cifar_resnet9(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
+def cifar_resnet9(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, decay_all=True):
     """Page's DAWNBench ResNet-9 for CIFAR-10 (Page 2018, 6.57M)."""
-    return _fast_net("cifar_resnet9", _SPECS["cifar_resnet9"], input_shape, num_classes, weight_decay)
+    return _fast_net("cifar_resnet9", _SPECS["cifar_resnet9"], input_shape, num_classes, weight_decay,
+                     decay_all=bool(decay_all))

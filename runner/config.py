@@ -156,8 +156,9 @@ class TrainConfig:
         'null keeps the model\'s own default (1e-4 for most models).', default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
     bn_bias_lr_multiplier: float = _doc(
-        'Learning-rate multiplier for the offsets (beta) of batch normalisation: their gradient is '
-        'scaled by it before the SGD step (airbench uses 64; 1 = off).', default=1.0)
+        'Learning-rate multiplier for the offsets (beta) of batch normalisation: the gradient of '
+        'the loss with respect to them is scaled by it before the SGD step, the gradient of their '
+        'weight decay is not (airbench uses 64; 1 = off).', default=1.0)
     adapt_examples: int = _doc(
         'Layers with an adapt(images) method (keras.layers.Normalization, models.fast.PatchWhitening) '
         'are fitted to this many un-augmented, normalised training images, as that layer receives '
@@ -183,7 +184,8 @@ class TrainConfig:
         'flip (softmax of each image and of its mirror averaged; the loss is -log of the averaged '
         'probability of the true class) or flip_translate (six views: the image, the image shifted '
         'one pixel up-left and one down-right with reflected edges, and their mirrors; airbench\'s '
-        'TTA level 2).', default='none')
+        'TTA level 2: the logits averaged, the unshifted pair weighted 1/4 each and the shifted '
+        'views 1/8).', default='none')
     steps: Optional[int] = _doc(
         'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
         default=None)

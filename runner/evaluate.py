@@ -7,7 +7,8 @@ confusion-matrix picture, written beside the run as
 their ensemble (the mean of their class probabilities) follows, as an "Average" row, and
 is written to the first run directory (`eval-ensemble-...`) or to --out.
 
-Test-time augmentation averages the softmax probabilities of several views of each image:
+Test-time augmentation averages the softmax probabilities of several views of each image
+(`flip_translate`: airbench's weighted logits, restore.combine_views):
 `flip` the image and its mirror; `10crop` the four corner crops and the centre crop, and
 their mirrors, at the model's input size. The crops follow the run's preprocessing style:
 cifar style (images resized to the model size) crops the image padded by the training

@@ -242,7 +242,7 @@ def tta_views(x, tta='none', crop_padding=4, crop_padding_mode='zeros'):
     flip:   the image and its horizontal mirror.
     flip_translate: the image, the image shifted by one pixel up-left and by one down-right
             (edges reflected), and the mirrors of the three (airbench's TTA level 2, Jordan
-            2024, whose weighting counts the unshifted pair double; here all six count once).
+            2024; combine_views weights them as airbench does).
     10crop: the image padded by `crop_padding` on every side as training pads it
             (`crop_padding_mode`: zeros, the mean colour after normalisation, or the
             reflected image), cropped back to H x W at
@@ -272,9 +272,25 @@ def tta_views(x, tta='none', crop_padding=4, crop_padding_mode='zeros'):
     return crops + [tf.reverse(c, axis=[2]) for c in crops]
 
 
+# airbench's TTA level 2: 0.5 * (image and mirror) + 0.5 * mean(shifted pairs), on logits.
+FLIP_TRANSLATE_WEIGHTS = (0.25, 0.125, 0.125, 0.25, 0.125, 0.125)
+
+
+def combine_views(logits, tta):
+    """Class probabilities [B, C] from the logits of each of `tta_views`' views (a list of
+    [B, C]). flip_translate is airbench94's rule exactly: the logits averaged with weight
+    1/4 for the image and for its mirror and 1/8 for each shifted view, then the softmax.
+    The others average the softmax of every view, as the ImageNet papers' 10-crop does."""
+    import tensorflow as tf
+    logits = [tf.cast(l, tf.float32) for l in logits]
+    if tta == 'flip_translate':
+        return tf.nn.softmax(tf.add_n([w * l for w, l in zip(FLIP_TRANSLATE_WEIGHTS, logits)]), axis=-1)
+    return tf.add_n([tf.nn.softmax(l, axis=-1) for l in logits]) / float(len(logits))
+
+
 def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4, crop_padding_mode='zeros'):
-    """A tf.function: uint8 images [B, H, W, 3] -> class probabilities [B, C] (float32),
-    the softmax of the model's logits averaged over the TTA views."""
+    """A tf.function: uint8 images [B, H, W, 3] -> class probabilities [B, C] (float32)
+    over the TTA views (combine_views)."""
     import tensorflow as tf
     from runner import data as data_lib
     h, w = image_size
@@ -283,11 +299,7 @@ def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4, cro
     def probabilities(images):
         x = data_lib.normalize(images, mean, std)
         views = tta_views(x, tta, crop_padding, crop_padding_mode)
-        total = None
-        for v in views:
-            p = tf.nn.softmax(tf.cast(model(v, training=False), tf.float32), axis=-1)
-            total = p if total is None else total + p
-        return total / float(len(views))
+        return combine_views([model(v, training=False) for v in views], tta)
     return probabilities
 
 

@@ -197,7 +197,8 @@ class Trainer:
     # -- one training step ----------------------------------------------------
     def _replica_step(self, images, labels):
         num_classes = self.data.info.num_classes
-        with tf.GradientTape() as tape:
+        # Persistent when BN offsets are boosted: their decay's gradient is taken apart.
+        with tf.GradientTape(persistent=bool(self.lr_boosted)) as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
             per_example = self.loss_fn(tf.one_hot(labels, num_classes), logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
@@ -207,9 +208,19 @@ class Trainer:
             scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
         grads = tape.gradient(scaled, self.model.trainable_variables)
         if self.lr_boosted:
+            # airbench's bias_scaler: the offsets' learning rate is boosted, their weight
+            # decay is not. With g = g_loss + g_decay, boost * g_loss + g_decay is
+            # boost * g - (boost - 1) * g_decay.
             boost = float(self.exp.train_parameters.bn_bias_lr_multiplier)
-            grads = [g * boost if g is not None and v.path in self.lr_boosted else g
-                     for g, v in zip(grads, self.model.trainable_variables)]
+            boosted = [v for v in self.model.trainable_variables if v.path in self.lr_boosted]
+            decay = tape.gradient(self.optimizer.scale_loss(reg) if self.loss_scaling else reg, boosted)
+            decay = {v.path: d for v, d in zip(boosted, decay) if d is not None}
+            for i, v in enumerate(self.model.trainable_variables):
+                if grads[i] is not None and v.path in self.lr_boosted:
+                    grads[i] = grads[i] * boost
+                    if v.path in decay:
+                        grads[i] -= (boost - 1.0) * decay[v.path]
+            del tape
         if self.loss_scaling:
             # Overflowing float16 gradients are normal while the loss scale settles; the
             # LossScaleOptimizer skips those steps, so only the loss itself can diverge.
@@ -330,8 +341,8 @@ class Trainer:
         views = restore.tta_views(images, self.exp.train_parameters.eval_tta)
         if len(views) > 1:
             # One call on all views together; as `python -m runner evaluate --tta ...`.
-            logits = tf.cast(self.model(tf.concat(views, 0), training=False), tf.float32)
-            scores = tf.reduce_mean(tf.stack(tf.split(tf.nn.softmax(logits), len(views))), axis=0)
+            logits = self.model(tf.concat(views, 0), training=False)
+            scores = restore.combine_views(tf.split(logits, len(views)), self.exp.train_parameters.eval_tta)
             p_true = tf.gather(scores, labels, batch_dims=1)
             loss = tf.reduce_sum(-tf.math.log(tf.maximum(p_true, 1e-12)))
         else:

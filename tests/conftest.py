@@ -79,6 +79,16 @@ def cifar10_tfds_dir():
     return data_dir
 
 
+def flip_translate_probabilities(view_logits):
+    """Reference for TTA flip_translate's combination in numpy (airbench94's infer_mirror_translate):
+    0.5 * mean(image, mirror) + 0.5 * mean of the four shifted views, on logits, then softmax."""
+    import numpy as np
+    plain, up, down, m_plain, m_up, m_down = [np.asarray(l, np.float64) for l in view_logits]
+    logits = 0.5 * (plain + m_plain) / 2 + 0.5 * (up + down + m_up + m_down) / 4
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def flip_translate_views(x):
     """Reference for TTA flip_translate in numpy: the image, shifted one pixel up-left and
     down-right (reflected edges), and the mirrors of the three."""

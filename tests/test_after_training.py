@@ -15,7 +15,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPEG, flip_translate_views, one_line_error, subprocess_env
+from conftest import (CIFAR_JPEG, flip_translate_probabilities, flip_translate_views, one_line_error,
+                      subprocess_env)
 
 RUNS = """
 module: tiny_models
@@ -55,10 +56,13 @@ def softmax(logits):
 
 
 def manual_probabilities(run, images, views):
-    """Mean softmax of the model over `views(normalised images)`, computed without TF's TTA code."""
+    """Mean softmax of the model over `views(normalised images)` (for flip_translate,
+    airbench's weighted logits), computed without TF's TTA code."""
     x = (images.astype(np.float32) / 255.0 - np.float32(run.mean)) / np.float32(run.std)
-    probs = [softmax(run.model(v, training=False).numpy()) for v in views(x)]
-    return np.mean(probs, axis=0)
+    logits = [run.model(v, training=False).numpy() for v in views(x)]
+    if views is flip_translate_views:
+        return flip_translate_probabilities(logits)
+    return np.mean([softmax(l) for l in logits], axis=0)
 
 
 def ten_crops(x, p=4):

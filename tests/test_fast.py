@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, flip_translate_views, subprocess_env
+from conftest import ROOT, flip_translate_probabilities, flip_translate_views, subprocess_env
 from models import fast
 from runner import data as data_lib
 from runner import rundir, train
@@ -314,7 +314,9 @@ def numpy_views(images, tta):
 
 
 @pytest.mark.parametrize('tta', ['flip', 'flip_translate'])
-def test_tta_averages_the_softmax_of_its_views(tmp_path, tta):
+def test_tta_combines_its_views_as_the_papers_do(tmp_path, tta):
+    """flip: the mean softmax of the image and its mirror; flip_translate: airbench's
+    weighted logits."""
     data = make_data()
     exp_none = make_exp(tmp_path, model='asymmetric_cnn', module='test_fast')
     exp_tta = make_exp(tmp_path, model='asymmetric_cnn', module='test_fast', eval_tta=tta)
@@ -326,8 +328,11 @@ def test_tta_averages_the_softmax_of_its_views(tmp_path, tta):
     for images, y in data_lib.eval_input(data, data.test, 16):
         views = numpy_views(images, tta)
         assert len(views) == {'flip': 2, 'flip_translate': 6}[tta]
-        p = sum(tf.nn.softmax(plain.model(v)) for v in views) / len(views)
-        probs.append(p.numpy())
+        if tta == 'flip_translate':
+            p = flip_translate_probabilities([plain.model(v).numpy() for v in views])
+        else:
+            p = (sum(tf.nn.softmax(plain.model(v)) for v in views) / len(views)).numpy()
+        probs.append(p)
         labels.append(y.numpy())
     probs, labels = np.concatenate(probs), np.concatenate(labels)
     p_true = probs[np.arange(len(labels)), labels]
@@ -438,7 +443,48 @@ def test_bn_bias_lr_multiplier_scales_only_the_bn_offsets_step(tmp_path):
         assert np.abs(d).max() > 0
 
 
+def test_bn_bias_lr_multiplier_leaves_the_offsets_weight_decay_alone(tmp_path):
+    """airbench's bias_scaler raises the BN offsets' learning rate but not their weight decay:
+    one SGD step (no momentum) moves a decayed offset b by -lr * (m * g_loss + wd * b)."""
+    data = make_data()
+    lr, wd, m = 0.1, 0.05, 8.0
+    deltas, offsets = {}, {}
+    for mult in (1.0, m):
+        trainer = make_trainer(airbench_exp(tmp_path / str(mult), momentum=0.0, weight_decay=wd,
+                                            bn_bias_lr_multiplier=mult, lr_values=[lr]), data)
+        for v in trainer.model.trainable_variables:   # offsets start at 0: no decay to see
+            if v.path.endswith('beta'):
+                v.assign(np.linspace(-1, 1, v.shape[0]).astype('float32'))
+        before = {v.path: np.array(v) for v in trainer.model.trainable_variables}
+        trainer.train_step(trainer.iterator)
+        deltas[mult] = {v.path: np.array(v) - before[v.path] for v in trainer.model.trainable_variables}
+        offsets = {p: b for p, b in before.items() if p.endswith('beta')}
+    assert len(offsets) == 6
+    for path, b in offsets.items():
+        g_loss = -deltas[1.0][path] / lr - wd * b
+        assert np.abs(g_loss).max() > 1e-4
+        np.testing.assert_allclose(deltas[m][path], -lr * (m * g_loss + wd * b), rtol=1e-3, atol=1e-6)
+    # The kernels and the whitening bias take the same step either way.
+    for path in deltas[1.0].keys() - offsets.keys():
+        np.testing.assert_allclose(deltas[m][path], deltas[1.0][path], rtol=1e-4, atol=1e-7)
+
+
 # --- models/fast.py -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', ['cifar_airbench94', 'cifar_resnet9'])
+def test_the_speed_record_networks_decay_every_trainable_weight(name):
+    """Both released codes hand every parameter to SGD's weight decay (decay_all=False:
+    the kernels only)."""
+    build = getattr(fast, name)
+    model = build(weight_decay=1e-3)
+    assert len(model.losses) == len(model.trainable_variables)
+    kernels = [v for v in model.trainable_variables if v.path.endswith('kernel')]
+    assert len(build(weight_decay=1e-3, decay_all=False).losses) == len(kernels) < len(model.trainable_variables)
+    if name == 'cifar_airbench94':
+        layer = model.get_layer('stem_whiten')
+        again = fast.PatchWhitening.from_config(layer.get_config())
+        assert again.bias_regularizer.get_config() == layer.bias_regularizer.get_config() == {'l2': 5e-4}
 
 
 def test_partial_dirac_passes_the_first_channels_through():
@@ -507,7 +553,12 @@ def test_fast_recipe_uses_the_fast_options():
         assert tp.lookahead_interval == 5 and tp.ema_decay is None
         assert tp.precision == 'fastest'   # bfloat16 only where this CPU runs it faster
         assert tp.bn_bias_lr_multiplier == 64 and exp.model_parameters.get('whiten', True)
-        assert tp.label_smoothing > 0 and tp.lr_schedule == 'linear' and tp.warmup_steps > 0
+        assert tp.label_smoothing > 0
+        # airbench's schedule: 0.2x the peak, the peak at 23% of the steps, 0.07x at the end
+        assert tp.lr_schedule == 'piecewise_linear' and tp.warmup_steps == 0
+        start, peak, end = tp.lr_values
+        assert (start / peak, end / peak) == pytest.approx((0.2, 0.07))
+        assert tp.lr_boundaries[1] == int(0.23 * tp.lr_boundaries[2])
         assert exp.dataset.flip and exp.dataset.crop_padding == 2
         assert exp.dataset.alternate_flips and exp.dataset.crop_padding_mode == 'reflect'
 
