@@ -135,11 +135,24 @@ def changed_keys(old, new, prefix=''):
     return out
 
 
+def _lookup(d, dotted):
+    for part in dotted.split('.'):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _missing(d, dotted):
+    *parents, last = dotted.split('.')
+    for part in parents:
+        d = d.get(part) if isinstance(d, dict) else None
+    return not isinstance(d, dict) or last not in d
+
+
 def check_resumable(exp):
     """A run directory started with different settings cannot be resumed from."""
     import yaml
     from runner import rundir
-    from runner.config import ConfigError
+    from runner.config import ConfigError, Experiment
     path = os.path.join(exp.train_parameters.logdir, exp.run_name, rundir.CONFIG)
     if not os.path.exists(path):
         return
@@ -150,7 +163,11 @@ def check_resumable(exp):
     for key in ('mean', 'std'):  # filled in from the data when the file left them null
         if new['dataset'][key] is None:
             new['dataset'][key] = old.get('dataset', {}).get(key)
-    diff = [k for k in changed_keys(old, new) if k not in RESUMABLE_CHANGES]
+    # A key that an earlier version of the runner did not write is unchanged if the run
+    # now has that key's default, which is what the earlier version did.
+    defaults = Experiment(model=exp.model).to_dict()
+    diff = [k for k in changed_keys(old, new) if k not in RESUMABLE_CHANGES
+            and not (_missing(old, k) and _lookup(new, k) == _lookup(defaults, k))]
     if diff:
         raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
                           f"--restart {exp.run_name} to start it over, or give it a new run_name")
@@ -161,7 +178,7 @@ def validate(experiments, restarting=(), need_data=True):
     import keras
     from runner import data as data_lib
     from runner.config import ConfigError
-    from runner.registry import build_model, count_trainable, load_initial_weights
+    from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
     checked = []
     for exp in experiments:
         try:
@@ -171,6 +188,7 @@ def validate(experiments, restarting=(), need_data=True):
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
             params = count_trainable(model)
+            freeze_schedule(model, exp.train_parameters.freeze_after)
             if exp.train_parameters.init_weights:
                 load_initial_weights(model, exp.train_parameters.init_weights,
                                      exp.train_parameters.init_skip_mismatch)

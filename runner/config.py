@@ -152,13 +152,19 @@ class TrainConfig:
     momentum: float = _doc('SGD momentum.', default=0.9)
     nesterov: bool = _doc('Nesterov momentum.', default=False)
     weight_decay: Optional[float] = _doc(
-        'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels); '
-        'null keeps the model\'s own default (1e-4 for most models).', default=None)
+        'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels; '
+        'on every weight in cifar_airbench94 and cifar_resnet9); null keeps the model\'s own '
+        'default (1e-4 for most models).', default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
     bn_bias_lr_multiplier: float = _doc(
         'Learning-rate multiplier for the offsets (beta) of batch normalisation: the gradient of '
         'the loss with respect to them is scaled by it before the SGD step, the gradient of their '
         'weight decay is not (airbench uses 64; 1 = off).', default=1.0)
+    freeze_after: Dict[str, Any] = _doc(
+        'Stop training layers after a step: {layer name: step}. From that step on the layer\'s '
+        'trainable weights get no gradient, momentum or weight decay, and the backward pass skips '
+        'what only they needed. airbench freezes its whitening bias after 3 epochs '
+        '({stem_whiten: 147} at batch 1024).', default_factory=dict)
     adapt_examples: int = _doc(
         'Layers with an adapt(images) method (keras.layers.Normalization, models.fast.PatchWhitening) '
         'are fitted to this many un-augmented, normalised training images, as that layer receives '
@@ -439,6 +445,10 @@ def _check_values(exp):
             raise ConfigError(f'train_parameters.{key}: must be at least 1, got {getattr(tp, key)}')
     if tp.steps is not None and tp.steps < 1:
         raise ConfigError(f'train_parameters.steps: must be at least 1, got {tp.steps}')
+    for name, step in tp.freeze_after.items():
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ConfigError(f'train_parameters.freeze_after.{name}: expected a step (an integer '
+                              f'from 0), got {step!r}')
     if tp.warmup_steps < 0:
         raise ConfigError(f'train_parameters.warmup_steps: must not be negative, got {tp.warmup_steps}')
     if not 0 <= tp.momentum < 1:

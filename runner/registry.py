@@ -4,6 +4,7 @@
 every module of the `models` package. Any importable module works too (a file of
 the user's own on the Python path, e.g. `module: my_models`).
 """
+import difflib
 import importlib
 import inspect
 import math
@@ -201,3 +202,20 @@ def load_initial_weights(model, source, skip_mismatch=False):
         raise ConfigError(f'train_parameters.init_weights: {path} does not fit '
                           f"'{model.name}': {_first_line(e)}") from None
     return path
+
+
+def freeze_schedule(model, freeze_after):
+    """train_parameters.freeze_after ({layer name: step}) as [(step, paths of the layer's
+    trainable weights)]; ConfigError for a layer the model does not have."""
+    layers = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+    out = []
+    for name, step in freeze_after.items():
+        if name not in layers:
+            close = difflib.get_close_matches(name, list(layers), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise ConfigError(f"train_parameters.freeze_after: the model has no layer '{name}'{hint}")
+        paths = tuple(v.path for v in layers[name].trainable_weights)
+        if not paths:
+            raise ConfigError(f"train_parameters.freeze_after: layer '{name}' has no trainable weights")
+        out.append((step, paths))
+    return out

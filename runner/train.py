@@ -31,7 +31,7 @@ from runner import distribute
 from runner import restore
 from runner import rundir
 from runner.config import dump_yaml
-from runner.registry import build_model, count_trainable, load_initial_weights
+from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
 from runner.schedule import lookahead_alpha, make_lr_schedule
 
 
@@ -168,7 +168,9 @@ class Trainer:
                                               best_step=self.best_step, **averages)
         # XLA compiles the per-replica computation; the input iterator stays outside it.
         self.replica_step = tf.function(self._replica_step, jit_compile=tp.jit_compile)
-        self.train_step = tf.function(self._train_step)
+        self.step_fn = tf.function(self._train_step)
+        # freeze_after: {layer: step} -> [(step, paths of its trainable weights)]
+        self.freezes = freeze_schedule(self.model, tp.freeze_after)
         self.eval_step = tf.function(self._eval_step)
         self.swap_averages = tf.function(self._swap_averages)
 
@@ -195,8 +197,20 @@ class Trainer:
         return _step_value(self.optimizer.iterations)
 
     # -- one training step ----------------------------------------------------
-    def _replica_step(self, images, labels):
+    def train_step(self, iterator):
+        """One training step. Once a freeze_after step is reached, that layer's weights are
+        left out of the gradient and the update (a second trace of the step function)."""
+        frozen = ()
+        if self.freezes:
+            step = self.step
+            frozen = tuple(sorted(p for at, paths in self.freezes if step >= at for p in paths))
+        return self.step_fn(iterator, frozen)
+
+    def _replica_step(self, images, labels, frozen=()):
         num_classes = self.data.info.num_classes
+        # Frozen weights get no gradient, so the backward pass also skips whatever only
+        # they needed (airbench's frozen whitening bias: the first conv's input gradient).
+        variables = [v for v in self.model.trainable_variables if v.path not in frozen]
         # Persistent when BN offsets are boosted: their decay's gradient is taken apart.
         with tf.GradientTape(persistent=bool(self.lr_boosted)) as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
@@ -206,16 +220,16 @@ class Trainer:
                    if self.model.losses else tf.constant(0.0))
             total = loss + reg
             scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
-        grads = tape.gradient(scaled, self.model.trainable_variables)
+        grads = tape.gradient(scaled, variables)
         if self.lr_boosted:
             # airbench's bias_scaler: the offsets' learning rate is boosted, their weight
             # decay is not. With g = g_loss + g_decay, boost * g_loss + g_decay is
             # boost * g - (boost - 1) * g_decay.
             boost = float(self.exp.train_parameters.bn_bias_lr_multiplier)
-            boosted = [v for v in self.model.trainable_variables if v.path in self.lr_boosted]
+            boosted = [v for v in variables if v.path in self.lr_boosted]
             decay = tape.gradient(self.optimizer.scale_loss(reg) if self.loss_scaling else reg, boosted)
             decay = {v.path: d for v, d in zip(boosted, decay) if d is not None}
-            for i, v in enumerate(self.model.trainable_variables):
+            for i, v in enumerate(variables):
                 if grads[i] is not None and v.path in self.lr_boosted:
                     grads[i] = grads[i] * boost
                     if v.path in decay:
@@ -228,16 +242,16 @@ class Trainer:
         else:
             finite = tf.math.logical_and(tf.math.is_finite(total),
                                          tf.math.is_finite(tf.linalg.global_norm(grads)))
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, variables))
         errors = tf.reduce_sum(tf.cast(tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32),
                                                     tf.cast(labels, tf.int32)), tf.float32))
         n = tf.cast(tf.shape(labels)[0], tf.float32)
         return loss, reg, errors, n, tf.cast(tf.logical_not(finite), tf.float32)
 
-    def _train_step(self, iterator):
+    def _train_step(self, iterator, frozen=()):
         step = tf.cast(self.optimizer.iterations, tf.int64)
         images, labels = next(iterator)
-        out = self.strategy.run(self.replica_step, args=(images, labels))
+        out = self.strategy.run(self.replica_step, args=(images, labels), kwargs={'frozen': frozen})
         loss, reg, errors, n, bad = [self.strategy.reduce('SUM', v, axis=None) for v in out]
         num_replicas = self.strategy.num_replicas_in_sync
         self.sums['loss'].assign_add(loss)

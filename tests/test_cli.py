@@ -177,6 +177,16 @@ def test_resume_refuses_a_changed_config(tmp_path, image_folder, capsys):
     code = cli.main([str(path), '--no-smoke', '--set', 'train_parameters.batch_size=8'])
     err = capsys.readouterr().err
     assert code == 2 and 'train_parameters.batch_size: changed since run' in err and '--restart tiny' in err
+    # A run started by an earlier version of the runner has no record of keys added since:
+    # they count as unchanged when the run has their defaults, which that version used.
+    saved = tmp_path / 'logs' / 'tiny' / 'config.yaml'
+    cfg = yaml.safe_load(saved.read_text())
+    del cfg['train_parameters']['freeze_after'], cfg['train_parameters']['label_smoothing']
+    saved.write_text(yaml.safe_dump(cfg))
+    code = cli.main([str(path), '--no-smoke', '--set', 'train_parameters.label_smoothing=0.1'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'train_parameters.label_smoothing: changed since run' in err
+    assert 'freeze_after' not in err
     # steps may change: the run goes on from its checkpoint
     assert cli.main([str(path), '--no-smoke']) == 0
     assert 'tiny: resuming' in capsys.readouterr().out

@@ -469,6 +469,40 @@ def test_bn_bias_lr_multiplier_leaves_the_offsets_weight_decay_alone(tmp_path):
         np.testing.assert_allclose(deltas[m][path], deltas[1.0][path], rtol=1e-4, atol=1e-7)
 
 
+def test_freeze_after_stops_a_layer_at_its_step_and_nothing_else(tmp_path):
+    """airbench's whitening bias trains for 3 epochs and then not at all: from the step
+    named, its weights stay put (no gradient, momentum or decay), the rest trains on."""
+    data = make_data()
+    trainer = make_trainer(airbench_exp(tmp_path, freeze_after={'stem_whiten': 2}, weight_decay=0.01), data)
+    bias = trainer.model.get_layer('stem_whiten').bias
+    conv = trainer.model.get_layer('block1_conv1').kernel
+    seen = [(np.array(bias), np.array(conv))]
+    for _ in range(4):
+        trainer.train_step(trainer.iterator)
+        seen.append((np.array(bias), np.array(conv)))
+    bias_moved = [not np.array_equal(a[0], b[0]) for a, b in zip(seen, seen[1:])]
+    conv_moved = [not np.array_equal(a[1], b[1]) for a, b in zip(seen, seen[1:])]
+    assert bias_moved == [True, True, False, False]   # steps 1-2 train it, 3-4 do not
+    assert conv_moved == [True] * 4
+
+
+@pytest.mark.parametrize('freeze, message', [
+    ({'stem_whitten': 3}, "train_parameters.freeze_after: the model has no layer 'stem_whitten'; "
+                          "did you mean 'stem_whiten'?"),
+    ({'max_pool': 3}, "train_parameters.freeze_after: layer 'max_pool' has no trainable weights"),
+])
+def test_freeze_after_names_a_layer_with_weights(tmp_path, freeze, message):
+    with pytest.raises(ConfigError) as e:
+        make_trainer(airbench_exp(tmp_path, freeze_after=freeze), make_data())
+    assert str(e.value) == message
+
+
+def test_freeze_after_wants_a_step():
+    with pytest.raises(ConfigError, match=r"train_parameters.freeze_after.stem_whiten: expected a step"):
+        experiment_from_dict({'model': 'cifar_airbench94',
+                              'train_parameters': {'freeze_after': {'stem_whiten': 'epoch 3'}}})
+
+
 # --- models/fast.py -----------------------------------------------------------------------
 
 
