@@ -133,14 +133,30 @@ def main():
                for name, t in times.items() for mult in [contenders[name][1]]}
 
     bare = results.get('bare tf.function loop')
-    print(f'{"":24s} {"img/s":>8s} {"vs bare":>8s}')
+    print(f'{"":24s} {"img/s":>8s} {"vs bare":>8s}   per-round ratio to bare: median (quartiles)')
     for name, seconds in results.items():
         rate = a.steps * a.batch / seconds
         ratio = f'{bare / seconds:8.2f}' if bare else ''
-        print(f'{name:24s} {rate:8.0f} {ratio}')
+        # Each round's ratio to the bare loop's round beside it: background load that
+        # comes and goes hits both, so the spread says what a difference of a few per
+        # cent is worth on this machine.
+        spread = ''
+        if bare and name != 'bare tf.function loop' and contenders[name][1] == 1:
+            paired = paired_ratios(times['bare tf.function loop'], times[name])
+            spread = f'   {paired[1]:.2f} ({paired[0]:.2f}-{paired[2]:.2f}) of {a.rounds}'
+        print(f'{name:24s} {rate:8.0f} {ratio}{spread}')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # One process holds every contender, so this is their peak together, not each one's.
     print(f'peak resident memory of this process (all contenders): {peak:.0f} MiB')
+
+
+def paired_ratios(bare_seconds, seconds):
+    """Lower quartile, median and upper quartile of bare / contender over paired rounds."""
+    ratios = [b / t for b, t in zip(bare_seconds, seconds)]
+    if len(ratios) < 2:
+        return ratios * 3
+    low, median, high = statistics.quantiles(ratios, n=4, method='inclusive')
+    return low, median, high
 
 
 if __name__ == '__main__':

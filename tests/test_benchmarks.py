@@ -13,7 +13,7 @@ from runner import distribute
 def test_train_throughput_runs_every_contender_and_names_the_kernels():
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'benchmarks', 'train_throughput.py'), '--model',
-         'cifar_resnet20', '--batch', '8', '--steps', '2', '--warmup', '1', '--rounds', '1'],
+         'cifar_resnet20', '--batch', '8', '--steps', '4', '--warmup', '1', '--rounds', '2'],
         env=subprocess_env(), capture_output=True, text=True, timeout=300, check=True).stdout
     # on x86 the runner switches TensorFlow's oneDNN kernels on, and every contender gets them
     assert ('oneDNN kernels on' if runner.on_x86() else 'oneDNN kernels ') in out.splitlines()[0], out
@@ -22,6 +22,9 @@ def test_train_throughput_runs_every_contender_and_names_the_kernels():
                           'keras Model.fit'}, out
     assert all(int(r) > 0 for r in rates.values())
     assert re.search(r'^bare tf.function loop\s+\d+\s+1.00$', out, re.M), out
+    # the runner and fit with their round-by-round ratio to the bare loop, and its spread
+    for name in ('runner train_step', 'keras Model.fit'):
+        assert re.search(rf'^{name}\s+\d+\s+\d\.\d\d\s+\d\.\d\d \(\d\.\d\d-\d\.\d\d\) of 2$', out, re.M), out
     assert 'peak resident memory of this process (all contenders):' in out
 
 
@@ -34,3 +37,15 @@ def test_time_to_accuracy_names_the_machine():
     line = time_to_accuracy.machine()
     assert line.startswith(distribute.cpu_description() + ', no GPU in use, oneDNN kernels ')
     assert 'load average' in line
+
+
+def test_paired_ratios_are_the_quartiles_of_round_by_round_ratios():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import train_throughput
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    bare = [1.0, 2.0, 1.0, 1.0, 1.0]
+    runner_seconds = [1.0, 1.0, 2.0, 0.5, 1.25]   # ratios 1, 2, 0.5, 2, 0.8
+    assert train_throughput.paired_ratios(bare, runner_seconds) == (0.8, 1.0, 2.0)
+    assert train_throughput.paired_ratios([1.0], [2.0]) == [0.5, 0.5, 0.5]
