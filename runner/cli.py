@@ -135,17 +135,14 @@ def changed_keys(old, new, prefix=''):
     return out
 
 
-def _lookup(d, dotted):
+_ABSENT = object()
+
+
+def _get(d, dotted):
+    """The value at a dotted key of nested dicts, or _ABSENT."""
     for part in dotted.split('.'):
-        d = d.get(part) if isinstance(d, dict) else None
+        d = d.get(part, _ABSENT) if isinstance(d, dict) else _ABSENT
     return d
-
-
-def _missing(d, dotted):
-    *parents, last = dotted.split('.')
-    for part in parents:
-        d = d.get(part) if isinstance(d, dict) else None
-    return not isinstance(d, dict) or last not in d
 
 
 def check_resumable(exp):
@@ -167,7 +164,7 @@ def check_resumable(exp):
     # now has that key's default, which is what the earlier version did.
     defaults = Experiment(model=exp.model).to_dict()
     diff = [k for k in changed_keys(old, new) if k not in RESUMABLE_CHANGES
-            and not (_missing(old, k) and _lookup(new, k) == _lookup(defaults, k))]
+            and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
     if diff:
         raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
                           f"--restart {exp.run_name} to start it over, or give it a new run_name")

@@ -94,7 +94,8 @@ def piecewise_lr(lr_values, lr_boundaries, warmup_steps=0):
 
 
 def make_lr_schedule(kind, lr_values, lr_boundaries, warmup_steps=0):
-    """The schedule a config names: 'piecewise', 'linear' or 'cosine' (see module doc)."""
+    """The schedule a config names: 'piecewise', 'linear', 'cosine' or 'piecewise_linear'
+    (see module doc)."""
     if kind == 'piecewise':
         return piecewise_lr(lr_values, lr_boundaries, warmup_steps)
     if kind == 'piecewise_linear':

@@ -1,5 +1,6 @@
 """The benchmark scripts still run and say what they measured on: a few steps of each
 contender, not a timing (their figures belong in the README, with the machine)."""
+import importlib
 import os
 import re
 import subprocess
@@ -28,23 +29,24 @@ def test_train_throughput_runs_every_contender_and_names_the_kernels():
     assert 'peak resident memory of this process (all contenders):' in out
 
 
-def test_time_to_accuracy_names_the_machine():
+def benchmark(name):
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     try:
-        import time_to_accuracy
+        return importlib.import_module(name)
     finally:
         sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+
+
+def test_time_to_accuracy_names_the_machine():
+    time_to_accuracy = benchmark('time_to_accuracy')
     line = time_to_accuracy.machine()
     assert line.startswith(distribute.cpu_description() + ', no GPU in use, oneDNN kernels ')
     assert 'load average' in line
 
 
 def test_paired_ratios_are_the_quartiles_of_round_by_round_ratios():
-    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-    try:
-        import train_throughput
-    finally:
-        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    train_throughput = benchmark('train_throughput')
     bare = [1.0, 2.0, 1.0, 1.0, 1.0]
     runner_seconds = [1.0, 1.0, 2.0, 0.5, 1.25]   # ratios 1, 2, 0.5, 2, 0.8
     assert train_throughput.paired_ratios(bare, runner_seconds) == (0.8, 1.0, 2.0)
