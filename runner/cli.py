@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -15,13 +16,16 @@ import time
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 # Keys that may change between the start of a run and its resume without making the
-# checkpoint meaningless: logging, evaluation and how long to train.
+# checkpoint meaningless: logging, evaluation, how long to train, and where the data is
+# (moved data is still the same data; validation checks its labels and classes again).
 RESUMABLE_CHANGES = {'train_parameters.steps', 'train_parameters.log_interval',
                      'train_parameters.val_interval', 'train_parameters.checkpoint_interval',
                      'train_parameters.keep_checkpoints', 'train_parameters.eval_batch_size',
                      'train_parameters.logdir', 'skip_error_test', 'paper.top1_error',
                      'paper.top5_error', 'paper.source', 'dataset.data_dir', 'dataset.download',
-                     'dataset.image_folder', 'train_parameters.init_weights',
+                     'dataset.image_folder', 'dataset.manual_dir', 'dataset.list_root',
+                     'dataset.train_list', 'dataset.test_list', 'dataset.tfrecord_train',
+                     'dataset.tfrecord_test', 'train_parameters.init_weights',
                      'train_parameters.init_skip_mismatch'}
 
 
@@ -87,6 +91,7 @@ class Checked:
     dataset: str
     data_ready: bool
     note: str = ''
+    start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
 
 
 def load_all(files, overrides):
@@ -146,13 +151,17 @@ def _get(d, dotted):
 
 
 def check_resumable(exp):
-    """A run directory started with different settings cannot be resumed from."""
+    """A run directory started with different settings cannot be resumed from. True when
+    it changed but has no checkpoint yet (a run that failed or diverged before its first
+    save): nothing would be lost by starting it over, so it is."""
     import yaml
+    import tensorflow as tf
     from runner import rundir
     from runner.config import ConfigError, Experiment
-    path = os.path.join(exp.train_parameters.logdir, exp.run_name, rundir.CONFIG)
+    run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
+    path = os.path.join(run_dir, rundir.CONFIG)
     if not os.path.exists(path):
-        return
+        return False
     with open(path) as f:
         old = yaml.safe_load(f) or {}
     new = exp.to_dict()
@@ -165,9 +174,12 @@ def check_resumable(exp):
     defaults = Experiment(model=exp.model).to_dict()
     diff = [k for k in changed_keys(old, new) if k not in RESUMABLE_CHANGES
             and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
-    if diff:
-        raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
-                          f"--restart {exp.run_name} to start it over, or give it a new run_name")
+    if not diff:
+        return False
+    if tf.train.latest_checkpoint(os.path.join(run_dir, 'checkpoints')) is None:
+        return True
+    raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
+                      f"--restart {exp.run_name} to start it over, or give it a new run_name")
 
 
 def validate(experiments, restarting=(), need_data=True):
@@ -181,6 +193,7 @@ def validate(experiments, restarting=(), need_data=True):
         try:
             try:
                 info = data_lib.describe(exp.dataset)
+                data_lib.check_sizes(exp.dataset, info, exp.train_parameters.batch_size)
             except data_lib.DataUnavailable as e:
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
@@ -195,13 +208,12 @@ def validate(experiments, restarting=(), need_data=True):
             if need_data and not ready:
                 cfg = exp.dataset
                 raise ConfigError(data_lib._not_prepared_message(cfg, data_lib._tfds_builder(cfg)))
-            if exp.run_name not in restarting:
-                check_resumable(exp)
+            start_over = exp.run_name not in restarting and check_resumable(exp)
         except ConfigError as e:
             raise ConfigError(f'{exp.label}: {e}') from None
         shape = 'x'.join(str(d) for d in info.image_shape)
         checked.append(Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
-                               ready))
+                               ready, start_over=start_over))
     return checked
 
 
@@ -307,6 +319,12 @@ def train_all(checked, fail_fast):
               f'{exp.total_steps} steps) in {run_dir}', flush=True)
         try:
             summary = train.run(exp)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
+            # there is no step to finish: the last checkpoint stands and is resumed from.
+            summary = train.record_failure(
+                exp, KeyboardInterrupt('stopped outside the training steps (loading data or '
+                                       'evaluating); the last checkpoint is kept'), status='interrupted')
         except data_lib.DataUnavailable as e:
             summary = train.record_failure(exp, e)
         except Exception as e:  # one experiment's failure does not stop the others
@@ -318,8 +336,8 @@ def train_all(checked, fail_fast):
         if summary['status'] == 'diverged':
             print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
         if summary['status'] == 'interrupted':
-            print(f'{exp.run_name}: interrupted at step {summary["steps"]}; run the same command '
-                  f'again to resume', flush=True)
+            print(f'{exp.run_name}: interrupted at step {summary.get("steps", 0)}; run the same '
+                  f'command again to resume', flush=True)
             break  # the person asked to stop: do not start the next experiment
         if summary['status'] != 'finished' and fail_fast:
             break
@@ -348,18 +366,39 @@ def print_results(results):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # SIGTERM (a job scheduler's stop) as Ctrl-C: inside the training steps both checkpoint
+    # and stop at the step's end (train.StopRequest), elsewhere both end the command cleanly.
+    try:
+        old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        old_term = None
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print('\ninterrupted', file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _main(args):
     from runner.config import ConfigError, parse_overrides
     try:
         overrides = parse_overrides(args.overrides)
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
         experiments = select(load_all(args.files, overrides), args.only)
-        names = {e.run_name for e in experiments}
+        restarting = set()
         for name in args.restart:
-            if name not in names:
+            # A name also stands for the runs it expanded into, as with --only.
+            runs = {e.run_name for e in experiments
+                    if e.run_name == name or e.run_name.startswith(name + '/')}
+            if not runs:
                 raise ConfigError(f"--restart: no selected experiment is named '{name}'")
+            restarting |= runs
         quiet_tensorflow([] if args.list else experiments)
-        checked = validate(experiments, set(args.restart), need_data=not (args.smoke or args.list))
+        checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_CONFIG
@@ -386,8 +425,11 @@ def main(argv=None):
     from runner import rundir
     for c in checked:
         run_dir = os.path.join(c.exp.train_parameters.logdir, c.exp.run_name)
-        if c.exp.run_name in args.restart and os.path.exists(run_dir):
+        if c.exp.run_name in restarting and os.path.exists(run_dir):
             print(f'{c.exp.run_name}: old run moved to {rundir.move_aside(run_dir)}')
+        elif c.start_over:
+            print(f'{c.exp.run_name}: settings changed before its first checkpoint; starting it '
+                  f'over (old run moved to {rundir.move_aside(run_dir)})')
     results = train_all(checked, args.fail_fast)
     print_results(results)
     return EXIT_OK if all(s.get('status') == 'finished' for s in results) else EXIT_FAILED

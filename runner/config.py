@@ -215,7 +215,8 @@ class TrainConfig:
     jit_compile: bool = _doc('Compile the train step with XLA.', default=False)
     deterministic: bool = _doc(
         'Make every op deterministic (tf.config.experimental.enable_op_determinism): bit-exact '
-        'reruns and resumes on the CPU, somewhat slower.', default=False)
+        'reruns and resumes on the CPU, somewhat slower. For this experiment only: the next one '
+        'in the file runs with its own setting.', default=False)
 
 
 @dataclass
@@ -278,7 +279,27 @@ class Experiment:
 # YAML
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-4 as a float (YAML 1.1 wants 1.0e-4)."""
+    """SafeLoader that also reads 1e-4 as a float (YAML 1.1 wants 1.0e-4) and refuses a key
+    given twice in one mapping, which PyYAML would let the second silently replace (a
+    forgotten `---` between two experiments would merge them into one)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == 'tag:yaml.org,2002:merge':  # `<<:`, overridable by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"'{key}' is given twice in one mapping (first at line "
+                        f"{first.line + 1}); a missing '---' between two experiments?",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -298,7 +319,8 @@ def parse_yaml(text, source='<string>'):
         mark = getattr(e, 'problem_mark', None)
         where = f'{source}:{mark.line + 1}:{mark.column + 1}' if mark else source
         problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
-        raise ConfigError(f'{where}: YAML syntax error: {problem}') from None
+        kind = 'YAML error' if isinstance(e, yaml.constructor.ConstructorError) else 'YAML syntax error'
+        raise ConfigError(f'{where}: {kind}: {problem}') from None
 
 
 def yaml_value(text):
@@ -583,14 +605,20 @@ def expand(data, overrides=()):
     if not isinstance(data, dict):
         return [data]
     data = copy.deepcopy(data)
-    for key, value in overrides:  # --set may change the sweep itself
-        if key.split('.')[0] in ('grid', 'repeats'):
-            set_dotted(data, key, value)
+    # Before expanding: the seeds and names of the runs follow an overridden seed or
+    # run_name, and --set may change the sweep itself.
+    for key, value in overrides:
+        set_dotted(data, key, value)
     grid = data.pop('grid', None) or {}
     repeats = data.pop('repeats', 1)
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError('grid: expected a mapping of dotted keys to non-empty lists of values, '
                           'e.g. {model_parameters.depth: [20, 56]}')
+    swept = [key for key, _ in overrides if key in grid]
+    if swept:
+        raise ConfigError(f"--set {swept[0]}: the grid sweeps this key, so every run would get the "
+                          f"same value under a name that says otherwise; change the grid instead "
+                          f"(--set 'grid={{{swept[0]}: [...]}}')")
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ConfigError(f'repeats: expected a whole number of at least 1, got {_describe(repeats)}')
     if not grid and repeats == 1:
@@ -634,8 +662,7 @@ def load_experiments(path, overrides=()):
             expanded = expand(doc, overrides)
         except ConfigError as e:
             raise ConfigError(f'{path}: experiment {i + 1}: {e}') from None
-        rest = [(k, v) for k, v in overrides if k.split('.')[0] not in ('grid', 'repeats')]
-        experiments += [experiment_from_dict(d, path, i, rest) for d in expanded]
+        experiments += [experiment_from_dict(d, path, i) for d in expanded]
     return experiments
 
 

@@ -69,6 +69,7 @@ class DataInfo:
     class_names: Optional[List[str]] = None
     preprocessing: str = 'cifar'    # cifar | imagenet (resolved, never auto)
     source_shape: Optional[tuple] = None  # (height, width) of the images on disk, None if varying
+    train_examples: Optional[int] = None  # images listed in the training split, None if unknown
 
 
 @dataclasses.dataclass
@@ -500,7 +501,8 @@ def describe(cfg):
         if not shapes:
             raise DataUnavailable(f'dataset.image_folder: no readable image under '
                                   f'{os.path.join(cfg.image_folder, cfg.train_split)}')
-        return _resolve(cfg, f'image folder {cfg.image_folder}', len(classes), classes, shapes)
+        info = _resolve(cfg, f'image folder {cfg.image_folder}', len(classes), classes, shapes)
+        return dataclasses.replace(info, train_examples=len(items))
     if kind in ('list', 'tfrecord'):
         train = listing(cfg, cfg.train_split)
         test = listing(cfg, cfg.test_split)
@@ -517,7 +519,7 @@ def describe(cfg):
         info = _resolve(cfg, desc, num, None, shapes)
         _check_labels(train, info.num_classes, f'{kind}_train' if kind == 'tfrecord' else 'train_list')
         _check_labels(test, info.num_classes, f'{kind}_test' if kind == 'tfrecord' else 'test_list')
-        return info
+        return dataclasses.replace(info, train_examples=len(train))
     b = _tfds_builder(cfg)
     label = b.info.features['label'] if 'label' in b.info.features else None
     image = b.info.features['image'] if 'image' in b.info.features else None
@@ -534,7 +536,42 @@ def describe(cfg):
                                       f"(splits: {', '.join(b.info.splits)})") from None
     shape = tuple(image.shape)
     shapes = [shape[:2]] if None not in shape[:2] else []
-    return _resolve(cfg, f'tfds {cfg.name}', label.num_classes, list(label.names), shapes)
+    info = _resolve(cfg, f'tfds {cfg.name}', label.num_classes, list(label.names), shapes)
+    if b.is_prepared() and b.info.splits:
+        try:
+            info = dataclasses.replace(info, train_examples=int(b.info.splits[cfg.train_split].num_examples))
+        except (KeyError, ValueError, TypeError):  # a split expression TFDS cannot count
+            pass
+    return info
+
+
+def check_sizes(cfg, info, batch_size):
+    """The data-size mistakes that can be caught before step 1 (they would otherwise end
+    the run when its turn comes, perhaps hours into a file of experiments): a batch larger
+    than the training split, a validation fraction that empties a split, reflect padding
+    wider than the image."""
+    if cfg.crop_padding_mode == 'reflect' and cfg.crop_padding >= min(info.image_shape[:2]):
+        raise DataUnavailable(f'dataset.crop_padding: {cfg.crop_padding} pixels of reflect padding '
+                              f'need images larger than that; the model input is '
+                              f'{tuple(info.image_shape[:2])}')
+    n = info.train_examples
+    if n is None:
+        return
+    if cfg.validation_fraction:
+        n -= validation_count(n, cfg.validation_fraction)
+    if n < batch_size:
+        left = ' left after the validation split' if cfg.validation_fraction else ''
+        raise DataUnavailable(f'train_parameters.batch_size: {batch_size} is larger than the {n} '
+                              f'training images{left}')
+
+
+def validation_count(n, fraction):
+    """Images of n held out by validation_fraction; an error if that empties either split."""
+    n_val = int(round(n * fraction))
+    if n_val == 0 or n_val == n:
+        raise DataUnavailable(f'dataset.validation_fraction: {fraction} of {n} training images '
+                              f'leaves an empty split')
+    return n_val
 
 
 def prep_for(cfg, info):
@@ -752,10 +789,7 @@ def hold_out(train, fraction):
     listed = getattr(train, 'listed', None)
     ids = getattr(train, 'ids', None)
     n = size(train) if listed is None or ids is None else listed
-    n_val = int(round(n * fraction))
-    if n_val == 0 or n_val == n:
-        raise DataUnavailable(f'dataset.validation_fraction: {fraction} of {n} training images '
-                              f'leaves an empty split')
+    n_val = validation_count(n, fraction)
     order = np.random.default_rng(VALIDATION_SEED).permutation(n)
     keep, val = np.sort(order[:-n_val]), np.sort(order[-n_val:])
     if isinstance(train, Stream):

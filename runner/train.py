@@ -253,9 +253,14 @@ class Trainer:
         images, labels = next(iterator)
         out = self.strategy.run(self.replica_step, args=(images, labels), kwargs={'frozen': frozen})
         loss, reg, errors, n, bad = [self.strategy.reduce('SUM', v, axis=None) for v in out]
-        num_replicas = self.strategy.num_replicas_in_sync
+        if self.loss_scaling:
+            # Keras 3's LossScaleOptimizer does not count a step it skips for overflowing
+            # float16 gradients (Keras 2 did). The step still took a batch, and the data
+            # position of a resume, the logging and Lookahead go by the count, so count it.
+            iterations = self.optimizer.iterations
+            iterations.assign_add(tf.cast(tf.equal(tf.cast(iterations, tf.int64), step), iterations.dtype))
         self.sums['loss'].assign_add(loss)
-        self.sums['reg_loss'].assign_add(reg / num_replicas)  # each replica adds 1/n of it
+        self.sums['reg_loss'].assign_add(reg)  # each replica's is 1/n of it (scale_regularization_loss)
         self.sums['errors'].assign_add(errors)
         self.sums['examples'].assign_add(n)
         self.sums['steps'].assign_add(1.0)
@@ -499,6 +504,14 @@ def choose_precision(exp, info, strategy, previous_precision=None):
                     f"images/s on this CPU (batch {batch}); bfloat16 needs {distribute.BF16_MARGIN}x")
 
 
+def _disable_op_determinism():
+    """The inverse of tf.config.experimental.enable_op_determinism, which TensorFlow's public
+    API lacks; its internal module has had it since the switch was added (TF 2.9)."""
+    from tensorflow.python.framework import config as tf_config
+    if getattr(tf_config, 'is_op_determinism_enabled', lambda: False)():
+        tf_config.disable_op_determinism()
+
+
 def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
     try:
@@ -517,8 +530,12 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     run_dir = chief_dir if chief else worker_dir(exp)
     quiet = quiet or not chief
     previous = rundir.read_summary(chief_dir) or {}
+    # Per run, both ways: it is a process-wide switch, and the previous experiment's
+    # `deterministic: true` must not carry over into this one.
     if tp.deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:
+        _disable_op_determinism()
     data = data or data_lib.load(exp.dataset)
     resuming = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints')) is not None
     policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
@@ -785,8 +802,8 @@ def worker_dir(exp):
     return os.path.join(exp.train_parameters.logdir, '.workers', exp.run_name, distribute.task_id())
 
 
-def record_failure(exp, error):
-    """Mark a run `failed` with the error, keeping the traceback in error.log. A worker of a
+def record_failure(exp, error, status='failed'):
+    """Mark a run `failed` (or `status`) with the error, keeping the traceback in error.log. A worker of a
     multi-worker run other than the chief writes to its own scratch directory, as it does
     while training: the chief's run directory is the chief's to write."""
     tp = exp.train_parameters
@@ -797,7 +814,7 @@ def record_failure(exp, error):
     with open(os.path.join(run_dir, 'error.log'), 'w') as f:
         f.write(''.join(traceback.format_exception(error)))
     summary = rundir.read_summary(run_dir) or {'run_name': exp.run_name, 'model': exp.model}
-    summary['status'] = 'failed'
+    summary['status'] = status
     summary['error'] = f'{type(error).__name__}: {error_message(error)}'
     rundir.write_summary(run_dir, summary)
     return summary

@@ -192,6 +192,82 @@ def test_resume_refuses_a_changed_config(tmp_path, image_folder, capsys):
     assert 'tiny: resuming' in capsys.readouterr().out
 
 
+def test_changed_settings_start_over_a_run_without_a_checkpoint(tmp_path, image_folder, capsys):
+    # A run that failed or diverged before its first checkpoint has nothing to resume: a
+    # changed setting starts it over, the old directory moved aside, not deleted.
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs'))
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=2']) == 0
+    run_dir = tmp_path / 'logs' / 'tiny'
+    for p in (run_dir / 'checkpoints').iterdir():
+        p.unlink()
+    capsys.readouterr()
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=2',
+                     '--set', 'train_parameters.batch_size=8']) == 0
+    out = capsys.readouterr().out
+    assert 'tiny: settings changed before its first checkpoint; starting it over' in out
+    assert yaml.safe_load((run_dir / 'config.yaml').read_text())['train_parameters']['batch_size'] == 8
+    old, = glob.glob(str(tmp_path / 'logs' / 'tiny.restarted-*'))
+    assert yaml.safe_load(open(os.path.join(old, 'config.yaml')))['train_parameters']['batch_size'] == 16
+
+
+@pytest.mark.parametrize('key, old_value', [('dataset.tfrecord_train', '/old/train-*'),
+                                            ('dataset.list_root', '/old/root'),
+                                            ('dataset.image_folder', '/old/images')])
+def test_moved_data_does_not_block_a_resume(tmp_path, image_folder, key, old_value):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs'))
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=2']) == 0
+    saved = tmp_path / 'logs' / 'tiny' / 'config.yaml'
+    cfg = yaml.safe_load(saved.read_text())
+    section, name = key.split('.')
+    cfg[section][name] = old_value
+    saved.write_text(yaml.safe_dump(cfg))
+    exp, = cli.load_all([str(path)], [])
+    assert cli.check_resumable(exp) is False
+    cfg['train_parameters']['batch_size'] = 8  # while a real change is still refused
+    saved.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(Exception, match='train_parameters.batch_size: changed since'):
+        cli.check_resumable(exp)
+
+
+def test_restart_takes_the_name_of_a_repeats_group(tmp_path, image_folder, capsys):
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs') + 'repeats: 2\n')
+    args = [str(path), '--no-smoke', '--set', 'train_parameters.steps=2']
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert cli.main(args + ['--restart', 'tiny']) == 0
+    out = capsys.readouterr().out
+    assert 'tiny/seed0: old run moved to' in out and 'tiny/seed1: old run moved to' in out
+    assert len(glob.glob(str(tmp_path / 'logs' / 'tiny' / 'seed*.restarted-*'))) == 2
+
+
+@pytest.mark.parametrize('signum', ['SIGINT', 'SIGTERM'])
+def test_a_stop_outside_the_steps_marks_the_run_interrupted(tmp_path, image_folder, capsys, monkeypatch, signum):
+    # Ctrl-C or a scheduler's SIGTERM while the data loads: no traceback, the run recorded
+    # as interrupted, exit status 1, and the next experiment not started.
+    import signal
+    from runner import data as data_lib
+
+    def load_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, signum))
+        raise AssertionError('the signal should have stopped the load')
+
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs') + '---\n' + tiny(image_folder, tmp_path / 'logs', 'second'))
+    monkeypatch.setattr(data_lib, 'load', load_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    code = cli.main([str(path), '--no-smoke'])
+    out, err = capsys.readouterr()
+    assert code == 1 and 'Traceback' not in out + err
+    assert 'tiny: interrupted at step 0; run the same command again to resume' in out
+    s = json.loads((tmp_path / 'logs' / 'tiny' / 'summary.json').read_text())
+    assert s['status'] == 'interrupted' and 'stopped outside the training steps' in s['error']
+    assert not (tmp_path / 'logs' / 'second').exists()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def shipped_yaml_files():
     return [os.path.join(ROOT, 'experiments.yaml')] + sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.yaml')))
 

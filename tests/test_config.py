@@ -149,6 +149,61 @@ def test_yaml_syntax_error_names_the_line(capsys, tmp_path):
     assert err.startswith(f'error: {path}:4:') and 'YAML syntax error' in err, err
 
 
+@pytest.mark.parametrize('text, key, first_line', [
+    # a forgotten '---': the second experiment's keys would silently replace the first's
+    (GOOD + 'model: tiny_cnn\ntrain_parameters: {run_name: other}\n', 'model', 3),
+    ('model: tiny_cnn\ntrain_parameters:\n  batch_size: 8\n  batch_size: 16\n', 'batch_size', 3),
+])
+def test_a_key_given_twice_is_refused(capsys, tmp_path, text, key, first_line):
+    path, logdir = write(tmp_path, text)
+    code, out, err = run_cli(capsys, path)
+    assert code == 2 and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f'error: {path}:') and f"'{key}' is given twice" in err, err
+    assert f'first at line {first_line}' in err and not logdir.exists()
+
+
+def test_yaml_merge_keys_still_override(tmp_path, image_folder):
+    # A mapping merged with `<<` and then overridden is not a key given twice.
+    path, _ = write(tmp_path, GOOD.replace('  run_name: good\n', '  <<: {run_name: a, batch_size: 8}\n'
+                                           '  run_name: b\n'), image_folder)
+    exp, = load_experiments(path)
+    assert (exp.run_name, exp.train_parameters.batch_size) == ('b', 8)
+
+
+def test_set_applies_before_repeats_and_grid_expand(tmp_path, image_folder):
+    path, _ = write(tmp_path, GOOD + 'repeats: 2\n', image_folder)
+    exps = load_experiments(path, parse_overrides(['train_parameters.seed=10',
+                                                   'train_parameters.run_name=other',
+                                                   'train_parameters.weight_decay=0.001']))
+    assert [e.run_name for e in exps] == ['other/seed0', 'other/seed1']
+    assert [e.train_parameters.seed for e in exps] == [10, 11]
+    assert [e.train_parameters.weight_decay for e in exps] == [0.001, 0.001]
+    path, _ = write(tmp_path, GOOD + 'grid: {train_parameters.batch_size: [8, 16]}\n', image_folder)
+    assert [e.train_parameters.batch_size for e in load_experiments(path)] == [8, 16]
+    with pytest.raises(ConfigError, match=r'--set train_parameters.batch_size: the grid sweeps this key'):
+        load_experiments(path, parse_overrides(['train_parameters.batch_size=32']))
+    # ... and the grid itself may be overridden
+    exps = load_experiments(path, parse_overrides(['grid={train_parameters.batch_size: [32]}']))
+    assert [(e.run_name, e.train_parameters.batch_size) for e in exps] == [('good_batch_size-32', 32)]
+
+
+@pytest.mark.parametrize('extra, needles', [
+    ('  batch_size: 512\n', ['train_parameters.batch_size: 512 is larger than the 160 training images']),
+    ('  batch_size: 128\ndataset: {image_folder: IMAGES, validation_fraction: 0.5}\n',
+     ['train_parameters.batch_size: 128 is larger than the 80 training images left after the validation split']),
+    ('dataset: {image_folder: IMAGES, validation_fraction: 0.001}\n',
+     ['dataset.validation_fraction: 0.001 of 160 training images leaves an empty split']),
+    ('dataset: {image_folder: IMAGES, crop_padding: 32, crop_padding_mode: reflect}\n',
+     ['dataset.crop_padding: 32 pixels of reflect padding need images larger than that']),
+])
+def test_data_size_mistakes_are_caught_before_the_first_step(capsys, tmp_path, image_folder, extra, needles):
+    # The smoke run, on at most 8-image batches of 32 images, would not see these.
+    text = GOOD.replace('dataset: {image_folder: IMAGES}\n', '') + extra
+    if 'dataset:' not in extra:
+        text += 'dataset: {image_folder: IMAGES}\n'
+    assert_config_error(capsys, tmp_path, text, *needles, image_folder=image_folder)
+
+
 def test_error_in_a_later_experiment_stops_everything(capsys, tmp_path, image_folder):
     second = GOOD.replace('run_name: good', 'run_name: second\n  momentum: 2.0')
     line = assert_config_error(capsys, tmp_path, GOOD + '---\n' + second, 'experiment 2 (second)',

@@ -42,26 +42,29 @@ def run(args, env=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def train_losses(run_dir):
-    return [r['loss'] for r in rundir.read_metrics(run_dir) if r['kind'] == 'train']
+def train_losses(run_dir, key='loss'):
+    return [r[key] for r in rundir.read_metrics(run_dir) if r['kind'] == 'train']
 
 
 @pytest.mark.slow
 def test_mirrored_over_two_cpu_devices_matches_one_device(tmp_path, image_folder):
-    # no_decay_cnn has no batch norm, whose statistics are per replica: the summed
-    # gradient of two half-batches must then equal the gradient of the whole batch.
-    losses = {}
+    # decayed_linear has no batch norm, whose statistics are per replica: the summed
+    # gradient of two half-batches must then equal the gradient of the whole batch, and
+    # the weight-decay term, which each replica carries 1/2 of, must add up to the same.
+    losses, reg_losses = {}, {}
     for distribution in ('none', 'mirrored'):
         path = tmp_path / f'{distribution}.yaml'
-        path.write_text(EXPERIMENT.format(model='no_decay_cnn', images=image_folder,
+        path.write_text(EXPERIMENT.format(model='decayed_linear', images=image_folder,
                                           logdir=tmp_path / distribution, distribution=distribution))
         p = run(['-c', TWO_CPUS, str(path), '--no-smoke'])
         assert p.returncode == 0, p.stdout + p.stderr
         s = json.loads((tmp_path / distribution / 'dist' / 'summary.json').read_text())
         assert s['replicas'] == (2 if distribution == 'mirrored' else 1) and s['status'] == 'finished'
         losses[distribution] = train_losses(str(tmp_path / distribution / 'dist'))
-    assert len(losses['none']) == 6
+        reg_losses[distribution] = train_losses(str(tmp_path / distribution / 'dist'), 'reg_loss')
+    assert len(losses['none']) == 6 and min(reg_losses['none']) > 0
     assert losses['mirrored'] == pytest.approx(losses['none'], rel=1e-4)
+    assert reg_losses['mirrored'] == pytest.approx(reg_losses['none'], rel=1e-4)
 
 
 def free_ports(n):

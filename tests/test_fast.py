@@ -636,3 +636,14 @@ train_parameters:
     assert 'the final evaluation and final.weights.h5 use the averaged weights' in p.stdout
     assert 'adapted stem_whiten to 20 training images' in p.stdout
     assert s['eval_tta'] == 'flip_translate' and 0 <= s['test_top1_accuracy'] <= 1
+
+
+def test_deterministic_is_one_experiments_setting(tmp_path):
+    # Op determinism is a process-wide switch: an experiment without `deterministic: true`
+    # that runs after one with it must not inherit it.
+    from tensorflow.python.framework import config as tf_config
+    data = make_data()
+    run(make_exp(tmp_path / 'a', deterministic=True, lr_boundaries=[1]), data)
+    assert tf_config.is_op_determinism_enabled()
+    run(make_exp(tmp_path / 'b', lr_boundaries=[1]), data)
+    assert not tf_config.is_op_determinism_enabled()

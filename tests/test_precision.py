@@ -99,3 +99,33 @@ def test_a_fastest_run_trains_as_the_precision_it_chose_and_keeps_it(tmp_path, m
     assert resumed['steps'] == 6 and resumed['precision'] == chosen
     assert resumed['precision_fastest'] == 'chosen when the run started'
     assert json.loads((tmp_path / 'fastest' / 'run' / 'summary.json').read_text())['precision'] == chosen
+
+
+def test_a_step_skipped_by_loss_scaling_still_counts(tmp_path):
+    # Keras 3's LossScaleOptimizer leaves `iterations` alone when it skips a step whose
+    # float16 gradients overflowed; the batch was still taken, so the runner counts it
+    # (else a resume would replay batches and an evaluation could run twice at one step).
+    import keras
+    import tensorflow as tf
+    from test_fast import values
+    exp, data = make_exp(tmp_path, precision='mixed_float16'), make_data()
+    keras.backend.clear_session()  # (which resets the dtype policy, so before setting it)
+    distribute.set_policy('mixed_float16')
+    try:
+        trainer = train.Trainer(exp, data, tf.distribute.get_strategy(), 'mixed_float16')
+        trainer.start_input()
+        trainer.train_step(trainer.iterator)
+        assert trainer.step == 1
+        trainer.optimizer.dynamic_scale.assign(3e38)  # the scaled loss overflows
+        before = values(trainer.model.trainable_variables)
+        trainer.train_step(trainer.iterator)
+        assert trainer.step == 2
+        assert float(trainer.optimizer.dynamic_scale.numpy()) == pytest.approx(1.5e38)  # skipped...
+        for a, b in zip(before, values(trainer.model.trainable_variables)):
+            np.testing.assert_array_equal(a, b)  # ...so nothing moved
+        trainer.optimizer.dynamic_scale.assign(1024.0)
+        trainer.train_step(trainer.iterator)  # a finite step after it counts once
+        assert trainer.step == 3
+        assert any(not np.array_equal(a, b) for a, b in zip(before, values(trainer.model.trainable_variables)))
+    finally:
+        distribute.set_policy('float32')

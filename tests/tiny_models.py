@@ -25,6 +25,15 @@ def no_decay_cnn(input_shape=(32, 32, 3), num_classes=10):
     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
+def decayed_linear(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-2):
+    """Weight decay and no batch norm (whose statistics are per replica): a model that
+    trains identically over one device or two."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    reg = keras.regularizers.L2(weight_decay / 2)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, kernel_regularizer=reg)(x))
+
+
 def broken_cnn(input_shape=(32, 32, 3), num_classes=10):
     """Raises inside the model function, like a bug in a user's model."""
     raise ZeroDivisionError('a bug in the model')
