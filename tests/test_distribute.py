@@ -124,3 +124,33 @@ def test_only_the_chief_records_a_failure_in_the_run_directory(tmp_path, monkeyp
     assert chief_log.exists() == writes_chief_dir
     assert worker_log.exists() == (not writes_chief_dir)
     assert 'out of memory' in (chief_log if writes_chief_dir else worker_log).read_text()
+
+
+# A step that float16 loss scaling skips, under MirroredStrategy: the step counter is a
+# mirrored variable, counted in the cross-replica part of the step.
+SKIPPED_STEP = TWO_CPUS.split('from runner.cli')[0] + """
+sys.path.insert(0, 'tests')
+import keras
+from runner import distribute, train
+from test_fast import make_data, make_exp
+exp = make_exp(sys.argv[1], precision='mixed_float16', distribution='mirrored')
+keras.backend.clear_session()
+distribute.set_policy('mixed_float16')
+strategy = train.strategy_for('mirrored')
+trainer = train.Trainer(exp, make_data(), strategy, 'mixed_float16')
+trainer.start_input()
+steps = []
+for scale in (1024.0, 3e38, 1024.0):  # the middle one overflows: that step is skipped
+    trainer.optimizer.dynamic_scale.assign(scale)
+    trainer.train_step(trainer.iterator)
+    steps.append(trainer.step)
+print('replicas', strategy.num_replicas_in_sync, 'steps', *steps,
+      'scale', float(trainer.optimizer.dynamic_scale.numpy()))
+"""
+
+
+@pytest.mark.slow
+def test_a_skipped_float16_step_counts_under_mirrored(tmp_path):
+    p = run(['-c', SKIPPED_STEP, str(tmp_path)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert 'replicas 2 steps 1 2 3 scale 1024.0' in p.stdout, p.stdout + p.stderr[-2000:]
