@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -122,8 +123,10 @@ def check_writable(logdir, need_bytes):
     """One clear line if the log directory cannot take a run; None if it can."""
     try:
         os.makedirs(logdir, exist_ok=True)
-        probe = os.path.join(logdir, '.write-test')
-        with open(probe, 'w') as f:
+        # A probe of its own: the workers of a multi-worker run check the same directory at
+        # once, and one would remove a shared probe file under another.
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=logdir)
+        with os.fdopen(fd, 'w') as f:
             f.write('ok')
         os.remove(probe)
     except OSError as e:

@@ -641,6 +641,27 @@ def test_unwritable_logdir_fails_before_training(images, tmp_path):
     assert not os.path.exists(tmp_path / 'unused')
 
 
+def test_workers_check_one_logdir_at_once(tmp_path):
+    """The workers of a multi-worker run check the shared log directory at the same moment;
+    a probe file shared between them was removed by one under another (a flaky failure of
+    the two-worker test). Four threads, 300 checks each, none may fail."""
+    from runner import rundir
+    problems = []
+
+    def check():
+        for _ in range(300):
+            problem = rundir.check_writable(str(tmp_path), 0)
+            if problem:
+                problems.append(problem)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == [] and os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------
 # 7. --restart
 
