@@ -570,7 +570,7 @@ def parse_overrides(items):
     return out
 
 
-def experiment_from_dict(data, source='<string>', index=0, overrides=()):
+def experiment_from_dict(data, source='<string>', index=0):
     """Validate one raw document into an Experiment; errors name source, position and key."""
     name = None
     if isinstance(data, dict):
@@ -582,8 +582,6 @@ def experiment_from_dict(data, source='<string>', index=0, overrides=()):
         raise ConfigError(f'{label}: expected a mapping of keys, got {_describe(data)}')
     data = copy.deepcopy(data)
     try:
-        for key, value in overrides:
-            set_dotted(data, key, value)
         exp = _build(Experiment, data)
         exp.source, exp.index = source, index
         _check_values(exp)

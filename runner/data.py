@@ -550,10 +550,9 @@ def check_sizes(cfg, info, batch_size):
     the run when its turn comes, perhaps hours into a file of experiments): a batch larger
     than the training split, a validation fraction that empties a split, reflect padding
     wider than the image."""
-    if cfg.crop_padding_mode == 'reflect' and cfg.crop_padding >= min(info.image_shape[:2]):
-        raise DataUnavailable(f'dataset.crop_padding: {cfg.crop_padding} pixels of reflect padding '
-                              f'need images larger than that; the model input is '
-                              f'{tuple(info.image_shape[:2])}')
+    problem = reflect_padding_problem(cfg.crop_padding, cfg.crop_padding_mode, info.image_shape)
+    if problem:
+        raise DataUnavailable(problem)
     n = info.train_examples
     if n is None:
         return
@@ -563,6 +562,14 @@ def check_sizes(cfg, info, batch_size):
         left = ' left after the validation split' if cfg.validation_fraction else ''
         raise DataUnavailable(f'train_parameters.batch_size: {batch_size} is larger than the {n} '
                               f'training images{left}')
+
+
+def reflect_padding_problem(crop_padding, mode, image_shape):
+    """Reflect padding mirrors the image's own pixels, so it must be narrower than the image."""
+    if mode == 'reflect' and crop_padding >= min(image_shape[:2]):
+        return (f'dataset.crop_padding: {crop_padding} pixels of reflect padding need images '
+                f'larger than that; the model input is {tuple(image_shape[:2])}')
+    return None
 
 
 def validation_count(n, fraction):
@@ -1235,9 +1242,9 @@ def train_input(data, cfg, batch_size, seed, start_batch=0):
     prep = dataclasses.replace(data.prep or prep_for(cfg, data.info), flip=cfg.flip,
                                crop_padding=cfg.crop_padding, alternate_flips=cfg.alternate_flips,
                                crop_padding_mode=cfg.crop_padding_mode)
-    if prep.crop_padding_mode == 'reflect' and prep.crop_padding >= min(data.info.image_shape[:2]):
-        raise ConfigError(f'dataset.crop_padding: {prep.crop_padding} pixels of reflect padding need '
-                          f'images larger than that; the model input is {data.info.image_shape[:2]}')
+    problem = reflect_padding_problem(prep.crop_padding, prep.crop_padding_mode, data.info.image_shape)
+    if problem:
+        raise ConfigError(problem)
     return train_dataset(data.train, batch_size, seed, data.mean, data.std, prep.flip,
                          prep.crop_padding, start_batch=start_batch, prep=prep)
 
