@@ -20,6 +20,9 @@ Choices the paper leaves open:
 - Convolutions have no bias (a BN follows each one's output in the next layer).
 - ``dropout`` (0.2 in the paper, only for runs without data augmentation)
   follows every conv except the stem, as in the paper; it defaults to 0.
+- Weight decay on every trainable weight, BN's and the classifier bias too
+  (``decay_all``, on by default), as the released Torch code's trainer does
+  (``optim.sgd`` over ``model:getParameters()``).
 """
 
 from keras import Input, layers
@@ -28,7 +31,8 @@ from . import layers as L
 
 
 def densenet(depth, growth_rate, bottleneck=False, compression=1.0, dropout=0.0,
-             input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, name=None):
+             input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, name=None,
+             decay_all=True):
     """DenseNet of ``depth``, ``growth_rate``; ``bottleneck`` and ``compression`` < 1 make it BC."""
     name = name or "densenet"
     per_block = 6 if bottleneck else 3
@@ -70,28 +74,33 @@ def densenet(depth, growth_rate, bottleneck=False, compression=1.0, dropout=0.0,
             x = bn_relu_conv(x, int(compression * x.shape[-1]), 1, label)
             x = layers.AveragePooling2D(2, name=f"{label}_pool")(x)
     x = L.bn_relu(x, name="final")
-    return L.build_model(inputs, L.classifier(x, num_classes, weight_decay=weight_decay), name)
+    model = L.build_model(inputs, L.classifier(x, num_classes, weight_decay=weight_decay), name)
+    return L.decay_every_weight(model, weight_decay) if decay_all else model
 
 
-def densenet40_k12(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0):
+def densenet40_k12(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
+                   decay_all=True):
     """DenseNet (L=40, k=12), 1.0M."""
     return densenet(40, 12, False, 1.0, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet40_k12")
+                    name="densenet40_k12", decay_all=decay_all)
 
 
-def densenet_bc100_k12(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0):
+def densenet_bc100_k12(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
+                       decay_all=True):
     """DenseNet-BC (L=100, k=12), 0.8M."""
     return densenet(100, 12, True, 0.5, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet_bc100_k12")
+                    name="densenet_bc100_k12", decay_all=decay_all)
 
 
-def densenet_bc250_k24(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0):
+def densenet_bc250_k24(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
+                       decay_all=True):
     """DenseNet-BC (L=250, k=24), 15.3M."""
     return densenet(250, 24, True, 0.5, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet_bc250_k24")
+                    name="densenet_bc250_k24", decay_all=decay_all)
 
 
-def densenet_bc190_k40(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0):
+def densenet_bc190_k40(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
+                       decay_all=True):
     """DenseNet-BC (L=190, k=40), 25.6M."""
     return densenet(190, 40, True, 0.5, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet_bc190_k40")
+                    name="densenet_bc190_k40", decay_all=decay_all)

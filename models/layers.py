@@ -4,9 +4,12 @@ Weight decay: every model takes ``weight_decay``, the SGD weight-decay
 coefficient as the papers state it (Torch's ``weightDecay``, Caffe's
 ``weight_decay``), which adds ``weight_decay * w`` to the gradient of each
 conv and dense kernel.  Keras' ``L2(l)`` adds ``l * sum(w**2)`` to the loss,
-whose gradient is ``2 * l * w``, so :func:`l2` applies ``L2(weight_decay / 2)``
-and only to conv and dense kernels (not to biases or batch-norm parameters,
-matching the papers' training recipes).  ``weight_decay=0`` adds no loss.
+whose gradient is ``2 * l * w``, so :func:`l2` applies ``L2(weight_decay / 2)``,
+by default only to conv and dense kernels (not to biases or batch-norm
+parameters, as Caffe-style and Keras/TF reference recipes do).  The Torch codes
+built on fb.resnet.torch (WRN, DenseNet, ResNeXt) hand every parameter to
+``optim.sgd``'s ``weightDecay``, BN's and biases too: their families take
+``decay_all`` (:func:`decay_every_weight`).  ``weight_decay=0`` adds no loss.
 
 Squeeze-and-excitation: Hu, Shen, Albanie, Sun, Wu, "Squeeze-and-Excitation
 Networks", 2017, arXiv:1709.01507.
@@ -26,6 +29,26 @@ def l2(weight_decay):
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     return keras.regularizers.L2(weight_decay / 2)
+
+
+def decay_every_weight(model, weight_decay):
+    """Put the weight decay on every trainable weight of ``model`` that has none yet (BN
+    scales and offsets, biases), as Torch's ``optim.sgd`` over ``getParameters()`` does.
+
+    Set on each variable (what Keras 3 collects into ``model.losses``) and on the layer's
+    regulariser attribute (what its config saves), so a saved model keeps it.
+    """
+    reg = l2(weight_decay)
+    if reg is None:
+        return model
+    attrs = {"gamma": "gamma_regularizer", "beta": "beta_regularizer", "bias": "bias_regularizer"}
+    for layer in model._flatten_layers(include_self=False):
+        for attr, reg_attr in attrs.items():
+            variable = getattr(layer, attr, None)
+            if isinstance(variable, keras.Variable) and variable.trainable and variable.regularizer is None:
+                variable.regularizer = reg
+                setattr(layer, reg_attr, reg)
+    return model
 
 
 def conv_initializer():

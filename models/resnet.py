@@ -37,7 +37,8 @@ Choices the papers leave open:
   identity; option B projects with a 1x1 conv only where the shape changes.
 - Where a projection meets a pre-activation unit it reads the unit's BN-ReLU
   output and has no BN, as in resnet-1k-layers and Zagoruyko's WRN code; the
-  identity and zero-padding shortcuts read the raw input.
+  identity and zero-padding shortcuts read the raw input, except in the first
+  unit after the stem, which splits after its BN-ReLU (He et al. 2016, 4.1).
 - Which conv of a downsampling bottleneck carries the stride follows each
   family's released code: the first 1x1 for ResNet-164/1001 (resnet-1k-layers),
   ResNet-50 v1 and SE-ResNet-50 (the released Caffe models); the 3x3 for
@@ -50,6 +51,10 @@ Choices the papers leave open:
 - ResNeXt-29 follows facebookresearch/ResNeXt's CIFAR model: 64-filter 3x3
   stem, stage outputs 256/512/1024, grouped width cardinality x base_width x
   2^stage, projection shortcuts only where the shape changes, weight decay 5e-4.
+- Weight decay: WRN and ResNeXt decay every trainable weight by default
+  (``decay_all``), BN's and the classifier bias too, as their authors' Torch
+  trainers do (``optim.sgd`` over ``model:getParameters()``); the He et al. and
+  SE networks, trained in Caffe, decay conv and dense kernels only.
 - SE-ResNet-50's gate (two biased dense layers, reduction 16) rescales the
   residual branch before the addition (Hu et al., Fig. 3), adding 2.53M to
   ResNet-50's 25.56M.
@@ -73,8 +78,13 @@ _SHORTCUT_TYPES = ("A", "B")
 
 
 def _residual_block(x, convs, *, preact, shortcut_type, dropout, se_reduction, weight_decay,
-                    residual_bias, name):
-    """Apply one residual unit whose branch is ``convs`` of (kernel, filters, strides, groups)."""
+                    residual_bias, first_unit, name):
+    """Apply one residual unit whose branch is ``convs`` of (kernel, filters, strides, groups).
+
+    In a pre-activation net the first unit after the stem splits after its BN-ReLU, so its
+    shortcut, identity or not, reads the activated stem (He et al. 2016, section 4.1: "we
+    adopt the first activation right after conv1 and before splitting into two paths").
+    """
     width = convs[-1][1]
     strides = 1
     r, pre = x, None
@@ -96,7 +106,8 @@ def _residual_block(x, convs, *, preact, shortcut_type, dropout, se_reduction, w
     if se_reduction:
         r = L.squeeze_excite(r, reduction=se_reduction, weight_decay=weight_decay,
                              name=f"{name}_se")
-    sc = L.shortcut(x, width, strides, shortcut_type, preactivated=pre, use_bias=residual_bias,
+    sc = L.shortcut(pre if preact and first_unit else x, width, strides, shortcut_type,
+                    preactivated=pre, use_bias=residual_bias,
                     weight_decay=weight_decay, name=f"{name}_shortcut")
     x = layers.Add(name=f"{name}_add")([r, sc])
     return x if preact else layers.ReLU(name=f"{name}_out")(x)
@@ -104,7 +115,7 @@ def _residual_block(x, convs, *, preact, shortcut_type, dropout, se_reduction, w
 
 def _resnet(name, input_shape, num_classes, weight_decay, *, stages, stem, stem_width, preact,
             shortcut_type, bottleneck, groups=1, stride_in_3x3=True, dropout=0.0,
-            se_reduction=0, residual_bias=False):
+            se_reduction=0, residual_bias=False, decay_all=False):
     """Build a ResNet from ``stages``, a list of (blocks, output width, inner width, stride).
 
     ``stem`` is 'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv, 3x3/2 max-pool).
@@ -112,6 +123,7 @@ def _resnet(name, input_shape, num_classes, weight_decay, *, stages, stem, stem_
     1x1 (inner), 3x3 (inner, ``groups``), 1x1 (output width).  With
     ``residual_bias`` the convs that write into the residual stream (stem,
     each unit's last conv, projections) of a pre-activation net get a bias.
+    ``decay_all`` puts the weight decay on BN's weights and biases too (Torch codes).
     """
     input_shape = L.check_args(name, input_shape, num_classes)
     L.check_choice(name, "shortcut_type", shortcut_type, _SHORTCUT_TYPES)
@@ -136,10 +148,11 @@ def _resnet(name, input_shape, num_classes, weight_decay, *, stages, stem, stem_
             x = _residual_block(x, convs, preact=preact, shortcut_type=shortcut_type,
                                 dropout=dropout, se_reduction=se_reduction,
                                 weight_decay=weight_decay, residual_bias=residual_bias,
-                                name=f"stage{s}_block{b}")
+                                first_unit=s == 1 and b == 1, name=f"stage{s}_block{b}")
     if preact:
         x = L.bn_relu(x, name="final")
-    return L.build_model(inputs, L.classifier(x, num_classes, weight_decay=weight_decay), name)
+    model = L.build_model(inputs, L.classifier(x, num_classes, weight_decay=weight_decay), name)
+    return L.decay_every_weight(model, weight_decay) if decay_all else model
 
 
 def _blocks_per_stage(name, depth, layers_per_block, extra, rule):
@@ -219,7 +232,7 @@ def cifar_resnet1001(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
 
 
 def cifar_wide_resnet(depth, width, dropout=0.0, input_shape=(32, 32, 3), num_classes=10,
-                      weight_decay=5e-4, name=None):
+                      weight_decay=5e-4, name=None, decay_all=True):
     """Wide ResNet WRN-depth-width: pre-activation basic units 16k/32k/64k wide, depth 6n+4."""
     name = name or "cifar_wide_resnet"
     n = _blocks_per_stage(name, depth, 2, 4, "6n+4")
@@ -227,35 +240,39 @@ def cifar_wide_resnet(depth, width, dropout=0.0, input_shape=(32, 32, 3), num_cl
     stages = [(n, 16 * width, None, 1), (n, 32 * width, None, 2), (n, 64 * width, None, 2)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
                    stem_width=16, preact=True, shortcut_type="B", bottleneck=False,
-                   dropout=dropout)
+                   dropout=dropout, decay_all=decay_all)
 
 
-def cifar_WRN_16_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+def cifar_WRN_16_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
+                   decay_all=True):
     """WRN-16-4 (Zagoruyko & Komodakis 2016, 2.7M)."""
     return cifar_wide_resnet(16, 4, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_16_4")
+                             name="cifar_WRN_16_4", decay_all=decay_all)
 
 
-def cifar_WRN_16_8(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+def cifar_WRN_16_8(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
+                   decay_all=True):
     """WRN-16-8 (Zagoruyko & Komodakis 2016, 11.0M)."""
     return cifar_wide_resnet(16, 8, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_16_8")
+                             name="cifar_WRN_16_8", decay_all=decay_all)
 
 
-def cifar_WRN_28_10(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+def cifar_WRN_28_10(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
+                    decay_all=True):
     """WRN-28-10 (Zagoruyko & Komodakis 2016, 36.5M)."""
     return cifar_wide_resnet(28, 10, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_28_10")
+                             name="cifar_WRN_28_10", decay_all=decay_all)
 
 
-def cifar_WRN_40_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0):
+def cifar_WRN_40_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
+                   decay_all=True):
     """WRN-40-4 (Zagoruyko & Komodakis 2016, 8.9M)."""
     return cifar_wide_resnet(40, 4, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_40_4")
+                             name="cifar_WRN_40_4", decay_all=decay_all)
 
 
 def cifar_resnext(depth, cardinality, base_width, input_shape=(32, 32, 3), num_classes=10,
-                  weight_decay=5e-4, name=None):
+                  weight_decay=5e-4, name=None, decay_all=True):
     """CIFAR ResNeXt-depth (cardinality x base_width d): grouped bottleneck units, depth 9n+2."""
     name = name or "cifar_resnext"
     n = _blocks_per_stage(name, depth, 3, 2, "9n+2")
@@ -265,19 +282,21 @@ def cifar_resnext(depth, cardinality, base_width, input_shape=(32, 32, 3), num_c
               for i in range(3)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
                    stem_width=64, preact=False, shortcut_type="B", bottleneck=True,
-                   groups=cardinality, stride_in_3x3=True)
+                   groups=cardinality, stride_in_3x3=True, decay_all=decay_all)
 
 
-def cifar_resnext29_8x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
+def cifar_resnext29_8x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4,
+                           decay_all=True):
     """ResNeXt-29 8x64d for CIFAR (Xie et al. 2016, 34.4M)."""
     return cifar_resnext(29, 8, 64, input_shape, num_classes, weight_decay,
-                         name="cifar_resnext29_8x64d")
+                         name="cifar_resnext29_8x64d", decay_all=decay_all)
 
 
-def cifar_resnext29_16x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
+def cifar_resnext29_16x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4,
+                            decay_all=True):
     """ResNeXt-29 16x64d for CIFAR (Xie et al. 2016, 68.1M)."""
     return cifar_resnext(29, 16, 64, input_shape, num_classes, weight_decay,
-                         name="cifar_resnext29_16x64d")
+                         name="cifar_resnext29_16x64d", decay_all=decay_all)
 
 
 def _imagenet_resnet(name, depth, input_shape, num_classes, weight_decay, *, preact,

@@ -514,3 +514,45 @@ def test_resnet50_count_equals_keras_applications_without_conv_biases():
     conv_biases = sum(int(layer.bias.shape[0]) for layer in keras_model.layers
                       if isinstance(layer, keras.layers.Conv2D) and layer.use_bias)
     assert EXACT_PARAMS["resnet50"] == trainable_count(keras_model) - conv_biases
+
+
+def _inbound(model, layer_name):
+    """Names of the layers feeding ``layer_name``."""
+    inputs = model.get_layer(layer_name).input
+    return sorted(t._keras_history[0].name for t in (inputs if isinstance(inputs, list) else [inputs]))
+
+
+@pytest.mark.parametrize("name, kwargs, first_shortcut_source", [
+    # Identity shortcut: He et al. 2016, 4.1, the first unit splits after the BN-ReLU on conv1.
+    ("cifar_resnet20", dict(block_type="preactivated"), "stage1_block1_relu1"),
+    # Projections of pre-activation units always read the BN-ReLU.
+    ("cifar_WRN_16_4", {}, "stage1_block1_shortcut_conv"),
+    # Post-activation: the stem already ends in BN-ReLU.
+    ("cifar_resnet20", {}, "stem_relu"),
+])
+def test_first_unit_shortcut_reads_the_activated_stem(name, kwargs, first_shortcut_source):
+    model = getattr(models, name)(**kwargs)
+    assert first_shortcut_source in _inbound(model, "stage1_block1_add")
+    if kwargs.get("block_type") == "preactivated":
+        # Later identity shortcuts keep the raw residual stream.
+        assert "stage1_block1_add" in _inbound(model, "stage1_block2_add")
+        assert _inbound(model, "stage1_block2_add") == ["stage1_block1_add", "stage1_block2_conv2"]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("cifar_WRN_16_4", {}),
+    ("densenet40_k12", {}),
+    ("cifar_resnext", dict(depth=11, cardinality=2, base_width=4)),
+])
+def test_decay_all_follows_the_torch_trainers_and_survives_a_config_round_trip(name, kwargs):
+    """WRN, DenseNet and ResNeXt decay every trainable weight by default (their authors'
+    optim.sgd over getParameters()); decay_all=False leaves BN and biases undecayed."""
+    model = getattr(models, name)(**kwargs)
+    assert len(model.losses) == len(model.trainable_variables)
+    kernels_only = getattr(models, name)(decay_all=False, **kwargs)
+    kernels = [l for l in kernels_only.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+    assert len(kernels_only.losses) == len(kernels) < len(kernels_only.trainable_variables)
+    clone = keras.Model.from_config(model.get_config())
+    assert len(clone.losses) == len(clone.trainable_variables)
+    bn = next(l for l in clone.layers if isinstance(l, keras.layers.BatchNormalization))
+    assert bn.gamma.regularizer is not None and bn.beta.regularizer is not None
