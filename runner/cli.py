@@ -120,15 +120,6 @@ def select(experiments, only):
             if e.run_name in names or any(e.run_name.startswith(n + '/') for n in names)]
 
 
-def data_ready(exp):
-    """Is the experiment's data on this machine (or may it be downloaded)?"""
-    from runner import data as data_lib
-    cfg = exp.dataset
-    if cfg.image_folder:
-        return True  # describe() has checked the folders
-    return cfg.download or data_lib._tfds_builder(cfg).is_prepared()
-
-
 def changed_keys(old, new, prefix=''):
     out = []
     for key in sorted(set(old) | set(new)):
@@ -204,7 +195,7 @@ def validate(experiments, restarting=(), need_data=True):
                                      exp.train_parameters.init_skip_mismatch)
             del model
             keras.backend.clear_session()
-            ready = data_ready(exp)
+            ready = data_lib.data_ready(exp.dataset)
             if need_data and not ready:
                 cfg = exp.dataset
                 raise ConfigError(data_lib._not_prepared_message(cfg, data_lib._tfds_builder(cfg)))

@@ -89,7 +89,7 @@ class DatasetConfig:
     image_size: Optional[List[int]] = _doc(
         '[height, width] of the model input. cifar style: images are resized to it; imagenet style: '
         'the size of the crops. null = the images\' own size, or 224x224 for imagenet-style images '
-        'of varying size.', default=None)
+        'of varying size (judged from 32 images spread over the training split).', default=None)
     preprocessing: Optional[str] = _doc(
         'cifar (resize to image_size, flips and pad-and-crop), imagenet (random resized crop and '
         'flip; evaluation: short side to image_size/0.875, centre crop) or auto; null = auto: '

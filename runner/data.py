@@ -208,7 +208,18 @@ def data_ready(cfg):
     """Is the experiment's data on this machine (or may TFDS download it)?"""
     if source_kind(cfg) != 'tfds':
         return True  # describe() has listed the files
-    return cfg.download or _tfds_builder(cfg).is_prepared()
+    b = _tfds_builder(cfg)
+    if b.is_prepared():
+        return True
+    if getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+        # Preparing needs the archives the user puts in manual_dir, network or not.
+        return cfg.download and _has_manual_files(cfg, b)
+    return cfg.download
+
+
+def _has_manual_files(cfg, builder):
+    manual = _manual_dir(cfg, builder)
+    return os.path.isdir(manual) and bool(os.listdir(manual))
 
 
 def _manual_dir(cfg, builder):
@@ -228,10 +239,11 @@ def _not_prepared_message(cfg, builder):
     if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
         files = _manual_files(builder)
         what = f"its archives ({', '.join(files)})" if files else 'its manually downloaded files'
+        then = ('(dataset.download is on, so the next run prepares it once)' if cfg.download else
+                'and set dataset.download: true to prepare it once')
         return (f"dataset: '{cfg.name}' is not prepared in {builder.data_dir} and cannot be downloaded "
                 f"automatically: put {what} in {_manual_dir(cfg, builder)} (TFDS's manual_dir; "
-                f"dataset.manual_dir moves it) and set dataset.download: true to prepare it once, or "
-                f"point dataset.data_dir at a prepared copy")
+                f"dataset.manual_dir moves it) {then}, or point dataset.data_dir at a prepared copy")
     return (f"dataset: '{cfg.name}' is not prepared in {builder.data_dir} and download is off. "
             f"Point dataset.data_dir (or TFDS_DATA_DIR) at a prepared copy, set dataset.download: true "
             f"where there is network, or use dataset.image_folder")
@@ -246,10 +258,9 @@ def _prepared_builder(cfg):
     tfds = _tfds()
     kwargs = {}
     if getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
-        manual = _manual_dir(cfg, b)
-        if not os.path.isdir(manual) or not os.listdir(manual):
+        if not _has_manual_files(cfg, b):
             raise DataUnavailable(_not_prepared_message(cfg, b))
-        kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual)
+        kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=_manual_dir(cfg, b))
     try:
         b.download_and_prepare(**kwargs)
     except Exception as e:  # network, disk, incomplete manual downloads
@@ -308,7 +319,7 @@ def listing(cfg, split, limit=None):
                 out = sources.tfds_listing(b, split)
             except (KeyError, ValueError) as e:
                 raise DataUnavailable(f"dataset: '{cfg.name}' has no split '{split}' "
-                                      f"(splits: {', '.join(b.info.splits)}): {e}") from None
+                                      f"(splits: {', '.join(b.info.splits)}): {_first_line(e)}") from None
     except sources.SourceError as e:
         raise DataUnavailable(str(e)) from None
     return out.take(limit)
@@ -425,9 +436,13 @@ def prepare_eval_image(img, image_size, style):
 # ---------------------------------------------------------------------------
 # Describing the data (offline, no image decoded but a small sample)
 
-def _sample_shapes(items, k=8):
-    """(height, width) of the first k readable items of a listing."""
-    items = items.take(4 * k)
+def _sample_shapes(items, k=32):
+    """(height, width) of the readable ones of k items spread evenly over a listing, first
+    and last included: a folder lists its classes one after another, and the first class
+    may share a size that the others do not."""
+    n = len(items)
+    if n > k:
+        items = items.subset(np.unique(np.linspace(0, n - 1, k).astype(np.int64)))
     read = sources.read_fn(items)
     shapes = []
     for i in range(len(items)):
@@ -438,8 +453,6 @@ def _sample_shapes(items, k=8):
             shapes.append(tuple(int(v) for v in shape.numpy()[:2]))
         except (tf.errors.OpError, IOError, OSError):
             continue
-        if len(shapes) == k:
-            break
     return shapes
 
 
@@ -601,8 +614,7 @@ def estimate_bytes(items, prep, sample=16):
     n = len(items)
     if prep.style == 'cifar':
         return n * prep.size[0] * prep.size[1] * 3
-    picks = items.subset(np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64)))
-    shapes = _sample_shapes(picks, k=sample)
+    shapes = _sample_shapes(items, k=sample)
     if not shapes:
         return n * prep.size[0] * prep.size[1] * 3
     return int(n * np.mean([h * w * 3 for h, w in shapes]))
@@ -675,16 +687,22 @@ def _ragged_or_uniform(name, images, labels, ids=None, listed=None):
     return Ragged(name, images, labels, ids, listed)
 
 
+def _first_line(error):
+    """TFDS's split errors run to several lines (the split grammar); a message gets the first."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def _read_tfds(cfg, split, limit):
     b = _prepared_builder(cfg)
-    if limit:
-        split = f'{split}[:{limit}]'
     try:
         ds = b.as_dataset(split=split, shuffle_files=False, as_supervised=True,
                           decoders={'image': _tfds().decode.SkipDecoding()})
     except (ValueError, KeyError) as e:
         raise DataUnavailable(f"dataset: '{cfg.name}' has no split '{split}' "
-                              f"(splits: {', '.join(b.info.splits)}): {e}") from None
+                              f"(splits: {', '.join(b.info.splits)}): {_first_line(e)}") from None
+    if limit:
+        # take(), not a '[:limit]' suffix: the split may already be a slice ('train[:2%]').
+        ds = ds.take(limit)
     # Decoded here as streamed records are (TFDS's own decoding uses TensorFlow's fast JPEG
     # DCT), so a split gives the same pixels whether it is held in memory or streamed.
     return ds.map(lambda img, label: (decode(img), label), num_parallel_calls=AUTOTUNE,
@@ -970,7 +988,8 @@ def load(cfg, info=None, limit=None, allow_synthetic=False):
         val = test
     preset = MEAN_STD.get(getattr(cfg, 'mean_std', None) or '')
     mean, std = preset if preset else (None, None)
-    if (cfg.mean is None and mean is None) or (cfg.std is None and std is None):
+    # normalize: false needs no statistics: on a streamed split they cost a decoding pass.
+    if cfg.normalize and ((cfg.mean is None and mean is None) or (cfg.std is None and std is None)):
         sample = getattr(cfg, 'stats_sample', None)
         sample = DEFAULT_STATS_SAMPLE if sample is None else sample
         if isinstance(train, Stream) and (not sample or sample < size(train)):
@@ -1112,14 +1131,21 @@ def _batched(split, batches, item_fn, finish):
         ds = ds.map(lambda x, y, i, p: (item_fn(x, p), y, i, p),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(tf.cast(tf.size(idx), tf.int64))
+        if not streamed:
+            return ds.map(lambda x, y, kept, positions: finish(b, x, y, kept, positions))
+        # A batch whose every item is unreadable yields no element at all: an empty one
+        # stands in, so that its files are recorded, and it is dropped after that.
+        empty = tf.data.Dataset.from_tensors(tuple(
+            tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype)
+            for spec in ds.element_spec))
+        ds = ds.concatenate(empty).take(1)
 
-        def done(x, y, kept, positions):
-            if streamed:
-                dropped = tf.numpy_function(note, [idx, kept], tf.int64, stateful=True)
-                with tf.control_dependencies([dropped]):
-                    x = tf.identity(x)
-            return finish(b, x, y, kept, positions)
-        return ds.map(done)
+        def record(x, y, kept, positions):
+            dropped = tf.numpy_function(note, [idx, kept], tf.int64, stateful=True)
+            with tf.control_dependencies([dropped]):
+                return tf.identity(x), y, kept, positions
+        return (ds.map(record).filter(lambda x, *_: tf.shape(x)[0] > 0)
+                .map(lambda x, y, kept, positions: finish(b, x, y, kept, positions)))
     return batches.interleave(one, cycle_length=2, block_length=1, num_parallel_calls=AUTOTUNE,
                               deterministic=True)
 

@@ -27,6 +27,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 # The file types tfds.ImageFolder lists; keeping them keeps the listing (and so the
 # held-out validation images) identical to what tfds.ImageFolder gave.
@@ -211,18 +212,34 @@ def folder_listing(root, split):
 # ---------------------------------------------------------------------------
 # Class names, list files
 
+def _read_lines(path, what):
+    """The stripped lines of a text file, blank lines and # comments skipped, with their
+    line numbers. A UTF-8 byte-order mark (as Windows editors write) is not part of the
+    first line; a file that is not UTF-8 text (an image named by mistake) is a SourceError."""
+    try:
+        # utf-8-sig: drops a leading BOM, reads plain UTF-8 (and ASCII) as it is.
+        with open(path, encoding='utf-8-sig') as f:
+            lines = [(n, l.strip()) for n, l in enumerate(f, 1)]
+    except OSError as e:
+        raise SourceError(f"dataset.{what}: cannot read '{path}': {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SourceError(f"dataset.{what}: '{path}' is not a text file") from None
+    # NUL bytes are valid UTF-8 but no text file of paths or names holds them.
+    if any('\0' in l for _, l in lines):
+        raise SourceError(f"dataset.{what}: '{path}' is not a text file")
+    return [(n, l) for n, l in lines if l and not l.startswith('#')]
+
+
 def read_class_names(path):
     """One class name a line, in label order. A leading 'i ' or 'i:' (the line's own
-    label) is dropped, so `0 tench` and `tench` name the same class."""
-    try:
-        with open(os.path.expanduser(path)) as f:
-            lines = [l.strip() for l in f if l.strip() and not l.lstrip().startswith('#')]
-    except OSError as e:
-        raise SourceError(f"dataset.class_names_file: cannot read '{path}': {e.strerror}") from None
+    label, then any whitespace: `0<TAB>tench`) is dropped, so `0 tench` and `tench` name
+    the same class; the rest of the line is the name, spaces and all."""
+    lines = [l for _, l in _read_lines(os.path.expanduser(path), 'class_names_file')]
     names = []
     for i, line in enumerate(lines):
-        head, _, rest = line.replace(':', ' ', 1).partition(' ')
-        names.append(rest.strip() if head == str(i) and rest.strip() else line)
+        parts = line.replace(':', ' ', 1).split(None, 1)
+        head, rest = parts[0], (parts[1].strip() if len(parts) > 1 else '')
+        names.append(rest if head == str(i) and rest else line)
     if not names:
         raise SourceError(f"dataset.class_names_file: '{path}' names no classes")
     return names
@@ -254,19 +271,16 @@ def list_file_listing(list_path, root, key, split, label_offset=0):
     if cache_key in _LIST_CACHE:
         return _LIST_CACHE[cache_key]
     paths, labels = [], []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith('#'):
-                continue
-            parts = line.rsplit(None, 1)
-            try:
-                label = int(parts[1])
-            except (IndexError, ValueError):
-                raise SourceError(f"dataset.{key}: line {n} of {path} is not 'relative/path label': "
-                                  f"{line[:80]!r}") from None
-            paths.append(os.path.join(base, parts[0]))
-            labels.append(label + label_offset)
+    for n, line in _read_lines(path, key):
+        # The label is the last field, so a path may hold spaces.
+        parts = line.rsplit(None, 1)
+        try:
+            label = int(parts[1])
+        except (IndexError, ValueError):
+            raise SourceError(f"dataset.{key}: line {n} of {path} is not 'relative/path label': "
+                              f"{line[:80]!r}") from None
+        paths.append(os.path.join(base, parts[0]))
+        labels.append(label + label_offset)
     if not paths:
         raise SourceError(f"dataset.{key}: {path} lists no images")
     listing = Listing(split, 'files', np.array(labels, np.int64).astype(np.int32),
@@ -284,20 +298,24 @@ def record_offsets(path):
     """Byte offset and data length of every record of a TFRecord file, from the record
     headers alone (a seek past each record's data)."""
     offsets, lengths = [], []
-    with tf.io.gfile.GFile(path, 'rb') as f:
-        size = f.size()
-        pos = 0
-        while pos < size:
-            head = f.read(12)
-            if len(head) < 12:
-                raise SourceError(f'{path}: truncated TFRecord file (a record header is cut short)')
-            (length,) = struct.unpack('<Q', head[:8])
-            offsets.append(pos)
-            lengths.append(length)
-            pos += 12 + length + 4
-            if pos > size:
-                raise SourceError(f'{path}: truncated TFRecord file (the last record is cut short)')
-            f.seek(pos)
+    try:
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            size = f.size()
+            pos = 0
+            while pos < size:
+                head = f.read(12)
+                if len(head) < 12:
+                    raise SourceError(f'{path}: truncated TFRecord file (a record header is cut short)')
+                (length,) = struct.unpack('<Q', head[:8])
+                offsets.append(pos)
+                lengths.append(length)
+                pos += 12 + length + 4
+                if pos > size:
+                    raise SourceError(f'{path}: truncated TFRecord file (the last record is cut short)')
+                f.seek(pos)
+    except (tf.errors.OpError, OSError) as e:
+        # A directory, a file without read permission, one that vanished since the glob.
+        raise SourceError(f'{path}: cannot read it as a TFRecord file ({_first_line(e)})') from None
     return offsets, lengths
 
 
@@ -306,12 +324,26 @@ def _cache_dir():
     return os.path.join(base, 'convnet-runner', 'tfrecord-index')
 
 
-def _index_files(files, label_key):
+def _index_files(files, label_key, key):
     """(file_ids, offsets, lengths, labels) of every record of `files`; labels read with
     one sequential pass over the files (label_key None: not read). Kept in
-    ~/.cache/convnet-runner, keyed by the files' paths, sizes and times."""
-    stamp = hashlib.sha1(repr((label_key, [(os.path.abspath(f), tf.io.gfile.stat(f).length,
-                                            tf.io.gfile.stat(f).mtime_nsec) for f in files])).encode())
+    ~/.cache/convnet-runner, keyed by the files' paths, sizes and times. A file that cannot
+    be read is a SourceError naming it and dataset.`key`."""
+    stamps = []
+    for f in files:
+        try:
+            if '://' in f:
+                st = tf.io.gfile.stat(f)
+                stamps.append((f, st.length, st.mtime_nsec))
+            else:
+                # os.stat: tf.io.gfile.stat gives local times in whole seconds only, so a
+                # file rewritten within the second at the same size kept its stale index.
+                st = os.stat(f)
+                stamps.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
+        except (tf.errors.OpError, OSError) as e:  # gone since the glob
+            raise SourceError(f'dataset.{key}: {f}: cannot read it as a TFRecord file '
+                              f'({_first_line(e)})') from None
+    stamp = hashlib.sha1(repr((label_key, stamps)).encode())
     cache = os.path.join(_cache_dir(), stamp.hexdigest() + '.npz')
     try:
         with np.load(cache) as z:
@@ -320,7 +352,10 @@ def _index_files(files, label_key):
         pass
     file_ids, offsets, lengths = [], [], []
     for k, f in enumerate(files):
-        o, l = record_offsets(f)
+        try:
+            o, l = record_offsets(f)
+        except SourceError as e:
+            raise SourceError(f'dataset.{key}: {e}') from None
         file_ids += [k] * len(o)
         offsets += o
         lengths += l
@@ -336,6 +371,10 @@ def _index_files(files, label_key):
             raise SourceError(f"dataset: the TFRecords {files[0]}... have records without an int64 "
                               f"feature '{label_key}' ({_first_line(e)}); set dataset.tfrecord_label_key"
                               ) from None
+        except tf.errors.OpError as e:
+            # A corrupt record (bad CRC): the one pass over all files does not say whose.
+            raise SourceError(f'dataset.{key}: {_bad_record_file(files) or files[0]}: cannot read it '
+                              f'as a TFRecord file ({_first_line(e)})') from None
     out = (np.array(file_ids, np.int32), np.array(offsets, np.int64), np.array(lengths, np.int64), labels)
     try:
         os.makedirs(_cache_dir(), exist_ok=True)
@@ -348,6 +387,17 @@ def _index_files(files, label_key):
     return out
 
 
+def _bad_record_file(files):
+    """The first of `files` TensorFlow cannot read through (only after a pass failed)."""
+    for f in files:
+        try:
+            for _ in tf.data.TFRecordDataset(f):
+                pass
+        except tf.errors.OpError:
+            return f
+    return None
+
+
 def _first_line(e):
     text = getattr(e, 'message', None) or str(e)
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
@@ -355,10 +405,30 @@ def _first_line(e):
 
 
 def tfrecord_files(pattern, key):
-    files = sorted(tf.io.gfile.glob(os.path.expanduser(pattern)))
+    matches = sorted(tf.io.gfile.glob(os.path.expanduser(pattern)))
+    # A pattern such as 'dir/*' also matches sub-directories; they hold no records.
+    files = [f for f in matches if not tf.io.gfile.isdir(f)]
     if not files:
-        raise SourceError(f"dataset.{key}: no file matches '{pattern}'")
+        raise SourceError(f"dataset.{key}: '{pattern}' matches only directories, no file" if matches
+                          else f"dataset.{key}: no file matches '{pattern}'")
     return files
+
+
+def _check_image_key(files, file_ids, offsets, lengths, image_key, key):
+    """The first record has a bytes feature `image_key`; else a message naming the key and
+    the features the records do have (a wrong key would otherwise leave every image
+    unreadable, with nothing pointing at the key)."""
+    data = _RecordReader(files).read(file_ids[0], offsets[0], lengths[0]).item()
+    try:
+        features = tf.train.Example.FromString(data).features.feature
+    except DecodeError:  # not a tf.train.Example: left to the parsing that reports it
+        return
+    if image_key in features and features[image_key].WhichOneof('kind') == 'bytes_list':
+        return
+    have = ', '.join(f"'{k}' ({features[k].WhichOneof('kind')})" for k in sorted(features)) or 'none'
+    what = 'no bytes feature' if image_key in features else 'no feature'
+    raise SourceError(f"dataset.tfrecord_image_key: the records of {files[int(file_ids[0])]} "
+                      f"({key}) have {what} '{image_key}' (features: {have})")
 
 
 def tfrecord_listing(pattern, key, split, image_key=None, label_key=None, label_offset=0):
@@ -367,9 +437,13 @@ def tfrecord_listing(pattern, key, split, image_key=None, label_key=None, label_
     image_key = image_key or DEFAULT_IMAGE_KEY
     label_key = label_key or DEFAULT_LABEL_KEY
     files = tfrecord_files(pattern, key)
-    file_ids, offsets, lengths, labels = _index_files(files, label_key)
+    file_ids, offsets, lengths, labels = _index_files(files, label_key, key)
     if not len(offsets):
         raise SourceError(f"dataset.{key}: the files matching '{pattern}' hold no records")
+    try:
+        _check_image_key(files, file_ids, offsets, lengths, image_key, key)
+    except OSError as e:
+        raise SourceError(f'dataset.{key}: {files[int(file_ids[0])]}: {e}') from None
     spec = {image_key: tf.io.FixedLenFeature([], tf.string)}
 
     def parse(record):

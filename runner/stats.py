@@ -5,8 +5,9 @@ DATASET_OR_YAML is an experiment file (the dataset of each of its experiments, o
 `--experiment` names), an image folder (<root>/<split>/<class>/<image>) or a TensorFlow
 Datasets name (prepared in --data-dir). The mean and std are in [0, 1] pixel units, printed
 as `mean: [...]` and `std: [...]` lines to paste into the `dataset` section. For an
-experiment they are computed as training computes them: cifar-style images resized to the
-model size first, imagenet-style images whole. For a folder or TFDS name: the images as
+experiment they are computed as training computes them: after holding out the
+validation_fraction images, cifar-style images resized to the model size first,
+imagenet-style images whole. For a folder or TFDS name: the images as
 they are. Unreadable files are skipped and named in a warning. Problems are one line on
 stderr and exit status 2.
 """
@@ -57,7 +58,8 @@ class Target:
 
 # Dataset keys that change the pixels summed; experiments equal in these share one result.
 _PIXEL_KEYS = ('name', 'image_folder', 'data_dir', 'train_split', 'list_root', 'train_list',
-               'tfrecord_train', 'tfrecord_image_key', 'image_size', 'preprocessing')
+               'tfrecord_train', 'tfrecord_image_key', 'image_size', 'preprocessing',
+               'validation_fraction')
 
 
 def targets(arg, experiment=None, data_dir=None, split=None):
@@ -115,13 +117,20 @@ def compute(target, sample=None, progress=None):
     split = target.split or cfg.train_split
     items = data_lib.listing(cfg, split)
     stream = data_lib.Stream(split, items)
+    held_out = 0
+    if target.as_trained and cfg.validation_fraction and split == cfg.train_split:
+        # Training takes its statistics after holding out the validation images; the same
+        # hold_out (over the listing, as for a cached split) gives the same images here.
+        stream, val = data_lib.hold_out(stream, cfg.validation_fraction)
+        held_out = data_lib.size(val)
     mean, std, count, lo, hi = data_lib.stream_stats(stream, sample, transform, progress)
     if not count:
         raise data_lib.DataUnavailable(f"dataset: no readable image in split '{split}' of {items.origin}")
-    listed = len(items)
+    listed = data_lib.size(stream)
     return {
         'dataset': items.origin, 'split': split, 'experiments': target.experiments,
-        'images': count, 'listed': listed, 'sampled': min(sample, listed) if sample else None,
+        'images': count, 'listed': listed, 'held_out': held_out,
+        'sampled': min(sample, listed) if sample else None,
         'unreadable': len(stream.unreadable), 'unreadable_files': stream.unreadable.first(5),
         'min_height': lo[0], 'max_height': hi[0], 'min_width': lo[1], 'max_width': hi[1],
         'mean': mean, 'std': std, 'pixels': note,
@@ -136,6 +145,8 @@ def report(r):
     """The lines printed for one result; mean and std lines are YAML for the dataset section."""
     of = f"{r['images']} images" + (f" (a fixed random sample of {r['sampled']} of {r['listed']})"
                                    if r['sampled'] and r['sampled'] < r['listed'] else '')
+    if r.get('held_out'):
+        of += f" ({r['held_out']} more held out for validation, as training does)"
     head = f"{r['dataset']}, split '{r['split']}'"
     if r['experiments']:
         head += f" (experiments: {', '.join(r['experiments'])})"

@@ -387,6 +387,12 @@ class Trainer:
         if skipped:
             print(skipped, file=sys.stderr, flush=True)
         loss, top1, top5, n = totals
+        if n == 0:
+            # Every file of a streamed split unreadable (the in-memory ones are refused when
+            # loaded): no number, rather than a NaN error reported as a result.
+            origin = getattr(getattr(split, 'listing', None), 'origin', 'the dataset')
+            raise data_lib.DataUnavailable(f"dataset: no readable image in split '{split.name}' "
+                                           f"of {origin}")
         return {'loss': loss / n, 'top1_error': 1 - top1 / n, 'top5_error': 1 - top5 / n,
                 'top1_accuracy': top1 / n, 'top5_accuracy': top5 / n, 'examples': int(n)}
 

@@ -142,6 +142,20 @@ def test_dataset_not_prepared_offline(capsys, tmp_path):
     assert f'{tmp_path}/empty' in line
 
 
+@pytest.mark.parametrize('download', [False, True])
+def test_manual_download_dataset_without_its_archives(capsys, tmp_path, download):
+    """imagenet2012 cannot be downloaded: with download on but an empty manual_dir it is not
+    ready either, and the message says where the archives go (not to turn download on)."""
+    manual = tmp_path / 'manual'
+    manual.mkdir()
+    text = GOOD.replace('dataset: {image_folder: IMAGES}',
+                        f'dataset: {{name: imagenet2012, data_dir: {tmp_path}/empty, '
+                        f'manual_dir: {manual}, download: {str(download).lower()}}}')
+    line = assert_config_error(capsys, tmp_path, text, "'imagenet2012' is not prepared",
+                               'ILSVRC2012_img_train.tar', str(manual))
+    assert ('set dataset.download: true' in line) != download, line
+
+
 def test_yaml_syntax_error_names_the_line(capsys, tmp_path):
     path, _ = write(tmp_path, 'model: tiny_cnn\ntrain_parameters:\n  batch_size: [1, 2\n  run_name: x\n')
     code, out, err = run_cli(capsys, path)

@@ -216,3 +216,78 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch():
     np.testing.assert_array_equal(mirrored[3], ~mirrored[0])
     # which images start mirrored comes from the seed
     assert not np.array_equal(mirrored_by_epoch(s, seed=8, epochs=1, batch=4)[0], mirrored[0])
+
+
+def test_a_streamed_batch_of_only_unreadable_files_is_recorded(tmp_path):
+    """ignore_errors() leaves no element for a batch whose every file fails: its files must
+    still be recorded as unreadable, and the other batches come through whole."""
+    root = make_image_folder(tmp_path / 'imgs', splits=(('train', 4), ('test', 3)), classes=3)
+    cfg = DatasetConfig(image_folder=root, cache_budget_mb=0, mean=[0.5] * 3, std=[0.25] * 3)
+    test = data_lib.load(cfg).test
+    assert not data_lib.cached(test)
+    keys = [test.listing.key(i) for i in range(len(test.listing))]
+
+    def spoil(*paths):
+        for path in paths:
+            with open(path, 'wb') as f:
+                f.write(b'not an image')
+        return data_lib.load(cfg)
+
+    # The last of 9 files alone in the last batch of 4.
+    data = spoil(keys[8])
+    sizes = [int(x.shape[0]) for x, _ in data_lib.eval_input(data, data.test, 4)]
+    assert sizes == [4, 4], sizes
+    assert list(data.test.unreadable.keys) == [keys[8]]
+    # The whole middle batch of 3 unreadable: the batches before and after come through.
+    data = spoil(*keys[3:6])
+    sizes = [int(x.shape[0]) for x, _ in data_lib.eval_input(data, data.test, 3)]
+    assert sizes == [3, 2], sizes
+    assert sorted(data.test.unreadable.keys) == sorted(keys[3:6] + keys[8:])
+
+
+@pytest.mark.parametrize('budget', [None, 0], ids=['cached', 'streamed'])
+def test_a_tfds_slice_split_with_a_smoke_limit_reads_the_real_data(cifar10_tfds_dir, budget):
+    """A smoke run caps each split with `limit`; a split that is already a slice must still
+    be read (it once became 'train[:2%][:32]', which TFDS refuses, and the smoke run fell
+    back to random images)."""
+    cfg = DatasetConfig(name='cifar10', data_dir=cifar10_tfds_dir, train_split='train[:2%]',
+                        test_split='test[10:30]', cache_budget_mb=budget, mean=[0.5] * 3,
+                        std=[0.25] * 3)
+    data = data_lib.load(cfg, limit=12, allow_synthetic=True)
+    assert 'synthetic' not in data.info.description, data.info.description
+    assert data_lib.size(data.train) == 12 and data_lib.size(data.test) == 12
+    import tensorflow_datasets as tfds
+    want = [int(y) for _, y in tfds.load('cifar10', split='test[10:22]', data_dir=cifar10_tfds_dir,
+                                         as_supervised=True, shuffle_files=False)]
+    got = [int(y) for _, ys in data_lib.eval_input(data, data.test, 5) for y in ys]
+    assert got == want
+
+
+def test_normalize_false_reads_no_statistics(tmp_path, monkeypatch, capsys):
+    """Without normalisation the mean and std are not used, so no pass over the training
+    images computes them (on a streamed ImageNet that pass takes minutes)."""
+    root = make_image_folder(tmp_path / 'imgs', splits=(('train', 6), ('test', 2)), classes=2)
+    calls = []
+    monkeypatch.setattr(data_lib, 'split_stats', lambda *a, **k: calls.append(a) or ([0.4] * 3, [0.2] * 3))
+    data = data_lib.load(DatasetConfig(image_folder=root, normalize=False, cache_budget_mb=0,
+                                       stats_sample=5))
+    assert calls == [] and (data.mean, data.std) == ([0.0], [1.0])
+    assert 'computing mean and std' not in capsys.readouterr().err
+    data_lib.load(DatasetConfig(image_folder=root, cache_budget_mb=0, stats_sample=5))
+    assert len(calls) == 1, 'with normalisation the statistics are computed'
+
+
+def test_image_size_is_judged_from_images_spread_over_the_split(tmp_path):
+    """A folder's first class of one size and a later class of others: the images vary, so
+    the imagenet style takes 224x224, not the first images' size."""
+    root = tmp_path / 'mixed'
+    rng = np.random.default_rng(0)
+    for split in ('train', 'test'):
+        for cls, shapes in (('a', [(100, 100)] * 40), ('b', [(150, 80), (90, 120), (100, 100)])):
+            os.makedirs(root / split / cls)
+            for i, (h, w) in enumerate(shapes):
+                img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                (root / split / cls / f'{i}.png').write_bytes(tf.io.encode_png(img).numpy())
+    info = data_lib.describe(DatasetConfig(image_folder=str(root)))
+    assert info.preprocessing == 'imagenet'
+    assert info.image_shape == (224, 224, 3), info

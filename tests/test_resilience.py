@@ -551,6 +551,24 @@ def test_nan_loss_is_diverged_and_the_next_experiment_runs(images, tmp_path, cap
     assert after['status'] == 'finished' and after['steps'] == 12
 
 
+def test_a_streamed_test_split_of_unreadable_files_fails_rather_than_reporting_nan(tmp_path, capsys):
+    """Streamed, a test split whose every file is unreadable yields no batch at all: the run
+    is `failed` with one line naming the split, not `finished` with a NaN error."""
+    root = make_image_folder(tmp_path / 'imgs', splits=(('train', 8), ('test', 2)), classes=2)
+    for path in glob.glob(os.path.join(root, 'test', '*', '*.png')):
+        with open(path, 'wb') as f:
+            f.write(b'not an image')
+    logdir = tmp_path / 'logs'
+    exp = experiment(root, logdir, 'blind', lr_values=[0.05], lr_boundaries=[4], val_interval=4)
+    exp['dataset']['cache_budget_mb'] = 0
+    rc, out, err = run_cli(capsys, write_yaml(tmp_path / 'blind.yaml', exp), '--no-smoke')
+    assert rc == 1, out + err
+    s = summary(os.path.join(logdir, 'blind'))
+    assert s['status'] == 'failed', s
+    assert "no readable image in split 'test'" in s['error'], s['error']
+    assert 'nan' not in out + err
+
+
 # ---------------------------------------------------------------------------
 # 5. An experiment that fails in training
 

@@ -744,3 +744,149 @@ def test_evaluate_data_dir_finds_moved_lists_and_tfrecords(trained, name, tmp_pa
     after = evaluate.evaluate_runs([str(copy)], weights='last', data_dir=str(moved), write=False)[0]
     np.testing.assert_array_equal(after['labels'], before['labels'])
     np.testing.assert_allclose(after['probabilities'], before['probabilities'], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Odd list, class-name and TFRecord files: read as meant, or one line naming the key
+
+def _tiny_experiment(tmp_path, dataset, name='e.yaml'):
+    import yaml
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({'model': 'tiny_cnn', 'module': 'tiny_models', 'dataset': dataset,
+                                    'train_parameters': {'run_name': 'tiny'}}))
+    return path
+
+
+def test_a_list_or_names_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    png = tmp_path / 'x.png'
+    png.write_bytes(tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)).numpy())
+    nul = tmp_path / 'nul.txt'
+    nul.write_bytes(b'a.png 0\n\0\0\0\n')  # valid UTF-8, but not text
+    for f in (png, nul):
+        with pytest.raises(sources.SourceError, match=f"^dataset.train_list: '{f}' is not a text file$"):
+            sources.list_file_listing(str(f), None, 'train_list', 'train')
+        with pytest.raises(sources.SourceError, match=f"^dataset.class_names_file: '{f}' is not a text file$"):
+            sources.read_class_names(str(f))
+    # the stats command: one error line, exit status 2, no traceback
+    from runner import stats
+    exp = _tiny_experiment(tmp_path, {'train_list': str(png), 'test_list': str(png)})
+    one_line_error(capsys, stats.main([str(exp)]), 2, 'dataset.train_list', str(png), 'is not a text file')
+    (tmp_path / 'names.png').write_bytes(png.read_bytes())
+    with pytest.raises(data_lib.DataUnavailable, match='dataset.class_names_file: .* is not a text file'):
+        data_lib._resolve(DatasetConfig(class_names_file=str(tmp_path / 'names.png')), 'x', None, None, [(4, 4)])
+
+
+def test_byte_order_marks_and_tabs_in_list_and_names_files(tmp_path):
+    from conftest import make_image_folder
+    root = make_image_folder(tmp_path / 'imgs', splits=(('train', 2),), classes=2, size=8)
+    os.rename(os.path.join(root, 'train', 'class1', '0001.png'), os.path.join(root, 'train', 'class1', 'a b.png'))
+    rels = ['train/class0/0000.png', 'train/class0/0001.png', 'train/class1/0000.png', 'train/class1/a b.png']
+    # as Windows Notepad saves it: a BOM, CRLF; tabs or spaces between path and label
+    text = '# path label\r\n' + ''.join(f'{r}{sep}{r.split("/")[1][-1]}\r\n'
+                                       for r, sep in zip(rels, ['\t', ' ', ' \t ', ' ']))
+    (tmp_path / 'train.txt').write_bytes(b'\xef\xbb\xbf' + text[len('# path label\r\n'):].encode())
+    (tmp_path / 'commented.txt').write_bytes(b'\xef\xbb\xbf' + text.encode())
+    for name in ('train.txt', 'commented.txt'):
+        items = sources.list_file_listing(str(tmp_path / name), root, 'train_list', 'train')
+        assert [os.path.relpath(p, root) for p in items.paths] == rels  # a path with a space too
+        assert list(items.labels) == [0, 0, 1, 1]
+        read = sources.read_fn(items)
+        assert read(tf.constant(0, tf.int64))[0].numpy() == open(os.path.join(root, rels[0]), 'rb').read()
+    names = tmp_path / 'names.txt'
+    names.write_bytes(b'\xef\xbb\xbf0\ttench\n1:\tgoldfish\n2  great white shark\n3 \t tiger shark\n')
+    assert sources.read_class_names(str(names)) == ['tench', 'goldfish', 'great white shark', 'tiger shark']
+    names.write_bytes(b'\xef\xbb\xbf# ImageNet\ntench\ngreat white shark\n')
+    assert sources.read_class_names(str(names)) == ['tench', 'great white shark']
+
+
+def _write_records(path, examples):
+    """A TFRecord file of tf.train.Examples given as {key: bytes or int}."""
+    def feature(v):
+        if isinstance(v, bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for ex in examples:
+            w.write(tf.train.Example(features=tf.train.Features(
+                feature={k: feature(v) for k, v in ex.items()})).SerializeToString())
+
+
+def _png_examples(n):
+    png = tf.io.encode_png(np.full((4, 4, 3), 9, np.uint8)).numpy()
+    return [{'image/encoded': png, 'image/class/label': i % 2} for i in range(n)]
+
+
+def test_a_tfrecord_glob_matching_a_directory_keeps_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    rec = tmp_path / 'rec'
+    (rec / 'sub').mkdir(parents=True)
+    _write_records(rec / 'train-0', _png_examples(3))
+    _write_records(rec / 'train-1', _png_examples(2))
+    items = sources.tfrecord_listing(str(rec / '*'), 'tfrecord_train', 'train')
+    assert items.files == [str(rec / 'train-0'), str(rec / 'train-1')] and len(items) == 5
+    with pytest.raises(sources.SourceError, match=r"^dataset.tfrecord_train: '.*/rec/s\*' matches only "
+                                                  r"directories, no file$"):
+        sources.tfrecord_listing(str(rec / 's*'), 'tfrecord_train', 'train')
+    # TensorFlow's errors reading a file (here a directory; TFDS shards are read the same
+    # way) are one line naming it
+    with pytest.raises(sources.SourceError, match=f"^{rec / 'sub'}: cannot read it as a TFRecord file"):
+        sources.record_offsets(str(rec / 'sub'))
+    # a record whose data is corrupt (its checksum fails): the message names its file
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache2'))  # not the index made above
+    data = bytearray((rec / 'train-1').read_bytes())
+    data[20] ^= 0xFF
+    (rec / 'train-1').write_bytes(bytes(data))
+    with pytest.raises(sources.SourceError, match=f"^dataset.tfrecord_train: {rec / 'train-1'}: cannot read"):
+        sources.tfrecord_listing(str(rec / 'train-*'), 'tfrecord_train', 'train')
+
+
+def test_a_tfrecord_file_rewritten_at_once_is_indexed_again(tmp_path, monkeypatch):
+    # The index cache is keyed by size and time; a rewrite within the same second at the
+    # same size (a converter run twice) must not reuse the old labels.
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    examples = _png_examples(4)
+    _write_records(tmp_path / 'train-0', examples)
+    assert list(sources.tfrecord_listing(str(tmp_path / 'train-*'), 'tfrecord_train', 'train').labels) == [0, 1, 0, 1]
+    _write_records(tmp_path / 'train-0', [dict(ex, **{'image/class/label': 1 - ex['image/class/label']})
+                                          for ex in examples])
+    assert list(sources.tfrecord_listing(str(tmp_path / 'train-*'), 'tfrecord_train', 'train').labels) == [1, 0, 1, 0]
+
+
+def test_a_wrong_tfrecord_image_key_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    _write_records(tmp_path / 'train-0', _png_examples(3))
+    _write_records(tmp_path / 'test-0', _png_examples(2))
+    with pytest.raises(sources.SourceError, match=r"^dataset.tfrecord_image_key: .* have no feature 'image/jpeg' "
+                                                  r"\(features: 'image/class/label' \(int64_list\), "
+                                                  r"'image/encoded' \(bytes_list\)\)$"):
+        sources.tfrecord_listing(str(tmp_path / 'train-*'), 'tfrecord_train', 'train', image_key='image/jpeg')
+    with pytest.raises(sources.SourceError, match="no bytes feature 'image/class/label'"):
+        sources.tfrecord_listing(str(tmp_path / 'train-*'), 'tfrecord_train', 'train',
+                                 image_key='image/class/label')
+    from runner import stats
+    exp = _tiny_experiment(tmp_path, {'tfrecord_train': str(tmp_path / 'train-*'), 'num_classes': 2,
+                                      'tfrecord_test': str(tmp_path / 'test-*'),
+                                      'tfrecord_image_key': 'image/jpeg'})
+    one_line_error(capsys, stats.main([str(exp)]), 2, 'dataset.tfrecord_image_key', "'image/encoded'")
+
+
+@pytest.mark.parametrize('budget', [None, 0], ids=['cached', 'streamed'])
+def test_stats_hold_out_the_validation_images_as_training_does(budget, tmp_path, capsys):
+    from conftest import make_image_folder
+    from runner.config import load_experiments
+    root = make_image_folder(tmp_path / 'imgs', splits=(('train', 10), ('test', 1)), classes=2, size=8)
+    dataset = {'image_folder': root, 'validation_fraction': 0.25, 'stats_sample': 0}
+    if budget is not None:
+        dataset['cache_budget_mb'] = budget
+    exp = _tiny_experiment(tmp_path, dataset)
+    [r], _ = stats_json(capsys, exp)
+    data = data_lib.load(load_experiments(str(exp))[0].dataset)
+    assert data_lib.cached(data.train) == (budget is None) and data_lib.size(data.train) == 15
+    np.testing.assert_allclose(r['mean'], data.mean, atol=1.5e-6)
+    np.testing.assert_allclose(r['std'], data.std, atol=1.5e-6)
+    assert r['images'] == r['listed'] == 15 and r['held_out'] == 5
+    # not the whole split's numbers, which the folder itself gives
+    [whole], _ = stats_json(capsys, root)
+    assert whole['images'] == 20 and np.abs(np.subtract(whole['mean'], r['mean'])).max() > 1e-4
+    code, out, _ = run_stats(capsys, exp)
+    assert code == 0 and '5 more held out for validation' in out
