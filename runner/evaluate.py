@@ -323,9 +323,12 @@ def print_results(results, log=print):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        print('error: --limit: must be at least 1', file=sys.stderr)
-        return EXIT_FAILED
+    # Checked here, not left to the batching: 0 would silently mean the default and a
+    # negative size ends in a traceback.
+    for option, value in (('--limit', args.limit), ('--batch-size', args.batch_size)):
+        if value is not None and value < 1:
+            print(f'error: {option}: must be at least 1', file=sys.stderr)
+            return EXIT_FAILED
     from runner.restore import quiet_tensorflow
     quiet_tensorflow()
     try:

@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 
-from runner.restore import WEIGHTS, RunError
+from runner.restore import CONFIG, WEIGHTS, RunError
 
 EXIT_OK, EXIT_FAILED = 0, 1
 LABELS = 'labels.txt'
@@ -44,7 +44,9 @@ def build_parser():
                         'checkpoint of an unfinished run')
     p.add_argument('--data-dir', metavar='DIR',
                    help='where the data is now (only needed for the class names if the data moved)')
-    p.add_argument('--force', action='store_true', help='replace OUT_DIR if it holds something')
+    p.add_argument('--force', action='store_true',
+                   help='replace OUT_DIR if it holds an earlier export (one with export.json); '
+                        'never a run or anything else')
     return p
 
 
@@ -78,13 +80,38 @@ def serving_module(run, labels_path):
     return Classifier()
 
 
+def _holds_runs(path):
+    """Does the tree under `path` hold a run directory (a config.yaml or summary.json)?"""
+    for root, dirs, files in os.walk(path):
+        if 'summary.json' in files or CONFIG in files:
+            return True
+    return False
+
+
+def check_out_dir(run_dir, out_dir, force):
+    """Refuse an OUT_DIR whose replacement would delete more than an earlier export: --force
+    once removed whole log directories when OUT_DIR was the run directory or held it."""
+    if not os.path.lexists(out_dir):
+        return
+    out_real, run_real = os.path.realpath(out_dir), os.path.realpath(run_dir)
+    if out_real == run_real or run_real.startswith(out_real.rstrip(os.sep) + os.sep):
+        raise RunError(f'{out_dir}: is or contains the run directory {run_dir}; choose another OUT_DIR')
+    if os.path.isdir(out_dir) and not os.listdir(out_dir):
+        return
+    if not force:
+        raise RunError(f'{out_dir}: exists and is not empty; choose another OUT_DIR or use --force')
+    # --force replaces only an earlier export, never a file, a run or a directory of runs.
+    if (os.path.islink(out_dir) or not os.path.isdir(out_dir)
+            or not os.path.isfile(os.path.join(out_dir, 'export.json')) or _holds_runs(out_dir)):
+        raise RunError(f'{out_dir}: exists and is not an earlier export (no export.json, or it holds '
+                       f'runs); --force only replaces an export, so choose another OUT_DIR')
+
+
 def export_run(run_dir, out_dir, weights='best', data_dir=None, force=False):
     """Write the SavedModel; returns the metadata written to export.json."""
     import tensorflow as tf
     from runner import restore, rundir
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        if not force:
-            raise RunError(f'{out_dir}: exists and is not empty; choose another OUT_DIR or use --force')
+    check_out_dir(run_dir, out_dir, force)
     run = restore.load_run(run_dir, weights, data_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -112,8 +139,12 @@ def export_run(run_dir, out_dir, weights='best', data_dir=None, force=False):
                                                             'best_test_top1_accuracy', 'selection_split')
                             if k in run.summary}}
         rundir.write_atomic(os.path.join(saved, 'export.json'), json.dumps(meta, indent=1) + '\n')
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir) if os.path.isdir(out_dir) else os.remove(out_dir)
+        if os.path.lexists(out_dir):
+            check_out_dir(run_dir, out_dir, force)  # again: it may have changed while saving
+            if os.path.isdir(out_dir) and not os.path.islink(out_dir):
+                shutil.rmtree(out_dir)
+            else:
+                os.remove(out_dir)
         os.replace(saved, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

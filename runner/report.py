@@ -4,7 +4,8 @@ A table (run, model, parameters, steps, final and best test error with the split
 weights were chosen on, the paper's error, images per second, wall time, status), one
 learning-curve picture per run (train and test/validation error against the step, with
 the learning-rate changes marked) and one picture comparing the runs' test error.
-Repeats named `<name>/seed<k>` get a mean ± standard deviation row after their runs.
+Runs are named by their path relative to LOGDIR. Repeats (`<name>/seed<k>`, the seeds of one
+directory) get a mean ± standard deviation row over their finished runs after them.
 
 Default output: LOGDIR/report.md and pictures in LOGDIR/report/; with --out FILE.md the
 pictures go to FILE/ beside it. Only reads the runs: safe while they train.
@@ -32,7 +33,7 @@ def build_parser():
         prog='python -m runner report',
         description='A Markdown table of every run under LOGDIR (any directory with a summary.json), '
                     'a learning-curve PNG per run and one PNG comparing the runs. Runs named '
-                    '<name>/seed<k> are summarised with a mean ± std row.')
+                    '<name>/seed<k> are summarised with a mean ± std row of the finished ones.')
     p.add_argument('logdir', metavar='LOGDIR', help='the directory that holds the runs (searched recursively)')
     p.add_argument('--out', metavar='FILE',
                    help='the Markdown file (default LOGDIR/report.md); pictures go to a directory of '
@@ -80,21 +81,27 @@ def natural_key(text):
 
 def find_runs(logdir):
     """[(run directory, name)] of every directory with a summary.json under logdir, and how
-    many old runs moved aside by --restart were left out."""
+    many old runs moved aside by --restart were left out.
+
+    A run is named by its path relative to logdir (`<name>` or `<name>/seed<k>` in the
+    default layout), not by summary.run_name: two copies of a log tree under one logdir
+    (logs/ and archive/) would otherwise give runs of the same name. SKIP_DIRS are skipped
+    only inside a run directory, so a run named `best` directly under logdir is found."""
     found, superseded = [], 0
     for root, dirs, files in os.walk(logdir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d not in SKIP_DIRS)
+        in_run = SUMMARY in files
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and not (in_run and d in SKIP_DIRS))
         if '.restarted-' in os.path.basename(root):
             superseded += SUMMARY in files
             dirs[:] = []
             continue
-        if SUMMARY in files:
+        if in_run:
             found.append(root)
     runs = []
     for d in found:
         summary = _read_json(os.path.join(d, SUMMARY)) or {}
         rel = os.path.relpath(d, logdir).replace(os.sep, '/')
-        name = summary.get('run_name') or (rel if rel != '.' else os.path.basename(os.path.abspath(d)))
+        name = rel if rel != '.' else (summary.get('run_name') or os.path.basename(os.path.abspath(d)))
         runs.append(load_run_record(d, name, summary))
     runs.sort(key=lambda r: natural_key(r['name']))
     return runs, superseded
@@ -199,29 +206,35 @@ def run_row(r):
 
 
 def group_row(name, members):
+    """The repeats' mean ± std, over the finished members only: a running seed's error is
+    not yet its result, and a diverged or failed one has none; the status column says what
+    the others are."""
     def same(key, fmt=str):
         values = {m[key] for m in members}
         return fmt(values.pop()) if len(values) == 1 else 'mixed'
-    splits = {_split_label(m['selection_split']) for m in members}
-    best = _pct_pm([m['best_error'] for m in members])
+    done = [m for m in members if m['status'] == 'finished']
+    splits = {_split_label(m['selection_split']) for m in done}
+    best = _pct_pm([m['best_error'] for m in done])
     if best != '—':
         best += f" ({'/'.join(sorted(splits))})"
     statuses = {}
     for m in members:
         statuses[m['status']] = statuses.get(m['status'], 0) + 1
     steps = [m['steps'] for m in members if m['steps'] is not None]
-    return [f'**{name}** (mean ± std of {len(members)})', same('model'), same('params', fmt_params),
+    label = (f'mean ± std of {len(members)}' if len(done) == len(members)
+             else f'mean ± std, n={len(done)} finished of {len(members)}')
+    return [f'**{name}** ({label})', same('model'), same('params', fmt_params),
             '—' if not steps else (f'{min(steps):,}' if min(steps) == max(steps) else f'{min(steps):,}–{max(steps):,}'),
-            _pct_pm([m['final_error'] for m in members]), best,
+            _pct_pm([m['final_error'] for m in done]), best,
             fmt_pct(None if members[0]['paper_error'] is None else members[0]['paper_error'] / 100),
-            _mean_std([m['images_per_second'] for m in members], lambda v: f'{v:,.0f}'),
-            _mean_std([m['wall_seconds'] for m in members], fmt_time),
+            _mean_std([m['images_per_second'] for m in done], lambda v: f'{v:,.0f}'),
+            _mean_std([m['wall_seconds'] for m in done], fmt_time),
             ', '.join(f'{n} {s}' for s, n in statuses.items())]
 
 
 def table_rows(runs):
-    """Rows in run order; after the last run of a `<name>/seed<k>` group of two or more, its
-    mean ± std row."""
+    """Rows in run order; after the last run of a `<dir>/seed<k>` group of two or more (the
+    seeds of one parent directory, named relative to LOGDIR), its mean ± std row."""
     groups = {}
     for r in runs:
         m = REPEAT.match(r['name'])
@@ -253,8 +266,16 @@ def text_table(rows):
 # ---------------------------------------------------------------------------
 # Pictures
 
-def picture_name(run_name):
-    return 'curve-' + re.sub(r'[^\w.+=-]+', '__', run_name) + '.png'
+def picture_name(run_name, taken=()):
+    """curve-<run path, '/' as '__'>.png, with -2, -3 ... if another run's name maps to the
+    same file (names are paths relative to LOGDIR, so they differ, but their file-safe
+    forms need not)."""
+    stem = 'curve-' + re.sub(r'[^\w.+=-]+', '__', run_name)
+    name, k = stem + '.png', 1
+    while name in taken:
+        k += 1
+        name = f'{stem}-{k}.png'
+    return name
 
 
 def lr_changes(r):
@@ -440,8 +461,9 @@ def write_report(logdir, out=None):
              'training (the latest evaluation for a run still going). *Best*: the weights with the '
              'lowest error on the split in brackets; chosen on `test` flatters the model, chosen on '
              '`val` (a held-out part of the training data) does not. *Paper*: `paper.top1_error` of '
-             'the experiment. Repeats named `<name>/seed<k>` are summarised as mean ± sample '
-             'standard deviation.']
+             'the experiment. Runs are named by their path under this directory. Repeats named '
+             '`<name>/seed<k>` are summarised as mean ± sample standard deviation of their finished '
+             'runs (n=K finished of N when some are not).']
     if superseded:
         lines += ['', f'{superseded} old run(s) moved aside by `--restart` (`*.restarted-*`) are left out.']
     problems = [r for r in runs if r['error']]
@@ -450,8 +472,10 @@ def write_report(logdir, out=None):
         lines += [f"- **{r['name']}** ({r['status']}): {r['error']}" for r in problems]
     lines += ['', '## Test error of every run', '', f'![Test error of every run]({rel}/all-runs.png)',
               '', '## Learning curves', '']
+    taken = {'all-runs.png'}
     for r in runs:
-        name = picture_name(r['name'])
+        name = picture_name(r['name'], taken)
+        taken.add(name)
         pictures.append(plot_learning_curve(r, os.path.join(pic_dir, name)))
         lines += [f"### {r['name']}", '', f"![Learning curves of {r['name']}]({rel}/{name})", '']
     text = '\n'.join(lines).rstrip() + '\n'

@@ -121,29 +121,78 @@ def load_experiment(run_dir, data_dir=None):
     return cfg, exp
 
 
-def data_info(run_dir, exp):
-    """Image shape and class names: from the data when it is here (and cached in the run
-    directory), from the cache when it is not, so predict and export need no data."""
+def default_class_names(names, num_classes):
+    """Are `names` only the stand-ins "0".."C-1" (or none at all)? TFDS gives those for a
+    dataset that is not prepared here (e.g. cifar10 reads its names from the downloaded
+    files), so they say nothing about the real classes."""
+    return not names or list(names) == [str(i) for i in range(num_classes)]
+
+
+def read_data_info(run_dir):
+    """The cached DataInfo of RUN_DIR/data_info.json (written by training or by an earlier
+    evaluate/predict/export), or None."""
     from runner import data as data_lib
+    try:
+        with open(os.path.join(run_dir, DATA_INFO)) as f:
+            d = json.load(f)
+        return data_lib.DataInfo(d['description'], tuple(d['image_shape']), d['num_classes'],
+                                 d.get('class_names'), d.get('preprocessing', 'cifar'))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_data_info(run_dir, info):
+    """Cache `info` as RUN_DIR/data_info.json, unless that would replace real class names
+    with the stand-ins "0".."C-1" (a good cache is the only copy once the data is gone)."""
     from runner import rundir
-    cache = os.path.join(run_dir, DATA_INFO)
+    cached = read_data_info(run_dir)
+    if (cached is not None and cached.num_classes == info.num_classes
+            and default_class_names(info.class_names, info.num_classes)
+            and not default_class_names(cached.class_names, cached.num_classes)):
+        return
     try:
-        info = data_lib.describe(exp.dataset)
-    except data_lib.DataUnavailable as e:
-        try:
-            with open(cache) as f:
-                d = json.load(f)
-            return data_lib.DataInfo(d['description'], tuple(d['image_shape']), d['num_classes'],
-                                     d.get('class_names'), d.get('preprocessing', 'cifar'))
-        except (OSError, ValueError, KeyError):
-            raise RunError(f'{run_dir}: {e} (use --data-dir to say where the data is now)') from None
-    try:
-        rundir.write_atomic(cache, json.dumps({
+        rundir.write_atomic(os.path.join(run_dir, DATA_INFO), json.dumps({
             'description': info.description, 'image_shape': list(info.image_shape),
             'num_classes': info.num_classes, 'class_names': info.class_names,
             'preprocessing': info.preprocessing}, indent=1) + '\n')
     except OSError:
         pass  # a read-only run directory: fine, the cache is only a convenience
+
+
+def _prepared(cfg):
+    """Is the data describe() read really here? A TFDS builder describes a dataset that is
+    not prepared on this machine too, but then only from its code (default class names)."""
+    from runner import data as data_lib
+    if data_lib.source_kind(cfg) != 'tfds':
+        return True  # describe() has read the files
+    try:
+        return bool(data_lib._tfds_builder(cfg).is_prepared())
+    except Exception:  # a TFDS error: not something to trust over the cache
+        return False
+
+
+def data_info(run_dir, exp):
+    """Image shape and class names: from the data when it is here (and cached in the run
+    directory), from the cache when it is not, so predict and export need no data.
+
+    The cache's class names win over the live description's when the data is not prepared
+    here or the description has only default names ("0".."C-1"): an unprepared TFDS
+    builder still describes its dataset, with those stand-ins."""
+    from runner import data as data_lib
+    cached = read_data_info(run_dir)
+    try:
+        info = data_lib.describe(exp.dataset)
+    except data_lib.DataUnavailable as e:
+        if cached is None:
+            raise RunError(f'{run_dir}: {e} (use --data-dir to say where the data is now)') from None
+        return cached
+    prepared = _prepared(exp.dataset)
+    if (cached is not None and cached.num_classes == info.num_classes
+            and not default_class_names(cached.class_names, cached.num_classes)
+            and (not prepared or default_class_names(info.class_names, info.num_classes))):
+        info = dataclasses.replace(info, class_names=list(cached.class_names))
+    if prepared:
+        write_data_info(run_dir, info)
     return info
 
 
@@ -332,6 +381,8 @@ def predict_probabilities(run, images, tta='none', batch_size=None):
     runner.data.resize_short_side (a list when their shapes differ, as read_split(...,
     resized=True) gives them): the views are their corners and centres at the model size."""
     tp = run.exp.train_parameters
+    if batch_size is not None and batch_size < 1:
+        raise RunError('--batch-size: must be at least 1')
     batch_size = batch_size or tp.eval_batch_size
     if tta == '10crop':
         batch_size = max(1, batch_size // 5)  # ten views per image in memory at once

@@ -586,6 +586,9 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     resolved['dataset']['mean'], resolved['dataset']['std'] = data.mean, data.std
     resolved['train_parameters']['run_name'] = exp.run_name
     rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), dump_yaml(resolved))
+    # Shape and class names beside it: evaluate, predict and export of the run then know the
+    # real class names where the data is not (restore.data_info reads the file).
+    restore.write_data_info(run_dir, data.info)
 
     eval_split_name = 'validation' if exp.dataset.validation_fraction else 'test'
     machine = {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),

@@ -4,6 +4,7 @@ Two runs of tiny_cnn on the coloured-squares image folder, `repeats: 2` of one
 experiment (runs `grp/seed0` and `grp/seed1`, which the report groups), are trained once
 for the module.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -207,6 +208,17 @@ def test_missing_weights_and_bad_directories_are_one_line_errors(trained, tmp_pa
                    1, "is not a directory", '--data-dir')
 
 
+def test_evaluate_batch_size_below_one_is_a_one_line_error(trained, capsys):
+    """--batch-size -4 ended in a traceback and 0 silently meant the default."""
+    from runner import evaluate
+    run_dir = trained['runs'][0]
+    for bad in ('-4', '0'):
+        line = one_line_error(capsys, evaluate.main([run_dir, '--batch-size', bad]), 1)
+        assert line == 'error: --batch-size: must be at least 1'
+    assert evaluate.main([run_dir, '--batch-size', '3', '--limit', '7']) == 0
+    assert '| 7 ' in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------
 # predict
 
@@ -330,6 +342,85 @@ def test_export_in_a_fresh_process_gives_predicts_probabilities(trained, tmp_pat
     assert json.load(open(out_dir / 'export.json'))['weights'].startswith('last')
 
 
+def test_export_force_replaces_only_an_earlier_export(trained, tmp_path, capsys):
+    """--force once ran rmtree on OUT_DIR whatever it was: the run directory itself, or the
+    log directory holding it."""
+    from runner import export
+    logdir = tmp_path / 'logs'
+    shutil.copytree(trained['logdir'], logdir)
+    run_dir = logdir / 'grp' / 'seed0'
+    for out in (run_dir, logdir / 'grp', logdir, tmp_path):
+        one_line_error(capsys, export.main([str(run_dir), str(out), '--force']), 1,
+                       'run directory', str(out))
+        assert (run_dir / 'config.yaml').exists() and (run_dir / 'best').is_dir()
+    # a directory of other runs, or of anything that is not an export, is not replaced either
+    one_line_error(capsys, export.main([str(run_dir), str(logdir / 'grp' / 'seed1'), '--force']), 1,
+                   'not an earlier export')
+    assert (logdir / 'grp' / 'seed1' / 'summary.json').exists()
+    notes = tmp_path / 'notes'
+    notes.mkdir()
+    (notes / 'todo.txt').write_text('keep me\n')
+    one_line_error(capsys, export.main([str(run_dir), str(notes), '--force']), 1, 'not an earlier export')
+    (notes / 'export.json').write_text('{}')          # an export that has runs in it is no export
+    shutil.copytree(run_dir, notes / 'run')
+    one_line_error(capsys, export.main([str(run_dir), str(notes), '--force']), 1, 'not an earlier export')
+    assert (notes / 'todo.txt').read_text() == 'keep me\n'
+    a_file = tmp_path / 'model.txt'
+    a_file.write_text('x')
+    one_line_error(capsys, export.main([str(run_dir), str(a_file), '--force']), 1, 'not an earlier export')
+    assert a_file.read_text() == 'x'
+
+
+TFDS_RUN = """
+module: tiny_models
+model: tiny_cnn
+dataset: {{name: cifar10, data_dir: {data_dir}, train_split: 'train[:64]', test_split: 'test[:32]'}}
+train_parameters:
+  logdir: {logdir}
+  run_name: tf
+  batch_size: 16
+  eval_batch_size: 32
+  log_interval: 2
+  val_interval: 4
+  lr_values: [0.05]
+  lr_boundaries: [4]
+"""
+CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+
+
+def test_class_names_of_unprepared_tfds_data_come_from_the_cache(cifar10_tfds_dir, tmp_path, capsys):
+    """With the data not prepared here (--data-dir elsewhere), TFDS still describes cifar10,
+    but with the names "0".."9": they were exported as labels and replaced the good cache."""
+    from runner import cli, export, restore
+    path = tmp_path / 'tf.yaml'
+    path.write_text(TFDS_RUN.format(data_dir=cifar10_tfds_dir, logdir=tmp_path / 'logs'))
+    assert cli.main([str(path), '--no-smoke']) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / 'logs' / 'tf'
+    assert restore.load_run(str(run_dir), build=False).class_names == CIFAR10_NAMES  # caches them
+    copy = tmp_path / 'tfcopy'
+    shutil.copytree(run_dir, copy)
+    nowhere = str(tmp_path / 'nonexistent')
+    assert export.main([str(copy), str(tmp_path / 'exported'), '--data-dir', nowhere]) == 0
+    capsys.readouterr()
+    assert (tmp_path / 'exported' / 'assets' / 'labels.txt').read_text().split() == CIFAR10_NAMES
+    cache = json.load(open(copy / 'data_info.json'))
+    assert cache['class_names'] == CIFAR10_NAMES, 'the default names replaced the cached ones'
+    # data_info.json as training writes it beside config.yaml (restore.write_data_info) is read
+    os.remove(copy / 'data_info.json')
+    run = restore.load_run(str(run_dir), build=False)
+    restore.write_data_info(str(copy), run.info)
+    assert restore.load_run(str(copy), data_dir=nowhere, build=False).class_names == CIFAR10_NAMES
+    # a cache of default names is replaced by the real ones once the data is here
+    stand_in = dataclasses.replace(run.info, class_names=[str(i) for i in range(10)])
+    os.remove(copy / 'data_info.json')
+    restore.write_data_info(str(copy), stand_in)
+    assert restore.load_run(str(copy), build=False).class_names == CIFAR10_NAMES
+    assert json.load(open(copy / 'data_info.json'))['class_names'] == CIFAR10_NAMES
+    restore.write_data_info(str(copy), stand_in)           # and never back
+    assert json.load(open(copy / 'data_info.json'))['class_names'] == CIFAR10_NAMES
+
+
 # ---------------------------------------------------------------------------
 # report
 
@@ -407,3 +498,76 @@ def test_the_commands_are_listed_and_have_help(capsys):
             main([name, '--help'])
         assert e.value.code == 0
         assert f'python -m runner {name}' in capsys.readouterr().out
+
+
+def report_rows(md):
+    return {l.split('|')[1].strip(): [c.strip() for c in l.split('|')[2:-1]]
+            for l in md.splitlines() if l.startswith('| ') and not l.startswith(('| run ', '| --- '))}
+
+
+def set_summary(run_dir, **changes):
+    path = os.path.join(run_dir, 'summary.json')
+    s = json.load(open(path))
+    s.update(changes)
+    json.dump(s, open(path, 'w'))
+    return s
+
+
+def test_report_names_runs_by_their_path_so_two_log_trees_stay_apart(trained, tmp_path, capsys):
+    """Two copies of a log tree under one LOGDIR gave every name twice, one group of four
+    and pictures overwriting each other."""
+    from runner import report
+    top = tmp_path / 'top'
+    shutil.copytree(trained['logdir'], top / 'logs')
+    shutil.copytree(trained['logdir'], top / 'archive')
+    assert report.main([str(top)]) == 0
+    capsys.readouterr()
+    rows = report_rows((top / 'report.md').read_text())
+    assert list(rows) == ['archive/grp/seed0', 'archive/grp/seed1', '**archive/grp** (mean ± std of 2)',
+                          'logs/grp/seed0', 'logs/grp/seed1', '**logs/grp** (mean ± std of 2)']
+    assert sorted(os.listdir(top / 'report')) == [
+        'all-runs.png', 'curve-archive__grp__seed0.png', 'curve-archive__grp__seed1.png',
+        'curve-logs__grp__seed0.png', 'curve-logs__grp__seed1.png']
+    # in the default layout the names are the run names, as before
+    assert report.main([str(top / 'logs')]) == 0
+    capsys.readouterr()
+    assert list(report_rows((top / 'logs' / 'report.md').read_text()))[:2] == ['grp/seed0', 'grp/seed1']
+
+
+def test_report_mean_of_repeats_is_over_the_finished_ones(trained, tmp_path, capsys):
+    """The mean ± std row averaged running, diverged and failed seeds with the finished."""
+    from runner import report
+    logdir = tmp_path / 'logs'
+    shutil.copytree(trained['logdir'], logdir)
+    grp = logdir / 'grp'
+    shutil.copytree(grp / 'seed1', grp / 'seed2')
+    finished = json.load(open(grp / 'seed0' / 'summary.json'))
+    set_summary(grp / 'seed1', status='running', test_top1_accuracy=0.05, best_test_top1_accuracy=0.05)
+    set_summary(grp / 'seed2', status='diverged', test_top1_accuracy=0.0, error='loss is NaN')
+    # a group with no finished run has no mean
+    shutil.copytree(grp, logdir / 'other')
+    set_summary(logdir / 'other' / 'seed0', status='failed', error='out of memory')
+    assert report.main([str(logdir)]) == 0
+    capsys.readouterr()
+    rows = report_rows((logdir / 'report.md').read_text())
+    row = rows['**grp** (mean ± std, n=1 finished of 3)']
+    assert row[3] == f"{100 * (1 - finished['test_top1_accuracy']):.2f}% (n=1)"
+    assert row[4] == f"{100 * (1 - finished['best_test_top1_accuracy']):.2f}% (n=1) (test)"
+    assert row[8] == '1 finished, 1 running, 1 diverged'
+    row = rows['**other** (mean ± std, n=0 finished of 3)']
+    assert row[3] == row[4] == row[6] == row[7] == '—'
+
+
+def test_report_finds_a_run_named_best(trained, tmp_path, capsys):
+    """`best` (like `checkpoints`) is skipped only inside a run directory, where it holds
+    weights; a run of that name directly under LOGDIR is a run."""
+    from runner import report
+    logdir = tmp_path / 'logs'
+    shutil.copytree(trained['logdir'], logdir)
+    shutil.copytree(logdir / 'grp' / 'seed0', logdir / 'best')
+    set_summary(logdir / 'best', run_name='best')
+    shutil.copytree(logdir / 'grp' / 'seed0', logdir / 'best' / 'best' / 'nested')  # weights' dir: skipped
+    assert report.main([str(logdir)]) == 0
+    capsys.readouterr()
+    rows = report_rows((logdir / 'report.md').read_text())
+    assert list(rows) == ['best', 'grp/seed0', 'grp/seed1', '**grp** (mean ± std of 2)']
