@@ -153,7 +153,8 @@ class TrainConfig:
     nesterov: bool = _doc('Nesterov momentum.', default=False)
     weight_decay: Optional[float] = _doc(
         'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels; '
-        'on every weight in cifar_airbench94 and cifar_resnet9); null keeps the model\'s own '
+        'on every weight in models whose decay_all is on: WRN, ResNeXt, DenseNet, cifar_airbench94, '
+        'cifar_resnet9); null keeps the model\'s own '
         'default (1e-4 for most models).', default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
     bn_bias_lr_multiplier: float = _doc(

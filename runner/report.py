@@ -102,6 +102,9 @@ def find_runs(logdir):
         summary = _read_json(os.path.join(d, SUMMARY)) or {}
         rel = os.path.relpath(d, logdir).replace(os.sep, '/')
         name = rel if rel != '.' else (summary.get('run_name') or os.path.basename(os.path.abspath(d)))
+        if re.fullmatch(r'seed\d+', name):
+            # logdir is a repeat group's own directory: its name keeps the seeds a group.
+            name = f'{os.path.basename(os.path.abspath(logdir))}/{name}'
         runs.append(load_run_record(d, name, summary))
     runs.sort(key=lambda r: natural_key(r['name']))
     return runs, superseded

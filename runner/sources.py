@@ -442,8 +442,8 @@ def tfrecord_listing(pattern, key, split, image_key=None, label_key=None, label_
         raise SourceError(f"dataset.{key}: the files matching '{pattern}' hold no records")
     try:
         _check_image_key(files, file_ids, offsets, lengths, image_key, key)
-    except OSError as e:
-        raise SourceError(f'dataset.{key}: {files[int(file_ids[0])]}: {e}') from None
+    except (OSError, tf.errors.OpError) as e:  # OpError: GFile on gs:// and other remote files
+        raise SourceError(f'dataset.{key}: {files[int(file_ids[0])]}: {_first_line(e)}') from None
     spec = {image_key: tf.io.FixedLenFeature([], tf.string)}
 
     def parse(record):

@@ -532,6 +532,11 @@ def test_report_names_runs_by_their_path_so_two_log_trees_stay_apart(trained, tm
     assert report.main([str(top / 'logs')]) == 0
     capsys.readouterr()
     assert list(report_rows((top / 'logs' / 'report.md').read_text()))[:2] == ['grp/seed0', 'grp/seed1']
+    # a repeat group's own directory as LOGDIR: still a group, named after the directory
+    assert report.main([str(top / 'logs' / 'grp')]) == 0
+    capsys.readouterr()
+    assert list(report_rows((top / 'logs' / 'grp' / 'report.md').read_text())) == [
+        'grp/seed0', 'grp/seed1', '**grp** (mean ± std of 2)']
 
 
 def test_report_mean_of_repeats_is_over_the_finished_ones(trained, tmp_path, capsys):

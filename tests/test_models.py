@@ -525,7 +525,7 @@ def _inbound(model, layer_name):
 @pytest.mark.parametrize("name, kwargs, first_shortcut_source", [
     # Identity shortcut: He et al. 2016, 4.1, the first unit splits after the BN-ReLU on conv1.
     ("cifar_resnet20", dict(block_type="preactivated"), "stage1_block1_relu1"),
-    # Projections of pre-activation units always read the BN-ReLU.
+    # A projection (WRN's first unit) reads the BN-ReLU in every pre-activation unit.
     ("cifar_WRN_16_4", {}, "stage1_block1_shortcut_conv"),
     # Post-activation: the stem already ends in BN-ReLU.
     ("cifar_resnet20", {}, "stem_relu"),
@@ -533,6 +533,8 @@ def _inbound(model, layer_name):
 def test_first_unit_shortcut_reads_the_activated_stem(name, kwargs, first_shortcut_source):
     model = getattr(models, name)(**kwargs)
     assert first_shortcut_source in _inbound(model, "stage1_block1_add")
+    if first_shortcut_source.endswith("shortcut_conv"):
+        assert _inbound(model, first_shortcut_source) == ["stage1_block1_relu1"]
     if kwargs.get("block_type") == "preactivated":
         # Later identity shortcuts keep the raw residual stream.
         assert "stage1_block1_add" in _inbound(model, "stage1_block2_add")

@@ -868,6 +868,12 @@ def test_a_wrong_tfrecord_image_key_is_named(tmp_path, monkeypatch, capsys):
                                       'tfrecord_test': str(tmp_path / 'test-*'),
                                       'tfrecord_image_key': 'image/jpeg'})
     one_line_error(capsys, stats.main([str(exp)]), 2, 'dataset.tfrecord_image_key', "'image/encoded'")
+    # Remote shards (gs://) fail in GFile with TensorFlow's OpError, not OSError: one line too.
+    def unreachable(*args):
+        raise tf.errors.UnavailableError(None, None, 'connection reset\nretrying ...')
+    monkeypatch.setattr(sources, '_check_image_key', unreachable)
+    with pytest.raises(sources.SourceError, match=r'^dataset.tfrecord_train: .*train-0: connection reset$'):
+        sources.tfrecord_listing(str(tmp_path / 'train-*'), 'tfrecord_train', 'train')
 
 
 @pytest.mark.parametrize('budget', [None, 0], ids=['cached', 'streamed'])
