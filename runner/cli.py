@@ -157,6 +157,14 @@ def check_resumable(exp):
         old = yaml.safe_load(f) or {}
     new = exp.to_dict()
     new['train_parameters']['run_name'] = exp.run_name
+    if old.get('model') == exp.model and old.get('module') == exp.module:
+        # Both sides with the model function's defaults as they are now: a default that
+        # changed since the run started shows as a change of the value its file records
+        # (a file from before the runner recorded defaults gets today's, as it always did).
+        from runner.registry import resolve_model_fn, resolved_model_parameters
+        fn = resolve_model_fn(exp)
+        new['model_parameters'] = resolved_model_parameters(fn, exp.model_parameters)
+        old['model_parameters'] = resolved_model_parameters(fn, old.get('model_parameters') or {})
     for key in ('mean', 'std'):  # filled in from the data when the file left them null
         if new['dataset'][key] is None:
             new['dataset'][key] = old.get('dataset', {}).get(key)

@@ -75,6 +75,41 @@ def _suggest(name, names):
     return f"; did you mean '{close[0]}'?" if close else ''
 
 
+def _renamed(sig, model_parameters):
+    """model_parameters with the seed runner's spellings (shortcut_mode) under this
+    project's names where the function takes those."""
+    out = {}
+    for key, value in model_parameters.items():
+        new = SEED_PARAMETER_NAMES.get(key)
+        out[new if new and key not in sig.parameters and new in sig.parameters else key] = value
+    return out
+
+
+def _plain(value):
+    """A default that YAML writes and reads back as itself (lists for tuples)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
+
+
+def resolved_model_parameters(fn, model_parameters):
+    """The model function's arguments as a run gets them: model_parameters with every other
+    default of the function filled in (the runner supplies input_shape, num_classes and
+    weight_decay, so those are left to it). config.yaml records these, so a run's file says
+    which network it trained even after a default changes, and a resume notices the change."""
+    sig = inspect.signature(fn)
+    given = _renamed(sig, model_parameters)
+    out = {}
+    for name, p in sig.parameters.items():
+        if name in given:
+            out[name] = given.pop(name)
+        elif (name not in ('input_shape', 'num_classes', 'weight_decay') and p.default is not p.empty
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and _plain(p.default)):
+            out[name] = list(p.default) if isinstance(p.default, tuple) else p.default
+    out.update(given)  # a function that takes **kwargs
+    return out
+
+
 def model_kwargs(exp, fn, input_shape, num_classes):
     """Keyword arguments for the model function: model_parameters plus what the runner supplies.
 
@@ -82,10 +117,7 @@ def model_kwargs(exp, fn, input_shape, num_classes):
     `weight_decay`, to every function that accepts them, so one model serves any dataset.
     """
     sig = inspect.signature(fn)
-    params = {}
-    for key, value in exp.model_parameters.items():
-        new = SEED_PARAMETER_NAMES.get(key)
-        params[new if new and key not in sig.parameters and new in sig.parameters else key] = value
+    params = _renamed(sig, exp.model_parameters)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     supplied = {'input_shape': tuple(input_shape), 'num_classes': num_classes}
     wd = exp.train_parameters.weight_decay

@@ -31,7 +31,8 @@ from runner import distribute
 from runner import restore
 from runner import rundir
 from runner.config import dump_yaml
-from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
+from runner.registry import (build_model, count_trainable, freeze_schedule, load_initial_weights,
+                             resolve_model_fn, resolved_model_parameters)
 from runner.schedule import lookahead_alpha, make_lr_schedule
 
 
@@ -583,6 +584,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     trainer.start_input()
 
     resolved = exp.to_dict()
+    resolved['model_parameters'] = resolved_model_parameters(resolve_model_fn(exp), exp.model_parameters)
     resolved['dataset']['mean'], resolved['dataset']['std'] = data.mean, data.std
     resolved['train_parameters']['run_name'] = exp.run_name
     rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), dump_yaml(resolved))

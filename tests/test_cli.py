@@ -385,3 +385,25 @@ def test_warm_start_from_a_run_and_hparams(tmp_path, image_folder, capsys):
     assert not (tmp_path / 'logs' / 'wide').exists()
     assert cli.main([str(wide), '--no-smoke', '--set', 'train_parameters.init_skip_mismatch=true',
                      '--set', 'train_parameters.steps=1']) == 0
+
+
+def test_config_records_the_model_defaults_and_a_resume_sees_a_changed_default(tmp_path, image_folder,
+                                                                              capsys):
+    """config.yaml holds every argument of the model function, defaults included, so the
+    file says which network ran; a default changed since (here: written differently into
+    the file) is a change a resume refuses. A file without them resumes as before."""
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs'))
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=2']) == 0
+    saved = tmp_path / 'logs' / 'tiny' / 'config.yaml'
+    cfg = yaml.safe_load(saved.read_text())
+    assert cfg['model_parameters'] == {'width': 8, 'dropout': 0.0}, cfg['model_parameters']
+    exp, = cli.load_all([str(path)], [])
+    assert cli.check_resumable(exp) is False
+    cfg['model_parameters']['width'] = 16  # as if the function's default had been 16
+    saved.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(Exception, match='model_parameters.width: changed since'):
+        cli.check_resumable(exp)
+    cfg['model_parameters'] = {}  # a run of an earlier version, which recorded no defaults
+    saved.write_text(yaml.safe_dump(cfg))
+    assert cli.check_resumable(exp) is False
