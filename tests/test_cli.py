@@ -257,8 +257,14 @@ def test_a_stop_outside_the_steps_marks_the_run_interrupted(tmp_path, image_fold
     path = tmp_path / 'e.yaml'
     path.write_text(tiny(image_folder, tmp_path / 'logs') + '---\n' + tiny(image_folder, tmp_path / 'logs', 'second'))
     monkeypatch.setattr(data_lib, 'load', load_then_signal)
+    # Ctrl-C at a terminal: Python's own SIGINT handler. A process started in the background
+    # of a script (CI, nohup) inherits SIGINT ignored, and Python then leaves it ignored.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     before = signal.getsignal(signal.SIGTERM)
-    code = cli.main([str(path), '--no-smoke'])
+    try:
+        code = cli.main([str(path), '--no-smoke'])
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
     out, err = capsys.readouterr()
     assert code == 1 and 'Traceback' not in out + err
     assert 'tiny: interrupted at step 0; run the same command again to resume' in out
