@@ -494,6 +494,11 @@ def choose_precision(exp, info, strategy, previous_precision=None):
     policy and each would measure its own."""
     tp = exp.train_parameters
     policy = distribute.resolve_precision(tp.precision)
+    if tp.precision == 'auto' and previous_precision and previous_precision != policy:
+        # Resumed on other hardware (a GPU then, none now, or the reverse): the checkpoint
+        # holds the optimizer of the precision it started in (a LossScaleOptimizer's
+        # variables for mixed_float16), and a run keeps its arithmetic anyway.
+        return previous_precision, 'chosen when the run started'
     if tp.precision != 'fastest':
         return policy, None
     if previous_precision:
@@ -547,7 +552,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     resuming = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints')) is not None
     policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
     if why and not quiet:
-        print(f'{exp.run_name}: precision fastest: {policy} ({why})', flush=True)
+        print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
     distribute.set_policy(policy)
     # After the probe, which builds models of its own: the weights start the same either way.
     keras.utils.set_random_seed(tp.seed)
@@ -602,7 +607,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         'eval_split': eval_split_name, 'test_split': exp.dataset.test_split,
         'selection_split': eval_split_name,
         'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
-        'precision': policy, **({'precision_fastest': why} if why else {}),
+        'precision': policy, **({'precision_fastest': why} if why and tp.precision == 'fastest' else {}),
         'replicas': strategy.num_replicas_in_sync,
         # What this session's images/s were measured on (the chief's machine); `sessions`
         # has every start and resume, each with its own machine and images/s.

@@ -129,3 +129,19 @@ def test_a_step_skipped_by_loss_scaling_still_counts(tmp_path):
         assert any(not np.array_equal(a, b) for a, b in zip(before, values(trainer.model.trainable_variables)))
     finally:
         distribute.set_policy('float32')
+
+
+def test_auto_resumed_on_other_hardware_keeps_its_precision(tmp_path, monkeypatch):
+    """`auto` is mixed_float16 on a GPU and float32 on a CPU. A run started on a GPU machine
+    and resumed on a CPU one (or the reverse) failed to restore: the checkpoint holds the
+    other precision's optimizer (LossScaleOptimizer variables). It keeps its precision."""
+    real = distribute.resolve_precision
+    monkeypatch.setattr(distribute, 'resolve_precision',  # the first session on a 'GPU'
+                        lambda p: 'mixed_float16' if p == 'auto' else real(p))
+    data = make_data()
+    first = run(make_exp(tmp_path, lr_boundaries=[6], steps=3), data)
+    assert (first['precision'], first['steps']) == ('mixed_float16', 3)
+    monkeypatch.setattr(distribute, 'resolve_precision', real)  # resumed without one
+    second = run(make_exp(tmp_path, lr_boundaries=[6]), data)
+    assert (second['status'], second['steps'], second['precision']) == ('finished', 6, 'mixed_float16')
+    assert 'precision_fastest' not in second
