@@ -719,7 +719,20 @@ def _run(exp, data, quiet, max_eval_batches, stop):
             side_start = time.time()
             if eval_now:
                 writer.flush()
-                do_eval(step)
+                best_before = (trainer.best_error.numpy(), trainer.best_step.numpy())
+                try:
+                    do_eval(step)
+                except Exception:
+                    # A failed evaluation (eval_batch_size too large for memory, a split gone
+                    # unreadable) must not lose the steps trained since the last checkpoint:
+                    # this step is saved first, with the best record as before the evaluation.
+                    trainer.best_error.assign(best_before[0])
+                    trainer.best_step.assign(best_before[1])
+                    with contextlib.suppress(Exception):
+                        writer.flush()
+                        manager.save(checkpoint_number=step)
+                        save_summary()
+                    raise
             if ckpt_now or stop:
                 # Events up to this step must be on disk before the checkpoint that a
                 # resume starts after; otherwise a kill loses them for good.
@@ -760,6 +773,9 @@ def _run(exp, data, quiet, max_eval_batches, stop):
             trainer.model.save_weights(os.path.join(run_dir, rundir.FINAL_WEIGHTS))
         summary['weights'] = rundir.FINAL_WEIGHTS
         summary.pop('error', None)
+        # The traceback of a failure this run has since recovered from is history, not news.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(run_dir, 'error.log'))
     if stop and status == 'interrupted':
         summary['error'] = f'stopped by {signal.Signals(stop.signal).name} at step {trainer.step}'
     summary['last_checkpoint'] = manager.latest_checkpoint

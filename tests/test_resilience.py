@@ -569,6 +569,36 @@ def test_a_streamed_test_split_of_unreadable_files_fails_rather_than_reporting_n
     assert 'nan' not in out + err
 
 
+def test_a_failed_evaluation_keeps_the_steps_before_it(images, tmp_path, capsys, monkeypatch):
+    """An evaluation that raises (here: out of memory at eval_batch_size) fails the run, but
+    the steps since the last checkpoint are saved first: the same command resumes from the
+    evaluation's step, not from the checkpoint before it."""
+    from runner import train
+    evaluate = train.Trainer.evaluate
+    failed = []
+
+    def out_of_memory_once(self, split, max_batches=None):
+        if self.step == 15 and not failed:
+            failed.append(self.step)
+            raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')
+        return evaluate(self, split, max_batches)
+    monkeypatch.setattr(train.Trainer, 'evaluate', out_of_memory_once)
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 'oom.yaml', experiment(images, logdir, 'oom', lr_values=[0.05],
+                                                        lr_boundaries=[20], val_interval=15,
+                                                        checkpoint_interval=10))
+    rc, out, err = run_cli(capsys, path, '--no-smoke')
+    assert rc == 1 and failed == [15], out + err
+    s = summary(os.path.join(logdir, 'oom'))
+    assert s['status'] == 'failed' and 'OOM' in s['error'], s
+    assert checkpoint_step(tf.train.latest_checkpoint(os.path.join(logdir, 'oom', 'checkpoints'))) == 15
+    assert s.get('best_step', -1) != 15, 'the failed evaluation chose no best checkpoint'
+    rc, out, err = run_cli(capsys, path, '--no-smoke')
+    assert rc == 0 and 'resuming' in out and 'step 15' in out, out + err
+    assert summary(os.path.join(logdir, 'oom'))['status'] == 'finished'
+    assert not os.path.exists(os.path.join(logdir, 'oom', 'error.log')), 'a stale failure'
+
+
 # ---------------------------------------------------------------------------
 # 5. An experiment that fails in training
 
