@@ -8,9 +8,9 @@ Keras' PiecewiseConstantDecay does the stepping; an optional linear warm-up
 (Goyal et al. 2017, arXiv:1706.02677) scales it over the first `warmup_steps`.
 
 For short budgets the speed-record literature uses a warm-up then a decay to zero
-(Smith's one-cycle, arXiv:1708.07120; airbench): `lr_schedule: linear` (Keras
-PolynomialDecay with power 1 under the same warm-up) or `cosine` (Keras CosineDecay with
-its own linear warm-up), from lr_values[0] to 0 at the last boundary.
+(Smith's one-cycle, arXiv:1708.07120; airbench): `lr_schedule: linear` or `cosine` (Keras
+CosineDecay with its own linear warm-up): up to lr_values[0] over the warm-up, then from it
+down to 0 at the last boundary (a straight line, or half a cosine).
 
 The speed-record codes write their schedules as straight lines between (step, rate) knots:
 Page's ResNet-9 `PiecewiseLinear([0, 5, 24], [0, 0.4, 0])` (epochs), airbench94's 0.2x
@@ -54,8 +54,9 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable('convnet_runner')
 class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
-    """`values[i]` at step `boundaries[i]` (in steps, increasing, the first 0), straight
-    lines between, the last value after the last boundary (a run extended with `steps`)."""
+    """`values[i]` at step `boundaries[i]` (in steps, increasing), straight lines between,
+    the first value before the first boundary and the last after the last (a run extended
+    with `steps`)."""
 
     def __init__(self, boundaries, values):
         if len(boundaries) != len(values) or len(boundaries) < 2:
@@ -102,8 +103,11 @@ def make_lr_schedule(kind, lr_values, lr_boundaries, warmup_steps=0):
         return LinearWarmup(PiecewiseLinear(lr_boundaries, lr_values), int(warmup_steps))
     peak, total = float(lr_values[0]), int(lr_boundaries[-1])
     if kind == 'linear':
-        decay = keras.optimizers.schedules.PolynomialDecay(peak, total, end_learning_rate=0.0, power=1.0)
-        return LinearWarmup(decay, int(warmup_steps))
+        # The line starts at the peak where the warm-up ends, as cosine's does: scaling a line
+        # that starts at step 0 by the ramp would never reach the peak (0.79x of it at Page's
+        # 5-of-24-epochs warm-up).
+        start = min(int(warmup_steps), total - 1)
+        return LinearWarmup(PiecewiseLinear([start, total], [peak, 0.0]), int(warmup_steps))
     if kind == 'cosine':
         return keras.optimizers.schedules.CosineDecay(
             0.0 if warmup_steps else peak, max(total - warmup_steps, 1), alpha=0.0,

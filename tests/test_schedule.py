@@ -52,10 +52,15 @@ def test_schedule_round_trips_through_keras_serialisation():
 
 def test_linear_decay_after_warmup():
     from runner.schedule import make_lr_schedule
-    s = make_lr_schedule('linear', [0.4], [1000], warmup_steps=100)
-    assert lr(s, 0) == pytest.approx(0.4 * (1 - 0 / 1000) / 100)
-    assert lr(s, 99) == pytest.approx(0.4 * (1 - 99 / 1000))  # warm-up done
-    assert lr(s, 500) == pytest.approx(0.2)
+    # Up to the peak over the warm-up, then a straight line from it to 0, as cosine does.
+    s = make_lr_schedule('linear', [0.4], [1100], warmup_steps=100)
+    assert lr(s, 0) == pytest.approx(0.4 / 100)
+    assert lr(s, 99) == pytest.approx(0.4) and lr(s, 100) == pytest.approx(0.4)
+    assert lr(s, 600) == pytest.approx(0.2)
+    assert lr(s, 1100) == pytest.approx(0.0) and lr(s, 1200) == pytest.approx(0.0)
+    # Without a warm-up, from the peak at step 0.
+    s = make_lr_schedule('linear', [0.4], [1000])
+    assert lr(s, 0) == pytest.approx(0.4) and lr(s, 500) == pytest.approx(0.2)
     assert lr(s, 1000) == pytest.approx(0.0)
 
 
