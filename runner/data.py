@@ -318,8 +318,7 @@ def listing(cfg, split, limit=None):
             try:
                 out = sources.tfds_listing(b, split)
             except (KeyError, ValueError) as e:
-                raise DataUnavailable(f"dataset: '{cfg.name}' has no split '{split}' "
-                                      f"(splits: {', '.join(b.info.splits)}): {_first_line(e)}") from None
+                raise _no_split(cfg, b, split, e) from None
     except sources.SourceError as e:
         raise DataUnavailable(str(e)) from None
     return out.take(limit)
@@ -687,9 +686,10 @@ def _ragged_or_uniform(name, images, labels, ids=None, listed=None):
     return Ragged(name, images, labels, ids, listed)
 
 
-def _first_line(error):
-    """TFDS's split errors run to several lines (the split grammar); a message gets the first."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+def _no_split(cfg, builder, split, error):
+    # TFDS's split errors run to several lines (the split grammar); the message gets the first.
+    return DataUnavailable(f"dataset: '{cfg.name}' has no split '{split}' "
+                           f"(splits: {', '.join(builder.info.splits)}): {sources._first_line(error)}")
 
 
 def _read_tfds(cfg, split, limit):
@@ -698,8 +698,7 @@ def _read_tfds(cfg, split, limit):
         ds = b.as_dataset(split=split, shuffle_files=False, as_supervised=True,
                           decoders={'image': _tfds().decode.SkipDecoding()})
     except (ValueError, KeyError) as e:
-        raise DataUnavailable(f"dataset: '{cfg.name}' has no split '{split}' "
-                              f"(splits: {', '.join(b.info.splits)}): {_first_line(e)}") from None
+        raise _no_split(cfg, b, split, e) from None
     if limit:
         # take(), not a '[:limit]' suffix: the split may already be a slice ('train[:2%]').
         ds = ds.take(limit)
@@ -1131,21 +1130,20 @@ def _batched(split, batches, item_fn, finish):
         ds = ds.map(lambda x, y, i, p: (item_fn(x, p), y, i, p),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(tf.cast(tf.size(idx), tf.int64))
-        if not streamed:
-            return ds.map(lambda x, y, kept, positions: finish(b, x, y, kept, positions))
-        # A batch whose every item is unreadable yields no element at all: an empty one
-        # stands in, so that its files are recorded, and it is dropped after that.
-        empty = tf.data.Dataset.from_tensors(tuple(
-            tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype)
-            for spec in ds.element_spec))
-        ds = ds.concatenate(empty).take(1)
+        if streamed:
+            # A batch whose every item is unreadable yields no element at all: an empty one
+            # stands in, so that its files are recorded, and it is dropped after that.
+            empty = tf.data.Dataset.from_tensors(tuple(
+                tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype)
+                for spec in ds.element_spec))
 
-        def record(x, y, kept, positions):
-            dropped = tf.numpy_function(note, [idx, kept], tf.int64, stateful=True)
-            with tf.control_dependencies([dropped]):
-                return tf.identity(x), y, kept, positions
-        return (ds.map(record).filter(lambda x, *_: tf.shape(x)[0] > 0)
-                .map(lambda x, y, kept, positions: finish(b, x, y, kept, positions)))
+            def record(x, y, kept, positions):
+                dropped = tf.numpy_function(note, [idx, kept], tf.int64, stateful=True)
+                with tf.control_dependencies([dropped]):
+                    return tf.identity(x), y, kept, positions
+            ds = (ds.concatenate(empty).take(1).map(record)
+                  .filter(lambda x, *_: tf.shape(x)[0] > 0))
+        return ds.map(lambda x, y, kept, positions: finish(b, x, y, kept, positions))
     return batches.interleave(one, cycle_length=2, block_length=1, num_parallel_calls=AUTOTUNE,
                               deterministic=True)
 

@@ -315,8 +315,13 @@ def record_offsets(path):
                 f.seek(pos)
     except (tf.errors.OpError, OSError) as e:
         # A directory, a file without read permission, one that vanished since the glob.
-        raise SourceError(f'{path}: cannot read it as a TFRecord file ({_first_line(e)})') from None
+        raise SourceError(_unreadable_shard(path, e)) from None
     return offsets, lengths
+
+
+def _unreadable_shard(path, error):
+    return f'{path}: cannot read it as a TFRecord file ({_first_line(error)})'
+
 
 
 def _cache_dir():
@@ -341,8 +346,7 @@ def _index_files(files, label_key, key):
                 st = os.stat(f)
                 stamps.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
         except (tf.errors.OpError, OSError) as e:  # gone since the glob
-            raise SourceError(f'dataset.{key}: {f}: cannot read it as a TFRecord file '
-                              f'({_first_line(e)})') from None
+            raise SourceError(f'dataset.{key}: {_unreadable_shard(f, e)}') from None
     stamp = hashlib.sha1(repr((label_key, stamps)).encode())
     cache = os.path.join(_cache_dir(), stamp.hexdigest() + '.npz')
     try:
@@ -373,8 +377,8 @@ def _index_files(files, label_key, key):
                               ) from None
         except tf.errors.OpError as e:
             # A corrupt record (bad CRC): the one pass over all files does not say whose.
-            raise SourceError(f'dataset.{key}: {_bad_record_file(files) or files[0]}: cannot read it '
-                              f'as a TFRecord file ({_first_line(e)})') from None
+            raise SourceError(f'dataset.{key}: {_unreadable_shard(_bad_record_file(files) or files[0], e)}'
+                              ) from None
     out = (np.array(file_ids, np.int32), np.array(offsets, np.int64), np.array(lengths, np.int64), labels)
     try:
         os.makedirs(_cache_dir(), exist_ok=True)
