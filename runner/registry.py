@@ -92,18 +92,20 @@ def _plain(value):
     return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
 
 
-def resolved_model_parameters(fn, model_parameters):
+def resolved_model_parameters(fn, model_parameters, decay_given=False):
     """The model function's arguments as a run gets them: model_parameters with every other
-    default of the function filled in (the runner supplies input_shape, num_classes and
-    weight_decay, so those are left to it). config.yaml records these, so a run's file says
-    which network it trained even after a default changes, and a resume notices the change."""
+    default of the function filled in (the runner supplies input_shape and num_classes, so
+    those are left to it, and weight_decay when `decay_given`, i.e. set in train_parameters).
+    config.yaml records these, so a run's file says which network it trained, with which
+    weight decay, even after a default changes, and a resume notices the change."""
     sig = inspect.signature(fn)
     given = _renamed(sig, model_parameters)
+    supplied = ('input_shape', 'num_classes') + (('weight_decay',) if decay_given else ())
     out = {}
     for name, p in sig.parameters.items():
         if name in given:
             out[name] = given.pop(name)
-        elif (name not in ('input_shape', 'num_classes', 'weight_decay') and p.default is not p.empty
+        elif (name not in supplied and p.default is not p.empty
               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and _plain(p.default)):
             out[name] = list(p.default) if isinstance(p.default, tuple) else p.default
     out.update(given)  # a function that takes **kwargs

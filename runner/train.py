@@ -30,6 +30,7 @@ from runner import data as data_lib
 from runner import distribute
 from runner import restore
 from runner import rundir
+from runner import tboard
 from runner.config import dump_yaml
 from runner.registry import (build_model, count_trainable, freeze_schedule, load_initial_weights,
                              resolve_model_fn, resolved_model_parameters)
@@ -345,11 +346,11 @@ class Trainer:
         for average, var in zip(self.averages + self.slow, self.averaged + self.lookahead_state):
             average.assign(tf.convert_to_tensor(var))
 
-    def read_train_metrics(self):
+    def read_train_metrics(self, reset=True):
         """Means since the last log. The sums and their step count are checkpointed, so a
         log after a resume covers the same steps as in an uninterrupted run."""
         s = {k: float(v.numpy()) for k, v in self.sums.items()}
-        for v in self.sums.values():
+        for v in self.sums.values() if reset else ():
             v.assign(0.0)
         steps = max(s['steps'], 1.0)
         return {'loss': s['loss'] / steps, 'reg_loss': s['reg_loss'] / steps,
@@ -371,7 +372,9 @@ class Trainer:
         k = min(5, self.data.info.num_classes)
         top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, scores, 1), tf.float32))
         top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, scores, k), tf.float32))
-        return loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)
+        confusion = tf.math.confusion_matrix(labels, tf.argmax(scores, -1, output_type=tf.int32),
+                                             self.data.info.num_classes, dtype=tf.float32)
+        return loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float32), confusion
 
     def _eval_step(self, images, labels):
         out = self.strategy.run(self._replica_eval, args=(images, labels))
@@ -382,8 +385,12 @@ class Trainer:
         if max_batches:
             ds = ds.take(max_batches)
         totals = np.zeros(4)
+        # Rows: true class, columns: predicted (TensorBoard's image of each evaluation).
+        self.confusion = np.zeros((self.data.info.num_classes,) * 2)
         for images, labels in self.strategy.experimental_distribute_dataset(ds):
-            totals += [float(v) for v in self.eval_step(images, labels)]
+            *sums, confusion = self.eval_step(images, labels)
+            totals += [float(v) for v in sums]
+            self.confusion += confusion.numpy()
         skipped = data_lib.unreadable_report(self.data)  # files skipped since the last report
         if skipped:
             print(skipped, file=sys.stderr, flush=True)
@@ -412,29 +419,8 @@ def restored_step(exp, data):
         distribute.set_policy('float32')
 
 
-def log_hparams(writer, exp, resolved, params, policy):
-    """The run's settings for TensorBoard's HParams dashboard (metrics: the scalar tags)."""
-    from tensorboard.plugins.hparams import api as hp
-    tp, ds = resolved['train_parameters'], resolved['dataset']
-    values = {
-        'model': exp.model, 'params': params, 'dataset': ds['image_folder'] or ds['name'],
-        'batch_size': tp['batch_size'], 'lr_values': str(tp['lr_values']),
-        'lr_schedule': tp['lr_schedule'], 'lr_boundaries': str(tp['lr_boundaries']),
-        'warmup_steps': tp['warmup_steps'],
-        'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
-        'weight_decay': 'model default' if tp['weight_decay'] is None else tp['weight_decay'],
-        'label_smoothing': tp['label_smoothing'], 'bn_bias_lr_multiplier': tp['bn_bias_lr_multiplier'],
-        'flip': ds['flip'], 'alternate_flips': ds['alternate_flips'], 'crop_padding': ds['crop_padding'],
-        'crop_padding_mode': ds['crop_padding_mode'],
-        'ema_decay': 'off' if tp['ema_decay'] is None else tp['ema_decay'], 'eval_tta': tp['eval_tta'],
-        'lookahead': ('off' if tp['lookahead_interval'] is None else
-                      f"every {tp['lookahead_interval']} steps, decay {tp['lookahead_decay']:g}"),
-        'precision': policy, 'seed': tp['seed'],
-    }
-    for key, value in exp.model_parameters.items():
-        values[f'model.{key}'] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    with writer.as_default():
-        hp.hparams(values, trial_id=exp.run_name)
+# Seconds from a session's start to its first progress line at the latest.
+FIRST_LINE_SECONDS = 60
 
 
 def checkpoint_bytes(params):
@@ -589,10 +575,12 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     trainer.start_input()
 
     resolved = exp.to_dict()
-    resolved['model_parameters'] = resolved_model_parameters(resolve_model_fn(exp), exp.model_parameters)
+    resolved['model_parameters'] = resolved_model_parameters(resolve_model_fn(exp), exp.model_parameters,
+                                                             tp.weight_decay is not None)
     resolved['dataset']['mean'], resolved['dataset']['std'] = data.mean, data.std
     resolved['train_parameters']['run_name'] = exp.run_name
-    rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), dump_yaml(resolved))
+    config_text = dump_yaml(resolved)
+    rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), config_text)
     # Shape and class names beside it: evaluate, predict and export of the run then know the
     # real class names where the data is not (restore.data_info reads the file).
     restore.write_data_info(run_dir, data.info)
@@ -624,8 +612,9 @@ def _run(exp, data, quiet, max_eval_batches, stop):
             summary[key] = previous[key]
 
     writer = tf.summary.create_file_writer(run_dir)
-    if resumed_from is None:
-        log_hparams(writer, exp, resolved, trainer.params, policy)
+    if chief:
+        tboard.write_overview(run_dir, exp, tboard.hparam_values(exp, resolved, trainer.params, policy),
+                              config_text, tboard.first_step_images(data, exp))
     progress = Progress(exp.run_name, total, trainer.step, quiet)
     if resumed_from is not None and not quiet:
         progress.log(resumed_from, f'resuming from {latest}')
@@ -662,6 +651,9 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         with writer.as_default(step=step):
             for k in ('loss', 'top1_error', 'top5_error'):
                 tf.summary.scalar(f'{prefix}/{k}', m[k])
+            tf.summary.scalar(tboard.BEST_TAG, trainer.best_error)
+            tboard.log_confusion(f'{prefix}/confusion_matrix', trainer.confusion,
+                                 data.info.class_names, step)
         # Wall time since the run began (earlier sessions of a resumed run included) and this
         # evaluation's own share of it, so time-to-accuracy can leave the measuring out.
         rundir.append_metrics(run_dir, {'step': step, 'kind': prefix, **m, 'eval_tta': tp.eval_tta,
@@ -683,6 +675,10 @@ def _run(exp, data, quiet, max_eval_batches, stop):
 
     with stop, writer.as_default():
         last_log_step, last_log_time, overhead = trainer.step, time.time(), 0.0
+        # The first progress line of a session comes within about a minute, whatever
+        # log_interval is (400 steps of a big model can take minutes); it is printed only,
+        # so the logged history keeps its log_interval grid.
+        first_line_due = last_log_time + FIRST_LINE_SECONDS
         status = None
         while trainer.step < total:
             trainer.train_step(trainer.iterator)
@@ -697,6 +693,12 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                     summary['error'] = diverged_message(bad + 1)
                     status = 'diverged'
                     break
+            if not log_now and first_line_due and time.time() >= first_line_due:
+                m = trainer.read_train_metrics(reset=False)
+                progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} (so far; logged '
+                                   f'every {tp.log_interval} steps)')
+            if log_now or (first_line_due and time.time() >= first_line_due):
+                first_line_due = None
             if log_now:
                 steps = step - last_log_step
                 m = trainer.read_train_metrics()
@@ -759,6 +761,15 @@ def _run(exp, data, quiet, max_eval_batches, stop):
             summary['test_top5_accuracy'] = round(final['top5_accuracy'], 6)
             summary['test_loss'] = round(final['loss'], 6)
             if eval_split_name == 'validation':
+                # The test error of the final weights, in TensorBoard too (the HParams
+                # table's final test error); without a validation split the last periodic
+                # evaluation at this step already wrote it.
+                with writer.as_default(step=trainer.step):
+                    for k in ('loss', 'top1_error', 'top5_error'):
+                        tf.summary.scalar(f'test/{k}', final[k])
+                    tboard.log_confusion('test/confusion_matrix', trainer.confusion,
+                                         data.info.class_names, trainer.step)
+                writer.flush()
                 # The number to report: test accuracy of the weights chosen on validation.
                 last_weights = [v.numpy() for v in trainer.model.weights]
                 if best_manager.latest_checkpoint:
@@ -780,6 +791,8 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         summary['error'] = f'stopped by {signal.Signals(stop.signal).name} at step {trainer.step}'
     summary['last_checkpoint'] = manager.latest_checkpoint
     save_summary(status)
+    if chief:
+        tboard.set_status(run_dir, status)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return summary
@@ -849,4 +862,5 @@ def record_failure(exp, error, status='failed'):
     summary['status'] = status
     summary['error'] = f'{type(error).__name__}: {error_message(error)}'
     rundir.write_summary(run_dir, summary)
+    tboard.set_status(run_dir, status)
     return summary
