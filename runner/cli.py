@@ -95,10 +95,9 @@ class Checked:
 
 
 def load_all(files, overrides):
-    from runner.config import check_unique_run_names, load_experiments
-    experiments = []
-    for path in files:
-        experiments += load_experiments(path, overrides)
+    from runner.config import check_unique_run_names, collect_errors, load_experiments
+    experiments = collect_errors(files, lambda path: load_experiments(path, overrides))
+    experiments = [e for exps in experiments for e in exps]
     check_unique_run_names(experiments)
     return experiments
 
@@ -182,13 +181,14 @@ def check_resumable(exp):
 
 
 def validate(experiments, restarting=(), need_data=True):
-    """Everything that can be checked before the first step; ConfigError on the first problem."""
+    """Everything that can be checked before the first step; one ConfigError naming every
+    problem of every experiment (config.collect_errors)."""
     import keras
     from runner import data as data_lib
-    from runner.config import ConfigError
+    from runner.config import ConfigError, collect_errors
     from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
-    checked = []
-    for exp in experiments:
+
+    def check(exp):
         try:
             try:
                 info = data_lib.describe(exp.dataset)
@@ -211,9 +211,9 @@ def validate(experiments, restarting=(), need_data=True):
         except ConfigError as e:
             raise ConfigError(f'{exp.label}: {e}') from None
         shape = 'x'.join(str(d) for d in info.image_shape)
-        checked.append(Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
-                               ready, start_over=start_over))
-    return checked
+        return Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
+                       ready, start_over=start_over)
+    return collect_errors(experiments, check)
 
 
 def start_collectives(experiments):
@@ -382,12 +382,23 @@ def main(argv=None):
 
 
 def _main(args):
-    from runner.config import ConfigError, parse_overrides
+    from runner.config import ConfigError, join_errors, parse_overrides
     try:
         overrides = parse_overrides(args.overrides)
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
-        experiments = select(load_all(args.files, overrides), args.only)
+        try:
+            loaded, load_error = load_all(args.files, overrides), None
+        except ConfigError as e:
+            if not hasattr(e, 'passed'):
+                raise
+            # Mistakes in the files: the experiments without one are validated too, so that
+            # every problem is reported in this one round.
+            loaded, load_error = e.passed, e
+        try:
+            experiments = select(loaded, args.only)
+        except ConfigError as e:
+            raise join_errors(load_error, e) from None
         restarting = set()
         for name in args.restart:
             # A name also stands for the runs it expanded into, as with --only.
@@ -397,9 +408,15 @@ def _main(args):
                 raise ConfigError(f"--restart: no selected experiment is named '{name}'")
             restarting |= runs
         quiet_tensorflow([] if args.list else experiments)
-        checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
+        try:
+            checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
+        except ConfigError as e:
+            raise join_errors(load_error, e) from None
+        if load_error:
+            raise load_error
     except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f'error: {line}', file=sys.stderr)
         return EXIT_CONFIG
     if args.list:
         print_list(checked)

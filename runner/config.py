@@ -29,7 +29,40 @@ CROP_PADDING_MODES = ('zeros', 'reflect')
 
 
 class ConfigError(Exception):
-    """A problem in an experiment file, reported as one line."""
+    """A problem in an experiment file, reported as one line (or several problems, one a
+    line: see collect_errors)."""
+
+
+# Validation reports every problem of every experiment at once, up to this many lines.
+MAX_ERRORS = 20
+
+
+def collect_errors(items, check):
+    """check(item) for each item; every ConfigError is kept and, at the end, raised as one
+    ConfigError of one line per problem (at most MAX_ERRORS, then how many more). Returns
+    the results of the items that passed."""
+    results, problems, passed = [], [], []
+    for item in items:
+        try:
+            results.append(check(item))
+        except ConfigError as e:
+            problems += str(e).splitlines()
+            passed += getattr(e, 'passed', [])
+    if problems:
+        error = join_errors(*problems)
+        # What did pass (flattened), so that a caller can check it further and report its
+        # problems in the same round.
+        error.passed = [x for r in results for x in (r if isinstance(r, list) else [r])] + passed
+        raise error
+    return results
+
+
+def join_errors(*errors):
+    """One ConfigError of the lines of every error or message given (None skipped), at most
+    MAX_ERRORS of them, then how many more."""
+    lines = [line for e in errors if e is not None for line in str(e).splitlines()]
+    more = len(lines) - MAX_ERRORS
+    return ConfigError('\n'.join(lines[:MAX_ERRORS] + ([f'... and {more} more problems'] if more > 0 else [])))
 
 
 def _doc(text, **kw):
@@ -655,14 +688,15 @@ def load_experiments(path, overrides=()):
     docs = [d for d in parse_yaml(text, path) if d is not None]
     if not docs:
         raise ConfigError(f'{path}: no experiments in this file')
-    experiments = []
-    for i, doc in enumerate(docs):
+
+    def one(item):
+        i, doc = item
         try:
             expanded = expand(doc, overrides)
         except ConfigError as e:
             raise ConfigError(f'{path}: experiment {i + 1}: {e}') from None
-        experiments += [experiment_from_dict(d, path, i) for d in expanded]
-    return experiments
+        return collect_errors(expanded, lambda d: experiment_from_dict(d, path, i))
+    return [e for exps in collect_errors(enumerate(docs), one) for e in exps]
 
 
 def check_unique_run_names(experiments):

@@ -6,6 +6,7 @@ the user's own on the Python path, e.g. `module: my_models`).
 """
 import difflib
 import importlib
+import importlib.util
 import inspect
 import math
 import os
@@ -21,6 +22,19 @@ ZOO_PACKAGE = 'models'
 # only the module name changed: model names, and model_parameters keys.
 SEED_MODEL_NAMES = {f'WRN_{d}_{w}': f'cifar_WRN_{d}_{w}' for d, w in ((16, 4), (16, 8), (28, 10), (40, 4))}
 SEED_PARAMETER_NAMES = {'shortcut_mode': 'shortcut_type'}
+SEED_PACKAGE = 'Models'  # the seed's `module: 'Models.Resnets'`
+
+
+def seed_module(module):
+    """True for a module of the seed runner's `Models` package (`Models.Resnets`, ...) where
+    no such package is importable: its models are this project's, found by name in the zoo,
+    so the seed's experiment files run as written. A `Models` package of the user's wins."""
+    if module.split('.')[0] != SEED_PACKAGE:
+        return False
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:
+        return True
 
 
 def zoo_functions():
@@ -40,7 +54,7 @@ def zoo_functions():
 
 def resolve_model_fn(exp):
     """The model function of an experiment; ConfigError naming module/model if it cannot be found."""
-    if exp.module:
+    if exp.module and not seed_module(exp.module):
         try:
             mod = importlib.import_module(exp.module)
         except ModuleNotFoundError as e:

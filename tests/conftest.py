@@ -96,3 +96,29 @@ def flip_translate_views(x):
     padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode='reflect')
     views = [x, padded[:, :-2, :-2], padded[:, 2:, 2:]]
     return views + [v[:, :, ::-1] for v in views]
+
+
+# A skip for something missing from the machine (pytest.importorskip says "could not import",
+# this project's data skips say "absent"): under CI=true such a test fails instead, since CI
+# provides all of it and a silent skip would hide that a test never ran.
+MISSING_REASONS = ('absent', 'could not import')
+
+
+def _fail_missing_under_ci(report):
+    if (os.environ.get('CI') == 'true' and report.skipped and not hasattr(report, 'wasxfail')
+            and isinstance(report.longrepr, tuple)
+            and any(m in str(report.longrepr[2]) for m in MISSING_REASONS)):
+        report.outcome = 'failed'
+        report.longrepr = f'skipped, but CI=true needs it to run: {report.longrepr[2]}'
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_missing_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level pytest.importorskip skips at collection
+    _fail_missing_under_ci(outcome.get_result())

@@ -1,0 +1,210 @@
+"""Runs as a user sees them: read through a real TensorBoard server on 127.0.0.1 over the
+HTTP API its dashboards use (scalars, images, text, HParams), compared with what the runs
+wrote to metrics.jsonl and summary.json."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import make_image_folder, subprocess_env
+from runner import cli
+
+ALL_STATUSES = ['STATUS_UNKNOWN', 'STATUS_SUCCESS', 'STATUS_FAILURE', 'STATUS_RUNNING']
+
+RUN = """
+module: tiny_models
+model: tiny_cnn
+model_parameters: {{width: 8}}
+dataset: {dataset}
+train_parameters:
+  logdir: {logdir}
+  run_name: {name}
+  batch_size: 16
+  lr_values: [{lr}]
+  lr_boundaries: [20]
+  log_interval: 5
+  val_interval: 10
+"""
+
+
+def train(tmp, name, dataset, logdir, lr=0.05, extra=()):
+    path = tmp / f'{name}.yaml'
+    path.write_text(RUN.format(dataset=json.dumps(dataset), logdir=logdir, name=name, lr=lr))
+    return cli.main([str(path), '--no-smoke', *extra])
+
+
+@pytest.fixture(scope='session')
+def tb_runs(tmp_path_factory, cifar10_tfds_dir):
+    """Tiny trained runs in one log directory, shared by the tests of this file: a TFDS run
+    with a validation split, a list-file run trained in two sessions (stopped by `steps`,
+    then resumed), and a run that diverges."""
+    tmp = tmp_path_factory.mktemp('tb')
+    logdir = tmp / 'logs'
+    folder = make_image_folder(tmp / 'imgs')
+    lists = {}
+    for split in ('train', 'test'):
+        lines = [f'{split}/{c}/{f} {int(c[-1])}' for c in sorted(os.listdir(os.path.join(folder, split)))
+                 for f in sorted(os.listdir(os.path.join(folder, split, c)))]
+        (tmp / f'{split}.txt').write_text('\n'.join(lines) + '\n')
+        lists[f'{split}_list'] = str(tmp / f'{split}.txt')
+    tfds = {'name': 'cifar10', 'data_dir': cifar10_tfds_dir, 'train_split': 'train[:640]',
+            'test_split': 'test[:160]', 'validation_fraction': 0.25}
+    assert train(tmp, 'tfds', tfds, logdir) == 0
+    lists_ds = {'list_root': folder, **lists}
+    assert train(tmp, 'lists', lists_ds, logdir, extra=['--set', 'train_parameters.steps=10']) == 0
+    assert train(tmp, 'lists', lists_ds, logdir) == 0  # resumed at step 10, on to 20
+    assert train(tmp, 'diverged', {'image_folder': folder}, logdir, lr=1e12) == 1
+    return {'logdir': str(logdir), 'tmp': tmp, 'train_list': lists['train_list'],
+            'tfds_dir': cifar10_tfds_dir}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class TensorBoard:
+    def __init__(self, logdir):
+        self.port = free_port()
+        # load_fast=false: the Python reader, present wherever tensorboard is installed.
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'tensorboard.main', '--logdir', logdir, '--host', '127.0.0.1',
+             '--port', str(self.port), '--load_fast=false', '--reload_interval=1'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env())
+
+    def get(self, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f'http://127.0.0.1:{self.port}{path}', data=data,
+                                     headers={'Content-Type': 'application/json'})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+        return raw if path.startswith('/data/plugin/images/individualImage') else json.loads(raw)
+
+    def groups(self):
+        body = {'experimentName': '', 'allowedStatuses': ALL_STATUSES, 'colParams': [],
+                'startIndex': 0, 'sliceSize': 100}
+        return {g['name']: g for g in self.get('/data/plugin/hparams/session_groups', body)['sessionGroups']}
+
+    def wait_for(self, runs, timeout=90):
+        """Until every run and its HParams session are loaded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if set(runs) <= set(self.get('/data/runs')) and set(runs) - {'.'} <= set(self.groups()):
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f'TensorBoard did not load {runs}: {self.proc.stderr.read()[-2000:]}')
+            time.sleep(0.5)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope='module')
+def board(tb_runs):
+    tb = TensorBoard(tb_runs['logdir'])
+    try:
+        tb.wait_for(['.', 'tfds', 'lists', 'diverged'])
+        yield tb
+    finally:
+        tb.close()
+
+
+def records(logdir, run):
+    with open(os.path.join(logdir, run, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def summary(logdir, run):
+    with open(os.path.join(logdir, run, 'summary.json')) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_scalars_in_tensorboard_equal_metrics_jsonl_once_per_step(board, tb_runs):
+    logdir = tb_runs['logdir']
+    for run, evals in (('tfds', 'val'), ('lists', 'test')):
+        recs = records(logdir, run)
+        for kind, key, tag in (('train', 'loss', 'train/loss'), ('train', 'lr', 'train/learning_rate'),
+                               (evals, 'top1_error', f'{evals}/top1_error'),
+                               (evals, 'loss', f'{evals}/loss')):
+            want = [(r['step'], r[key]) for r in recs if r['kind'] == kind]
+            got = [(step, value) for _, step, value in
+                   board.get(f'/data/plugin/scalars/scalars?run={run}&tag={tag}')]
+            steps = [s for s, _ in got]
+            assert len(steps) == len(set(steps)), f'{run} {tag}: a step shown twice: {steps}'
+            assert [s for s, _ in want] == steps, f'{run} {tag}'
+            # TensorBoard keeps float32: equal to metrics.jsonl's float64 to float32 precision.
+            assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), f'{run} {tag}'
+    # The resumed run's steps: two sessions, each logged step once (checked above), all of them.
+    assert [s for _, s, _ in board.get('/data/plugin/scalars/scalars?run=lists&tag=train/loss')] == [5, 10, 15, 20]
+
+
+@pytest.mark.slow
+def test_hparams_declare_typed_hyperparameters_and_the_metrics_that_compare_runs(board, tb_runs):
+    logdir = tb_runs['logdir']
+    experiment = board.get('/data/plugin/hparams/experiment', {'experimentName': ''})
+    infos = {h['name']: h for h in experiment['hparamInfos']}
+    for name, kind in (('dataset', 'DATA_TYPE_STRING'), ('validation_fraction', 'DATA_TYPE_FLOAT64'),
+                       ('steps', 'DATA_TYPE_FLOAT64'), ('weight_decay', 'DATA_TYPE_FLOAT64'),
+                       ('batch_size', 'DATA_TYPE_FLOAT64'), ('nesterov', 'DATA_TYPE_BOOL'),
+                       ('model.width', 'DATA_TYPE_FLOAT64')):
+        assert infos[name]['type'] == kind, infos[name]
+    assert infos['steps']['description'] == infos['batch_size']['description'] == 'an integer'
+    assert set(infos['dataset']['domainDiscrete']) == {'cifar10', tb_runs['train_list'],
+                                                       os.path.join(str(tb_runs['tmp']), 'imgs')}
+    metrics = {m['name']['tag'] for m in experiment['metricInfos']}
+    assert metrics == {'test/top1_error', 'test/top5_error', 'best/top1_error', 'train/images_per_second'}
+
+    groups = board.groups()
+    status = {name: [s['status'] for s in g['sessions']] for name, g in groups.items()}
+    assert status == {'tfds': ['STATUS_SUCCESS'], 'lists': ['STATUS_SUCCESS'],
+                      'diverged': ['STATUS_FAILURE']}, status
+    for run, dataset, fraction in (('tfds', 'cifar10', 0.25), ('lists', tb_runs['train_list'], 0.0)):
+        hp = groups[run]['hparams']
+        assert (hp['dataset'], hp['validation_fraction'], hp['steps'], hp['batch_size']) == \
+            (dataset, fraction, 20, 16), hp
+        # tiny_cnn's own default: the decay the model was built with, not "model default".
+        assert hp['weight_decay'] == pytest.approx(1e-4) and hp['model.width'] == 8, hp
+        s = summary(logdir, run)
+        values = {m['name']['tag']: m['value'] for m in groups[run]['metricValues']}
+        assert values['test/top1_error'] == pytest.approx(1 - s['test_top1_accuracy'], abs=1e-5)
+        assert values['test/top5_error'] == pytest.approx(1 - s['test_top5_accuracy'], abs=1e-5)
+        best_kind = 'val' if fraction else 'test'
+        best = min(r['top1_error'] for r in records(logdir, run) if r['kind'] == best_kind)
+        assert values['best/top1_error'] == pytest.approx(best, abs=1e-5)
+        assert values['train/images_per_second'] > 0
+
+
+@pytest.mark.slow
+def test_images_and_config_text_are_in_tensorboard(board, tb_runs):
+    import numpy as np
+    import tensorflow as tf
+    images = board.get('/data/plugin/images/tags')
+    for run, evals in (('tfds', ('val', 'test')), ('lists', ('test',))):
+        tags = set(images[run])
+        assert {'train/input_images'} | {f'{e}/confusion_matrix' for e in evals} <= tags, tags
+        grid = board.get(f'/data/plugin/images/images?run={run}&tag=train/input_images&sample=0')
+        assert [g['step'] for g in grid] == [0]
+        png = tf.io.decode_png(board.get('/data/plugin/images/' + grid[0]['query'].join(
+            ['individualImage?', '']))).numpy()
+        assert png.shape == (4 * 34, 4 * 34, 3) and png.std() > 10, png.shape  # 4x4 real images
+        cm = board.get(f'/data/plugin/images/images?run={run}&tag={evals[0]}/confusion_matrix&sample=0')
+        steps = [c['step'] for c in cm]
+        assert steps == sorted(set(steps)) and steps[-1] == 20, steps
+        matrix = tf.io.decode_png(board.get('/data/plugin/images/' + cm[-1]['query'].join(
+            ['individualImage?', '']))).numpy()
+        classes = 10 if run == 'tfds' else 4
+        assert matrix.shape[0] == matrix.shape[1] == classes * (256 // classes)
+        assert len(np.unique(matrix.reshape(-1, 3), axis=0)) > 1
+        text = board.get(f'/data/plugin/text/text?run={run}&tag=config.yaml')
+        assert 'model: tiny_cnn' in text[0]['text'] and 'weight_decay: 0.0001' in text[0]['text']
