@@ -46,7 +46,7 @@ def collect_errors(items, check):
         try:
             results.append(check(item))
         except ConfigError as e:
-            problems += str(e).splitlines()
+            problems += getattr(e, 'problems', None) or str(e).splitlines()
             passed += getattr(e, 'passed', [])
     if problems:
         error = join_errors(*problems)
@@ -60,9 +60,12 @@ def collect_errors(items, check):
 def join_errors(*errors):
     """One ConfigError of the lines of every error or message given (None skipped), at most
     MAX_ERRORS of them, then how many more."""
-    lines = [line for e in errors if e is not None for line in str(e).splitlines()]
+    lines = [line for e in errors if e is not None
+             for line in getattr(e, 'problems', None) or str(e).splitlines()]
     more = len(lines) - MAX_ERRORS
-    return ConfigError('\n'.join(lines[:MAX_ERRORS] + ([f'... and {more} more problems'] if more > 0 else [])))
+    error = ConfigError('\n'.join(lines[:MAX_ERRORS] + ([f'... and {more} more problems'] if more > 0 else [])))
+    error.problems = lines  # all of them, for a caller that adds more
+    return error
 
 
 def _doc(text, **kw):

@@ -3,12 +3,13 @@ of every shipped YAML file, and the seed runner's YAML examples."""
 import glob
 import json
 import os
+import re
 import textwrap
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, SHARED
 import runner
 from runner import cli, distribute, rundir, train
 
@@ -314,49 +315,71 @@ def test_each_shipped_yaml_passes_the_smoke_run_offline(path, tmp_path, capsys, 
     assert not (tmp_path / 'logs').exists(), 'the smoke run writes only to a throwaway directory'
 
 
-SEED_RESNET110 = """
-module: 'models.resnet'      # .py file with models (required)
-model: 'cifar_resnet110'      # function that creates model (required)
-model_parameters:
-    shortcut_mode: 'A'        # A or B as in Deep Residual Learning for Image Recognition
-    block_type: 'original'    # original for Resnet v1, preactivated for Resnet v2
-train_parameters:
-    logdir: 'logs'            # folder for tensorboard (required)
-    run_name: 'resnet110_v1'  # name of the run in tensorboard (required)
-    log_interval: 400         # how often statistics are printed and saved to tensorboard
-    val_interval: 4000        # how often validation on the test set is done
-skip_error_test: False        # whether to skip a quick run before beginning the actual training
-"""
+SEED_001 = os.path.join(SHARED, 'seeds', '001_bba23ab2ea219f51.txt')
 
-SEED_WRN = """
-module: 'models.resnet'
-model: 'WRN_40_4'
-model_parameters: {}
-train_parameters:
-    logdir: 'logs'
-    run_name: 'WRN_40_4'
-    log_interval: 400
-    val_interval: 4000
-    lr_values: [0.1, 0.02, 0.004, 0.0008]
-    lr_boundaries: [24000, 48000, 64000, 80000]
-    nesterov: True
-"""
+
+def seed_experiments_yaml():
+    """Seed 001's experiments.yaml as its README gives it: the YAML blocks of its 'Training
+    ... example' sections, one document each, exactly as written (`module: 'Models.Resnets'`)."""
+    if not os.path.exists(SEED_001):
+        pytest.skip(f'{SEED_001} is absent')
+    text = open(SEED_001).read()
+    blocks = re.findall(r'^### Training [^\n]* example:\n```\n(.*?)```', text, re.M | re.S)
+    assert len(blocks) == 2 and "module: 'Models.Resnets'" in blocks[0], blocks
+    return '---\n'.join(blocks)
 
 
 @pytest.mark.slow
-def test_the_seed_runners_yaml_examples_run_with_only_module_names_changed(tmp_path, capsys, monkeypatch):
-    """001_bba23ab2ea219f51.txt's examples, `Models.Resnets` renamed to `models.resnet`."""
+def test_the_seed_runners_experiments_yaml_runs_unchanged(tmp_path, capsys, monkeypatch):
+    """Validation, --list and the smoke run of seed 001's file as the seed gives it: ResNet-110
+    and WRN-40-4 (the heaviest smoke run of the tests; synthetic data, no TFDS copy here)."""
     monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no-data'))
-    path = tmp_path / 'seed.yaml'
-    path.write_text(SEED_RESNET110 + '---\n' + SEED_WRN)
+    path = tmp_path / 'experiments.yaml'
+    path.write_text(seed_experiments_yaml())
     monkeypatch.chdir(tmp_path)
+    code = cli.main([str(path), '--list'])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(rows) == {'resnet110_v1', 'WRN_40_4'}, out
+    assert rows['resnet110_v1'].split()[1] == 'cifar_resnet110' and rows['resnet110_v1'].endswith('64000')
+    assert rows['WRN_40_4'].split()[1] == 'WRN_40_4' and rows['WRN_40_4'].endswith('80000')
     code = cli.main([str(path), '--smoke'])
     out, err = capsys.readouterr()
     assert code == 0, out + err
-    assert 'ok    resnet110_v1' in out and 'ok    WRN_40_4' in out
+    assert 'ok    resnet110_v1' in out and 'ok    WRN_40_4' in out, out
+    assert not (tmp_path / 'logs').exists()
+
+
+def test_validation_reports_every_problem_of_every_experiment_at_once(tmp_path, capsys):
+    """Schema mistakes, a model that does not exist and a broken schedule in three of four
+    experiments of two files: one line each, in one round, exit 2."""
+    a = tmp_path / 'a.yaml'
+    a.write_text("model: cifar_resnet20\ntrain_parameters: {batch_sise: 3}\n---\n"
+                 "model: cifar_resnet20\ntrain_parameters: {run_name: fine}\n---\n"
+                 "model: cifar_resnet_20\ntrain_parameters: {run_name: typo}\n")
+    b = tmp_path / 'b.yaml'
+    b.write_text("model: cifar_resnet20\ntrain_parameters: {run_name: sched, lr_values: [1], "
+                 "lr_boundaries: [1, 2]}\n")
+    code = cli.main([str(a), str(b), '--list', '--logdir', str(tmp_path / 'logs')])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_CONFIG and 'Traceback' not in err, err
+    lines = err.strip().splitlines()
+    assert all(l.startswith('error: ') for l in lines) and len(lines) == 3, err
+    assert any(f'{a}: experiment 1' in l and 'batch_sise' in l for l in lines), err
+    assert any(f'{a}: experiment 3 (typo): model:' in l and "'cifar_resnet20'" in l for l in lines), err
+    assert any(f'{b}: experiment 1 (sched): train_parameters.lr_values' in l for l in lines), err
+
+
+def test_validation_stops_listing_problems_at_a_limit(tmp_path, capsys):
+    from runner.config import MAX_ERRORS
+    path = tmp_path / 'many.yaml'
+    path.write_text('---\n'.join(f'model: m{i}\ntrain_parameters: {{run_name: r{i}, bad_key: 1}}\n'
+                                 for i in range(MAX_ERRORS + 5)))
     code = cli.main([str(path), '--list'])
-    out = capsys.readouterr().out
-    assert 'resnet110_v1' in out and '64000' in out and '80000' in out
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_CONFIG
+    assert len(err) == MAX_ERRORS + 1 and err[-1] == 'error: ... and 5 more problems', err[-3:]
 
 
 def test_warm_start_from_a_run_and_hparams(tmp_path, image_folder, capsys):
