@@ -60,7 +60,9 @@ def test_train_a_run_end_to_end(tmp_path, image_folder, capsys):
     # what the speeds were measured on
     assert s['machine'] == {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
                             'gpus': 0}
-    assert s['test_top1_accuracy'] > 0.5, 'the colour classes are easy'
+    # The colour classes are easy: five seeds reached 0.75-1.0 (30-40 of 40 test images,
+    # chance 0.25); a margin of two images below the lowest.
+    assert s['test_top1_accuracy'] >= 0.7, s
     assert (run_dir / s['weights']).stat().st_size > 0
     # the resolved config: defaults and the data statistics filled in
     cfg = yaml.safe_load((run_dir / 'config.yaml').read_text())
@@ -155,7 +157,9 @@ def test_validation_split_selects_and_reports_the_split(tmp_path, image_folder, 
     assert 'val_top1_accuracy' in s and 'best_val_top1_accuracy' in s
     assert 'test_top1_accuracy' in s and 'best_test_top1_accuracy' in s
     tags = event_scalars(str(run_dir))
-    assert 'val/top1_error' in tags and 'test/top1_error' not in tags
+    # Evaluations during training are on the validation split; the test split once, at the
+    # end (the HParams table's final test error).
+    assert tags['val/top1_error'] == [10, 20] and tags['test/top1_error'] == [20], tags
     assert 'validation-selected' in capsys.readouterr().out
 
 
@@ -426,7 +430,8 @@ def test_config_records_the_model_defaults_and_a_resume_sees_a_changed_default(t
     assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=2']) == 0
     saved = tmp_path / 'logs' / 'tiny' / 'config.yaml'
     cfg = yaml.safe_load(saved.read_text())
-    assert cfg['model_parameters'] == {'width': 8, 'dropout': 0.0}, cfg['model_parameters']
+    # tiny_cnn's default weight decay too: the file says which decay the run used.
+    assert cfg['model_parameters'] == {'width': 8, 'dropout': 0.0, 'weight_decay': 1e-4}, cfg['model_parameters']
     exp, = cli.load_all([str(path)], [])
     assert cli.check_resumable(exp) is False
     cfg['model_parameters']['width'] = 16  # as if the function's default had been 16
@@ -436,3 +441,8 @@ def test_config_records_the_model_defaults_and_a_resume_sees_a_changed_default(t
     cfg['model_parameters'] = {}  # a run of an earlier version, which recorded no defaults
     saved.write_text(yaml.safe_dump(cfg))
     assert cli.check_resumable(exp) is False
+    # train_parameters.weight_decay overrides the default: the file says that one, once.
+    assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=2', '--logdir',
+                     str(tmp_path / 'wd'), '--set', 'train_parameters.weight_decay=5e-4']) == 0
+    cfg = yaml.safe_load((tmp_path / 'wd' / 'tiny' / 'config.yaml').read_text())
+    assert cfg['train_parameters']['weight_decay'] == 5e-4 and 'weight_decay' not in cfg['model_parameters']
