@@ -13,6 +13,7 @@ whole (write and rename) when a session starts and ends; the log directory keeps
 experiment declaration in EXPERIMENT, the union over its runs.
 """
 import glob
+import io
 import os
 import shutil
 import tempfile
@@ -44,7 +45,6 @@ STATUS_NAMES = {'running': 'STATUS_RUNNING', 'finished': 'STATUS_SUCCESS', 'fail
 
 INPUT_IMAGES = 16        # the first step's grid: 4 x 4 images
 INTEGER = 'an integer'
-CONFUSION_PIXELS = 256   # a confusion matrix is drawn at least this many pixels wide
 
 
 def dataset_source(cfg):
@@ -184,25 +184,17 @@ def first_step_images(data, exp):
     return input_grid(images.numpy(), data.mean, data.std)
 
 
-def confusion_image(matrix):
-    """A confusion matrix (rows true class, columns predicted; counts) as an RGB image: each
-    row normalised to the share of that class's images, white 0 to dark blue 1, each cell
-    a square of pixels so that a 10-class matrix is not 10 pixels wide."""
-    m = np.asarray(matrix, np.float64)
-    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
-    cell = max(1, CONFUSION_PIXELS // max(len(m), 1))
-    share = np.kron(share, np.ones((cell, cell)))[..., None]
-    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    return (white + share * (blue - white) + 0.5).astype(np.uint8)
-
-
 def log_confusion(tag, matrix, class_names, step):
-    """The confusion matrix of an evaluation, under the default writer."""
-    names = ', '.join(class_names) if class_names else f'0 .. {len(matrix) - 1}'
-    tf.summary.image(tag, confusion_image(matrix)[None], step=step,
-                     description=f'Rows: true class, columns: predicted class, each row the share '
-                                 f'of that class\'s images (white 0, dark blue 1). Classes in '
-                                 f'order: {names}.')
+    """The confusion matrix of an evaluation as `python -m runner evaluate` draws it (rows
+    true class, columns predicted, colour the share of the true class, counts in the cells),
+    under the default writer."""
+    from runner.evaluate import plot_confusion
+    names = list(class_names) if class_names else [str(i) for i in range(len(matrix))]
+    png = io.BytesIO()
+    plot_confusion(np.asarray(matrix).round().astype(np.int64), names, f'{tag} at step {step}', png)
+    tf.summary.image(tag, tf.io.decode_png(png.getvalue())[None], step=step,
+                     description='Rows: true class, columns: predicted class; colour: the share '
+                                 'of the true class\'s images, numbers: image counts.')
 
 
 def _config_markdown(config_text):

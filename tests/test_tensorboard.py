@@ -203,8 +203,6 @@ def test_images_and_config_text_are_in_tensorboard(board, tb_runs):
         assert steps == sorted(set(steps)) and steps[-1] == 20, steps
         matrix = tf.io.decode_png(board.get('/data/plugin/images/' + cm[-1]['query'].join(
             ['individualImage?', '']))).numpy()
-        classes = 10 if run == 'tfds' else 4
-        assert matrix.shape[0] == matrix.shape[1] == classes * (256 // classes)
-        assert len(np.unique(matrix.reshape(-1, 3), axis=0)) > 1
+        assert matrix.shape[0] > 300 and len(np.unique(matrix.reshape(-1, matrix.shape[-1]), axis=0)) > 10
         text = board.get(f'/data/plugin/text/text?run={run}&tag=config.yaml')
         assert 'model: tiny_cnn' in text[0]['text'] and 'weight_decay: 0.0001' in text[0]['text']
