@@ -469,3 +469,19 @@ def test_a_grid_experiment_trains_each_point_with_its_own_settings(tmp_path, ima
             assert [r['step'] for r in rundir.read_metrics(str(run_dir)) if r['kind'] == 'train'] == \
                 [5] * (steps >= 5) + [steps] * (steps != 5)
     assert runs[4, 4] == runs[4, 6] < runs[8, 4] == runs[8, 6]
+
+
+def test_a_progress_line_comes_early_whatever_log_interval_is(tmp_path, image_folder, capsys,
+                                                              monkeypatch):
+    """With log_interval: 400 a big model would print nothing for minutes: the first line of
+    a session comes after train.FIRST_LINE_SECONDS (here 0, so at the first step), printed
+    only, so the logged history keeps its log_interval grid."""
+    monkeypatch.setattr(train, 'FIRST_LINE_SECONDS', 0)
+    path = tmp_path / 'e.yaml'
+    path.write_text(tiny(image_folder, tmp_path / 'logs').replace('log_interval: 5', 'log_interval: 20'))
+    assert cli.main([str(path), '--no-smoke']) == 0
+    out = capsys.readouterr().out
+    early = [l for l in out.splitlines() if '(so far; logged every 20 steps)' in l]
+    assert len(early) == 1 and early[0].startswith('tiny step 1/20: loss '), out
+    records = rundir.read_metrics(str(tmp_path / 'logs' / 'tiny'))
+    assert [r['step'] for r in records if r['kind'] == 'train'] == [20]

@@ -206,3 +206,42 @@ def test_images_and_config_text_are_in_tensorboard(board, tb_runs):
         assert matrix.shape[0] > 300 and len(np.unique(matrix.reshape(-1, matrix.shape[-1]), axis=0)) > 10
         text = board.get(f'/data/plugin/text/text?run={run}&tag=config.yaml')
         assert 'model: tiny_cnn' in text[0]['text'] and 'weight_decay: 0.0001' in text[0]['text']
+
+
+def session_status(run_dir):
+    """The HParams session end status in a run's overview file, by TensorBoard's own parser."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from runner import tboard
+    found = {}
+    for raw in tf.data.TFRecordDataset(os.path.join(run_dir, tboard.OVERVIEW)).as_numpy_iterator():
+        for v in tf.compat.v1.Event.FromString(raw).summary.value:
+            if v.tag == metadata.SESSION_END_INFO_TAG:
+                found.setdefault('end', []).append(api_pb2.Status.Name(
+                    metadata.parse_session_end_info_plugin_data(v.metadata.plugin_data.content).status))
+            elif v.tag == metadata.SESSION_START_INFO_TAG:
+                found['start'] = found.get('start', 0) + 1
+    return found
+
+
+@pytest.mark.parametrize('status, shown', [('interrupted', 'STATUS_UNKNOWN'), ('failed', 'STATUS_FAILURE'),
+                                           ('finished', 'STATUS_SUCCESS')])
+def test_a_session_end_status_replaces_the_last_one(tb_runs, tmp_path, status, shown):
+    import shutil
+    from runner import tboard
+    run_dir = tmp_path / 'run'
+    shutil.copytree(os.path.join(tb_runs['logdir'], 'lists'), run_dir)
+    tboard.set_status(str(run_dir), status)
+    assert session_status(str(run_dir)) == {'start': 1, 'end': [shown]}
+
+
+def test_a_run_failing_in_the_cli_shows_failure_in_hparams(tb_runs, tmp_path):
+    """train.record_failure, as the command line calls it for an exception, sets the status."""
+    import shutil
+    from runner import train
+    from runner.config import experiment_from_dict
+    shutil.copytree(os.path.join(tb_runs['logdir'], 'lists'), tmp_path / 'lists')
+    exp = experiment_from_dict({'model': 'tiny_cnn', 'module': 'tiny_models',
+                                'train_parameters': {'logdir': str(tmp_path), 'run_name': 'lists'}})
+    train.record_failure(exp, RuntimeError('out of memory'))
+    assert session_status(str(tmp_path / 'lists'))['end'] == ['STATUS_FAILURE']
