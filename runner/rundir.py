@@ -4,7 +4,8 @@
     config.yaml          the fully resolved experiment (defaults filled in, data statistics)
     summary.json         status and headline numbers, rewritten at every evaluation
     metrics.jsonl        one JSON object per logged step (train) or evaluation (eval)
-    events.out.tfevents  TensorBoard scalars
+    events.out.tfevents  TensorBoard scalars and confusion matrices
+    events.out.tfevents.0.overview  the HParams session, config text, input images (runner.tboard)
     checkpoints/         tf.train.CheckpointManager: model, optimizer, step, data position
     best/                weights with the best evaluation error
     final.weights.h5     weights at the end of training

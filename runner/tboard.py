@@ -12,6 +12,7 @@ config text, first-step images) in one small event file of its own, OVERVIEW, re
 whole (write and rename) when a session starts and ends; the log directory keeps the
 experiment declaration in EXPERIMENT, the union over its runs.
 """
+import fcntl
 import glob
 import io
 import os
@@ -28,6 +29,7 @@ from runner import data as data_lib
 # run's own event files, whose names hold the time they were created.
 OVERVIEW = 'events.out.tfevents.0.overview'
 EXPERIMENT = 'events.out.tfevents.0.hparams_experiment'
+EXPERIMENT_LOCK = '.hparams_experiment.lock'
 
 # The metrics of the HParams table: the last value of each scalar tag in the run.
 METRICS = (
@@ -139,6 +141,15 @@ def declare_experiment(logdir, values):
     """Declare the HParams experiment of `logdir` (hp.hparams_config): every hyperparameter of
     the runs seen so far and this one, each with the type and values it has, and METRICS.
     TensorBoard reads one declaration per log directory, so it is the union over its runs."""
+    os.makedirs(logdir, exist_ok=True)
+    # Runs starting at once (a Slurm array) each add their values: one at a time, or one
+    # would drop another's, and TensorBoard's table filters out a value it was not told of.
+    with open(os.path.join(logdir, EXPERIMENT_LOCK), 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        _declare(logdir, values)
+
+
+def _declare(logdir, values):
     from tensorboard.plugins.hparams import api as hp
     path = os.path.join(logdir, EXPERIMENT)
     seen = _declared(path)
@@ -156,7 +167,6 @@ def declare_experiment(logdir, values):
         hparams.append(hp.HParam(name, hp.Discrete(sorted(vals), dtype=kind),
                                  description=INTEGER if kind is int else None))
     metrics = [hp.Metric(tag, display_name=text) for tag, text in METRICS]
-    os.makedirs(logdir, exist_ok=True)
     _write_events(path, lambda: hp.hparams_config(hparams=hparams, metrics=metrics))
 
 

@@ -245,3 +245,26 @@ def test_a_run_failing_in_the_cli_shows_failure_in_hparams(tb_runs, tmp_path):
                                 'train_parameters': {'logdir': str(tmp_path), 'run_name': 'lists'}})
     train.record_failure(exp, RuntimeError('out of memory'))
     assert session_status(str(tmp_path / 'lists'))['end'] == ['STATUS_FAILURE']
+
+
+def test_runs_starting_at_once_all_have_their_values_declared(tmp_path):
+    """Eight runs declaring their seeds at the same moment (a Slurm array): the declaration
+    is the union, or TensorBoard's table would filter out the runs whose seed it lacks."""
+    import threading
+    from tensorboard.plugins.hparams import metadata
+    import tensorflow as tf
+    from runner import tboard
+    threads = [threading.Thread(target=tboard.declare_experiment, args=(str(tmp_path), {'seed': k, 'model': 'm'}))
+               for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for raw in tf.data.TFRecordDataset(str(tmp_path / tboard.EXPERIMENT)).as_numpy_iterator():
+        for v in tf.compat.v1.Event.FromString(raw).summary.value:
+            if v.tag == metadata.EXPERIMENT_TAG:
+                exp = metadata.parse_experiment_plugin_data(v.metadata.plugin_data.content)
+                seeds = [h for h in exp.hparam_infos if h.name == 'seed'][0]
+                assert sorted(x.number_value for x in seeds.domain_discrete.values) == list(range(8))
+                return
+    pytest.fail('no experiment declared')
