@@ -693,11 +693,11 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                     summary['error'] = diverged_message(bad + 1)
                     status = 'diverged'
                     break
-            if not log_now and first_line_due and time.time() >= first_line_due:
-                m = trainer.read_train_metrics(reset=False)
-                progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} (so far; logged '
-                                   f'every {tp.log_interval} steps)')
-            if log_now or (first_line_due and time.time() >= first_line_due):
+            if first_line_due and (log_now or time.time() >= first_line_due):
+                if not log_now:
+                    m = trainer.read_train_metrics(reset=False)
+                    progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} (so far; '
+                                       f'logged every {tp.log_interval} steps)')
                 first_line_due = None
             if log_now:
                 steps = step - last_log_step
@@ -793,7 +793,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     save_summary(status)
     if chief:
         tboard.set_status(run_dir, status)
-    if not chief:
+    else:
         shutil.rmtree(run_dir, ignore_errors=True)
     return summary
 
