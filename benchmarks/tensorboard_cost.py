@@ -65,7 +65,7 @@ def main():
         run_dir = os.path.join(tmp, exp.run_name)
         os.makedirs(run_dir)
         overview = timed(lambda: (tboard.write_overview(run_dir, exp, values, dump_yaml(resolved),
-                                                        tboard.first_step_images(data, exp)),
+                                                        tboard.first_step_images(trainer.train_ds, data)),
                                   tboard.set_status(run_dir, 'finished')))
         matrix = np.random.default_rng(0).integers(0, 100, (data.info.num_classes,) * 2)
         writer = tf.summary.create_file_writer(tmp)

@@ -185,12 +185,11 @@ def input_grid(images, mean, std):
     return (grid * 255 + 0.5).astype(np.uint8)
 
 
-def first_step_images(data, exp):
-    """The grid of the first training batch as the model receives it (augmented): the input
-    is a function of (seed, batch number), so batch 0 of a second pipeline is that batch."""
-    tp = exp.train_parameters
-    batch = data_lib.train_input(data, exp.dataset, tp.batch_size, tp.seed, start_batch=0)
-    images, _ = next(iter(batch.take(1)))
+def first_step_images(train_ds, data):
+    """The grid of the first training batch as the model receives it (augmented): the first
+    batch of the run's own training dataset (Trainer.train_ds, before it is distributed),
+    read once more; the input is a function of (seed, batch number)."""
+    images, _ = next(iter(train_ds.take(1)))
     return input_grid(images.numpy(), data.mean, data.std)
 
 
@@ -212,51 +211,63 @@ def _config_markdown(config_text):
     return '\n'.join('    ' + line for line in config_text.splitlines())
 
 
+INPUT_IMAGES_TAG = 'train/input_images'
+
+
 def write_overview(run_dir, exp, values, config_text, grid, status='running'):
     """The run's session (HParams values, status), its config.yaml as text and the first-step
-    grid (or None), in OVERVIEW; the experiment declaration of its log directory beside."""
+    grid in OVERVIEW (grid None: a resumed run, whose earlier overview's grid is kept); the
+    experiment declaration of its log directory beside."""
     from tensorboard.plugins.hparams import api as hp
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams import summary as hp_summary
+    path = os.path.join(run_dir, OVERVIEW)
+    kept = [] if grid is not None else _kept_values(path, lambda tag: tag == INPUT_IMAGES_TAG)
 
     def write():
         hp.hparams(values, trial_id=exp.run_name)  # one row of the table per run
         tf.summary.text('config.yaml', _config_markdown(config_text), step=0,
                         description='The resolved experiment as the run got it (the run\'s config.yaml).')
         if grid is not None:
-            tf.summary.image('train/input_images', grid[None], step=0,
+            tf.summary.image(INPUT_IMAGES_TAG, grid[None], step=0,
                              description='The first training batch as the model receives it: '
                                          'augmented, un-normalised for display.')
-        end = hp_summary.session_end_pb(api_pb2.Status.Value(STATUS_NAMES[status]))
-        tf.summary.experimental.write_raw_pb(end.SerializeToString(), step=0)
+        _write_values(kept)
+        _write_end(status)
 
-    _write_events(os.path.join(run_dir, OVERVIEW), write)
+    _write_events(path, write)
     declare_experiment(exp.train_parameters.logdir, values)
+
+
+def _kept_values(path, keep):
+    """[(step, summary value)] of an event file whose tag `keep(tag)` accepts ([] if there is
+    no file or it cannot be read)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        return [(event.step, v) for event in map(tf.compat.v1.Event.FromString,
+                                                 tf.data.TFRecordDataset(path).as_numpy_iterator())
+                for v in event.summary.value if keep(v.tag)]
+    except tf.errors.OpError:
+        return []
+
+
+def _write_values(kept):
+    for step, value in kept:
+        tf.summary.experimental.write_raw_pb(tf.compat.v1.Summary(value=[value]).SerializeToString(),
+                                             step=step)
+
+
+def _write_end(status):
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams import summary as hp_summary
+    end = hp_summary.session_end_pb(api_pb2.Status.Value(STATUS_NAMES[status]), time.time())
+    tf.summary.experimental.write_raw_pb(end.SerializeToString(), step=0)
 
 
 def set_status(run_dir, status):
     """Replace the session end status in the run's OVERVIEW (a run from before it had one is
     left alone)."""
-    from tensorboard.plugins.hparams import api_pb2, metadata
-    from tensorboard.plugins.hparams import summary as hp_summary
+    from tensorboard.plugins.hparams import metadata
     path = os.path.join(run_dir, OVERVIEW)
-    if not os.path.exists(path):
-        return
-    try:
-        kept = [raw for raw in tf.data.TFRecordDataset(path).as_numpy_iterator()
-                if not any(v.tag == metadata.SESSION_END_INFO_TAG
-                           for v in tf.compat.v1.Event.FromString(raw).summary.value)]
-    except tf.errors.OpError:
-        return
-    end = hp_summary.session_end_pb(api_pb2.Status.Value(STATUS_NAMES[status]), time.time())
-
-    def write():
-        for raw in kept:
-            event = tf.compat.v1.Event.FromString(raw)
-            if event.HasField('summary'):
-                for v in event.summary.value:
-                    summary = tf.compat.v1.Summary(value=[v])
-                    tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=event.step)
-        tf.summary.experimental.write_raw_pb(end.SerializeToString(), step=0)
-
-    _write_events(path, write)
+    kept = _kept_values(path, lambda tag: tag != metadata.SESSION_END_INFO_TAG)
+    if kept:
+        _write_events(path, lambda: (_write_values(kept), _write_end(status)))

@@ -191,8 +191,8 @@ class Trainer:
         """The training batches from the current step on."""
         tp, ds = self.exp.train_parameters, self.exp.dataset
         # Cached or streamed, cifar or imagenet style: a function of (seed, batch number).
-        train_ds = data_lib.train_input(self.data, ds, tp.batch_size, tp.seed, start_batch=self.step)
-        self.iterator = iter(self.strategy.experimental_distribute_dataset(train_ds))
+        self.train_ds = data_lib.train_input(self.data, ds, tp.batch_size, tp.seed, start_batch=self.step)
+        self.iterator = iter(self.strategy.experimental_distribute_dataset(self.train_ds))
 
     @property
     def step(self):
@@ -613,8 +613,10 @@ def _run(exp, data, quiet, max_eval_batches, stop):
 
     writer = tf.summary.create_file_writer(run_dir)
     if chief:
+        # The first batch's images on a fresh run; a resumed run's dataset starts later.
+        grid = tboard.first_step_images(trainer.train_ds, data) if resumed_from is None else None
         tboard.write_overview(run_dir, exp, tboard.hparam_values(exp, resolved, trainer.params, policy),
-                              config_text, tboard.first_step_images(data, exp))
+                              config_text, grid)
     progress = Progress(exp.run_name, total, trainer.step, quiet)
     if resumed_from is not None and not quiet:
         progress.log(resumed_from, f'resuming from {latest}')
