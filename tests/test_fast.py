@@ -635,7 +635,10 @@ train_parameters:
     assert s['evaluated_weights'] == 'exponential moving average, decay 0.8, over Lookahead every 2 steps'
     assert 'the final evaluation and final.weights.h5 use the averaged weights' in p.stdout
     assert 'adapted stem_whiten to 20 training images' in p.stdout
-    assert s['eval_tta'] == 'flip_translate' and 0 <= s['test_top1_accuracy'] <= 1
+    # Seeds 0-2 reached 0.75, 0.75 and 0.875 after these 6 steps (40 test images of 4
+    # colour classes, chance 0.25): a working run is far above chance; the margin is six
+    # images below the lowest.
+    assert s['eval_tta'] == 'flip_translate' and s['test_top1_accuracy'] >= 0.6, s
 
 
 def test_deterministic_is_one_experiments_setting(tmp_path):
