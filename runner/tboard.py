@@ -14,7 +14,6 @@ experiment declaration in EXPERIMENT, the union over its runs.
 """
 import fcntl
 import glob
-import io
 import os
 import shutil
 import tempfile
@@ -47,6 +46,8 @@ STATUS_NAMES = {'running': 'STATUS_RUNNING', 'finished': 'STATUS_SUCCESS', 'fail
 
 INPUT_IMAGES = 16        # the first step's grid: 4 x 4 images
 INTEGER = 'an integer'
+CONFUSION_PIXELS = 256   # a confusion matrix picture is at least this many pixels wide
+TABLE_CLASSES = 30       # the counts table up to this many classes
 
 
 def dataset_source(cfg):
@@ -193,17 +194,40 @@ def first_step_images(train_ds, data):
     return input_grid(images.numpy(), data.mean, data.std)
 
 
+def confusion_image(matrix):
+    """A confusion matrix (rows true class, columns predicted; counts) as an RGB image: each
+    row normalised to the share of that class's images, white 0 to dark blue 1 (the colours
+    of `python -m runner evaluate`'s picture), each cell a square of pixels so that a
+    10-class matrix is not 10 pixels wide. Drawn with numpy: matplotlib's labelled picture
+    takes 0.3-3 s, which every evaluation of a short run would pay."""
+    m = np.asarray(matrix, np.float64)
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    cell = max(1, CONFUSION_PIXELS // max(len(m), 1))
+    share = np.kron(share, np.ones((cell, cell)))[..., None]
+    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    return (white + share * (blue - white) + 0.5).astype(np.uint8)
+
+
+def confusion_table(matrix, class_names):
+    """The counts as a Markdown table with the class names (rows true, columns predicted)."""
+    names = [str(n).replace('|', '/') for n in class_names]
+    rows = [f'| true \\ predicted | {" | ".join(names)} |', '|---' * (len(names) + 1) + '|']
+    rows += [f'| **{name}** | {" | ".join(str(int(round(v))) for v in row)} |'
+             for name, row in zip(names, np.asarray(matrix))]
+    return '\n'.join(rows)
+
+
 def log_confusion(tag, matrix, class_names, step):
-    """The confusion matrix of an evaluation as `python -m runner evaluate` draws it (rows
-    true class, columns predicted, colour the share of the true class, counts in the cells),
-    under the default writer."""
-    from runner.evaluate import plot_confusion
+    """The confusion matrix of an evaluation under the default writer: a picture (Images,
+    `tag`) and, up to TABLE_CLASSES classes, the counts with class names (Text, `tag`_counts)."""
     names = list(class_names) if class_names else [str(i) for i in range(len(matrix))]
-    png = io.BytesIO()
-    plot_confusion(np.asarray(matrix).round().astype(np.int64), names, f'{tag} at step {step}', png)
-    tf.summary.image(tag, tf.io.decode_png(png.getvalue())[None], step=step,
-                     description='Rows: true class, columns: predicted class; colour: the share '
-                                 'of the true class\'s images, numbers: image counts.')
+    tf.summary.image(tag, confusion_image(matrix)[None], step=step,
+                     description=f'Rows: true class, columns: predicted class; each row the share '
+                                 f'of that class\'s images (white 0, dark blue 1). Classes in '
+                                 f'order: {", ".join(names)}.')
+    if len(names) <= TABLE_CLASSES:
+        tf.summary.text(f'{tag}_counts', confusion_table(matrix, names), step=step,
+                        description='Image counts: rows true class, columns predicted class.')
 
 
 def _config_markdown(config_text):

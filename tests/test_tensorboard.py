@@ -3,6 +3,7 @@ HTTP API its dashboards use (scalars, images, text, HParams), compared with what
 wrote to metrics.jsonl and summary.json."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -203,7 +204,20 @@ def test_images_and_config_text_are_in_tensorboard(board, tb_runs):
         assert steps == sorted(set(steps)) and steps[-1] == 20, steps
         matrix = tf.io.decode_png(board.get('/data/plugin/images/' + cm[-1]['query'].join(
             ['individualImage?', '']))).numpy()
-        assert matrix.shape[0] > 300 and len(np.unique(matrix.reshape(-1, matrix.shape[-1]), axis=0)) > 10
+        classes = 10 if run == 'tfds' else 4
+        assert matrix.shape[0] == matrix.shape[1] == classes * (256 // classes)
+        assert len(np.unique(matrix.reshape(-1, 3), axis=0)) > 1
+        # The counts with the class names; they add up to the test images of the evaluation.
+        counts = board.get(f'/data/plugin/text/text?run={run}&tag={evals[0]}/confusion_matrix_counts')
+        assert [c['step'] for c in counts] == steps
+        table = counts[-1]['text']
+        # TFDS names its classes; the list files (no class_names_file) number them.
+        names = ('<th>airplane</th>', '<th>truck</th>') if run == 'tfds' else ('<th>0</th>', '<th>3</th>')
+        assert all(n in table for n in names), table
+        cells = [int(x) for row in re.findall(r'<tr>(.*?)</tr>', table, re.S)[1:]
+                 for x in re.findall(r'<td>(\d+)</td>', row)]
+        last_eval = [r for r in records(tb_runs['logdir'], run) if r['kind'] == evals[0]][-1]
+        assert sum(cells) == last_eval['examples'], table
         text = board.get(f'/data/plugin/text/text?run={run}&tag=config.yaml')
         assert 'model: tiny_cnn' in text[0]['text'] and 'weight_decay: 0.0001' in text[0]['text']
 
