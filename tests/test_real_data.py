@@ -26,8 +26,10 @@ def test_resnet20_learns_cifar10(tmp_path, cifar10_tfds_dir, capsys):
     assert 'ok    resnet20_short' in out and 'tfds cifar10)' in out  # the smoke run used real data
     s = json.loads((tmp_path / 'logs' / 'resnet20_short' / 'summary.json').read_text())
     assert s['status'] == 'finished' and s['steps'] == 300 and s['params'] == 269722
-    # chance is 10%; 300 steps of batch 128 reach about 45-55% on the CPU
+    # Chance is 10%. These 300 steps reached top-1 0.437 and 0.377, top-5 0.925 and 0.899
+    # with seeds 0 and 1 (measured at commit 432030f, on the CPU): the thresholds are the
+    # lower of the two minus a margin of 0.025.
     assert s['test_top1_accuracy'] > 0.35, s
-    assert s['test_top5_accuracy'] > 0.8, s
+    assert s['test_top5_accuracy'] > 0.875, s
     print(f"resnet20 300 steps: test top-1 {s['test_top1_accuracy']:.3f}, "
           f"{s['train_images_per_second']} img/s")
