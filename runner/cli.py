@@ -52,6 +52,11 @@ def build_parser():
                    help='start this run over; its old directory is moved aside, not deleted')
     p.add_argument('--fail-fast', action='store_true',
                    help='stop at the first experiment that fails instead of going on')
+    share = p.add_mutually_exclusive_group()
+    share.add_argument('--index', type=int, metavar='K',
+                       help='train only run K (0-based, in file order after --only, repeats and '
+                            'grid; --list shows it): one task of a job array')
+    share.add_argument('--shard', metavar='I/N', help='train only the runs K with K mod N = I')
     return p
 
 
@@ -92,6 +97,7 @@ class Checked:
     data_ready: bool
     note: str = ''
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
+    queue_index: int = 0  # its position among the selected runs: --index, --shard, --list
 
 
 def load_all(files, overrides):
@@ -230,9 +236,9 @@ def start_collectives(experiments):
 
 
 def print_list(checked):
-    rows = [('run', 'model', 'params', 'dataset', 'steps')]
+    rows = [('index', 'run', 'model', 'params', 'dataset', 'steps')]
     for c in checked:
-        rows.append((c.exp.run_name, c.exp.model, f'{c.params / 1e6:.2f}M ({c.params:,})',
+        rows.append((str(c.queue_index), c.exp.run_name, c.exp.model, f'{c.params / 1e6:.2f}M ({c.params:,})',
                      c.dataset, str(c.exp.total_steps)))
     _table(rows)
 
@@ -383,6 +389,7 @@ def main(argv=None):
 
 def _main(args):
     from runner.config import ConfigError, parse_overrides
+    from runner.shares import select_indices
     try:
         overrides = parse_overrides(args.overrides)
         if args.logdir:
@@ -396,8 +403,12 @@ def _main(args):
             if not runs:
                 raise ConfigError(f"--restart: no selected experiment is named '{name}'")
             restarting |= runs
-        quiet_tensorflow([] if args.list else experiments)
+        share = select_indices(len(experiments), args.index, args.shard)
+        quiet_tensorflow([] if args.list else [experiments[k] for k in share])
         checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
+        for k, c in enumerate(checked):
+            c.queue_index = k
+        checked = [checked[k] for k in share]
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_CONFIG

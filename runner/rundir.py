@@ -17,7 +17,8 @@ import os
 import shutil
 import tempfile
 
-import tensorflow as tf
+# TensorFlow is imported where it is used (the event files), so that reading a run
+# (`python -m runner status`) stays a fraction of a second.
 
 SUMMARY = 'summary.json'
 CONFIG = 'config.yaml'
@@ -41,6 +42,11 @@ def read_summary(run_dir):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def is_finished(summary, total_steps):
+    """Whether a run's summary (or None) says it trained all of `total_steps`."""
+    return bool(summary) and summary.get('status') == 'finished' and summary.get('steps', 0) >= total_steps
 
 
 def write_summary(run_dir, summary):
@@ -82,6 +88,7 @@ def truncate_history(run_dir, step):
 
 
 def _truncate_event_file(path, step):
+    import tensorflow as tf
     from tensorboard.compat.proto import event_pb2
     kept, dropped = [], 0
     try:
