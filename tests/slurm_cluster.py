@@ -242,3 +242,17 @@ class SlurmCluster:
         if r.returncode != 0:
             raise RuntimeError(f'scontrol {" ".join(args)}: {r.stderr.strip()}')
         return r.stdout
+
+
+if __name__ == '__main__':
+    # By hand: `python tests/slurm_cluster.py DIR` keeps a test Slurm up until Ctrl-C or
+    # SIGTERM; use it with `export SLURM_CONF=DIR/slurm.conf`.
+    import signal
+    import sys
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with SlurmCluster(os.path.abspath(sys.argv[1])) as cluster:
+        print(f'export SLURM_CONF={cluster.conf}', flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
