@@ -43,6 +43,11 @@ SUBMIT_RECORD = 'slurm.json'     # in a run directory: the array job and task it
 # sending the signal up to 60 s early (sbatch(1), --signal).
 SIGNAL_LEAD_SECONDS = 180
 STOP_SIGNAL = 'USR1'
+# Exit status 0 when the run's summary.json says it has not ended (absent, or interrupted).
+NOT_ENDED = ('import json, sys\n'
+             'try:\n    status = json.load(open(sys.argv[1])).get("status")\n'
+             'except (OSError, ValueError):\n    status = None\n'
+             'sys.exit(status in ("finished", "failed", "diverged"))')
 
 
 def build_parser():
@@ -197,9 +202,10 @@ def job_script(args, pending, options, jobs_dir):
         f'[ "$stop" = {STOP_SIGNAL} ] && kill -TERM "$child" 2>/dev/null',
         '# wait returns early when a trapped signal arrives; wait again until the runner is gone.',
         'while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || break; done',
-        f'if [ "$stop" = {STOP_SIGNAL} ] && {shlex.quote(sys.executable)} -c '
-        '\'import json, sys; sys.exit(json.load(open(sys.argv[1])).get("status") != "interrupted")\' '
-        f'"$run_dir/summary.json" 2>/dev/null; then',
+        '# Requeued unless the run has ended (finished, failed, diverged): stopped in its steps,',
+        '# or before them (loading data), it continues from its checkpoint in the next allocation.',
+        f'if [ "$stop" = {STOP_SIGNAL} ] && {shlex.quote(sys.executable)} -c {shlex.quote(NOT_ENDED)} '
+        '"$run_dir/summary.json"; then',
         '  echo "=== $(date \'+%F %T\') stopped before the time limit; requeued, the next '
         'allocation resumes from the checkpoint"',
         '  scontrol requeue "$SLURM_JOB_ID"',

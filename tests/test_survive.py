@@ -51,8 +51,8 @@ def test_two_processes_on_one_queue_never_train_a_run_twice(images, tmp_path, ca
 
         rc, out, err = run_cli(capsys, path, '--list')
         assert rc == 0, err
-        assert re.search(rf'^a .*running in \S+ pid {a.proc.pid}$', out, re.M), out
-        assert re.search(r'^b .* -$', out, re.M), out
+        assert re.search(rf'^0 +a .*running in \S+ pid {a.proc.pid}$', out, re.M), out
+        assert re.search(r'^1 +b .* -$', out, re.M), out
         from runner import report
         runs, _ = report.find_runs(str(logdir))
         assert [r['status'] for r in runs if r['name'] == 'a'] == ['running'], runs
