@@ -72,6 +72,10 @@ def build_parser():
     p.add_argument('--time', metavar='HH:MM:SS',
                    help="each allocation's time limit; a run longer than it is checkpointed and "
                         'requeued, and continues in the next allocation')
+    p.add_argument('--signal-lead', type=int, metavar='SECONDS',
+                   help=f'stop and requeue this long before the time limit (default '
+                        f'{SIGNAL_LEAD_SECONDS}, at most half the limit); Slurm may signal up to '
+                        f'60 s earlier')
     p.add_argument('--max-parallel', type=int, metavar='N', help='at most N tasks at once (--array=...%%N)')
     p.add_argument('--sbatch', metavar='KEY=VALUE', action='append', default=[],
                    help='any other sbatch option, e.g. --sbatch constraint=a100 (as #SBATCH --KEY=VALUE)')
@@ -105,7 +109,7 @@ def sbatch_options(args):
     from runner.config import ConfigError
     opts = [('ntasks', '1')]
     for name, flag in (('gpus_per_run', 'gres'), ('cpus_per_run', 'cpus-per-task'),
-                       ('max_parallel', None)):
+                       ('max_parallel', None), ('signal_lead', None)):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: {value} is not a positive number")
@@ -134,9 +138,11 @@ def sbatch_options(args):
     return opts
 
 
-def signal_lead(time_limit):
+def signal_lead(args):
     """Seconds before the time limit to ask for the stop signal."""
-    seconds = time_seconds(time_limit) if time_limit else None
+    if args.signal_lead is not None:
+        return args.signal_lead
+    seconds = time_seconds(args.time) if args.time else None
     return min(SIGNAL_LEAD_SECONDS, seconds // 2) if seconds else SIGNAL_LEAD_SECONDS
 
 
@@ -166,7 +172,7 @@ def train_command(args):
 
 def job_script(args, pending, options, jobs_dir):
     """The batch script: `pending` is [(index, run_name, run_dir)]."""
-    lead = signal_lead(args.time)
+    lead = signal_lead(args)
     header = [('job-name', 'convnet-runner'),
               ('array', array_spec([k for k, _, _ in pending], args.max_parallel)),
               ('requeue', None), ('open-mode', 'append'),

@@ -168,16 +168,17 @@ def test_scontrol_requeue_in_mid_training_resumes_bit_exact(slurm, images, tmp_p
 
 
 def test_time_limit_shorter_than_training_continues_in_the_next_allocation(slurm, images, tmp_path):
-    """(c) --time 00:01:00 (Slurm's smallest) and a run of more than a minute's training
-    with TensorFlow's start: Slurm's warning signal (30 s before the limit, up to 60 s early)
-    stops it at a checkpoint, the task requeues itself, and the next allocation resumes and
-    finishes it -- no step trained twice, exit 0."""
+    """(c) --time 00:01:00 (Slurm's smallest) and 50 s of training: Slurm's warning signal
+    (asked for 10 s before the limit; Slurm may send it earlier, sbatch(1)) stops the run at a checkpoint, the task requeues itself, and a later
+    allocation resumes and finishes it -- no step trained twice, never killed by the limit,
+    exit 0."""
     logdir = tmp_path / 'logs'
-    steps = 240
+    steps = 500
     path = write_yaml(tmp_path / 'c.yaml', experiment(
         images, logdir, 'long', model='paced_cnn', model_parameters={'step_seconds': 0.1},
-        lr_values=[0.05], lr_boundaries=[steps], val_interval=80, log_interval=10))
-    sub = Submission(tmp_path, path, '--time', '00:01:00', '--cpus-per-run', '1', '--no-smoke')
+        lr_values=[0.05], lr_boundaries=[steps], val_interval=250, log_interval=10))
+    sub = Submission(tmp_path, path, '--time', '00:01:00', '--signal-lead', '10', '--cpus-per-run', '1',
+                     '--no-smoke')
     job = sub.job_id()
     rc = sub.finish()
     run_dir = os.path.join(logdir, 'long')
@@ -205,6 +206,6 @@ def test_smoke_test_failure_submits_nothing(slurm, images, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'runner', 'submit', 'slurm', path], cwd=ROOT,
                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert re.search(r'^  bad: .*simulated failure in the model', r.stderr, re.M), r.stderr
+    assert re.search(r'^  \S*bad\.yaml: experiment 2 \(bad\): InvalidArgumentError', r.stderr, re.M), r.stderr
     assert 'nothing was submitted' in r.stderr
     assert slurm.squeue('-o', '%A') == [] and not os.path.exists(logdir / 'slurm-jobs')
