@@ -123,6 +123,8 @@ def sbatch_options(args):
         if not time_seconds(args.time):
             raise ConfigError(f"--time: '{args.time}' is not a time limit such as 04:00:00 or 1-00:00:00")
         opts.append(('time', args.time))
+        if args.signal_lead is not None and args.signal_lead >= time_seconds(args.time):
+            raise ConfigError(f'--signal-lead: {args.signal_lead} s is not shorter than --time {args.time}')
     for name in ('partition', 'account', 'qos'):
         if getattr(args, name):
             opts.append((name, getattr(args, name)))
