@@ -1,7 +1,8 @@
 """The training loop: one experiment, from data to a finished run directory.
 
 A custom tf.function step (GradientTape, cross-entropy plus the model's
-regularisation losses, SGD with momentum under a piecewise-constant schedule) run
+regularisation losses, the optimizer of train_parameters.optimizer (runner.optimizers) under
+the learning-rate schedule) run
 under a tf.distribute strategy, evaluated every `val_interval` steps, checkpointed
 with tf.train.CheckpointManager, logged to TensorBoard. Resuming is the default:
 a run directory with a checkpoint continues from it.
