@@ -220,3 +220,24 @@ def test_sgd_is_the_default_and_unchanged():
     assert exp.train_parameters.optimizer == 'sgd'
     with pytest.raises(ConfigError):
         experiment_from_dict({'model': 'tiny_cnn', 'train_parameters': {'optimizer': 'sgd', 'epsilon': 1.0}})
+
+
+def test_muon_leaves_a_frozen_kernel_alone():
+    """freeze_after leaves a variable out of the update: Muon then neither moves nor decays it
+    and updates the others as usual."""
+    model, variables, before, grads, _ = toy({'optimizer': 'muon'})
+    frozen, rest = variables[0], variables[1:]
+    start = [v.numpy().copy() for v in variables]
+    model.optimizer.apply_gradients(zip(grads[1:], rest))
+    assert np.array_equal(frozen.numpy(), start[0])
+    assert all(not np.array_equal(v.numpy(), s) for v, s in zip(rest, start[1:]))
+
+
+def test_muon_takes_airbench94s_conv_filters():
+    """On cifar_airbench94, Muon takes the six 3x3 conv filters: not the frozen whitening
+    kernel, not the classifier."""
+    from runner.optimizers import muon_variables
+    from runner.registry import build_model
+    model = build_model(experiment_from_dict({'model': 'cifar_airbench94'}), (32, 32, 3), 10)
+    assert [v.path for v in muon_variables(model)] == [
+        f'block{i}_conv{j}/kernel' for i in (1, 2, 3) for j in (1, 2)]
