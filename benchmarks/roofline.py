@@ -151,8 +151,9 @@ def conv_rates(shapes, batch, dtype, repeats, first, trains):
     return 2 * macs / t_fwd, 2 * macs * (1 + (not first) + trains) / t_train, t_train
 
 
-def step_rate(model_name, batch, precision, steps):
-    """Images/s of the runner's train step (Trainer) on random data, median of `steps`."""
+def step_rate(model_name, batch, precision, steps, profile_dir=None):
+    """Images/s of the runner's train step (Trainer) on random data, median of `steps`;
+    with profile_dir, those steps run under the TensorFlow profiler, its trace written there."""
     import keras
     import tensorflow as tf
     from runner import data as data_lib
@@ -173,15 +174,41 @@ def step_rate(model_name, batch, precision, steps):
             trainer.train_step(trainer.iterator)
         trainer.step
         times = []
+        if profile_dir:
+            tf.profiler.experimental.start(profile_dir)
         for _ in range(steps):
             start = time.perf_counter()
             trainer.train_step(trainer.iterator)
             trainer.step  # wait for the step
             times.append(time.perf_counter() - start)
+        if profile_dir:
+            tf.profiler.experimental.stop()
         return batch / statistics.median(times)
     finally:
         distribute.set_policy('float32')
         keras.backend.clear_session()
+
+
+def top_ops(profile_dir, n):
+    """The n TensorFlow op types with the most self time in a profile (tensorboard-plugin-
+    profile's framework_op_stats, as its TensorBoard page shows them): [(type, share, ms)]."""
+    import glob
+    import json
+    from xprof.convert import raw_to_tool_data
+    paths = sorted(glob.glob(os.path.join(profile_dir, 'plugins', 'profile', '*', '*.xplane.pb')))
+    data, _ = raw_to_tool_data.xspace_to_tool_data(paths[-1:], 'framework_op_stats', {})
+    tables = json.loads(data)
+    table = tables[0] if isinstance(tables, list) else tables
+    cols = [c['id'] for c in table['cols']]
+    type_col, self_col = cols.index('type'), cols.index('total_self_time')
+    by_type = {}
+    for r in table['rows']:
+        kind, us = r['c'][type_col]['v'], float(r['c'][self_col]['v'] or 0)
+        if kind != 'IDLE':  # the profiled threads waiting: not an op
+            by_type[kind] = by_type.get(kind, 0.0) + us
+    total = sum(by_type.values())
+    ranked = sorted(by_type.items(), key=lambda kv: -kv[1])[:n]
+    return [(t, us / total, us / 1000) for t, us in ranked]
 
 
 def main():
@@ -192,7 +219,20 @@ def main():
     p.add_argument('--repeats', type=int, default=3, help='timings per kernel (median)')
     p.add_argument('--steps', type=int, default=5, help='timed runner steps per model and precision (0: none)')
     p.add_argument('--batch', type=int, default=None, help='batch size for every model (default: its recipe\'s)')
+    p.add_argument('--profile', metavar='LOGDIR',
+                   help='instead: profile --steps runner steps of the first model in the first '
+                        'precision into LOGDIR (tensorboard --logdir LOGDIR, Profile tab) and print '
+                        'the op types that take the time')
     a = p.parse_args()
+    if a.profile:
+        name, prec = a.models.split(',')[0], a.precisions.split(',')[0]
+        batch = a.batch or DEFAULT_BATCH.get(name, 128)
+        rate = step_rate(name, batch, PRECISIONS[prec], a.steps, profile_dir=a.profile)
+        print(f'{name}, batch {batch}, {prec}: {rate:.1f} images/s over {a.steps} profiled steps; '
+              f'load average {os.getloadavg()[0]:.2f}')
+        for op, share, ms in top_ops(a.profile, 15):
+            print(f'  {op:32s} {share:6.1%} {ms:10.1f} ms')
+        return
 
     import runner
     from runner import distribute
