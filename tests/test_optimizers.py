@@ -19,7 +19,6 @@ TOTAL = 24  # steps of each run; the resumed one stops at half
 # airbench94_muon's arrangement (SGD with a boosted BN-offset rate on the rest, weight
 # normalisation, three Newton-Schulz steps, no RMS scaling) with EMA and Lookahead on top.
 CASES = {
-    'sgd': {'lr_values': [0.05]},
     'adamw': {'optimizer': 'adamw', 'lr_values': [0.01], 'weight_decay': 0.05},
     'lion': {'optimizer': 'lion', 'lr_values': [0.002], 'weight_decay': 0.1},
     'lamb': {'optimizer': 'lamb', 'lr_values': [0.02], 'weight_decay': 0.01},
@@ -69,7 +68,7 @@ def train_losses(run_dir):
         return [(r['step'], r['loss']) for r in map(json.loads, f) if r['kind'] == 'train']
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', sorted(CASES))  # sgd's resume: tests/test_resilience.py
 def test_trains_and_resumes_bit_exactly(name, images, tmp_path, capsys):
     """The loss falls, and a run stopped at step 12 and resumed ends with the weights of the
     uninterrupted run, bit for bit, having logged the same losses."""
@@ -241,3 +240,14 @@ def test_muon_takes_airbench94s_conv_filters():
     model = build_model(experiment_from_dict({'model': 'cifar_airbench94'}), (32, 32, 3), 10)
     assert [v.path for v in muon_variables(model)] == [
         f'block{i}_conv{j}/kernel' for i in (1, 2, 3) for j in (1, 2)]
+
+
+def test_trains_under_mixed_float16_loss_scaling(images, tmp_path, capsys):
+    """Wrapped in LossScaleOptimizer (mixed_float16), the runner's own Muon (with its SGD
+    part, EMA and Lookahead) trains and its loss falls."""
+    path = tmp_path / 'mp.yaml'
+    train = {**CASES['muon_sgd'], 'precision': 'mixed_float16', 'deterministic': False}
+    path.write_text(yaml.safe_dump(experiment(images, tmp_path / 'logs', 'mp', **train)))
+    run(path, capsys)
+    losses = train_losses(tmp_path / 'logs' / 'mp')
+    assert all(np.isfinite(l) for _, l in losses) and losses[-1][1] < 0.7 * losses[0][1], losses
