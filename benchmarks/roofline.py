@@ -151,7 +151,7 @@ def conv_rates(shapes, batch, dtype, repeats, first, trains):
     return 2 * macs / t_fwd, 2 * macs * (1 + (not first) + trains) / t_train, t_train
 
 
-def step_rate(model_name, batch, precision, steps, profile_dir=None):
+def step_rate(model_name, batch, precision, steps, profile_dir=None, model_parameters=None):
     """Images/s of the runner's train step (Trainer) on random data, median of `steps`;
     with profile_dir, those steps run under the TensorFlow profiler, its trace written there."""
     import keras
@@ -160,7 +160,8 @@ def step_rate(model_name, batch, precision, steps, profile_dir=None):
     from runner import distribute
     from runner.config import experiment_from_dict
     from runner.train import Trainer
-    exp = experiment_from_dict({'model': model_name, 'train_parameters': {
+    exp = experiment_from_dict({'model': model_name, 'model_parameters': model_parameters or {},
+                                'train_parameters': {
         'batch_size': batch, 'precision': precision, 'lr_values': [0.01], 'lr_boundaries': [10 ** 6]}})
     info = data_lib.DataInfo('random', (32, 32, 3), 10)
     train = data_lib.synthetic(info, max(4 * batch, 5000), seed=0)
@@ -219,15 +220,20 @@ def main():
     p.add_argument('--repeats', type=int, default=3, help='timings per kernel (median)')
     p.add_argument('--steps', type=int, default=5, help='timed runner steps per model and precision (0: none)')
     p.add_argument('--batch', type=int, default=None, help='batch size for every model (default: its recipe\'s)')
+    p.add_argument('--model-parameter', metavar='KEY=VALUE', action='append', default=[],
+                   help='a model parameter of the runner step (YAML value), e.g. fused_norm=true')
     p.add_argument('--profile', metavar='LOGDIR',
                    help='instead: profile --steps runner steps of the first model in the first '
                         'precision into LOGDIR (tensorboard --logdir LOGDIR, Profile tab) and print '
                         'the op types that take the time')
     a = p.parse_args()
+    from runner.config import parse_overrides
+    model_parameters = dict(parse_overrides(a.model_parameter))
     if a.profile:
         name, prec = a.models.split(',')[0], a.precisions.split(',')[0]
         batch = a.batch or DEFAULT_BATCH.get(name, 128)
-        rate = step_rate(name, batch, PRECISIONS[prec], a.steps, profile_dir=a.profile)
+        rate = step_rate(name, batch, PRECISIONS[prec], a.steps, profile_dir=a.profile,
+                         model_parameters=model_parameters)
         print(f'{name}, batch {batch}, {prec}: {rate:.1f} images/s over {a.steps} profiled steps; '
               f'load average {os.getloadavg()[0]:.2f}')
         for op, share, ms in top_ops(a.profile, 15):
@@ -278,7 +284,8 @@ def main():
                 print(f'    {lname:14s} {str(shapes[0]):15s} {str(shapes[1]):18s} {fwd / 1e9:7.1f} '
                       f'{train / 1e9:7.1f}', flush=True)
             floor_rate = batch / floor_seconds
-            measured = step_rate(name, batch, PRECISIONS[prec], a.steps) if a.steps else None
+            measured = (step_rate(name, batch, PRECISIONS[prec], a.steps, model_parameters=model_parameters)
+                        if a.steps else None)
             summary.append((name, batch, prec, flops, floor_rate, measured))
 
     print(f'\nattainable peak (best of matmul and conv kernels): '
