@@ -123,7 +123,9 @@ def build_optimizer(tp, model, schedule):
         return keras.optimizers.SGD(learning_rate=schedule, momentum=tp.momentum, nesterov=tp.nesterov)
     trainable = list(model.trainable_variables)
     decay = DECOUPLED_WEIGHT_DECAY[name] if tp.weight_decay is None else tp.weight_decay
-    setting = lambda key: optimizer_setting(tp, key)  # noqa: E731
+
+    def setting(key):
+        return optimizer_setting(tp, key)
     if name == 'muon':
         muon = muon_variables(model)
         # SGD keeps its L2 in the loss; Muon's and AdamW's decay is the optimizer's.
