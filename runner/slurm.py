@@ -318,7 +318,11 @@ def main(argv=None):
         print(f'follow them with: python -m runner status {shlex.quote(os.path.dirname(jobs_dir))}')
         return EXIT_OK
     sys.stdout.flush()
-    proc.communicate()  # sbatch --wait returns when every task has ended
+    try:
+        proc.communicate()  # sbatch --wait returns when every task has ended
+    except KeyboardInterrupt:
+        print(f'\nstopped waiting; the job array goes on (scancel {job_id} stops it)', file=sys.stderr)
+        return EXIT_FAILED
     results = []
     for c, run_dir in zip(checked, run_dirs):
         results.append(rundir.read_summary(run_dir) or {'run_name': c.exp.run_name, 'status': 'not started'})

@@ -29,7 +29,10 @@ def find_runs(logdir):
             runs.append(path)
             dirs[:] = []  # checkpoints/, best/: parts of this run
             continue
-        dirs[:] = sorted(d for d in dirs if MOVED_ASIDE not in d and d != slurm.JOBS_DIR)
+        # Not runs: old runs kept by --restart, the submitted scripts, hidden directories
+        # (the scratch of multi-worker runs' other workers, `.workers/`).
+        dirs[:] = sorted(d for d in dirs if MOVED_ASIDE not in d and d != slurm.JOBS_DIR
+                         and not d.startswith('.'))
     return sorted(runs)
 
 

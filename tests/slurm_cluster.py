@@ -8,9 +8,8 @@ a system Slurm, and two test sessions on one machine do not meet. Needs root (sl
 jobs as the submitting user, munged and slurmd run as root here: SlurmUser=root).
 
 The configuration is the smallest that behaves like a real cluster for the runner's jobs:
-proctrack/linuxproc and task/none (no cgroups in a container), select/cons_tres with
-CPUs and memory consumable (so `--cpus-per-run`/`--mem-per-run` limit how many tasks share
-the node), JobRequeue=1, and short timers so that tests do not wait for Slurm's defaults:
+proctrack/linuxproc and task/none (no cgroups in a container), select/cons_tres with CPUs
+and memory consumable (two jobs may share a CPU), JobRequeue=1, and short timers so that tests do not wait for Slurm's defaults:
 a requeued job waits `cred_expire` seconds (120 by default) before it may start again.
 Slurm documents these in slurm.conf(5).
 """
@@ -67,6 +66,8 @@ class SlurmCluster:
         state, spool, log = (os.path.join(self.root, d) for d in ('state', 'spool', 'log'))
         for d in (state, spool, log):
             os.makedirs(d, exist_ok=True)
+        plugstack = os.path.join(self.root, 'plugstack.conf')
+        open(plugstack, 'w').close()
         lines = [
             'ClusterName=convnet-test',
             f'SlurmctldHost={self.node}',
@@ -106,9 +107,12 @@ class SlurmCluster:
             'InactiveLimit=0',
             'SlurmdTimeout=60',
             'MessageTimeout=20',
-            'PlugStackConfig=/dev/null',
+            f'PlugStackConfig={plugstack}',  # none: the system's SPANK plugins stay out
             node_line(self.node),
-            f'PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP',
+            # Up to two jobs share a CPU (OverSubscribe=FORCE:2), so the time-limit test's job,
+            # which mostly waits for Slurm's signal and requeue delay, runs beside the others.
+            f'PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP '
+            f'OverSubscribe=FORCE:2',
         ]
         with open(self.conf, 'w') as f:
             f.write('\n'.join(lines) + '\n')

@@ -5,7 +5,8 @@ run resumes bit for bit), a time limit shorter than the training (the run contin
 next allocation), and the smoke test before anything is submitted.
 
 Slurm's timing sets the pace: a requeued task waits cred_expire (5 s here) before it may
-start again, and a one-minute limit (Slurm's smallest) is signalled 30-60 s into it.
+start again, and a one-minute limit (Slurm's smallest) leaves 20-50 s of each allocation;
+the time-limit test's job is submitted first and runs while the others do.
 """
 import os
 import re
@@ -88,6 +89,29 @@ def status_rows(capsys, logdir):
     return {line.split()[0]: line.split() for line in out.splitlines()[1:] if not line.startswith(' ')}, out
 
 
+@pytest.fixture(scope='module', autouse=True)
+def time_limited(request, tmp_path_factory):
+    """The time-limit test's submission, started as this module starts when that test is
+    selected: its job spends its minutes mostly waiting (for Slurm's signal, its requeue
+    delay, paced steps), so the other tests run meanwhile. (submission, logdir, steps)."""
+    name = test_time_limit_shorter_than_training_continues_in_the_next_allocation.__name__
+    if not any(item.name == name for item in request.session.items):
+        yield None
+        return
+    request.getfixturevalue('slurm')
+    root = tmp_path_factory.mktemp('time-limit')
+    logdir, steps = root / 'logs', 500
+    path = write_yaml(root / 'c.yaml', experiment(
+        request.getfixturevalue('images'), logdir, 'long', model='paced_cnn',
+        model_parameters={'step_seconds': 0.1}, lr_values=[0.05], lr_boundaries=[steps],
+        val_interval=250, log_interval=10))
+    sub = Submission(root, path, '--time', '00:01:00', '--signal-lead', '10', '--no-smoke')
+    yield sub, logdir, steps
+    if sub.proc.poll() is None:
+        sub.proc.kill()
+        sub.proc.wait()
+
+
 def test_array_of_three_with_max_parallel_two_trains_each_run_once(slurm, images, tmp_path, capsys):
     """(a) Three short experiments, --max-parallel 2: the third task waits (status: not
     started, with its array task), then every run finishes, each trained once, by its own
@@ -167,18 +191,42 @@ def test_scontrol_requeue_in_mid_training_resumes_bit_exact(slurm, images, tmp_p
                         f"evaluation metrics of the run requeued at step {stopped['steps']}")
 
 
-def test_time_limit_shorter_than_training_continues_in_the_next_allocation(slurm, images, tmp_path):
-    """(c) --time 00:01:00 (Slurm's smallest) and 50 s of training: Slurm's warning signal
-    (asked for 10 s before the limit; Slurm may send it earlier, sbatch(1)) stops the run at a checkpoint, the task requeues itself, and a later
-    allocation resumes and finishes it -- no step trained twice, never killed by the limit,
-    exit 0."""
+def test_smoke_test_failure_submits_nothing(slurm, images, tmp_path):
+    """The smoke test runs before anything is submitted: an experiment whose model fails at
+    its first training step stops the submission (exit 1, its name and error), and Slurm has
+    no job."""
     logdir = tmp_path / 'logs'
-    steps = 500
-    path = write_yaml(tmp_path / 'c.yaml', experiment(
-        images, logdir, 'long', model='paced_cnn', model_parameters={'step_seconds': 0.1},
-        lr_values=[0.05], lr_boundaries=[steps], val_interval=250, log_interval=10))
-    sub = Submission(tmp_path, path, '--time', '00:01:00', '--signal-lead', '10', '--cpus-per-run', '1',
-                     '--no-smoke')
+    path = write_yaml(tmp_path / 'bad.yaml', experiment(images, logdir, 'ok'), {
+        **experiment(images, logdir, 'bad', module='test_resilience', model='crashes_in_training'),
+        'model_parameters': {'crash_at_step': 1}})
+    before = set(slurm.squeue('-o', '%A'))  # the time-limit test's job may be there
+    r = subprocess.run([sys.executable, '-m', 'runner', 'submit', 'slurm', path], cwd=ROOT,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r'^  \S*bad\.yaml: experiment 2 \(bad\): InvalidArgumentError', r.stderr, re.M), r.stderr
+    assert 'nothing was submitted' in r.stderr
+    assert set(slurm.squeue('-o', '%A')) <= before and not os.path.exists(logdir / 'slurm-jobs')
+
+
+def test_what_sbatch_refuses_is_one_line(slurm, images, tmp_path):
+    """An option Slurm refuses (a partition it does not have) is sbatch's own message in one
+    `error:` line, exit 2."""
+    path = write_yaml(tmp_path / 'p.yaml', experiment(images, tmp_path / 'logs', 'p'))
+    r = subprocess.run([sys.executable, '-m', 'runner', 'submit', 'slurm', path, '--no-smoke',
+                        '--partition', 'nosuch'], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                       text=True, timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.startswith('error:')]
+    assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, r.stdout + r.stderr
+    assert 'nosuch' in lines[0] and lines[0].startswith('error: sbatch: '), lines
+
+
+def test_time_limit_shorter_than_training_continues_in_the_next_allocation(time_limited):
+    """(c) --time 00:01:00 (Slurm's smallest) and 50 s of training: Slurm's warning signal
+    (asked for 10 s before the limit; Slurm may send it earlier, sbatch(1)) stops the run at
+    a checkpoint, the task requeues itself, and a later allocation resumes and finishes it --
+    no step trained twice, never killed by the limit, exit 0. (Submitted as the module
+    starts: see time_limited.)"""
+    sub, logdir, steps = time_limited
     job = sub.job_id()
     rc = sub.finish()
     run_dir = os.path.join(logdir, 'long')
@@ -193,19 +241,3 @@ def test_time_limit_shorter_than_training_continues_in_the_next_allocation(slurm
     assert len(s['sessions']) >= 2 and s['sessions'][1]['start_step'] > 0, s['sessions']
     logged = [r['step'] for r in metrics(run_dir) if r['kind'] == 'train']
     assert logged == list(range(10, steps + 1, 10)), logged
-
-
-def test_smoke_test_failure_submits_nothing(slurm, images, tmp_path):
-    """The smoke test runs before anything is submitted: an experiment whose model fails at
-    its first training step stops the submission (exit 1, its name and error), and Slurm has
-    no job."""
-    logdir = tmp_path / 'logs'
-    path = write_yaml(tmp_path / 'bad.yaml', experiment(images, logdir, 'ok'), {
-        **experiment(images, logdir, 'bad', module='test_resilience', model='crashes_in_training'),
-        'model_parameters': {'crash_at_step': 1}})
-    r = subprocess.run([sys.executable, '-m', 'runner', 'submit', 'slurm', path], cwd=ROOT,
-                       env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert re.search(r'^  \S*bad\.yaml: experiment 2 \(bad\): InvalidArgumentError', r.stderr, re.M), r.stderr
-    assert 'nothing was submitted' in r.stderr
-    assert slurm.squeue('-o', '%A') == [] and not os.path.exists(logdir / 'slurm-jobs')
