@@ -25,8 +25,8 @@ def first_line(error):
 
 
 def did_you_mean(name, known):
-    """"; did you mean 'x'?" for the closest of `known` to a misspelt `name` (difflib's
-    similarity of 0.6 or more), else ''."""
+    """The hint `; did you mean 'x'?` naming the closest of `known` to a misspelt `name`
+    (difflib's similarity of 0.6 or more), else ''."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean '{close[0]}'?" if close else ''
 
