@@ -9,7 +9,7 @@ never stops a run.
 """
 import dataclasses
 import threading
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -47,10 +47,9 @@ class Unreadable:
 
 
 @dataclasses.dataclass
-class Split:
-    """Decoded uint8 images of one size, in memory."""
+class _InMemory:
     name: str
-    images: np.ndarray  # uint8, (N, H, W, C)
+    images: Any         # Split: uint8 array (N, H, W, C); Ragged: list of uint8 (H, W, C)
     labels: np.ndarray  # int32, (N,)
     # Position of each image in the split's listing, and the listing's length: unreadable
     # files are left out, and the held-out validation split is drawn over the listing.
@@ -60,14 +59,13 @@ class Split:
 
 
 @dataclasses.dataclass
-class Ragged:
+class Split(_InMemory):
+    """Decoded uint8 images of one size, in memory."""
+
+
+@dataclasses.dataclass
+class Ragged(_InMemory):
     """Decoded uint8 images of varying size, in memory (imagenet-style sources that fit)."""
-    name: str
-    images: List[np.ndarray]
-    labels: np.ndarray
-    ids: Optional[np.ndarray] = None
-    listed: Optional[int] = None
-    unreadable: Unreadable = dataclasses.field(default_factory=Unreadable, repr=False)
 
 
 @dataclasses.dataclass
