@@ -99,15 +99,16 @@ def conv(x, filters, kernel_size, *, strides=1, padding="same", groups=1,
         kernel_regularizer=l2(weight_decay), bias_regularizer=bias_regularizer, name=name)(x)
 
 
-def batch_norm(x, *, epsilon=1e-5, momentum=0.9, scale=True, regularizer=None, name):
+def batch_norm(x, *, epsilon=1e-5, momentum=0.9, scale=True, regularizer=None,
+               layer=layers.BatchNormalization, name, **kwargs):
     """Apply batch normalisation, by default with Torch's momentum and default epsilon;
-    ``regularizer`` on its scale and offset (``decay_all`` families)."""
+    ``regularizer`` on its scale and offset (``decay_all`` families); ``layer`` is the
+    class (models.fast's FusedBatchNormalization), ``kwargs`` more of its arguments (dtype)."""
     # The papers' reference code is Torch/Caffe (moving-average weight 0.1 on the
     # new batch, eps 1e-5); Keras' defaults (0.99, 1e-3) would average the moving
     # statistics over ~10x more steps.
-    return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, scale=scale,
-                                     beta_regularizer=regularizer, gamma_regularizer=regularizer,
-                                     name=name)(x)
+    return layer(momentum=momentum, epsilon=epsilon, scale=scale, beta_regularizer=regularizer,
+                 gamma_regularizer=regularizer, name=name, **kwargs)(x)
 
 
 def bn_relu(x, *, name, suffix=""):
