@@ -452,14 +452,19 @@ def main(argv=None):
 
 
 def _main(args):
-    from runner.config import ConfigError, parse_overrides
+    from runner.config import ConfigError, parse_overrides, run_name_problem
     try:
         overrides = parse_overrides(args.overrides)
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
         experiments = select(load_all(args.files, overrides), args.only)
         restarting = set()
-        for name in args.restart:
+        for arg in args.restart:
+            name = arg.rstrip('/')
+            problem = run_name_problem(name)
+            if problem:
+                raise ConfigError(f"--restart {arg}: '{name}' {problem}; --restart only moves "
+                                  f"run directories inside logdir")
             # A name also stands for the runs it expanded into, as with --only.
             runs = {e.run_name for e in experiments
                     if e.run_name == name or e.run_name.startswith(name + '/')}
@@ -509,7 +514,11 @@ def _main(args):
                     print(f'error: {locked_restart(c.exp)}', file=sys.stderr)
                     return EXIT_CONFIG
                 continue  # its holder trains it; this process will skip it
-            moved = rundir.move_aside(run_dir)
+            try:
+                moved = rundir.move_aside(run_dir)
+            except OSError as e:
+                print(f'error: {c.exp.label}: cannot move {run_dir} aside: {e.strerror}', file=sys.stderr)
+                return EXIT_FAILED
         if restart:
             print(f'{c.exp.run_name}: old run moved to {moved}')
         else:

@@ -13,6 +13,8 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -392,6 +394,9 @@ def _convert(value, tp, key):
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # .nan or .inf would train (or pass as a "last good" checkpoint) to no end.
+                raise ConfigError(f'{key}: must be a finite number, got {value}')
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -541,9 +546,37 @@ def _check_values(exp):
     if tp.lr_schedule in ('linear', 'cosine') and len(values) != 1:
         raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
                           f'peak rate; give one value and one boundary (the last step), got {values}')
-    if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', exp.run_name):
-        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' is not a usable directory "
-                          f"name (letters, digits, . _ - + = and / only)")
+    problem = run_name_problem(exp.run_name)
+    if problem:
+        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' {problem}")
+    bad = _non_finite(exp.model_parameters)
+    if bad is not None:
+        raise ConfigError(f'model_parameters.{bad[0]}: must be a finite number, got {bad[1]}')
+
+
+def run_name_problem(name):
+    """Why `name` cannot name a run directory under logdir, or None. A run name is a name,
+    not a path: plain parts joined by '/', none empty, '.', '..' or hidden (a leading '.'
+    is the runner's own: .lock, .workers), so every run directory is inside logdir."""
+    if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', name):
+        return ("is not a usable directory name (letters, digits, . _ - + = and / only, no "
+                "empty part, not absolute)")
+    if any(part.startswith('.') for part in name.split('/')):
+        return "has a part that is '.', '..' or starts with '.'; a run name is a name, not a path"
+    return None
+
+
+def _non_finite(value, key=''):
+    """(dotted key, value) of the first NaN or infinity in a nested mapping or list, or None."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        sub = f'{key}.{k}' if isinstance(k, str) else f'{key}[{k}]'
+        if isinstance(v, float) and not math.isfinite(v):
+            return sub.lstrip('.'), v
+        found = _non_finite(v, sub)
+        if found:
+            return found
+    return None
 
 
 def set_dotted(data, dotted, value):
@@ -666,12 +699,22 @@ def load_experiments(path, overrides=()):
 
 
 def check_unique_run_names(experiments):
+    """Two experiments may not share a run directory, by whatever spelling of logdir or
+    symbolic link they reach it, nor may one run's directory hold another's (a --restart
+    of the outer one would carry the inner one away)."""
     seen = {}
     for exp in experiments:
-        key = (exp.train_parameters.logdir, exp.run_name)
+        key = os.path.realpath(os.path.join(exp.train_parameters.logdir, exp.run_name))
         if key in seen:
+            same = '' if seen[key].run_name == exp.run_name else f' (both are {key})'
             raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' is also "
-                              f"the run name of {seen[key].label}; run names must be unique")
+                              f"the run name of {seen[key].label}{same}; run names must be unique")
+        for other, first in seen.items():
+            outer, inner = (other, key) if len(other) < len(key) else (key, other)
+            if inner.startswith(outer + os.sep):
+                raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' and "
+                                  f"'{first.run_name}' of {first.label}: one run directory would "
+                                  f"hold the other ({inner})")
         seen[key] = exp
 
 

@@ -83,3 +83,62 @@ def run_cli_code(capsys, *argv):
     from runner import cli
     capsys.readouterr()
     return cli.main([str(a) for a in argv])
+
+
+# ---------------------------------------------------------------------------
+# Run names are names, not paths
+
+def tiny_yaml(images, logdir, *names):
+    return write_yaml(os.path.join(os.path.dirname(str(logdir)), 'names.yaml'),
+                      *(experiment(images, logdir, n) for n in names))
+
+
+def tree(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+
+
+@pytest.mark.parametrize('name', ['../../../tmp/x', 'a/../../b', '..', '.', './a', 'a/.', '/abs/x',
+                                  'a//b', '.hidden', 'x/../y'])
+def test_a_run_name_that_is_a_path_is_refused(images, tmp_path, capsys, name):
+    """Every part of a run name is a plain name: nothing written anywhere, one line, exit 2."""
+    logdir = tmp_path / 'box' / 'deep' / 'logs'
+    logdir.parent.mkdir(parents=True)
+    path = tiny_yaml(images, logdir, name)
+    before = tree(tmp_path)
+    rc = run_cli_code(capsys, path, '--no-smoke')
+    one_line_error(capsys, rc, 2, 'train_parameters.run_name', repr(name))
+    assert tree(tmp_path) == before and not os.path.exists('/abs')
+
+
+def test_a_run_name_set_on_the_command_line_is_checked_too(images, tmp_path, capsys):
+    path = tiny_yaml(images, tmp_path / 'logs', 'ok')
+    rc = run_cli_code(capsys, path, '--no-smoke', '--set', 'train_parameters.run_name=x/../../y')
+    one_line_error(capsys, rc, 2, 'train_parameters.run_name', "'x/../../y'")
+    assert not os.path.exists(tmp_path / 'logs') and not os.path.exists(tmp_path.parent / 'y')
+
+
+def test_two_names_for_one_run_directory_are_duplicates(images, tmp_path, capsys):
+    """`logs` and `./logs/` (or a link to it) with one run name are one directory; a run
+    inside another run's directory is refused as well."""
+    os.symlink(tmp_path / 'logs', tmp_path / 'link')
+    for second in (experiment(images, str(tmp_path / 'logs') + '/', 'a'),
+                   experiment(images, str(tmp_path / 'link'), 'a'),
+                   experiment(images, tmp_path / 'logs', 'a/inner')):
+        path = write_yaml(tmp_path / 'dup.yaml', experiment(images, tmp_path / 'logs', 'a'), second)
+        rc = run_cli_code(capsys, path, '--no-smoke')
+        one_line_error(capsys, rc, 2, 'experiment 2', 'experiment 1', 'train_parameters.run_name')
+        assert not os.path.exists(tmp_path / 'logs')
+
+
+@pytest.mark.parametrize('name', ['../victim', '.', '..', '/', 'a/../../victim'])
+def test_restart_moves_only_run_directories_inside_logdir(images, tmp_path, capsys, name):
+    victim = tmp_path / 'victim'
+    victim.mkdir()
+    (victim / 'precious').write_text('keep me')
+    logdir = tmp_path / 'logs'
+    (logdir / 'a').mkdir(parents=True)
+    path = tiny_yaml(images, logdir, 'a')
+    before = tree(tmp_path)
+    rc = run_cli_code(capsys, path, '--no-smoke', '--restart', name)
+    one_line_error(capsys, rc, 2, f'--restart {name}')
+    assert tree(tmp_path) == before
