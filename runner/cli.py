@@ -148,8 +148,7 @@ def check_resumable(exp):
     it changed but has no checkpoint yet (a run that failed or diverged before its first
     save): nothing would be lost by starting it over, so it is."""
     import yaml
-    import tensorflow as tf
-    from runner import rundir
+    from runner import checkpoints, rundir
     from runner.config import ConfigError, Experiment
     run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
     path = os.path.join(run_dir, rundir.CONFIG)
@@ -177,7 +176,7 @@ def check_resumable(exp):
             and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
     if not diff:
         return False
-    if tf.train.latest_checkpoint(os.path.join(run_dir, 'checkpoints')) is None:
+    if not checkpoints.present(os.path.join(run_dir, 'checkpoints')):
         return True
     raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
                       f"--restart {exp.run_name} to start it over, or give it a new run_name")

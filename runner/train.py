@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 import runner
+from runner import checkpoints
 from runner import data as data_lib
 from runner import distribute
 from runner import restore
@@ -549,7 +550,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     else:
         _disable_op_determinism()
     data = data or data_lib.load(exp.dataset)
-    resuming = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints')) is not None
+    resuming = checkpoints.present(os.path.join(chief_dir, 'checkpoints'))
     policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
@@ -561,12 +562,16 @@ def _run(exp, data, quiet, max_eval_batches, stop):
 
     os.makedirs(run_dir, exist_ok=True)
     rundir.remove_partial_checkpoints(run_dir)
+    # Before the managers read the state file: an unreadable newest checkpoint is moved aside
+    # and the run resumes from the newest one that reads (NoReadableCheckpoint if none does).
+    latest = checkpoints.newest_readable(
+        os.path.join(chief_dir, 'checkpoints'), chief_dir, move=chief, run_name=exp.run_name,
+        say=lambda line: print(f'{exp.run_name}: {line}', file=sys.stderr, flush=True))
     manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(run_dir, 'checkpoints'),
                                          max_to_keep=tp.keep_checkpoints)
     best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
                                               os.path.join(run_dir, 'best'), max_to_keep=1)
     resumed_from = None
-    latest = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints'))
     if latest:
         trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         resumed_from = trainer.step
@@ -677,9 +682,21 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                            f'loss {m["loss"]:.4f}{how}')
         return m
 
-    def diverged_message(step):
+    def diverged_message(step, what='loss or gradient'):
         last = manager.latest_checkpoint or 'none'
-        return f'loss or gradient became NaN/inf at step {step}; last good checkpoint: {last}'
+        return f'{what} became NaN/inf at step {step}; last good checkpoint: {last}'
+
+    # Everything a checkpoint holds that could overflow.
+    saved_state = (trainer.model.variables + trainer.optimizer.variables + trainer.averages
+                   + trainer.slow)
+
+    def save_checkpoint(step):
+        """Save unless the state is not finite; False then, and the previous one stays last good."""
+        if not checkpoints.all_finite(saved_state):
+            summary['error'] = diverged_message(step, 'weights or optimizer state')
+            return False
+        manager.save(checkpoint_number=step)
+        return True
 
     with stop, writer.as_default():
         last_log_step, last_log_time, overhead = trainer.step, time.time(), 0.0
@@ -730,14 +747,16 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                     trainer.best_step.assign(best_before[1])
                     with contextlib.suppress(Exception):
                         writer.flush()
-                        manager.save(checkpoint_number=step)
-                        save_summary()
+                        if save_checkpoint(step):
+                            save_summary()
                     raise
             if ckpt_now or stop:
                 # Events up to this step must be on disk before the checkpoint that a
                 # resume starts after; otherwise a kill loses them for good.
                 writer.flush()
-                manager.save(checkpoint_number=step)
+                if not save_checkpoint(step):
+                    status = 'diverged'
+                    break
                 save_summary()
             overhead += time.time() - side_start
             if stop:

@@ -11,11 +11,15 @@ import os
 import re
 import signal
 
+import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import one_line_error
 from test_resilience import Child, event_steps, images, metrics, run_cli, summary, write_yaml  # noqa: F401
 from test_resilience import experiment as resilience_experiment
+from tiny_models import tiny_cnn
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +146,140 @@ def test_restart_moves_only_run_directories_inside_logdir(images, tmp_path, caps
     rc = run_cli_code(capsys, path, '--no-smoke', '--restart', name)
     one_line_error(capsys, rc, 2, f'--restart {name}')
     assert tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints to fall back on
+
+@pytest.fixture
+def trained_20(images, tmp_path, capsys):
+    """A run trained to step 20 (checkpoints 10, 15 and 20 kept), to be extended to 30."""
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=20, keep_checkpoints=3))
+    rc, out, err = run_cli(capsys, path, '--no-smoke')
+    assert rc == 0, out + err
+    run_dir = os.path.join(logdir, 'r')
+    assert sorted(os.listdir(os.path.join(run_dir, 'checkpoints'))) == [
+        'checkpoint', *(f'ckpt-{n}.{ext}' for n in (10, 15, 20) for ext in ('data-00000-of-00001', 'index'))]
+    return path, run_dir
+
+
+def extend_to_30(capsys, path):
+    return run_cli(capsys, path, '--no-smoke', '--set', 'train_parameters.steps=30')
+
+
+def damage(prefix, how):
+    if how == 'missing index':
+        os.remove(prefix + '.index')
+    elif how == 'truncated data':
+        data = prefix + '.data-00000-of-00001'
+        os.truncate(data, os.path.getsize(data) // 2)
+    else:  # a flipped byte inside the data: only the CRC32C can tell
+        data = prefix + '.data-00000-of-00001'
+        with open(data, 'r+b') as f:
+            f.seek(os.path.getsize(data) // 2)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize('how', ['missing index', 'truncated data', 'flipped byte'])
+def test_an_unreadable_latest_checkpoint_is_moved_aside_and_the_one_before_restored(trained_20, capsys, how):
+    """One line names the damaged checkpoint; its files are kept in checkpoints-unreadable/;
+    the run resumes from step 15 (not 0), keeps its history up to 15 and finishes at 30."""
+    path, run_dir = trained_20
+    bad = os.path.join(run_dir, 'checkpoints', 'ckpt-20')
+    files = sorted(os.path.basename(p) for p in glob.glob(bad + '.*'))
+    damage(bad, how)
+    kept = sorted(os.path.basename(p) for p in glob.glob(bad + '.*'))
+    rc, out, err = extend_to_30(capsys, path)
+    assert rc == 0, out + err
+    lines = [line for line in err.splitlines() if 'ckpt-20' in line]
+    assert len(lines) == 1 and lines[0].startswith(f'r: checkpoint {bad} is unreadable ('), err
+    assert 'checkpoints-unreadable' in lines[0] and 'Traceback' not in err
+    assert sorted(os.listdir(os.path.join(run_dir, 'checkpoints-unreadable'))) == kept and kept
+    assert re.search(r'^r step 15/30: resuming from .*ckpt-15$', out, re.M), out
+    logged = [r['step'] for r in metrics(run_dir) if r['kind'] == 'train']
+    assert logged == [5, 10, 15, 20, 25, 30], logged
+    assert summary(run_dir)['status'] == 'finished' and summary(run_dir)['steps'] == 30
+    assert files  # the damaged checkpoint had files to keep
+
+
+def test_a_run_whose_checkpoints_are_all_unreadable_fails_rather_than_start_over(trained_20, capsys):
+    path, run_dir = trained_20
+    before = open(os.path.join(run_dir, 'metrics.jsonl')).read()
+    for n in (10, 15, 20):
+        damage(os.path.join(run_dir, 'checkpoints', f'ckpt-{n}'), 'truncated data')
+    rc, out, err = extend_to_30(capsys, path)
+    assert rc == 1, out + err
+    assert 'Traceback' not in err and 'step 5/' not in out
+    assert re.search(r'^r: failed: NoReadableCheckpoint: no readable checkpoint in .*--restart r starts '
+                     r'the run over', err, re.M), err
+    assert open(os.path.join(run_dir, 'metrics.jsonl')).read() == before
+    assert summary(run_dir)['status'] == 'failed'
+    assert len(os.listdir(os.path.join(run_dir, 'checkpoints-unreadable'))) == 6
+
+
+# ---------------------------------------------------------------------------
+# "Last good checkpoint" means finite weights
+
+class _OverflowAfter(keras.layers.Layer):
+    """x * scale, where the update of training call `steps` leaves `scale` infinite (its
+    constraint, applied after the optimizer's update): the loss and gradient of that step are
+    finite, the weights after it are not, as with a learning rate that overflows them."""
+
+    def __init__(self, steps, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(name='calls', shape=(), dtype='int64', initializer='zeros',
+                                     trainable=False)
+        self.scale = self.add_weight(name='scale', shape=(), initializer='ones', constraint=self.overflow)
+
+    def overflow(self, w):
+        return tf.where(self.calls >= self.steps, tf.constant(np.inf, w.dtype), w)
+
+    def call(self, x, training=None):
+        if training:
+            self.calls.assign_add(1)
+        return x * self.scale
+
+
+def overflows_in_training(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, at_step=10):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, tiny_cnn(input_shape, num_classes, weight_decay)(_OverflowAfter(at_step)(inputs)))
+
+
+def test_a_checkpoint_of_non_finite_weights_is_never_saved_as_last_good(images, tmp_path, capsys):
+    """The weights overflow in the update of step 10, a checkpoint step: no ckpt-10 is saved,
+    the run is diverged in one line naming ckpt-5 as the last good checkpoint, which is finite."""
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'blow', module='test_survive',
+                                                      model='overflows_in_training'))
+    rc, out, err = run_cli(capsys, path, '--no-smoke')
+    assert rc == 1, out + err
+    run_dir = os.path.join(logdir, 'blow')
+    ckpt_dir = os.path.join(run_dir, 'checkpoints')
+    assert tf.train.latest_checkpoint(ckpt_dir) == os.path.join(ckpt_dir, 'ckpt-5'), os.listdir(ckpt_dir)
+    assert not glob.glob(os.path.join(ckpt_dir, 'ckpt-10*'))
+    s = summary(run_dir)
+    assert s['status'] == 'diverged' and s['steps'] == 10, s
+    assert s['error'] == (f'weights or optimizer state became NaN/inf at step 10; last good checkpoint: '
+                          f'{ckpt_dir}/ckpt-5'), s['error']
+    assert re.search(r'^blow: diverged: weights or optimizer state became NaN/inf', err, re.M), err
+    reader = tf.train.load_checkpoint(os.path.join(ckpt_dir, 'ckpt-5'))
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if name.startswith(('model/', 'optimizer/')) and np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.isfinite(value).all(), name
+
+
+@pytest.mark.parametrize('value', ['.nan', '.inf', '-.inf'])
+def test_non_finite_numbers_are_refused_in_validation(images, tmp_path, capsys, value):
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, tmp_path / 'logs', 'r'))
+    for key in ('train_parameters.lr_values=[%s, 0.1]', 'train_parameters.momentum=%s',
+                'model_parameters.dropout=%s'):
+        rc = run_cli_code(capsys, path, '--no-smoke', '--set', key % value)
+        one_line_error(capsys, rc, 2, key.split('=')[0].replace('lr_values', 'lr_values[0]'), 'finite')
+    assert not os.path.exists(tmp_path / 'logs')
