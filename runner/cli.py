@@ -345,7 +345,8 @@ def train_all(checked, fail_fast):
         if previous:
             results.append(previous)
             continue
-        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                        run_dir)
         lock = None
         if not problem:
             try:
@@ -400,8 +401,8 @@ def train_one(c, run_dir):
         summary = train.record_failure(exp, e)
     except Exception as e:  # one experiment's failure does not stop the others
         summary = train.record_failure(exp, e)
-        print(f'{exp.run_name}: failed: {summary["error"]} (traceback in {run_dir}/error.log)',
-              file=sys.stderr, flush=True)
+        where = summary.get('not_recorded') or f'traceback in {run_dir}/error.log'
+        print(f'{exp.run_name}: failed: {summary["error"]} ({where})', file=sys.stderr, flush=True)
     keras.backend.clear_session()
     if summary['status'] == 'diverged':
         print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
@@ -485,7 +486,8 @@ def _main(args):
     if not args.smoke:
         from runner import rundir, train
         for c in checked:
-            problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+            problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                            run_dir_of(c.exp))
             if problem:
                 print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
                 return EXIT_CONFIG

@@ -14,6 +14,7 @@ evaluations (`eval_tta`).
 """
 import contextlib
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -844,7 +845,10 @@ def error_message(error):
     if isinstance(error, tf.errors.OpError):
         lines = [l for l in lines if not l.startswith(('Graph execution error', 'Detected at node',
                                                        'File "', 'Stack trace'))] or lines
-        return lines[-1] if lines else type(error).__name__
+        if not lines:
+            return type(error).__name__
+        # An eager op's error wraps its message in the function's node name and the op's name.
+        return re.sub(r'^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$', '', lines[-1])
     return lines[0] if lines else type(error).__name__
 
 
@@ -861,11 +865,16 @@ def record_failure(exp, error, status='failed'):
     run_dir = os.path.join(tp.logdir, exp.run_name)
     if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
         run_dir = worker_dir(exp)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, 'error.log'), 'w') as f:
-        f.write(''.join(traceback.format_exception(error)))
     summary = rundir.read_summary(run_dir) or {'run_name': exp.run_name, 'model': exp.model}
     summary['status'] = status
     summary['error'] = f'{type(error).__name__}: {error_message(error)}'
-    rundir.write_summary(run_dir, summary)
+    # The failure may be a full disk or a directory gone read-only: what cannot be written is
+    # said in the summary returned (`not_recorded`), never raised from here.
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        rundir.write_atomic(os.path.join(run_dir, 'error.log'), ''.join(traceback.format_exception(error)))
+        rundir.write_summary(run_dir, summary)
+    except OSError as e:
+        summary['not_recorded'] = (f'could not mark the run {status}: cannot write '
+                                   f'{e.filename or run_dir}: {e.strerror}')
     return summary

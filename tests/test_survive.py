@@ -283,3 +283,85 @@ def test_non_finite_numbers_are_refused_in_validation(images, tmp_path, capsys, 
         rc = run_cli_code(capsys, path, '--no-smoke', '--set', key % value)
         one_line_error(capsys, rc, 2, key.split('=')[0].replace('lr_values', 'lr_values[0]'), 'finite')
     assert not os.path.exists(tmp_path / 'logs')
+
+
+# ---------------------------------------------------------------------------
+# A full or unwritable disk
+
+@pytest.fixture
+def mount_tmpfs():
+    """mount(size, path, *options): a tmpfs of `size` at `path`, unmounted at the end. Needs
+    root (CI runs the tests as root); elsewhere skipped, under CI=true failed."""
+    mounted = []
+
+    def mount(size, path, *options):
+        import subprocess
+        if os.geteuid() != 0:
+            if os.environ.get('CI') == 'true':
+                pytest.fail('this test mounts a tmpfs and needs root')
+            pytest.skip('mounting a tmpfs needs root')
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', ','.join([f'size={size}', *options]), 'none',
+                        str(path)], check=True)
+        mounted.append(str(path))
+        return str(path)
+    yield mount
+    import subprocess
+    for path in reversed(mounted):
+        subprocess.run(['umount', '-l', path], check=False)
+
+
+def fill(directory):
+    """Write a file into `directory` until the disk is full; its path."""
+    path = os.path.join(directory, 'filler')
+    with open(path, 'wb', buffering=0) as f:
+        for chunk in (2**20, 4096, 1):
+            try:
+                while True:
+                    f.write(b'\0' * chunk)
+            except OSError:
+                pass
+    return path
+
+
+@pytest.mark.parametrize('fail_fast', [False, True])
+def test_a_disk_filling_up_fails_that_run_in_one_line_and_the_queue_goes_on(images, tmp_path, mount_tmpfs,
+                                                                            fail_fast):
+    """The disk of the first run's logdir fills up while it trains: that run fails with one
+    line naming the path it could not write (and whether it could be marked failed), no
+    traceback; the next run, on another disk, trains (not under --fail-fast); every file
+    left behind reads whole."""
+    full = mount_tmpfs('70m', tmp_path / 'full')
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, full, 'big', steps=2000),
+                      experiment(images, tmp_path / 'logs', 'next', steps=10))
+    child = Child([path, '--no-smoke', *(['--fail-fast'] if fail_fast else [])], tmp_path / 'err.txt')
+    child.wait_for(r'^big step 10/')
+    filler = fill(full)
+    rc = child.finish()
+    assert rc == 1, child.stdout + child.stderr
+    assert 'Traceback' not in child.stderr + child.stdout
+    failed = [line for line in child.stderr.splitlines() if line.startswith('big: failed: ')]
+    assert len(failed) == 1, child.stderr
+    assert 'No space left on device' in failed[0] and str(full) in failed[0], failed[0]
+    assert '{{function_node' not in failed[0] and '[Op:' not in failed[0], failed[0]
+    run_dir = os.path.join(full, 'big')
+    os.remove(filler)
+    s = summary(run_dir)  # the last one written whole
+    assert s['status'] == ('running' if 'could not mark the run failed' in failed[0] else 'failed'), (s, failed)
+    assert metrics(run_dir)  # every line parses: no torn record
+    assert not glob.glob(os.path.join(run_dir, '*.tmp'))
+    if fail_fast:
+        assert not re.search(r'^next: starting', child.stdout, re.M)
+        assert not os.path.exists(tmp_path / 'logs' / 'next')
+    else:
+        assert summary(os.path.join(tmp_path, 'logs', 'next'))['status'] == 'finished'
+
+
+def test_an_unwritable_existing_run_directory_is_found_before_training(images, tmp_path, capsys, mount_tmpfs):
+    """logdir is writable, the run directory in it (a run to resume) is not: one line naming
+    it before anything trains, exit 2."""
+    logdir = tmp_path / 'logs'
+    mount_tmpfs('1m', logdir / 'r', 'ro')
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r'))
+    rc = run_cli_code(capsys, path, '--no-smoke')
+    one_line_error(capsys, rc, 2, str(logdir / 'r'), 'Read-only file system')
