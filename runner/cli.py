@@ -152,8 +152,8 @@ def check_resumable(exp):
     from runner.config import ConfigError, Experiment
     run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
     path = os.path.join(run_dir, rundir.CONFIG)
-    if not os.path.exists(path):
-        return False
+    if not os.path.exists(path) or rundir.damaged(run_dir):
+        return False  # a damaged run is refused on its own when its turn comes (train_all)
     with open(path) as f:
         old = yaml.safe_load(f) or {}
     new = exp.to_dict()
@@ -368,7 +368,14 @@ def train_all(checked, fail_fast):
             if previous:
                 results.append(previous)
                 continue
-            summary = train_one(c, run_dir)
+            problem = rundir.damaged(run_dir)
+            if problem:
+                # Only this run is blocked; its files are left as they are for a look.
+                problem += f'; --restart {exp.run_name} starts the run over (the old one is kept)'
+                print(f'error: {exp.label}: {problem}', file=sys.stderr, flush=True)
+                summary = {'run_name': exp.run_name, 'status': 'failed', 'error': problem}
+            else:
+                summary = train_one(c, run_dir)
         finally:
             if lock is not None:
                 lock.release()

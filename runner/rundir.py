@@ -46,6 +46,27 @@ def write_atomic(path, text):
         raise
 
 
+def damaged(run_dir):
+    """'<path>: <why>' for a config.yaml or summary.json of the run that exists but does not
+    read as a mapping (a file edited by hand, a copy cut short), or None. Such a run cannot be
+    resumed or compared with its experiment; the runner writes both files atomically, so
+    it never leaves them so itself."""
+    import yaml
+    for name, parse in ((CONFIG, yaml.safe_load), (SUMMARY, json.loads)):
+        path = os.path.join(run_dir, name)
+        try:
+            with open(path, encoding='utf-8') as f:
+                data = parse(f.read())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]
+            return f'{path}: cannot be read ({reason})'
+        if not isinstance(data, dict):
+            return f'{path}: cannot be read (not a mapping of keys)'
+    return None
+
+
 def read_summary(run_dir):
     try:
         with open(os.path.join(run_dir, SUMMARY)) as f:

@@ -365,3 +365,34 @@ def test_an_unwritable_existing_run_directory_is_found_before_training(images, t
     path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r'))
     rc = run_cli_code(capsys, path, '--no-smoke')
     one_line_error(capsys, rc, 2, str(logdir / 'r'), 'Read-only file system')
+
+
+# ---------------------------------------------------------------------------
+# Damaged files in a run directory
+
+def test_a_damaged_config_or_summary_blocks_only_its_own_run(images, tmp_path, capsys):
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 'e.yaml', *(experiment(images, logdir, n, steps=10) for n in 'abc'))
+    assert run_cli(capsys, path, '--no-smoke')[0] == 0
+    config_a = os.path.join(logdir, 'a', 'config.yaml')
+    with open(config_a, 'w') as f:
+        f.write('model: [tiny_cnn\n  dataset: {')
+    summary_b = os.path.join(logdir, 'b', 'summary.json')
+    os.truncate(summary_b, os.path.getsize(summary_b) // 2)
+    damaged_b = open(summary_b).read()
+
+    rc, out, err = run_cli(capsys, path, '--no-smoke', '--set', 'train_parameters.steps=20')
+    assert rc == 1, out + err
+    assert 'Traceback' not in err
+    lines = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(lines) == 2, err
+    assert config_a in lines[0] and '--restart a' in lines[0] and 'experiment 1 (a)' in lines[0], lines[0]
+    assert summary_b in lines[1] and '--restart b' in lines[1], lines[1]
+    assert summary(os.path.join(logdir, 'c'))['steps'] == 20
+    assert open(summary_b).read() == damaged_b  # left as it was
+
+    rc, out, err = run_cli(capsys, path, '--no-smoke', '--set', 'train_parameters.steps=20',
+                           '--restart', 'a', '--restart', 'b')
+    assert rc == 0, out + err
+    for name in 'ab':
+        assert summary(os.path.join(logdir, name))['steps'] == 20
