@@ -453,6 +453,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `--list | head -1`: the reader has gone; end quietly, also at the flush on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)

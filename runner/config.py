@@ -678,19 +678,58 @@ def expand(data, overrides=()):
     return docs
 
 
-def load_experiments(path, overrides=()):
-    """All experiments of one file, validated (schema only; see runner.registry for models)."""
+# An experiment file is a few kilobytes (the largest shipped one is 6 KB); a file far larger
+# is a mistake (a data file named by accident), and PyYAML's pure-Python parser would take
+# minutes and gigabytes over it before any key could be checked.
+MAX_FILE_BYTES = 1 << 20
+
+
+def read_text(path):
+    """The text of an experiment file: ConfigError for a file that is unreadable, too large or
+    not UTF-8 (with the byte's position, line and column)."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, 'rb') as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f'{path}: cannot read: {e.strerror}') from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f'{path}: larger than {MAX_FILE_BYTES // 1024} KiB; an experiment file '
+                          f'is a few kilobytes of YAML')
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = raw.count(b'\n', 0, e.start) + 1
+        column = e.start - (raw.rfind(b'\n', 0, e.start) + 1) + 1
+        raise ConfigError(f'{path}:{line}:{column}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte '
+                          f'position {e.start}; save the file as UTF-8') from None
+
+
+def check_keys(data):
+    """Unknown keys of a raw experiment, at the top and in each section, refused by their names
+    alone: before expand copies the document or any value is walked."""
+    if not isinstance(data, dict):
+        return
+    known = list(_fields(Experiment)) + ['grid', 'repeats']
+    for key, value in data.items():
+        if not isinstance(key, str) or key not in known:
+            raise _unknown_key(str(key), '', list(_fields(Experiment)))
+        if key in _SECTIONS and isinstance(value, dict):
+            fields = list(_fields(_SECTIONS[key]))
+            for sub in value:
+                if not isinstance(sub, str) or sub not in fields:
+                    raise _unknown_key(str(sub), key + '.', fields)
+
+
+def load_experiments(path, overrides=()):
+    """All experiments of one file, validated (schema only; see runner.registry for models)."""
+    text = read_text(path)
     docs = [d for d in parse_yaml(text, path) if d is not None]
     if not docs:
         raise ConfigError(f'{path}: no experiments in this file')
     experiments = []
     for i, doc in enumerate(docs):
         try:
+            check_keys(doc)
             expanded = expand(doc, overrides)
         except ConfigError as e:
             raise ConfigError(f'{path}: experiment {i + 1}: {e}') from None

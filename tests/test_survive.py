@@ -396,3 +396,41 @@ def test_a_damaged_config_or_summary_blocks_only_its_own_run(images, tmp_path, c
     assert rc == 0, out + err
     for name in 'ab':
         assert summary(os.path.join(logdir, name))['steps'] == 20
+
+
+# ---------------------------------------------------------------------------
+# Bad experiment files and options
+
+def test_a_file_that_is_not_utf8_is_one_line_with_the_byte_position(images, tmp_path, capsys):
+    path = tmp_path / 'latin1.yaml'
+    path.write_bytes(open(write_yaml(tmp_path / 'e.yaml', experiment(images, tmp_path / 'logs', 'r')), 'rb').read()
+                     + '# r\xe9sum\xe9\n'.encode('latin-1'))
+    size = len(path.read_bytes())
+    rc = run_cli_code(capsys, path, '--no-smoke')
+    one_line_error(capsys, rc, 2, str(path), 'not UTF-8', f'byte 0xe9 at byte position {size - 6}')
+
+
+def test_a_huge_value_under_an_unknown_key_is_refused_at_once(images, tmp_path, capsys):
+    """A value of 2 MB is refused for the file's size; one of 0.9 MB under an unknown key
+    is refused by the key's name before the value is copied or walked."""
+    import time
+    base = experiment(images, tmp_path / 'logs', 'r')
+    for size in (2 << 20, 900 << 10):
+        doc = dict(base, train_parameters=dict(base['train_parameters'], colour=['x' * 64] * (size // 70)))
+        path = write_yaml(tmp_path / 'huge.yaml', doc)
+        start = time.monotonic()
+        rc = run_cli_code(capsys, path, '--no-smoke')
+        line = one_line_error(capsys, rc, 2, str(path))
+        assert ('larger than 1024 KiB' if size > 1 << 20 else 'train_parameters.colour: unknown key') in line
+        print(f'{size >> 10} KiB refused in {time.monotonic() - start:.1f} s')
+
+
+def test_list_piped_into_head_ends_quietly(images, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT, subprocess_env
+    path = write_yaml(tmp_path / 'e.yaml', *(experiment(images, tmp_path / 'logs', f'r{i}') for i in range(40)))
+    p = subprocess.run(f'{sys.executable} run_experiments.py {path} --list | head -1', shell=True, cwd=ROOT,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert p.stdout.startswith('run ') and p.stdout.count('\n') == 1, p.stdout
+    assert p.stderr.strip() == '', p.stderr
