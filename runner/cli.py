@@ -444,10 +444,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # SIGTERM (a job scheduler's stop) as Ctrl-C: inside the training steps both checkpoint
     # and stop at the step's end (train.StopRequest), elsewhere both end the command cleanly.
+    # SIGINT too: a process started in the background of a script (`cmd &`, CI, `timeout -s
+    # INT` run from one) inherits SIGINT ignored, which Python leaves ignored; a Ctrl-C or
+    # `kill -INT` before the training loop installs its own handler was then lost, and the
+    # run trained to its end.
     try:
         old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread
-        old_term = None
+        old_term = old_int = None
     try:
         return _main(args)
     except KeyboardInterrupt:
@@ -460,6 +465,7 @@ def main(argv=None):
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
 
 
 def _main(args):

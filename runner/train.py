@@ -19,6 +19,7 @@ import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 import traceback
 
@@ -39,12 +40,21 @@ from runner.schedule import lookahead_alpha, make_lr_schedule
 
 
 class StopRequest:
-    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step boundary;
-    a second SIGINT exits at once."""
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step boundary (an
+    evaluation under way is cut short); a second SIGINT exits at once.
+
+    Python runs a signal's handler only between bytecodes of the main thread, and two signals
+    that arrive while the main thread is inside one long TensorFlow call (a step, the first
+    step's tracing) reach the handler as one. So every signal is also counted as it arrives,
+    through signal.set_wakeup_fd, by a thread of its own: the second SIGINT exits at once,
+    in the middle of a step, after `last_words` (which marks the summary interrupted)."""
 
     def __init__(self):
         self.signal = None
+        self.last_words = None
         self._old = {}
+        self._old_wakeup = None
+        self._wakeup_write = None
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -52,22 +62,56 @@ class StopRequest:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handlers, no graceful stop
                 pass
+        if self._old:
+            read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+            self._wakeup_write = write
+            threading.Thread(target=self._count, args=(read,), daemon=True,
+                             name='second-interrupt').start()
         return self
+
+    def _count(self, read):
+        interrupts = 0
+        try:
+            while True:
+                data = os.read(read, 64)
+                if not data:  # __exit__ closed the other end
+                    return
+                interrupts += data.count(signal.SIGINT)
+                if interrupts >= 2:
+                    self._exit_now()
+        finally:
+            os.close(read)
+
+    def _exit_now(self):
+        print('\nsecond interrupt: exiting now', file=sys.stderr, flush=True)
+        if self.last_words:
+            with contextlib.suppress(Exception):
+                self.last_words()
+        os._exit(130)
 
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT:
-            print('\nsecond interrupt: exiting now', file=sys.stderr, flush=True)
-            os._exit(130)
+            self._exit_now()
         self.signal = signum
         print(f'\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step '
               f'(Ctrl-C again to exit at once)', file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
+        if self._wakeup_write is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            os.close(self._wakeup_write)
+            self._wakeup_write = None
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
     def __bool__(self):
         return self.signal is not None
+
+
+class EvaluationStopped(Exception):
+    """A stop was asked for during an evaluation: the evaluation is left unfinished."""
 
 
 def _step_value(variable):
@@ -379,12 +423,16 @@ class Trainer:
         out = self.strategy.run(self._replica_eval, args=(images, labels))
         return [self.strategy.reduce('SUM', v, axis=None) for v in out]
 
-    def evaluate(self, split, max_batches=None):
+    def evaluate(self, split, max_batches=None, stop=None):
+        """Top-1/5 error and loss over the split; EvaluationStopped as soon as `stop` is
+        true (a StopRequest that has had its signal), between two batches."""
         ds = data_lib.eval_input(self.data, split, self.exp.train_parameters.eval_batch_size)
         if max_batches:
             ds = ds.take(max_batches)
         totals = np.zeros(4)
         for images, labels in self.strategy.experimental_distribute_dataset(ds):
+            if stop:
+                raise EvaluationStopped()
             totals += [float(v) for v in self.eval_step(images, labels)]
         skipped = data_lib.unreadable_report(self.data)  # files skipped since the last report
         if skipped:
@@ -643,6 +691,15 @@ def _run(exp, data, quiet, max_eval_batches, stop):
              if r.get('kind') == 'train']
     stop = stop if stop is not None else StopRequest()
 
+    def last_words():
+        """A second Ctrl-C exits at once: the summary says so, with the checkpoint a resume
+        starts from."""
+        words = dict(summary, status='interrupted',
+                     error=f'stopped at once by a second SIGINT after step {summary["steps"]}; '
+                           f'a resume starts from {manager.latest_checkpoint or "step 0"}')
+        rundir.write_summary(run_dir, words)
+    stop.last_words = last_words
+
     def save_summary(status=None):
         summary['steps'] = trainer.step
         summary['wall_seconds'] = round(base_wall + time.time() - start_wall, 1)
@@ -659,7 +716,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         split = data.eval
         eval_start = time.time()
         with trainer.averaged_weights():
-            m = trainer.evaluate(split, max_eval_batches)
+            m = trainer.evaluate(split, max_eval_batches, stop=stop)
             prefix = 'val' if eval_split_name == 'validation' else 'test'
             if m['top1_error'] < float(trainer.best_error.numpy()):
                 trainer.best_error.assign(m['top1_error'])
@@ -740,6 +797,8 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                 best_before = (trainer.best_error.numpy(), trainer.best_step.numpy())
                 try:
                     do_eval(step)
+                except EvaluationStopped:
+                    pass  # saved and stopped below, as at any step
                 except Exception:
                     # A failed evaluation (eval_batch_size too large for memory, a split gone
                     # unreadable) must not lose the steps trained since the last checkpoint:

@@ -434,3 +434,146 @@ def test_list_piped_into_head_ends_quietly(images, tmp_path):
                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert p.stdout.startswith('run ') and p.stdout.count('\n') == 1, p.stdout
     assert p.stderr.strip() == '', p.stderr
+
+
+# ---------------------------------------------------------------------------
+# Signals
+
+class _Sleep(keras.layers.Layer):
+    """Identity that sleeps `train_seconds` in each training call and `eval_seconds` in each
+    inference call (a slow step, a slow evaluation), touching $SURVIVE_EVAL_MARKER when an
+    evaluation has begun."""
+
+    def __init__(self, train_seconds, eval_seconds, **kwargs):
+        super().__init__(**kwargs)
+        self.train_seconds, self.eval_seconds = train_seconds, eval_seconds
+
+    def call(self, x, training=None):
+        import time
+
+        def sleep(v):
+            if not training and os.environ.get('SURVIVE_EVAL_MARKER'):
+                open(os.environ['SURVIVE_EVAL_MARKER'], 'a').close()
+            time.sleep(self.train_seconds if training else self.eval_seconds)
+            return v
+        seconds = self.train_seconds if training else self.eval_seconds
+        if not seconds:
+            return x
+        return tf.reshape(tf.numpy_function(sleep, [x], x.dtype), tf.shape(x))
+
+
+def sleepy(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, train_seconds=0.0, eval_seconds=0.0):
+    inputs = keras.Input(input_shape)
+    x = _Sleep(train_seconds, eval_seconds)(inputs)
+    return keras.Model(inputs, tiny_cnn(input_shape, num_classes, weight_decay)(x))
+
+
+def spawn(args, tmp_path, ignore_sigint=False, **env):
+    """run_experiments.py ARGS; with ignore_sigint, started as from the background of a script
+    (SIGINT ignored, inherited)."""
+    import subprocess
+    import sys
+    from conftest import ROOT, subprocess_env
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'run_experiments.py'), *map(str, args)], cwd=ROOT,
+        env=subprocess_env(**env), stdout=open(tmp_path / 'out.txt', 'w'), stderr=open(tmp_path / 'err.txt', 'w'),
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None)
+
+
+def wait_until(condition, proc, timeout=90):
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, 'the process ended before the moment came'
+        assert time.monotonic() < deadline, f'not within {timeout} s'
+        time.sleep(0.005)
+
+
+def ended_within(proc, seconds):
+    import subprocess
+    try:
+        return proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f'still running {seconds} s after the signal')
+
+
+@pytest.mark.parametrize('moment, signum', [('importing', 'SIGINT'), ('config.yaml appears', 'SIGINT'),
+                                            ('config.yaml appears', 'SIGTERM'), ('first step', 'SIGINT')])
+def test_a_stop_at_the_start_of_a_run_is_honoured(images, tmp_path, moment, signum):
+    """Started with SIGINT ignored (as from a script's background), signalled at each moment of
+    the start: the process ends within seconds, not after its 100000 steps; no traceback."""
+    import time
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=100000))
+    proc = spawn([path, '--no-smoke'], tmp_path, ignore_sigint=True)
+    try:
+        if moment == 'importing':
+            time.sleep(1.0)
+        elif moment == 'config.yaml appears':
+            wait_until(lambda: os.path.exists(logdir / 'r' / 'config.yaml'), proc)
+        else:
+            wait_until(lambda: os.path.exists(logdir / 'r' / 'metrics.jsonl'), proc)
+        proc.send_signal(getattr(signal, signum))
+        rc = ended_within(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out, err = (tmp_path / 'out.txt').read_text(), (tmp_path / 'err.txt').read_text()
+    assert rc == 1 and 'Traceback' not in out + err, out + err
+    if moment != 'importing':
+        s = summary(logdir / 'r')
+        assert s['status'] == 'interrupted' and s.get('steps', 0) < 1000, s
+
+
+def test_a_second_ctrl_c_inside_one_step_exits_at_once_and_says_interrupted(images, tmp_path):
+    """Steps of 3 s; two Ctrl-C 50 ms apart inside one: the process exits at once (not at the
+    step's end, which would save a checkpoint), and summary.json says interrupted."""
+    import time
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=100, module='test_survive',
+                                                      model='sleepy', model_parameters={'train_seconds': 3.0},
+                                                      log_interval=1, checkpoint_interval=1))
+    proc = spawn([path, '--no-smoke'], tmp_path)
+    try:
+        wait_until(lambda: os.path.exists(logdir / 'r' / 'checkpoints' / 'ckpt-1.index'), proc, timeout=120)
+        time.sleep(0.5)  # inside step 2
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        rc = ended_within(proc, 2.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = (tmp_path / 'err.txt').read_text()
+    assert rc == 130 and 'second interrupt: exiting now' in err, err
+    s = summary(logdir / 'r')
+    assert s['status'] == 'interrupted' and 'second SIGINT' in s['error'] and 'ckpt-1' in s['error'], s
+    assert not os.path.exists(logdir / 'r' / 'checkpoints' / 'ckpt-2.index')
+
+
+def test_a_stop_during_an_evaluation_ends_it_within_seconds(images, tmp_path):
+    """An evaluation of 30 batches of 0.3 s: SIGTERM once it has begun stops the run (its
+    'interrupted' line) within a few seconds, with the checkpoint of the step evaluated. (The
+    process then takes as long to exit as any: TensorFlow's teardown, seconds here.)"""
+    import time
+    logdir = tmp_path / 'logs'
+    marker = tmp_path / 'evaluating'
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=30, module='test_survive',
+                                                      model='sleepy', model_parameters={'eval_seconds': 0.3},
+                                                      val_interval=10, eval_batch_size=2))
+    proc = spawn([path, '--no-smoke'], tmp_path, SURVIVE_EVAL_MARKER=str(marker))
+    try:
+        wait_until(marker.exists, proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        wait_until(lambda: 'r: interrupted at step' in (tmp_path / 'out.txt').read_text(), proc, timeout=4)
+        print(f'stopped {time.monotonic() - start:.1f} s after SIGTERM')
+        rc = ended_within(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    s = summary(logdir / 'r')
+    assert rc == 1 and s['status'] == 'interrupted' and s['steps'] == 10, s
+    assert s['last_checkpoint'].endswith('ckpt-10')
