@@ -8,6 +8,7 @@ interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran
 import argparse
 import dataclasses
 import difflib
+import itertools
 import os
 import shutil
 import signal
@@ -96,13 +97,31 @@ class Checked:
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
 
 
-def load_all(files, overrides):
+def load_all(files, overrides, only=()):
+    """The experiments of the files, only those --only names when it is given. --set applies
+    to the chosen ones alone: they are chosen by their names as the files give them, then
+    loaded again with the overrides (which may rename them or change what they expand into)."""
     from runner.config import check_unique_run_names, load_experiments
-    experiments = []
-    for path in files:
-        experiments += load_experiments(path, overrides)
-    check_unique_run_names(experiments)
-    return experiments
+    plain = [e for path in files for e in load_experiments(path)]
+    chosen = select(plain, only)
+    if overrides:
+        # (file, document) -> its runs, and the places among them of the chosen ones
+        runs, picked = {}, {}
+        for e in plain:
+            runs.setdefault((e.source, e.index), []).append(e)
+        for e in chosen:
+            group = runs[(e.source, e.index)]
+            picked.setdefault((e.source, e.index), set()).add(next(n for n, x in enumerate(group) if x is e))
+        chosen = []
+        for path in files:
+            loaded = load_experiments(path, overrides, {i for source, i in picked if source == path})
+            for (source, i), group in itertools.groupby(loaded, key=lambda e: (e.source, e.index)):
+                keep = picked[(source, i)]
+                # A document chosen whole keeps every run it now expands into (--set repeats=3).
+                whole = len(keep) == len(runs[(source, i)])
+                chosen += [e for n, e in enumerate(group) if whole or n in keep]
+    check_unique_run_names(chosen)
+    return chosen
 
 
 def select(experiments, only):
@@ -474,7 +493,7 @@ def _main(args):
         overrides = parse_overrides(args.overrides)
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
-        experiments = select(load_all(args.files, overrides), args.only)
+        experiments = load_all(args.files, overrides, args.only)
         restarting = set()
         for arg in args.restart:
             name = arg.rstrip('/')

@@ -720,14 +720,18 @@ def check_keys(data):
                     raise _unknown_key(str(sub), key + '.', fields)
 
 
-def load_experiments(path, overrides=()):
-    """All experiments of one file, validated (schema only; see runner.registry for models)."""
+def load_experiments(path, overrides=(), docs=None):
+    """All experiments of one file (of its documents numbered in `docs`, from 0, when given),
+    validated (schema only; see runner.registry for models)."""
     text = read_text(path)
-    docs = [d for d in parse_yaml(text, path) if d is not None]
-    if not docs:
+    wanted = docs
+    parsed = [d for d in parse_yaml(text, path) if d is not None]
+    if not parsed:
         raise ConfigError(f'{path}: no experiments in this file')
     experiments = []
-    for i, doc in enumerate(docs):
+    for i, doc in enumerate(parsed):
+        if wanted is not None and i not in wanted:
+            continue
         try:
             check_keys(doc)
             expanded = expand(doc, overrides)

@@ -577,3 +577,22 @@ def test_a_stop_during_an_evaluation_ends_it_within_seconds(images, tmp_path):
     s = summary(logdir / 'r')
     assert rc == 1 and s['status'] == 'interrupted' and s['steps'] == 10, s
     assert s['last_checkpoint'].endswith('ckpt-10')
+
+
+def test_set_applies_to_the_selected_experiments_only(images, tmp_path, capsys):
+    """--only small_a --set run_name=x renames small_a alone (no duplicate of small_b), and an
+    override that would be wrong for an experiment left out does not stop the chosen one."""
+    from runner import cli
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'small_a'), experiment(images, logdir, 'small_b'),
+                      dict(experiment(images, logdir, 'group'), repeats=2))
+    exps = cli.load_all([path], [('train_parameters.run_name', 'x')], ['small_a'])
+    assert [e.run_name for e in exps] == ['x']
+    exps = cli.load_all([path], [('train_parameters.batch_size', 8)], ['group/seed1', 'small_b'])
+    assert [(e.run_name, e.train_parameters.batch_size) for e in exps] == [('small_b', 8), ('group/seed1', 8)]
+    exps = cli.load_all([path], [('repeats', 3)], ['group'])
+    assert [e.run_name for e in exps] == ['group/seed0', 'group/seed1', 'group/seed2']
+    rc = run_cli_code(capsys, path, '--list', '--only', 'small_a', '--set', 'train_parameters.run_name=x')
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ['x']
