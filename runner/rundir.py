@@ -9,6 +9,10 @@
     best/                weights with the best evaluation error
     final.weights.h5     weights at the end of training
     error.log            the traceback of a failed run
+    checkpoints-unreadable/  damaged checkpoints a resume moved aside (runner.checkpoints)
+    .lock                the lock of the process training the run (runner.runlock)
+
+docs/runs.md describes them, and what happens when writing them fails.
 """
 import contextlib
 import datetime
