@@ -6,7 +6,6 @@ Real processes where the behaviour is a process's: two runners on one queue, sig
 damaged checkpoints on disk. The data is test_resilience's small image folder.
 """
 import glob
-import json
 import os
 import re
 import signal
