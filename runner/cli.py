@@ -7,7 +7,7 @@ interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran
 """
 import argparse
 import dataclasses
-import difflib
+import itertools
 import os
 import shutil
 import signal
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
 
 # Keys that may change between the start of a run and its resume without making the
 # checkpoint meaningless: logging, evaluation, how long to train, and where the data is
@@ -54,6 +54,11 @@ def build_parser():
                    help='start this run over; its old directory is moved aside, not deleted')
     p.add_argument('--fail-fast', action='store_true',
                    help='stop at the first experiment that fails instead of going on')
+    share = p.add_mutually_exclusive_group()
+    share.add_argument('--index', type=int, metavar='K',
+                       help='train only run K (0-based, in file order after --only, repeats and '
+                            'grid; --list shows it): one task of a job array')
+    share.add_argument('--shard', metavar='I/N', help='train only the runs K with K mod N = I')
     return p
 
 
@@ -94,14 +99,54 @@ class Checked:
     data_ready: bool
     note: str = ''
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
+    queue_index: int = 0  # its position among the selected runs: --index, --shard, --list
 
 
-def load_all(files, overrides):
-    from runner.config import check_unique_run_names, collect_errors, load_experiments
-    experiments = collect_errors(files, lambda path: load_experiments(path, overrides))
-    experiments = [e for exps in experiments for e in exps]
-    check_unique_run_names(experiments)
-    return experiments
+def load_all(files, overrides, only=()):
+    """The experiments of the files, only those --only names when it is given. --set applies
+    to the chosen ones alone: they are chosen by their names as the files give them, then
+    loaded again with the overrides (which may rename them or change what they expand into).
+
+    Every problem of every file at once: a ConfigError of all of them (config.collect_errors),
+    whose `passed` holds the experiments without one, for validation to check further."""
+    from runner.config import ConfigError, check_unique_run_names, collect_errors, join_errors, load_experiments
+    problems = []
+
+    def every(check):
+        """The experiments of every file that `check(path)` loads; a file's problems are kept."""
+        try:
+            return [e for exps in collect_errors(files, check) for e in exps]
+        except ConfigError as e:
+            problems.append(e)
+            return e.passed
+
+    plain = every(load_experiments)
+    try:
+        chosen = select(plain, only)
+    except ConfigError as e:
+        raise join_errors(*problems, e) from None
+    if overrides:
+        # (file, document) -> its runs, and the places among them of the chosen ones
+        runs, picked = {}, {}
+        for e in plain:
+            runs.setdefault((e.source, e.index), []).append(e)
+        for e in chosen:
+            group = runs[(e.source, e.index)]
+            picked.setdefault((e.source, e.index), set()).add(next(n for n, x in enumerate(group) if x is e))
+        loaded = every(lambda path: load_experiments(path, overrides,
+                                                     {i for source, i in picked if source == path}))
+        chosen = []
+        for (source, i), group in itertools.groupby(loaded, key=lambda e: (e.source, e.index)):
+            keep = picked[(source, i)]
+            # A document chosen whole keeps every run it now expands into (--set repeats=3).
+            whole = len(keep) == len(runs[(source, i)])
+            chosen += [e for n, e in enumerate(group) if whole or n in keep]
+    if problems:
+        error = join_errors(*problems)
+        error.passed = chosen
+        raise error
+    check_unique_run_names(chosen)
+    return chosen
 
 
 def select(experiments, only):
@@ -113,8 +158,7 @@ def select(experiments, only):
     known.update({e.run_name.split('/')[0]: e for e in experiments})
     for n in names:
         if n not in known:
-            close = difflib.get_close_matches(n, list(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; run names: {', '.join(known)}"
+            hint = did_you_mean(n, known) or f"; run names: {', '.join(known)}"
             raise ConfigError(f"--only: no experiment is named '{n}'{hint}")
     # A name also selects the runs it expanded into (`resnet20` -> `resnet20/seed0`, ...).
     return [e for e in experiments
@@ -147,13 +191,12 @@ def check_resumable(exp):
     it changed but has no checkpoint yet (a run that failed or diverged before its first
     save): nothing would be lost by starting it over, so it is."""
     import yaml
-    import tensorflow as tf
-    from runner import rundir
+    from runner import checkpoints, rundir
     from runner.config import ConfigError, Experiment
     run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
     path = os.path.join(run_dir, rundir.CONFIG)
-    if not os.path.exists(path):
-        return False
+    if not os.path.exists(path) or rundir.damaged(run_dir):
+        return False  # a damaged run is refused on its own when its turn comes (train_all)
     with open(path) as f:
         old = yaml.safe_load(f) or {}
     new = exp.to_dict()
@@ -176,7 +219,7 @@ def check_resumable(exp):
             and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
     if not diff:
         return False
-    if tf.train.latest_checkpoint(os.path.join(run_dir, 'checkpoints')) is None:
+    if not checkpoints.present(os.path.join(run_dir, 'checkpoints')):
         return True
     raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
                       f"--restart {exp.run_name} to start it over, or give it a new run_name")
@@ -208,7 +251,7 @@ def validate(experiments, restarting=(), need_data=True):
             ready = data_lib.data_ready(exp.dataset)
             if need_data and not ready:
                 cfg = exp.dataset
-                raise ConfigError(data_lib._not_prepared_message(cfg, data_lib._tfds_builder(cfg)))
+                raise ConfigError(data_lib.not_prepared_message(cfg, data_lib.tfds_builder(cfg)))
             start_over = exp.run_name not in restarting and check_resumable(exp)
         except ConfigError as e:
             raise ConfigError(f'{exp.label}: {e}') from None
@@ -233,12 +276,13 @@ def start_collectives(experiments):
 
 def print_list(checked):
     from runner import runlock
-    rows = [('run', 'model', 'params', 'dataset', 'steps', 'status')]
+    rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
     for c in checked:
         held = runlock.holder(run_dir_of(c.exp))
         status = f'running in {runlock.describe(held)}' if held is not None else '-'
-        rows.append((c.exp.run_name, c.exp.model, f'{c.params / 1e6:.2f}M ({c.params:,})',
-                     c.dataset, str(c.exp.total_steps), status))
+        rows.append((str(c.queue_index), c.exp.run_name, c.exp.model,
+                     f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
+                     status))
     _table(rows)
 
 
@@ -280,9 +324,7 @@ def finished_before(exp):
 
 
 def _table(rows):
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(text_table(rows))
 
 
 def smoke_test(exp):
@@ -346,7 +388,8 @@ def train_all(checked, fail_fast):
         if previous:
             results.append(previous)
             continue
-        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                        run_dir)
         lock = None
         if not problem:
             try:
@@ -368,7 +411,14 @@ def train_all(checked, fail_fast):
             if previous:
                 results.append(previous)
                 continue
-            summary = train_one(c, run_dir)
+            problem = rundir.damaged(run_dir)
+            if problem:
+                # Only this run is blocked; its files are left as they are for a look.
+                problem += f'; --restart {exp.run_name} starts the run over (the old one is kept)'
+                print(f'error: {exp.label}: {problem}', file=sys.stderr, flush=True)
+                summary = {'run_name': exp.run_name, 'status': 'failed', 'error': problem}
+            else:
+                summary = train_one(c, run_dir)
         finally:
             if lock is not None:
                 lock.release()
@@ -401,8 +451,8 @@ def train_one(c, run_dir):
         summary = train.record_failure(exp, e)
     except Exception as e:  # one experiment's failure does not stop the others
         summary = train.record_failure(exp, e)
-        print(f'{exp.run_name}: failed: {summary["error"]} (traceback in {run_dir}/error.log)',
-              file=sys.stderr, flush=True)
+        where = summary.get('not_recorded') or f'traceback in {run_dir}/error.log'
+        print(f'{exp.run_name}: failed: {summary["error"]} ({where})', file=sys.stderr, flush=True)
     keras.backend.clear_session()
     if summary['status'] == 'diverged':
         print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
@@ -437,40 +487,52 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # SIGTERM (a job scheduler's stop) as Ctrl-C: inside the training steps both checkpoint
     # and stop at the step's end (train.StopRequest), elsewhere both end the command cleanly.
+    # SIGINT too: a process started in the background of a script (`cmd &`, CI, `timeout -s
+    # INT` run from one) inherits SIGINT ignored, which Python leaves ignored; a Ctrl-C or
+    # `kill -INT` before the training loop installs its own handler was then lost, and the
+    # run trained to its end.
     try:
         old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread
-        old_term = None
+        old_term = old_int = None
     try:
         return _main(args)
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `--list | head -1`: the reader has gone; end quietly, also at the flush on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
 
 
 def _main(args):
-    from runner.config import ConfigError, join_errors, parse_overrides
+    from runner.config import ConfigError, join_errors, parse_overrides, run_name_problem
+    from runner.shares import select_indices
     try:
         overrides = parse_overrides(args.overrides)
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
         try:
-            loaded, load_error = load_all(args.files, overrides), None
+            experiments, load_error = load_all(args.files, overrides, args.only), None
         except ConfigError as e:
             if not hasattr(e, 'passed'):
                 raise
             # Mistakes in the files: the experiments without one are validated too, so that
             # every problem is reported in this one round.
-            loaded, load_error = e.passed, e
-        try:
-            experiments = select(loaded, args.only)
-        except ConfigError as e:
-            raise join_errors(load_error, e) from None
+            experiments, load_error = e.passed, e
         restarting = set()
-        for name in args.restart:
+        for arg in args.restart:
+            name = arg.rstrip('/')
+            problem = run_name_problem(name)
+            if problem:
+                raise ConfigError(f"--restart {arg}: '{name}' {problem}; --restart only moves "
+                                  f"run directories inside logdir")
             # A name also stands for the runs it expanded into, as with --only.
             runs = {e.run_name for e in experiments
                     if e.run_name == name or e.run_name.startswith(name + '/')}
@@ -481,13 +543,19 @@ def _main(args):
         for exp in experiments:
             if exp.run_name in restarting and runlock.holder(run_dir_of(exp)) is not None:
                 raise ConfigError(locked_restart(exp))
-        quiet_tensorflow([] if args.list else experiments)
-        try:
-            checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
-        except ConfigError as e:
-            raise join_errors(load_error, e) from None
         if load_error:
+            quiet_tensorflow([])
+            try:
+                validate(experiments, restarting, need_data=not (args.smoke or args.list))
+            except ConfigError as more:
+                raise join_errors(load_error, more) from None
             raise load_error
+        share = select_indices(len(experiments), args.index, args.shard)
+        quiet_tensorflow([] if args.list else [experiments[k] for k in share])
+        checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
+        for k, c in enumerate(checked):
+            c.queue_index = k
+        checked = [checked[k] for k in share]
     except ConfigError as e:
         for line in str(e).splitlines():
             print(f'error: {line}', file=sys.stderr)
@@ -498,7 +566,8 @@ def _main(args):
     if not args.smoke:
         from runner import rundir, train
         for c in checked:
-            problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+            problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                            run_dir_of(c.exp))
             if problem:
                 print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
                 return EXIT_CONFIG
@@ -526,7 +595,11 @@ def _main(args):
                     print(f'error: {locked_restart(c.exp)}', file=sys.stderr)
                     return EXIT_CONFIG
                 continue  # its holder trains it; this process will skip it
-            moved = rundir.move_aside(run_dir)
+            try:
+                moved = rundir.move_aside(run_dir)
+            except OSError as e:
+                print(f'error: {c.exp.label}: cannot move {run_dir} aside: {e.strerror}', file=sys.stderr)
+                return EXIT_FAILED
         if restart:
             print(f'{c.exp.run_name}: old run moved to {moved}')
         else:

@@ -13,6 +13,8 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +28,24 @@ PRECISIONS = ('auto', 'fastest', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine', 'piecewise_linear')
 EVAL_TTA = ('none', 'flip', 'flip_translate')
 CROP_PADDING_MODES = ('zeros', 'reflect')
+OPTIMIZERS = ('sgd', 'adamw', 'lion', 'lamb', 'muon')
+MUON_OTHER = ('adamw', 'sgd')
+# The keys of train_parameters that only some optimizers read: for each, the optimizers that
+# read it and its value when null (Keras 3's defaults; see docs/optimizers.md). With muon,
+# beta_1, beta_2 and epsilon are those of its AdamW part (muon_other: adamw).
+OPTIMIZER_DEFAULTS = {
+    'beta_1': {'adamw': 0.9, 'lion': 0.9, 'lamb': 0.9, 'muon': 0.9},
+    'beta_2': {'adamw': 0.999, 'lion': 0.99, 'lamb': 0.999, 'muon': 0.999},
+    'epsilon': {'adamw': 1e-7, 'lamb': 1e-6, 'muon': 1e-7},
+    'muon_momentum': {'muon': 0.95},
+    'muon_ns_steps': {'muon': 5},
+    'muon_rms_rate': {'muon': 0.2},
+    'muon_other': {'muon': 'adamw'},
+    'muon_other_lr_ratio': {'muon': 1.0},
+    'muon_normalize_weights': {'muon': False},
+}
+# Decoupled weight decay (w -= lr * weight_decay * w) when weight_decay is null: Keras's default.
+DECOUPLED_WEIGHT_DECAY = {'adamw': 0.004, 'lion': 0.0, 'lamb': 0.0, 'muon': 0.004}
 
 
 class ConfigError(Exception):
@@ -185,13 +205,45 @@ class TrainConfig:
         default='piecewise')
     warmup_steps: int = _doc(
         'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', default=0)
-    momentum: float = _doc('SGD momentum.', default=0.9)
-    nesterov: bool = _doc('Nesterov momentum.', default=False)
+    optimizer: str = _doc(
+        'sgd (momentum SGD, weight decay as L2 in the loss), adamw, lion, lamb (decoupled weight '
+        'decay) or muon (orthogonalised momentum on the convolution and hidden dense kernels, '
+        'AdamW or SGD on the rest): keras.optimizers; see docs/optimizers.md.', default='sgd')
+    momentum: float = _doc('SGD momentum (sgd, and muon\'s SGD part with muon_other: sgd).',
+                           default=0.9)
+    nesterov: bool = _doc('Nesterov momentum (as momentum).', default=False)
+    beta_1: Optional[float] = _doc(
+        'adamw, lamb, lion, muon (its AdamW part): decay of the first moment (lion: of the '
+        'interpolation); null = 0.9.', default=None)
+    beta_2: Optional[float] = _doc(
+        'adamw, lamb, muon (its AdamW part): decay of the second moment; lion: of the momentum; '
+        'null = 0.999 (lion 0.99).', default=None)
+    epsilon: Optional[float] = _doc('adamw, lamb, muon (its AdamW part): added to the root of the '
+                                    'second moment; null = 1e-7 (lamb 1e-6).', default=None)
+    muon_momentum: Optional[float] = _doc('muon: momentum of the Muon step (Nesterov); null = 0.95.',
+                                          default=None)
+    muon_ns_steps: Optional[int] = _doc('muon: Newton-Schulz iterations; null = 5 (airbench 3).',
+                                        default=None)
+    muon_rms_rate: Optional[float] = _doc(
+        'muon: the update of an m x n kernel is scaled by rms_rate * sqrt(max(m, n)) (Moonlight, '
+        'arXiv:2502.16982); 0 = unscaled, as airbench; null = 0.2.', default=None)
+    muon_other: Optional[str] = _doc(
+        'muon: what updates the variables Muon does not (biases, batch norm, the output layer): '
+        'adamw or sgd (momentum, nesterov, bn_bias_lr_multiplier and L2 weight decay as for sgd); '
+        'null = adamw.', default=None)
+    muon_other_lr_ratio: Optional[float] = _doc(
+        'muon: learning rate of that other part / the scheduled rate (the Muon rate); null = 1.',
+        default=None)
+    muon_normalize_weights: Optional[bool] = _doc(
+        'muon: before each Muon step, scale each kernel to a Frobenius norm of sqrt(output '
+        'channels) (airbench94_muon); null = false.', default=None)
     weight_decay: Optional[float] = _doc(
-        'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels; '
+        'sgd: weight decay passed to the model function (gradient += weight_decay * w on kernels; '
         'on every weight in models whose decay_all is on: WRN, ResNeXt, DenseNet, cifar_airbench94, '
-        'cifar_resnet9); null keeps the model\'s own '
-        'default (1e-4 for most models).', default=None)
+        'cifar_resnet9); null keeps the model\'s own default (1e-4 for most models). adamw, lion, '
+        'lamb, muon: decoupled, w -= lr * weight_decay * w each step on the same weights, nothing '
+        'in the loss; null = 0.004 (adamw, muon) or 0 (lion, lamb). See docs/optimizers.md.',
+        default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
     bn_bias_lr_multiplier: float = _doc(
         'Learning-rate multiplier for the offsets (beta) of batch normalisation: the gradient of '
@@ -428,6 +480,9 @@ def _convert(value, tp, key):
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # .nan or .inf would train (or pass as a "last good" checkpoint) to no end.
+                raise ConfigError(f'{key}: must be a finite number, got {value}')
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -526,6 +581,7 @@ def _check_values(exp):
                           f'{tp.lookahead_interval}')
     if not 0 < tp.lookahead_decay <= 1:
         raise ConfigError(f'train_parameters.lookahead_decay: must be in (0, 1], got {tp.lookahead_decay}')
+    _check_optimizer(tp)
     if tp.weight_decay is not None and tp.weight_decay < 0:
         raise ConfigError(f'train_parameters.weight_decay: must not be negative, got {tp.weight_decay}')
     if not 0 <= ds.validation_fraction < 1:
@@ -577,9 +633,91 @@ def _check_values(exp):
     if tp.lr_schedule in ('linear', 'cosine') and len(values) != 1:
         raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
                           f'peak rate; give one value and one boundary (the last step), got {values}')
-    if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', exp.run_name):
-        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' is not a usable directory "
-                          f"name (letters, digits, . _ - + = and / only)")
+    problem = run_name_problem(exp.run_name)
+    if problem:
+        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' {problem}")
+    bad = _non_finite(exp.model_parameters)
+    if bad is not None:
+        raise ConfigError(f'model_parameters.{bad[0]}: must be a finite number, got {bad[1]}')
+
+
+def run_name_problem(name):
+    """Why `name` cannot name a run directory under logdir, or None. A run name is a name,
+    not a path: plain parts joined by '/', none empty, '.', '..' or hidden (a leading '.'
+    is the runner's own: .lock, .workers), so every run directory is inside logdir."""
+    if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', name):
+        return ("is not a usable directory name (letters, digits, . _ - + = and / only, no "
+                "empty part, not absolute)")
+    if any(part.startswith('.') for part in name.split('/')):
+        return "has a part that is '.', '..' or starts with '.'; a run name is a name, not a path"
+    return None
+
+
+def _non_finite(value, key=''):
+    """(dotted key, value) of the first NaN or infinity in a nested mapping or list, or None."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        sub = f'{key}.{k}' if isinstance(k, str) else f'{key}[{k}]'
+        if isinstance(v, float) and not math.isfinite(v):
+            return sub.lstrip('.'), v
+        found = _non_finite(v, sub)
+        if found:
+            return found
+    return None
+
+
+def optimizer_setting(tp, key):
+    """The value of an optimizer-specific key for tp.optimizer: as given, else its default."""
+    value = getattr(tp, key)
+    return OPTIMIZER_DEFAULTS[key].get(tp.optimizer) if value is None else value
+
+
+def uses_sgd(tp):
+    """Whether SGD updates the non-Muon variables: momentum, nesterov, bn_bias_lr_multiplier
+    and the L2 weight decay of the model apply."""
+    return tp.optimizer == 'sgd' or (tp.optimizer == 'muon' and optimizer_setting(tp, 'muon_other') == 'sgd')
+
+
+def _check_optimizer(tp):
+    """The optimizer's name, its own keys' ranges, and no key it does not read."""
+    if tp.optimizer not in OPTIMIZERS:
+        close = difflib.get_close_matches(tp.optimizer, OPTIMIZERS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ''
+        raise ConfigError(f"train_parameters.optimizer: '{tp.optimizer}' is not one of "
+                          f"{', '.join(OPTIMIZERS)}{hint}")
+    for key, readers in OPTIMIZER_DEFAULTS.items():
+        if getattr(tp, key) is not None and tp.optimizer not in readers:
+            raise ConfigError(f'train_parameters.{key}: optimizer {tp.optimizer} does not read it '
+                              f'(only {", ".join(readers)})')
+    if tp.muon_other is not None and tp.muon_other not in MUON_OTHER:
+        raise ConfigError(f"train_parameters.muon_other: '{tp.muon_other}' is not one of "
+                          f"{', '.join(MUON_OTHER)}")
+    if tp.optimizer == 'muon' and uses_sgd(tp):
+        for key in ('beta_1', 'beta_2', 'epsilon'):
+            if getattr(tp, key) is not None:
+                raise ConfigError(f'train_parameters.{key}: muon with muon_other: sgd does not read '
+                                  f'it (its non-Muon part is SGD)')
+    if not uses_sgd(tp):
+        # momentum and nesterov have SGD's defaults; another value is a mistake.
+        for key, default in (('momentum', 0.9), ('nesterov', False), ('bn_bias_lr_multiplier', 1.0)):
+            if getattr(tp, key) != default:
+                why = ('a larger gradient is not a larger step for an Adam-type update'
+                       if key == 'bn_bias_lr_multiplier' else 'SGD\'s')
+                raise ConfigError(f'train_parameters.{key}: optimizer {tp.optimizer}'
+                                  f"{' (muon_other: adamw)' if tp.optimizer == 'muon' else ''} does "
+                                  f'not read it ({why}); remove it')
+    for key in ('beta_1', 'beta_2', 'muon_momentum'):
+        value = getattr(tp, key)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f'train_parameters.{key}: must be in [0, 1), got {value}')
+    for key in ('epsilon', 'muon_other_lr_ratio'):
+        value = getattr(tp, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f'train_parameters.{key}: must be positive, got {value}')
+    if tp.muon_ns_steps is not None and tp.muon_ns_steps < 1:
+        raise ConfigError(f'train_parameters.muon_ns_steps: must be at least 1, got {tp.muon_ns_steps}')
+    if tp.muon_rms_rate is not None and tp.muon_rms_rate < 0:
+        raise ConfigError(f'train_parameters.muon_rms_rate: must not be negative, got {tp.muon_rms_rate}')
 
 
 def set_dotted(data, dotted, value):
@@ -681,34 +819,85 @@ def expand(data, overrides=()):
     return docs
 
 
-def load_experiments(path, overrides=()):
-    """All experiments of one file, validated (schema only; see runner.registry for models)."""
+# An experiment file is a few kilobytes (the largest shipped one is 6 KB); a file far larger
+# is a mistake (a data file named by accident), and PyYAML's pure-Python parser would take
+# minutes and gigabytes over it before any key could be checked.
+MAX_FILE_BYTES = 1 << 20
+
+
+def read_text(path):
+    """The text of an experiment file: ConfigError for a file that is unreadable, too large or
+    not UTF-8 (with the byte's position, line and column)."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, 'rb') as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f'{path}: cannot read: {e.strerror}') from None
-    docs = [d for d in parse_yaml(text, path) if d is not None]
-    if not docs:
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f'{path}: larger than {MAX_FILE_BYTES // 1024} KiB; an experiment file '
+                          f'is a few kilobytes of YAML')
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = raw.count(b'\n', 0, e.start) + 1
+        column = e.start - (raw.rfind(b'\n', 0, e.start) + 1) + 1
+        raise ConfigError(f'{path}:{line}:{column}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte '
+                          f'position {e.start}; save the file as UTF-8') from None
+
+
+def check_keys(data):
+    """Unknown keys of a raw experiment, at the top and in each section, refused by their names
+    alone: before expand copies the document or any value is walked."""
+    if not isinstance(data, dict):
+        return
+    known = list(_fields(Experiment)) + ['grid', 'repeats']
+    for key, value in data.items():
+        if not isinstance(key, str) or key not in known:
+            raise _unknown_key(str(key), '', list(_fields(Experiment)))
+        if key in _SECTIONS and isinstance(value, dict):
+            fields = list(_fields(_SECTIONS[key]))
+            for sub in value:
+                if not isinstance(sub, str) or sub not in fields:
+                    raise _unknown_key(str(sub), key + '.', fields)
+
+
+def load_experiments(path, overrides=(), docs=None):
+    """All experiments of one file (of its documents numbered in `docs`, from 0, when given),
+    validated (schema only; see runner.registry for models)."""
+    text = read_text(path)
+    wanted = docs
+    parsed = [d for d in parse_yaml(text, path) if d is not None]
+    if not parsed:
         raise ConfigError(f'{path}: no experiments in this file')
 
-    def one(item):
-        i, doc = item
+    def one(i):
         try:
-            expanded = expand(doc, overrides)
+            check_keys(parsed[i])
+            expanded = expand(parsed[i], overrides)
         except ConfigError as e:
             raise ConfigError(f'{path}: experiment {i + 1}: {e}') from None
         return collect_errors(expanded, lambda d: experiment_from_dict(d, path, i))
-    return [e for exps in collect_errors(enumerate(docs), one) for e in exps]
+    numbers = [i for i in range(len(parsed)) if wanted is None or i in wanted]
+    return [e for exps in collect_errors(numbers, one) for e in exps]
 
 
 def check_unique_run_names(experiments):
+    """Two experiments may not share a run directory, by whatever spelling of logdir or
+    symbolic link they reach it, nor may one run's directory hold another's (a --restart
+    of the outer one would carry the inner one away)."""
     seen = {}
     for exp in experiments:
-        key = (exp.train_parameters.logdir, exp.run_name)
+        key = os.path.realpath(os.path.join(exp.train_parameters.logdir, exp.run_name))
         if key in seen:
+            same = '' if seen[key].run_name == exp.run_name else f' (both are {key})'
             raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' is also "
-                              f"the run name of {seen[key].label}; run names must be unique")
+                              f"the run name of {seen[key].label}{same}; run names must be unique")
+        for other, first in seen.items():
+            outer, inner = (other, key) if len(other) < len(key) else (key, other)
+            if inner.startswith(outer + os.sep):
+                raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' and "
+                                  f"'{first.run_name}' of {first.label}: one run directory would "
+                                  f"hold the other ({inner})")
         seen[key] = exp
 
 
