@@ -7,11 +7,9 @@ import argparse
 import dataclasses
 import difflib
 import os
-import shutil
 import signal
 import sys
 import tempfile
-import time
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -52,7 +50,20 @@ def build_parser():
                    help='start this run over; its old directory is moved aside, not deleted')
     p.add_argument('--fail-fast', action='store_true',
                    help='stop at the first experiment that fails instead of going on')
+    p.add_argument('--smoke-jobs', metavar='N', type=positive_int, default=None,
+                   help='smoke-test N experiments at a time, each in a worker process '
+                        '(default: one per CPU core)')
     return p
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return value
 
 
 def quiet_tensorflow(experiments=()):
@@ -243,55 +254,6 @@ def _table(rows):
         print('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
-def smoke_test(exp):
-    """A few steps of the experiment, an evaluation, a checkpoint, and a restore of it into a
-    freshly built model, in a temporary directory. Real data when it is here, else random
-    data of the same shape. Returns where the data came from."""
-    import keras
-    from runner import data as data_lib
-    from runner import train
-    from runner.config import experiment_from_dict
-    tmp = tempfile.mkdtemp(prefix='convnet-smoke-')
-    try:
-        raw = exp.to_dict()
-        raw['train_parameters'].update(logdir=tmp, run_name=exp.run_name, steps=2,
-                                       batch_size=min(exp.train_parameters.batch_size, 8),
-                                       eval_batch_size=8, log_interval=1, val_interval=2,
-                                       checkpoint_interval=1, init_weights=None)
-        short = experiment_from_dict(raw, exp.source, exp.index)
-        data = data_lib.load(exp.dataset, limit=32, allow_synthetic=True)
-        summary = train.run(short, data=data, quiet=True, max_eval_batches=2)
-        keras.backend.clear_session()
-        if summary['status'] != 'finished' or summary['steps'] != 2:
-            raise RuntimeError(f"ended with status {summary['status']} at step {summary['steps']} "
-                               f"(expected finished at 2): {summary.get('error', '')}")
-        step = train.restored_step(short, data)
-        keras.backend.clear_session()
-        if step != 2:
-            raise RuntimeError(f'the checkpoint restored step {step}, expected 2')
-        return data.info.description
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def run_smoke(checked):
-    failures = []
-    todo = [c for c in checked if not c.exp.skip_error_test]
-    if not todo:
-        return failures
-    print(f'smoke test: {len(todo)} experiment(s)', flush=True)
-    for c in todo:
-        t = time.time()
-        try:
-            source = smoke_test(c.exp)
-            print(f'  ok    {c.exp.run_name} ({time.time() - t:.1f}s, {source})', flush=True)
-        except Exception as e:  # every failure is reported, then all are listed
-            msg = f'{type(e).__name__}: {e}'.strip().splitlines()[0]
-            print(f'  FAIL  {c.exp.run_name}: {msg}', flush=True)
-            failures.append((c.exp, msg))
-    return failures
-
-
 def train_all(checked, fail_fast):
     from runner import data as data_lib
     from runner import rundir, train
@@ -412,7 +374,9 @@ def _main(args):
                 print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
                 return EXIT_CONFIG
     if not (args.no_smoke):
-        failures = run_smoke(checked)
+        from runner import smoke
+        failures = smoke.run_smoke(checked, every=args.smoke, restarting=restarting,
+                                   jobs=args.smoke_jobs)
         if failures:
             print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was trained:',
                   file=sys.stderr)
