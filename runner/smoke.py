@@ -59,8 +59,8 @@ class SmokeFailure(Exception):
 class Phases:
     """Wall seconds per phase of one smoke test: `with phases('build'): ...`."""
 
-    def __init__(self):
-        self.seconds = {}
+    def __init__(self, echo=False):
+        self.seconds, self.echo = {}, echo
 
     @contextlib.contextmanager
     def __call__(self, name):
@@ -69,6 +69,8 @@ class Phases:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            if self.echo:  # as it goes: a benchmark of a slow network shows progress
+                print(f'  {name}: {self.seconds[name]:.1f}s', file=sys.stderr, flush=True)
 
 
 # -- one smoke test -------------------------------------------------------------
@@ -351,18 +353,15 @@ def _die_with_parent():
 
 
 def prepare_process(threads=None):
-    """TensorFlow as a smoke worker runs it: imported quietly, `threads` per op pool (the
-    cores are shared among the workers), and without Grappler, TensorFlow's graph
-    optimiser. Optimising a graph pays back over thousands of steps, not two: for ResNet-1001
-    it was most of the first step's time, and of the checkpoint's save and restore, which
-    run traced functions too (docs/smoke.md). The graph runs as traced, on the same kernels."""
+    """TensorFlow as a smoke worker runs it: imported quietly (its C++ start-up notices
+    held back, as the command does), with `threads` per op pool: the cores are shared
+    among the workers."""
     from runner import restore
     restore.quiet_tensorflow()
     import tensorflow as tf
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
 
 
 def _worker(conn, threads):
