@@ -3,6 +3,8 @@ hand-written tf.function loop, on the same model and the same batches, in one pr
 
     python benchmarks/train_throughput.py --model cifar_resnet20 --batch 128 --steps 60
     python benchmarks/train_throughput.py --model cifar_resnet20 --precision mixed_bfloat16
+    python benchmarks/train_throughput.py --model cifar_airbench94 --batch 1024 \
+        --precision mixed_bfloat16 --variant fused_norm=true --skip fit,pipeline
 
 Prints a table (images/s, ratio to the bare loop), the input pipeline alone, and the peak
 resident memory of the process (all contenders together; --skip the others for one's
@@ -32,6 +34,9 @@ def main():
                    choices=['float32', 'mixed_bfloat16', 'mixed_float16'])
     p.add_argument('--jit', action='store_true', help='XLA-compile the runner step')
     p.add_argument('--skip', default='', help='comma-separated: runner,fit,bare,pipeline')
+    p.add_argument('--variant', metavar='KEY=VALUE', action='append', default=[],
+                   help='also time the runner step of the model with these model parameters '
+                        '(YAML values), in the same rounds, e.g. fused_norm=true')
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(',')))
 
@@ -47,9 +52,14 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    exp = experiment_from_dict({'model': a.model, 'train_parameters': {
-        'batch_size': a.batch, 'precision': a.precision, 'jit_compile': a.jit,
-        'lr_values': [0.01], 'lr_boundaries': [10 ** 6]}})
+    from runner.config import parse_overrides
+
+    def experiment(model_parameters=None):
+        return experiment_from_dict({'model': a.model, 'model_parameters': model_parameters or {},
+                                     'train_parameters': {
+            'batch_size': a.batch, 'precision': a.precision, 'jit_compile': a.jit,
+            'lr_values': [0.01], 'lr_boundaries': [10 ** 6]}})
+    exp = experiment()
     info = data_lib.DataInfo('random', (32, 32, 3), 10)
     train = data_lib.synthetic(info, 50000 // 4, seed=0)
     data = data_lib.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
@@ -82,6 +92,18 @@ def main():
                 trainer.train_step(trainer.iterator)
             trainer.step  # wait for the last step
         contenders['runner train_step'] = (run_runner, 1)
+
+    if a.variant:
+        variant = dict(parse_overrides(a.variant))
+        keras.utils.set_random_seed(0)
+        v_trainer = Trainer(experiment(variant), data, tf.distribute.get_strategy(), a.precision)
+        v_trainer.start_input()
+
+        def run_variant(k):
+            for _ in range(k):
+                v_trainer.train_step(v_trainer.iterator)
+            v_trainer.step
+        contenders['runner, ' + ','.join(a.variant)] = (run_variant, 1)
 
     if 'bare' not in skip:
         keras.utils.set_random_seed(0)
@@ -145,6 +167,11 @@ def main():
             paired = paired_ratios(times['bare tf.function loop'], times[name])
             spread = f'   {paired[1]:.2f} ({paired[0]:.2f}-{paired[2]:.2f}) of {a.rounds}'
         print(f'{name:24s} {rate:8.0f} {ratio}{spread}')
+    for name in times:
+        if name.startswith('runner, ') and 'runner train_step' in times:
+            low, median, high = paired_ratios(times['runner train_step'], times[name])
+            print(f'{name}: {median:.2f}x the runner step\'s speed per round ({low:.2f}-{high:.2f} '
+                  f'quartiles of {a.rounds})')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # One process holds every contender, so this is their peak together, not each one's.
     print(f'peak resident memory of this process (all contenders): {peak:.0f} MiB')

@@ -74,6 +74,34 @@ class PartialDirac(keras.initializers.Initializer):
 
 
 @keras.saving.register_keras_serializable(package="convnet_runner")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """BatchNormalization whose training pass is TensorFlow's fused kernel (FusedBatchNormV3,
+    oneDNN's on the CPU) in float32, instead of Keras 3's moments and a dozen elementwise ops
+    (in bfloat16 under mixed_bfloat16, where they took about half of cifar_airbench94's
+    step: docs/benchmarks.md). The same function and statistics: the moving variance is
+    updated with the biased batch variance, as Keras does (the kernel returns the unbiased
+    one). Inference, masks and other layouts take Keras's own path."""
+
+    def call(self, inputs, training=None, mask=None):
+        import tensorflow as tf  # the fused kernel is TensorFlow's
+        if not (training and self.trainable) or mask is not None or self.renorm or \
+                len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = ops.cast(self.gamma, "float32") if self.scale else ops.ones([channels])
+        offset = ops.cast(self.beta, "float32") if self.center else ops.zeros([channels])
+        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=ops.cast(inputs, "float32"), scale=scale, offset=offset, mean=ops.zeros([0]),
+            variance=ops.zeros([0]), epsilon=self.epsilon, exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=True)
+        n = ops.cast(ops.size(inputs) // channels, "float32")
+        mean, variance = ops.stop_gradient(mean), ops.stop_gradient(variance * (n - 1) / n)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return ops.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="convnet_runner")
 class PatchWhitening(layers.Layer):
     """airbench's frozen first layer: a ``patch_size`` conv (valid padding) whose
     2 * patch_size**2 * channels filters whiten the image's patches.
@@ -156,11 +184,14 @@ _SPECS = types.MappingProxyType({
 
 
 def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, whiten=False,
-              decay_all=True):
+              decay_all=True, fused_norm=False):
     """Build the network of one ``_SPECS`` row; ``widths`` replaces the stage widths,
     ``whiten`` makes the stem a :class:`PatchWhitening` layer of the stem's kernel size,
     ``decay_all`` puts the weight decay on every trainable weight (BN offsets and scales,
-    biases) as both released codes do, not only on the kernels."""
+    biases) as both released codes do, not only on the kernels. ``fused_norm`` makes each
+    batch norm a :class:`FusedBatchNormalization` and it and its activation float32 layers
+    (under mixed_bfloat16 the next conv casts back): the same function and weights, faster
+    on the CPU (docs/benchmarks.md)."""
     stages = spec.stages
     if widths is not None:
         widths = list(widths)
@@ -180,11 +211,15 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, w
                              kernel_regularizer=L.l2(weight_decay), bias_regularizer=other_decay,
                              name=layer_name)(x)
 
+    norm_layer = FusedBatchNormalization if fused_norm else layers.BatchNormalization
+    # float32 norm and activation: bfloat16 elementwise kernels are the slow ones on a CPU.
+    fused_dtype = {"dtype": "float32"} if fused_norm else {}
+
     def norm_act(x, prefix, suffix):
-        x = layers.BatchNormalization(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon,
-                                      scale=spec.bn_scale, beta_regularizer=other_decay,
-                                      gamma_regularizer=other_decay, name=f"{prefix}_bn{suffix}")(x)
-        return layers.Activation(spec.activation, name=f"{prefix}_act{suffix}")(x)
+        x = norm_layer(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon,
+                       scale=spec.bn_scale, beta_regularizer=other_decay,
+                       gamma_regularizer=other_decay, name=f"{prefix}_bn{suffix}", **fused_dtype)(x)
+        return layers.Activation(spec.activation, name=f"{prefix}_act{suffix}", **fused_dtype)(x)
 
     inputs = Input(shape=input_shape, name="input")
     if whiten:
@@ -215,13 +250,15 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, w
 
 
 def cifar_airbench94(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, widths=(64, 256, 256),
-                     whiten=True, decay_all=True):
+                     whiten=True, decay_all=True, fused_norm=False):
     """airbench94's network with its frozen patch-whitening first layer (Jordan 2024, 1.97M)."""
     return _fast_net("cifar_airbench94", _SPECS["cifar_airbench94"], input_shape, num_classes,
-                     weight_decay, widths, whiten=bool(whiten), decay_all=bool(decay_all))
+                     weight_decay, widths, whiten=bool(whiten), decay_all=bool(decay_all),
+                     fused_norm=bool(fused_norm))
 
 
-def cifar_resnet9(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, decay_all=True):
+def cifar_resnet9(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, decay_all=True,
+                  fused_norm=False):
     """Page's DAWNBench ResNet-9 for CIFAR-10 (Page 2018, 6.57M)."""
     return _fast_net("cifar_resnet9", _SPECS["cifar_resnet9"], input_shape, num_classes, weight_decay,
-                     decay_all=bool(decay_all))
+                     decay_all=bool(decay_all), fused_norm=bool(fused_norm))

@@ -1,7 +1,9 @@
 """`python run_experiments.py`: validate every experiment, smoke-test them, then train them in turn.
 
-Exit status: 0 all finished (or skipped as already finished), 1 a run failed, diverged,
-was interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran).
+Exit status: 0 every run this process was responsible for finished (or was skipped as
+already finished, or as being trained by another live process holding its lock: processes
+sharing one queue each answer for the runs they trained), 1 a run failed, diverged, was
+interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran).
 """
 import argparse
 import dataclasses
@@ -241,11 +243,51 @@ def start_collectives(experiments):
 
 
 def print_list(checked):
-    rows = [('run', 'model', 'params', 'dataset', 'steps')]
+    from runner import runlock
+    rows = [('run', 'model', 'params', 'dataset', 'steps', 'status')]
     for c in checked:
+        held = runlock.holder(run_dir_of(c.exp))
+        status = f'running in {runlock.describe(held)}' if held is not None else '-'
         rows.append((c.exp.run_name, c.exp.model, f'{c.params / 1e6:.2f}M ({c.params:,})',
-                     c.dataset, str(c.exp.total_steps)))
+                     c.dataset, str(c.exp.total_steps), status))
     _table(rows)
+
+
+def run_dir_of(exp):
+    return os.path.join(exp.train_parameters.logdir, exp.run_name)
+
+
+def claim(exp):
+    """The RunLock this process holds while it trains `exp` (held or not), or None for a
+    worker of a multi-worker run other than the chief: it writes to its own scratch
+    directory, and the chief's claim stands for the whole cluster."""
+    from runner import distribute, runlock
+    tp = exp.train_parameters
+    if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
+        return None
+    lock = runlock.RunLock(run_dir_of(exp))
+    lock.acquire()
+    return lock
+
+
+def held_elsewhere(exp):
+    """'<run>: running in <holder>; skipped' and its result entry, for a run whose lock
+    another live process holds."""
+    from runner import runlock
+    who = runlock.describe(runlock.holder(run_dir_of(exp))) or 'another process'
+    print(f'{exp.run_name}: running in {who}; skipped', flush=True)
+    return {'run_name': exp.run_name, 'status': 'running', 'held_by': who}
+
+
+def finished_before(exp):
+    """The summary of a run that has already trained all its steps, or None."""
+    from runner import rundir
+    previous = rundir.read_summary(run_dir_of(exp))
+    if previous and previous.get('status') == 'finished' and previous.get('steps', 0) >= exp.total_steps:
+        print(f'{exp.run_name}: finished at step {previous["steps"]}; skipped '
+              f'(--restart {exp.run_name} trains it again)', flush=True)
+        return previous
+    return None
 
 
 def _table(rows):
@@ -255,54 +297,81 @@ def _table(rows):
 
 
 def train_all(checked, fail_fast):
-    from runner import data as data_lib
+    """Train each run this process can claim; a run another live process holds is skipped
+    (see the module docstring for what that means for the exit status)."""
     from runner import rundir, train
-    import keras
     results = []
     for c in checked:
         exp = c.exp
-        run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
-        previous = rundir.read_summary(run_dir)
-        if previous and previous.get('status') == 'finished' and previous.get('steps', 0) >= exp.total_steps:
-            print(f'{exp.run_name}: finished at step {previous["steps"]}; skipped '
-                  f'(--restart {exp.run_name} trains it again)', flush=True)
+        run_dir = run_dir_of(exp)
+        previous = finished_before(exp)
+        if previous:
             results.append(previous)
             continue
         problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+        lock = None
+        if not problem:
+            try:
+                lock = claim(exp)
+            except OSError as e:
+                problem = f"cannot create '{run_dir}': {e.strerror}"
         if problem:
             print(f'error: {exp.label}: {problem}', file=sys.stderr, flush=True)
             results.append({'run_name': exp.run_name, 'status': 'failed', 'error': problem})
             if fail_fast:
                 break
             continue
-        verb = 'resuming' if os.path.isdir(os.path.join(run_dir, 'checkpoints')) else 'starting'
-        print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
-              f'{exp.total_steps} steps) in {run_dir}', flush=True)
+        if lock is not None and not lock.held:
+            results.append(held_elsewhere(exp))
+            continue
         try:
-            summary = train.run(exp)
-        except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
-            # there is no step to finish: the last checkpoint stands and is resumed from.
-            summary = train.record_failure(
-                exp, KeyboardInterrupt('stopped outside the training steps (loading data or '
-                                       'evaluating); the last checkpoint is kept'), status='interrupted')
-        except data_lib.DataUnavailable as e:
-            summary = train.record_failure(exp, e)
-        except Exception as e:  # one experiment's failure does not stop the others
-            summary = train.record_failure(exp, e)
-            print(f'{exp.run_name}: failed: {summary["error"]} (traceback in {run_dir}/error.log)',
-                  file=sys.stderr, flush=True)
-        keras.backend.clear_session()
+            # Under the lock: another process may have finished the run meanwhile.
+            previous = finished_before(exp)
+            if previous:
+                results.append(previous)
+                continue
+            summary = train_one(c, run_dir)
+        finally:
+            if lock is not None:
+                lock.release()
         results.append(summary)
-        if summary['status'] == 'diverged':
-            print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
         if summary['status'] == 'interrupted':
-            print(f'{exp.run_name}: interrupted at step {summary.get("steps", 0)}; run the same '
-                  f'command again to resume', flush=True)
             break  # the person asked to stop: do not start the next experiment
         if summary['status'] != 'finished' and fail_fast:
             break
     return results
+
+
+def train_one(c, run_dir):
+    """Train one claimed run; its summary, whatever happens."""
+    from runner import data as data_lib
+    from runner import train
+    import keras
+    exp = c.exp
+    verb = 'resuming' if os.path.isdir(os.path.join(run_dir, 'checkpoints')) else 'starting'
+    print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
+          f'{exp.total_steps} steps) in {run_dir}', flush=True)
+    try:
+        summary = train.run(exp)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
+        # there is no step to finish: the last checkpoint stands and is resumed from.
+        summary = train.record_failure(
+            exp, KeyboardInterrupt('stopped outside the training steps (loading data or '
+                                   'evaluating); the last checkpoint is kept'), status='interrupted')
+    except data_lib.DataUnavailable as e:
+        summary = train.record_failure(exp, e)
+    except Exception as e:  # one experiment's failure does not stop the others
+        summary = train.record_failure(exp, e)
+        print(f'{exp.run_name}: failed: {summary["error"]} (traceback in {run_dir}/error.log)',
+              file=sys.stderr, flush=True)
+    keras.backend.clear_session()
+    if summary['status'] == 'diverged':
+        print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
+    if summary['status'] == 'interrupted':
+        print(f'{exp.run_name}: interrupted at step {summary.get("steps", 0)}; run the same '
+              f'command again to resume', flush=True)
+    return summary
 
 
 def print_results(results):
@@ -315,7 +384,8 @@ def print_results(results):
         if best != '-':
             best += f" ({s.get('selection_split', 'test')}-selected)"
         rate = s.get('train_images_per_second')
-        rows.append((s.get('run_name', '?'), s.get('status', '?'), str(s.get('steps', '-')),
+        status = s.get('status', '?') + (f" in {s['held_by']}" if s.get('held_by') else '')
+        rows.append((s.get('run_name', '?'), status, str(s.get('steps', '-')),
                      err('test_top1_accuracy'), best, f'{rate:.0f}' if rate else '-',
                      f"{s['wall_seconds'] / 60:.1f} min" if s.get('wall_seconds') else '-'))
     print()
@@ -358,6 +428,10 @@ def _main(args):
             if not runs:
                 raise ConfigError(f"--restart: no selected experiment is named '{name}'")
             restarting |= runs
+        from runner import runlock
+        for exp in experiments:
+            if exp.run_name in restarting and runlock.holder(run_dir_of(exp)) is not None:
+                raise ConfigError(locked_restart(exp))
         quiet_tensorflow([] if args.list else experiments)
         checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
     except ConfigError as e:
@@ -385,17 +459,36 @@ def _main(args):
             return EXIT_FAILED
         if args.smoke:
             return EXIT_OK
-    from runner import rundir
+    from runner import rundir, runlock
     for c in checked:
-        run_dir = os.path.join(c.exp.train_parameters.logdir, c.exp.run_name)
-        if c.exp.run_name in restarting and os.path.exists(run_dir):
-            print(f'{c.exp.run_name}: old run moved to {rundir.move_aside(run_dir)}')
-        elif c.start_over:
+        run_dir = run_dir_of(c.exp)
+        restart = c.exp.run_name in restarting and os.path.exists(run_dir)
+        if not (restart or c.start_over):
+            continue
+        # Moved aside under the run's lock, which moves with it: never from under a process
+        # that trains it.
+        with runlock.RunLock(run_dir) as lock:
+            if not lock.held:
+                if restart:
+                    print(f'error: {locked_restart(c.exp)}', file=sys.stderr)
+                    return EXIT_CONFIG
+                continue  # its holder trains it; this process will skip it
+            moved = rundir.move_aside(run_dir)
+        if restart:
+            print(f'{c.exp.run_name}: old run moved to {moved}')
+        else:
             print(f'{c.exp.run_name}: settings changed before its first checkpoint; starting it '
-                  f'over (old run moved to {rundir.move_aside(run_dir)})')
+                  f'over (old run moved to {moved})')
     results = train_all(checked, args.fail_fast)
     print_results(results)
-    return EXIT_OK if all(s.get('status') == 'finished' for s in results) else EXIT_FAILED
+    # A run held by another live process is that process's to answer for.
+    return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+
+
+def locked_restart(exp):
+    from runner import runlock
+    who = runlock.describe(runlock.holder(run_dir_of(exp))) or 'another process'
+    return f"--restart {exp.run_name}: the run is training in {who}; stop it first"
 
 
 if __name__ == '__main__':

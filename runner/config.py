@@ -26,6 +26,24 @@ PRECISIONS = ('auto', 'fastest', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine', 'piecewise_linear')
 EVAL_TTA = ('none', 'flip', 'flip_translate')
 CROP_PADDING_MODES = ('zeros', 'reflect')
+OPTIMIZERS = ('sgd', 'adamw', 'lion', 'lamb', 'muon')
+MUON_OTHER = ('adamw', 'sgd')
+# The keys of train_parameters that only some optimizers read: for each, the optimizers that
+# read it and its value when null (Keras 3's defaults; see docs/optimizers.md). With muon,
+# beta_1, beta_2 and epsilon are those of its AdamW part (muon_other: adamw).
+OPTIMIZER_DEFAULTS = {
+    'beta_1': {'adamw': 0.9, 'lion': 0.9, 'lamb': 0.9, 'muon': 0.9},
+    'beta_2': {'adamw': 0.999, 'lion': 0.99, 'lamb': 0.999, 'muon': 0.999},
+    'epsilon': {'adamw': 1e-7, 'lamb': 1e-6, 'muon': 1e-7},
+    'muon_momentum': {'muon': 0.95},
+    'muon_ns_steps': {'muon': 5},
+    'muon_rms_rate': {'muon': 0.2},
+    'muon_other': {'muon': 'adamw'},
+    'muon_other_lr_ratio': {'muon': 1.0},
+    'muon_normalize_weights': {'muon': False},
+}
+# Decoupled weight decay (w -= lr * weight_decay * w) when weight_decay is null: Keras's default.
+DECOUPLED_WEIGHT_DECAY = {'adamw': 0.004, 'lion': 0.0, 'lamb': 0.0, 'muon': 0.004}
 
 
 class ConfigError(Exception):
@@ -149,13 +167,45 @@ class TrainConfig:
         default='piecewise')
     warmup_steps: int = _doc(
         'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', default=0)
-    momentum: float = _doc('SGD momentum.', default=0.9)
-    nesterov: bool = _doc('Nesterov momentum.', default=False)
+    optimizer: str = _doc(
+        'sgd (momentum SGD, weight decay as L2 in the loss), adamw, lion, lamb (decoupled weight '
+        'decay) or muon (orthogonalised momentum on the convolution and hidden dense kernels, '
+        'AdamW or SGD on the rest): keras.optimizers; see docs/optimizers.md.', default='sgd')
+    momentum: float = _doc('SGD momentum (sgd, and muon\'s SGD part with muon_other: sgd).',
+                           default=0.9)
+    nesterov: bool = _doc('Nesterov momentum (as momentum).', default=False)
+    beta_1: Optional[float] = _doc(
+        'adamw, lamb, lion, muon (its AdamW part): decay of the first moment (lion: of the '
+        'interpolation); null = 0.9.', default=None)
+    beta_2: Optional[float] = _doc(
+        'adamw, lamb, muon (its AdamW part): decay of the second moment; lion: of the momentum; '
+        'null = 0.999 (lion 0.99).', default=None)
+    epsilon: Optional[float] = _doc('adamw, lamb, muon (its AdamW part): added to the root of the '
+                                    'second moment; null = 1e-7 (lamb 1e-6).', default=None)
+    muon_momentum: Optional[float] = _doc('muon: momentum of the Muon step (Nesterov); null = 0.95.',
+                                          default=None)
+    muon_ns_steps: Optional[int] = _doc('muon: Newton-Schulz iterations; null = 5 (airbench 3).',
+                                        default=None)
+    muon_rms_rate: Optional[float] = _doc(
+        'muon: the update of an m x n kernel is scaled by rms_rate * sqrt(max(m, n)) (Moonlight, '
+        'arXiv:2502.16982); 0 = unscaled, as airbench; null = 0.2.', default=None)
+    muon_other: Optional[str] = _doc(
+        'muon: what updates the variables Muon does not (biases, batch norm, the output layer): '
+        'adamw or sgd (momentum, nesterov, bn_bias_lr_multiplier and L2 weight decay as for sgd); '
+        'null = adamw.', default=None)
+    muon_other_lr_ratio: Optional[float] = _doc(
+        'muon: learning rate of that other part / the scheduled rate (the Muon rate); null = 1.',
+        default=None)
+    muon_normalize_weights: Optional[bool] = _doc(
+        'muon: before each Muon step, scale each kernel to a Frobenius norm of sqrt(output '
+        'channels) (airbench94_muon); null = false.', default=None)
     weight_decay: Optional[float] = _doc(
-        'SGD weight decay passed to the model function (gradient += weight_decay * w on kernels; '
+        'sgd: weight decay passed to the model function (gradient += weight_decay * w on kernels; '
         'on every weight in models whose decay_all is on: WRN, ResNeXt, DenseNet, cifar_airbench94, '
-        'cifar_resnet9); null keeps the model\'s own '
-        'default (1e-4 for most models).', default=None)
+        'cifar_resnet9); null keeps the model\'s own default (1e-4 for most models). adamw, lion, '
+        'lamb, muon: decoupled, w -= lr * weight_decay * w each step on the same weights, nothing '
+        'in the loss; null = 0.004 (adamw, muon) or 0 (lion, lamb). See docs/optimizers.md.',
+        default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
     bn_bias_lr_multiplier: float = _doc(
         'Learning-rate multiplier for the offsets (beta) of batch normalisation: the gradient of '
@@ -490,6 +540,7 @@ def _check_values(exp):
                           f'{tp.lookahead_interval}')
     if not 0 < tp.lookahead_decay <= 1:
         raise ConfigError(f'train_parameters.lookahead_decay: must be in (0, 1], got {tp.lookahead_decay}')
+    _check_optimizer(tp)
     if tp.weight_decay is not None and tp.weight_decay < 0:
         raise ConfigError(f'train_parameters.weight_decay: must not be negative, got {tp.weight_decay}')
     if not 0 <= ds.validation_fraction < 1:
@@ -544,6 +595,60 @@ def _check_values(exp):
     if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', exp.run_name):
         raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' is not a usable directory "
                           f"name (letters, digits, . _ - + = and / only)")
+
+
+def optimizer_setting(tp, key):
+    """The value of an optimizer-specific key for tp.optimizer: as given, else its default."""
+    value = getattr(tp, key)
+    return OPTIMIZER_DEFAULTS[key].get(tp.optimizer) if value is None else value
+
+
+def uses_sgd(tp):
+    """Whether SGD updates the non-Muon variables: momentum, nesterov, bn_bias_lr_multiplier
+    and the L2 weight decay of the model apply."""
+    return tp.optimizer == 'sgd' or (tp.optimizer == 'muon' and optimizer_setting(tp, 'muon_other') == 'sgd')
+
+
+def _check_optimizer(tp):
+    """The optimizer's name, its own keys' ranges, and no key it does not read."""
+    if tp.optimizer not in OPTIMIZERS:
+        close = difflib.get_close_matches(tp.optimizer, OPTIMIZERS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ''
+        raise ConfigError(f"train_parameters.optimizer: '{tp.optimizer}' is not one of "
+                          f"{', '.join(OPTIMIZERS)}{hint}")
+    for key, readers in OPTIMIZER_DEFAULTS.items():
+        if getattr(tp, key) is not None and tp.optimizer not in readers:
+            raise ConfigError(f'train_parameters.{key}: optimizer {tp.optimizer} does not read it '
+                              f'(only {", ".join(readers)})')
+    if tp.muon_other is not None and tp.muon_other not in MUON_OTHER:
+        raise ConfigError(f"train_parameters.muon_other: '{tp.muon_other}' is not one of "
+                          f"{', '.join(MUON_OTHER)}")
+    if tp.optimizer == 'muon' and uses_sgd(tp):
+        for key in ('beta_1', 'beta_2', 'epsilon'):
+            if getattr(tp, key) is not None:
+                raise ConfigError(f'train_parameters.{key}: muon with muon_other: sgd does not read '
+                                  f'it (its non-Muon part is SGD)')
+    if not uses_sgd(tp):
+        # momentum and nesterov have SGD's defaults; another value is a mistake.
+        for key, default in (('momentum', 0.9), ('nesterov', False), ('bn_bias_lr_multiplier', 1.0)):
+            if getattr(tp, key) != default:
+                why = ('a larger gradient is not a larger step for an Adam-type update'
+                       if key == 'bn_bias_lr_multiplier' else 'SGD\'s')
+                raise ConfigError(f'train_parameters.{key}: optimizer {tp.optimizer}'
+                                  f"{' (muon_other: adamw)' if tp.optimizer == 'muon' else ''} does "
+                                  f'not read it ({why}); remove it')
+    for key in ('beta_1', 'beta_2', 'muon_momentum'):
+        value = getattr(tp, key)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f'train_parameters.{key}: must be in [0, 1), got {value}')
+    for key in ('epsilon', 'muon_other_lr_ratio'):
+        value = getattr(tp, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f'train_parameters.{key}: must be positive, got {value}')
+    if tp.muon_ns_steps is not None and tp.muon_ns_steps < 1:
+        raise ConfigError(f'train_parameters.muon_ns_steps: must be at least 1, got {tp.muon_ns_steps}')
+    if tp.muon_rms_rate is not None and tp.muon_rms_rate < 0:
+        raise ConfigError(f'train_parameters.muon_rms_rate: must not be negative, got {tp.muon_rms_rate}')
 
 
 def set_dotted(data, dotted, value):

@@ -21,6 +21,8 @@ import sys
 
 import yaml
 
+from runner import runlock
+
 EXIT_OK, EXIT_FAILED = 0, 1
 SUMMARY, CONFIG, METRICS = 'summary.json', 'config.yaml', 'metrics.jsonl'  # as runner.rundir
 SKIP_DIRS = {'checkpoints', 'best', '__pycache__'}
@@ -134,7 +136,8 @@ def load_run_record(run_dir, name, summary=None):
         'paper_source': paper.get('source'),
         'images_per_second': summary.get('train_images_per_second'),
         'wall_seconds': summary.get('wall_seconds'),
-        'status': summary.get('status') or '?',
+        # A run whose lock a live process holds is training now, whatever its summary says.
+        'status': 'running' if runlock.holder(run_dir) is not None else summary.get('status') or '?',
         'error': summary.get('error'),
     }
 

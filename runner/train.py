@@ -1,7 +1,8 @@
 """The training loop: one experiment, from data to a finished run directory.
 
 A custom tf.function step (GradientTape, cross-entropy plus the model's
-regularisation losses, SGD with momentum under a piecewise-constant schedule) run
+regularisation losses, the optimizer of train_parameters.optimizer (runner.optimizers) under
+the learning-rate schedule) run
 under a tf.distribute strategy, evaluated every `val_interval` steps, checkpointed
 with tf.train.CheckpointManager, logged to TensorBoard. Resuming is the default:
 a run directory with a checkpoint continues from it.
@@ -30,6 +31,7 @@ import runner
 from runner import data as data_lib
 from runner import distribute
 from runner import restore
+from runner.optimizers import build_optimizer
 from runner import rundir
 from runner.config import dump_yaml
 from runner.registry import (build_model, count_trainable, freeze_schedule, load_initial_weights,
@@ -118,8 +120,8 @@ class Trainer:
         with strategy.scope():
             self.model = build_model(exp, data.info.image_shape, data.info.num_classes)
             self.schedule = make_lr_schedule(tp.lr_schedule, tp.lr_values, tp.lr_boundaries, tp.warmup_steps)
-            self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=tp.momentum,
-                                                  nesterov=tp.nesterov)
+            # sgd, or a decoupled optimizer that takes the model's decay regularisers over.
+            self.optimizer = build_optimizer(tp, self.model, self.schedule)
             if self.loss_scaling:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Create the slots now: a checkpoint restores into existing variables.
@@ -413,7 +415,7 @@ def log_hparams(writer, exp, resolved, params, policy):
         'batch_size': tp['batch_size'], 'lr_values': str(tp['lr_values']),
         'lr_schedule': tp['lr_schedule'], 'lr_boundaries': str(tp['lr_boundaries']),
         'warmup_steps': tp['warmup_steps'],
-        'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
+        'optimizer': tp['optimizer'], 'momentum': tp['momentum'], 'nesterov': tp['nesterov'],
         'weight_decay': 'model default' if tp['weight_decay'] is None else tp['weight_decay'],
         'label_smoothing': tp['label_smoothing'], 'bn_bias_lr_multiplier': tp['bn_bias_lr_multiplier'],
         'flip': ds['flip'], 'alternate_flips': ds['alternate_flips'], 'crop_padding': ds['crop_padding'],
