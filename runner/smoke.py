@@ -354,14 +354,14 @@ def _die_with_parent():
 
 def prepare_process(threads=None):
     """TensorFlow as a smoke worker runs it: imported quietly (its C++ start-up notices
-    held back, as the command does), with `threads` per op pool: the cores are shared
-    among the workers."""
+    held back, as the command does), with `threads` threads inside an op (the cores are
+    shared among the workers; the pool that runs independent ops side by side and the
+    input pipeline's keep TensorFlow's defaults)."""
     from runner import restore
     restore.quiet_tensorflow()
     import tensorflow as tf
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def _worker(conn, threads):
