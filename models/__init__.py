@@ -4,6 +4,14 @@ Every model function takes ``input_shape``, ``num_classes`` and ``weight_decay``
 (the papers' SGD coefficient, see :mod:`models.layers`) plus family-specific
 keywords, and names its model after itself.  One module per family; the
 runner finds the functions by scanning the modules (``runner.registry``).
+
+A family's fixed variants are the rows of its read-only ``SPECS`` table, keyed by model
+name, each a frozen dataclass of the family (``VGGSpec``, ``NiNSpec``, ``AlexNetSpec``,
+``ImageNetResNetSpec``, ``FastSpec``), as Model Garden's ``RESNET_SPECS`` and timm's model
+configs; a variant's function stays a thin wrapper that names its row and keeps its own
+defaults (recorded in run directories' config.yaml). Families sized by numbers (CIFAR
+ResNets, WRN, ResNeXt, DenseNet) take them as arguments of a family function instead.
+Layers come from :mod:`models.layers`.
 """
 
 from .alexnet import alexnet, alexnet_bn, zfnet_bn

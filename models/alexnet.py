@@ -32,6 +32,7 @@ Choices the papers leave open:
   size named in the ValueError.
 """
 
+import dataclasses
 import types
 
 import tensorflow as tf
@@ -40,17 +41,22 @@ from keras import Input, layers
 
 from . import layers as L
 
-# Conv layers as (filters, kernel, stride, padding, groups, 3x3/2 max-pool after), and
-# whether those poolings round up (ceil mode).
-_SPECS = types.MappingProxyType({
-    "alexnet": dict(convs=((96, 11, 4, 2, 1, True), (256, 5, 1, 2, 2, True),
-                           (384, 3, 1, 1, 1, False), (384, 3, 1, 1, 2, False),
-                           (256, 3, 1, 1, 2, True)),
-                    ceil_pool=False),
-    "zfnet": dict(convs=((96, 7, 2, 1, 1, True), (256, 5, 2, 0, 1, True),
-                         (384, 3, 1, 1, 1, False), (384, 3, 1, 1, 1, False),
-                         (256, 3, 1, 1, 1, True)),
-                  ceil_pool=True),
+@dataclasses.dataclass(frozen=True)
+class AlexNetSpec:
+    """One AlexNet-style variant."""
+    convs: tuple         # per conv: (filters, kernel, stride, padding, groups, 3x3/2 max-pool after)
+    ceil_pool: bool      # whether those poolings round up (ceil mode)
+    norm: str            # 'lrn' (after conv1 and conv2) or 'bn' (after every conv)
+
+
+_ALEXNET_CONVS = ((96, 11, 4, 2, 1, True), (256, 5, 1, 2, 2, True), (384, 3, 1, 1, 1, False),
+                  (384, 3, 1, 1, 2, False), (256, 3, 1, 1, 2, True))
+_ZFNET_CONVS = ((96, 7, 2, 1, 1, True), (256, 5, 2, 0, 1, True), (384, 3, 1, 1, 1, False),
+                (384, 3, 1, 1, 1, False), (256, 3, 1, 1, 1, True))
+SPECS = types.MappingProxyType({
+    "alexnet": AlexNetSpec(_ALEXNET_CONVS, ceil_pool=False, norm="lrn"),
+    "alexnet_bn": AlexNetSpec(_ALEXNET_CONVS, ceil_pool=False, norm="bn"),
+    "zfnet_bn": AlexNetSpec(_ZFNET_CONVS, ceil_pool=True, norm="bn"),
 })
 
 
@@ -83,9 +89,9 @@ def _max_pool(x, ceil_mode, name):
     return layers.MaxPooling2D(3, strides=2, name=name)(x)
 
 
-def _alexnet(name, input_shape, num_classes, weight_decay, *, convs, ceil_pool, norm,
-             dropout=0.5, hidden_units=4096):
-    """Build an AlexNet-style net from ``convs``; ``norm``: 'lrn' (conv1/2) or 'bn' (all convs)."""
+def _alexnet(name, input_shape, num_classes, weight_decay, dropout=0.5, hidden_units=4096):
+    """Build the AlexNet-style net of ``SPECS[name]``."""
+    convs, ceil_pool, norm = SPECS[name].convs, SPECS[name].ceil_pool, SPECS[name].norm
     size_ops = []
     for _, kernel, stride, pad, _, pool in convs:
         size_ops.append((kernel, stride, 2 * pad, False))
@@ -118,17 +124,14 @@ def _alexnet(name, input_shape, num_classes, weight_decay, *, convs, ceil_pool, 
 
 def alexnet(input_shape=(224, 224, 3), num_classes=1000, weight_decay=5e-4):
     """AlexNet with LRN and the paper's grouped conv2/4/5 (Krizhevsky et al. 2012, 61.0M)."""
-    return _alexnet("alexnet", input_shape, num_classes, weight_decay,
-                    **_SPECS["alexnet"], norm="lrn")
+    return _alexnet("alexnet", input_shape, num_classes, weight_decay)
 
 
 def alexnet_bn(input_shape=(224, 224, 3), num_classes=1000, weight_decay=5e-4):
     """AlexNet with BN after every conv instead of LRN."""
-    return _alexnet("alexnet_bn", input_shape, num_classes, weight_decay,
-                    **_SPECS["alexnet"], norm="bn")
+    return _alexnet("alexnet_bn", input_shape, num_classes, weight_decay)
 
 
 def zfnet_bn(input_shape=(224, 224, 3), num_classes=1000, weight_decay=5e-4):
     """ZFNet (Zeiler & Fergus 2013) with BN after every conv."""
-    return _alexnet("zfnet_bn", input_shape, num_classes, weight_decay,
-                    **_SPECS["zfnet"], norm="bn")
+    return _alexnet("zfnet_bn", input_shape, num_classes, weight_decay)

@@ -6,7 +6,7 @@ Papers:
 - David Page, "How to Train Your ResNet" (Myrtle.ai blog series, 2018): the DAWNBench
   ResNet-9 that reached 94% in 24 epochs, which airbench descends from.
 
-Both come from one builder, :func:`_fast_net`, fed a row of ``_SPECS``: a stem, then
+Both come from one builder, :func:`_fast_net`, fed a row of ``SPECS``: a stem, then
 stages of "conv, 2x2 max-pool, BN, activation" followed by more conv-BN-activation
 layers (added to the stage's input in ResNet-9's residual stages), a global max-pool
 and a bias-free classifier whose output is multiplied by a constant (1/9, 1/8), as both
@@ -159,7 +159,8 @@ def _torch_default_init():
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
+class FastSpec:
+    """One fast CIFAR net."""
     stem: tuple              # (filters, kernel, padding, conv bias, BN-activation after it)
     stages: tuple            # (width, extra conv-BN-activation layers, residual) per stage
     activation: str
@@ -171,27 +172,28 @@ class _Spec:
     logit_scale: float
 
 
-_SPECS = types.MappingProxyType({
-    "cifar_airbench94": _Spec(
+SPECS = types.MappingProxyType({
+    "cifar_airbench94": FastSpec(
         stem=(24, 2, "valid", True, False), stages=((64, 1, False), (256, 1, False), (256, 1, False)),
         activation="gelu", pool_before_norm=True, bn_momentum=0.6, bn_epsilon=1e-12,
         bn_scale=False, dirac=True, logit_scale=1 / 9),
-    "cifar_resnet9": _Spec(
+    "cifar_resnet9": FastSpec(
         stem=(64, 3, "same", False, True), stages=((128, 2, True), (256, 0, False), (512, 2, True)),
         activation="relu", pool_before_norm=False, bn_momentum=0.9, bn_epsilon=1e-5,
         bn_scale=True, dirac=False, logit_scale=0.125),
 })
 
 
-def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, whiten=False,
+def _fast_net(name, input_shape, num_classes, weight_decay, widths=None, whiten=False,
               decay_all=True, fused_norm=False):
-    """Build the network of one ``_SPECS`` row; ``widths`` replaces the stage widths,
+    """Build the network of ``SPECS[name]``; ``widths`` replaces the stage widths,
     ``whiten`` makes the stem a :class:`PatchWhitening` layer of the stem's kernel size,
     ``decay_all`` puts the weight decay on every trainable weight (BN offsets and scales,
     biases) as both released codes do, not only on the kernels. ``fused_norm`` makes each
     batch norm a :class:`FusedBatchNormalization` and it and its activation float32 layers
     (under mixed_bfloat16 the next conv casts back): the same function and weights, faster
     on the CPU (docs/benchmarks.md)."""
+    spec = SPECS[name]
     stages = spec.stages
     if widths is not None:
         widths = list(widths)
@@ -207,18 +209,18 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, w
     other_decay = L.l2(weight_decay) if decay_all else None
 
     def conv(x, width, k, layer_name, pad="same", use_bias=False):
-        return layers.Conv2D(width, k, padding=pad, use_bias=use_bias, kernel_initializer=init,
-                             kernel_regularizer=L.l2(weight_decay), bias_regularizer=other_decay,
-                             name=layer_name)(x)
+        return L.conv(x, width, k, padding=pad, use_bias=use_bias, weight_decay=weight_decay,
+                      initializer=init, bias_regularizer=other_decay, layer=layers.Conv2D,
+                      name=layer_name)
 
     norm_layer = FusedBatchNormalization if fused_norm else layers.BatchNormalization
     # float32 norm and activation: bfloat16 elementwise kernels are the slow ones on a CPU.
     fused_dtype = {"dtype": "float32"} if fused_norm else {}
 
     def norm_act(x, prefix, suffix):
-        x = norm_layer(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon,
-                       scale=spec.bn_scale, beta_regularizer=other_decay,
-                       gamma_regularizer=other_decay, name=f"{prefix}_bn{suffix}", **fused_dtype)(x)
+        x = L.batch_norm(x, epsilon=spec.bn_epsilon, momentum=spec.bn_momentum, scale=spec.bn_scale,
+                         regularizer=other_decay, layer=norm_layer, name=f"{prefix}_bn{suffix}",
+                         **fused_dtype)
         return layers.Activation(spec.activation, name=f"{prefix}_act{suffix}", **fused_dtype)(x)
 
     inputs = Input(shape=input_shape, name="input")
@@ -243,8 +245,8 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, w
             y = norm_act(conv(y, width, 3, f"{prefix}_conv{j}"), prefix, j)
         x = layers.Add(name=f"{prefix}_add")([x, y]) if residual and extra else y
     x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=_torch_default_init(),
-                     kernel_regularizer=L.l2(weight_decay), name="classifier")(x)
+    x = L.dense(x, num_classes, weight_decay=weight_decay, use_bias=False,
+                initializer=_torch_default_init(), name="classifier")
     outputs = layers.Rescaling(spec.logit_scale, name="logits")(x)
     return L.build_model(inputs, outputs, name)
 
@@ -252,13 +254,12 @@ def _fast_net(name, spec, input_shape, num_classes, weight_decay, widths=None, w
 def cifar_airbench94(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, widths=(64, 256, 256),
                      whiten=True, decay_all=True, fused_norm=False):
     """airbench94's network with its frozen patch-whitening first layer (Jordan 2024, 1.97M)."""
-    return _fast_net("cifar_airbench94", _SPECS["cifar_airbench94"], input_shape, num_classes,
-                     weight_decay, widths, whiten=bool(whiten), decay_all=bool(decay_all),
-                     fused_norm=bool(fused_norm))
+    return _fast_net("cifar_airbench94", input_shape, num_classes, weight_decay, widths,
+                     whiten=bool(whiten), decay_all=bool(decay_all), fused_norm=bool(fused_norm))
 
 
 def cifar_resnet9(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, decay_all=True,
                   fused_norm=False):
     """Page's DAWNBench ResNet-9 for CIFAR-10 (Page 2018, 6.57M)."""
-    return _fast_net("cifar_resnet9", _SPECS["cifar_resnet9"], input_shape, num_classes, weight_decay,
+    return _fast_net("cifar_resnet9", input_shape, num_classes, weight_decay,
                      decay_all=bool(decay_all), fused_norm=bool(fused_norm))

@@ -84,20 +84,31 @@ class GroupedConv2D(layers.Conv2D):
 
 
 def conv(x, filters, kernel_size, *, strides=1, padding="same", groups=1,
-         use_bias=False, weight_decay=0.0, name):
-    """Apply a 2-D convolution with the shared init and L2 kernel regulariser."""
-    return GroupedConv2D(
+         use_bias=False, weight_decay=0.0, initializer=None, bias_regularizer=None,
+         layer=GroupedConv2D, name):
+    """Apply a 2-D convolution with the L2 kernel regulariser and ``initializer`` (default
+    :func:`conv_initializer`).
+
+    ``layer`` is the Keras class. A ``.weights.h5`` file names each layer's weights after
+    its class (``layers/grouped_conv2d/vars/0``), so a family keeps the class its runs were
+    saved with: GroupedConv2D here, ``layers.Conv2D`` in models.fast.
+    """
+    return layer(
         filters, kernel_size, strides=strides, padding=padding, groups=groups,
-        use_bias=use_bias, kernel_initializer=conv_initializer(),
-        kernel_regularizer=l2(weight_decay), name=name)(x)
+        use_bias=use_bias, kernel_initializer=initializer or conv_initializer(),
+        kernel_regularizer=l2(weight_decay), bias_regularizer=bias_regularizer, name=name)(x)
 
 
-def batch_norm(x, *, epsilon=1e-5, name):
-    """Apply batch normalisation with Torch's momentum and default epsilon."""
+def batch_norm(x, *, epsilon=1e-5, momentum=0.9, scale=True, regularizer=None,
+               layer=layers.BatchNormalization, name, **kwargs):
+    """Apply batch normalisation, by default with Torch's momentum and default epsilon;
+    ``regularizer`` on its scale and offset (``decay_all`` families); ``layer`` is the
+    class (models.fast's FusedBatchNormalization), ``kwargs`` more of its arguments (dtype)."""
     # The papers' reference code is Torch/Caffe (moving-average weight 0.1 on the
     # new batch, eps 1e-5); Keras' defaults (0.99, 1e-3) would average the moving
     # statistics over ~10x more steps.
-    return layers.BatchNormalization(momentum=0.9, epsilon=epsilon, name=name)(x)
+    return layer(momentum=momentum, epsilon=epsilon, scale=scale, beta_regularizer=regularizer,
+                 gamma_regularizer=regularizer, name=name, **kwargs)(x)
 
 
 def bn_relu(x, *, name, suffix=""):
@@ -117,9 +128,10 @@ def conv_bn_relu(x, filters, kernel_size, *, strides=1, padding="same", groups=1
     return x
 
 
-def dense(x, units, *, weight_decay=0.0, name):
-    """Apply a fully connected layer with bias and the L2 kernel regulariser."""
-    return layers.Dense(units, kernel_regularizer=l2(weight_decay), name=name)(x)
+def dense(x, units, *, weight_decay=0.0, use_bias=True, initializer="glorot_uniform", name):
+    """Apply a fully connected layer (with bias by default) and the L2 kernel regulariser."""
+    return layers.Dense(units, use_bias=use_bias, kernel_initializer=initializer,
+                        kernel_regularizer=l2(weight_decay), name=name)(x)
 
 
 @keras.saving.register_keras_serializable(package="convnet_runner")

@@ -20,18 +20,33 @@ Choices the paper leaves open:
 - Pooling uses 'same' padding, cifar.torch's ceil mode (32 -> 16 -> 8).
 """
 
+import dataclasses
+import types
+
 from keras import Input, layers
 
 from . import layers as L
 
-# (kernel, filters) of the three 3-conv mlpconv blocks; 0 filters = one per class.
-_BLOCKS = (((5, 192), (1, 160), (1, 96)),
-           ((5, 192), (1, 192), (1, 192)),
-           ((3, 192), (1, 192), (1, 0)))
+
+@dataclasses.dataclass(frozen=True)
+class NiNSpec:
+    """One NiN variant."""
+    blocks: tuple        # per mlpconv block, its convs' (kernel, filters); 0 filters = one per class
+    bn_epsilon: float
 
 
-def _nin(name, input_shape, num_classes, weight_decay, *, blocks, dropout, bn_epsilon):
-    """Build a NiN: mlpconv blocks between pooling and dropout; class maps averaged to logits."""
+SPECS = types.MappingProxyType({
+    "nin_bn": NiNSpec(blocks=(((5, 192), (1, 160), (1, 96)),
+                              ((5, 192), (1, 192), (1, 192)),
+                              ((3, 192), (1, 192), (1, 0))),
+                      bn_epsilon=1e-3),
+})
+
+
+def _nin(name, input_shape, num_classes, weight_decay, dropout):
+    """Build the NiN of ``SPECS[name]``: mlpconv blocks between pooling and dropout; class
+    maps averaged to logits."""
+    blocks, bn_epsilon = SPECS[name].blocks, SPECS[name].bn_epsilon
     input_shape = L.check_args(name, input_shape, num_classes)
     L.check_rate(name, "dropout", dropout)
     inputs = Input(shape=input_shape, name="input")
@@ -50,5 +65,4 @@ def _nin(name, input_shape, num_classes, weight_decay, *, blocks, dropout, bn_ep
 
 def nin_bn(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.5):
     """Network in Network with BN after every conv (cifar.torch NiN-BN)."""
-    return _nin("nin_bn", input_shape, num_classes, weight_decay, blocks=_BLOCKS,
-                dropout=dropout, bn_epsilon=1e-3)
+    return _nin("nin_bn", input_shape, num_classes, weight_decay, dropout)

@@ -60,17 +60,28 @@ Choices the papers leave open:
   ResNet-50's 25.56M.
 """
 
+import dataclasses
 import types
 
 from keras import Input, layers
 
 from . import layers as L
 
-# Bottleneck units per stage of the ImageNet ResNets (He et al. 2015, Table 1).
-_IMAGENET_STAGES = types.MappingProxyType({
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetResNetSpec:
+    """One ImageNet bottleneck ResNet (64-filter 7x7/2 stem, stages 256 to 2048 wide)."""
+    units: tuple              # bottleneck units per stage (He et al. 2015, Table 1)
+    preact: bool = False      # pre-activation units (He et al. 2016)
+    se_reduction: int = 0     # squeeze-excitation gate's reduction (Hu et al. 2017); 0: none
+
+
+# ResNet-50's units; Table 1 gives (3, 4, 23, 3) for ResNet-101 and (3, 8, 36, 3) for 152.
+_RESNET50 = (3, 4, 6, 3)
+SPECS = types.MappingProxyType({
+    "resnet50": ImageNetResNetSpec(_RESNET50),
+    "resnet50_v2": ImageNetResNetSpec(_RESNET50, preact=True),
+    "se_resnet50": ImageNetResNetSpec(_RESNET50, se_reduction=16),
 })
 
 _BLOCK_TYPES = ("original", "preactivated")
@@ -299,27 +310,26 @@ def cifar_resnext29_16x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay
                          name="cifar_resnext29_16x64d", decay_all=decay_all)
 
 
-def _imagenet_resnet(name, depth, input_shape, num_classes, weight_decay, *, preact,
-                     se_reduction=0):
-    """Build an ImageNet bottleneck ResNet of ``depth`` (50/101/152) with 64-filter 7x7 stem."""
-    stages = [(n, 256 * 2 ** i, 64 * 2 ** i, 1 if i == 0 else 2)
-              for i, n in enumerate(_IMAGENET_STAGES[depth])]
+def _imagenet_resnet(name, input_shape, num_classes, weight_decay):
+    """Build the ImageNet bottleneck ResNet of ``SPECS[name]``."""
+    spec = SPECS[name]
+    stages = [(n, 256 * 2 ** i, 64 * 2 ** i, 1 if i == 0 else 2) for i, n in enumerate(spec.units)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="imagenet",
-                   stem_width=64, preact=preact, shortcut_type="B", bottleneck=True,
-                   stride_in_3x3=preact, se_reduction=se_reduction, residual_bias=preact)
+                   stem_width=64, preact=spec.preact, shortcut_type="B", bottleneck=True,
+                   stride_in_3x3=spec.preact, se_reduction=spec.se_reduction,
+                   residual_bias=spec.preact)
 
 
 def resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
     """ResNet-50 v1 (He et al. 2015, 25.6M)."""
-    return _imagenet_resnet("resnet50", 50, input_shape, num_classes, weight_decay, preact=False)
+    return _imagenet_resnet("resnet50", input_shape, num_classes, weight_decay)
 
 
 def resnet50_v2(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
     """ResNet-50 v2, pre-activation units (He et al. 2016, 25.6M)."""
-    return _imagenet_resnet("resnet50_v2", 50, input_shape, num_classes, weight_decay, preact=True)
+    return _imagenet_resnet("resnet50_v2", input_shape, num_classes, weight_decay)
 
 
 def se_resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
     """SE-ResNet-50, squeeze-excitation with reduction 16 (Hu et al. 2017, 28.1M)."""
-    return _imagenet_resnet("se_resnet50", 50, input_shape, num_classes, weight_decay,
-                            preact=False, se_reduction=16)
+    return _imagenet_resnet("se_resnet50", input_shape, num_classes, weight_decay)

@@ -24,74 +24,85 @@ Choices the papers leave open:
   never lose a border row.
 """
 
+import dataclasses
 import types
+from typing import Optional
 
 from keras import Input, layers
 
 from . import layers as L
 
-# Convolutions per stage for each VGG depth (Simonyan & Zisserman, Table 1); the five
-# stages are 64, 128, 256, 512 and 512 wide.
-_STAGE_DEPTHS = types.MappingProxyType({
-    11: (1, 1, 2, 2, 2),
-    13: (2, 2, 2, 2, 2),
-    16: (2, 2, 3, 3, 3),
-    19: (2, 2, 4, 4, 4),
+
+@dataclasses.dataclass(frozen=True)
+class VGGSpec:
+    """One VGG variant. ``conv_dropout`` gives one rate per stage, applied after every
+    conv of the stage except the last (cifar.torch's pattern); ``hidden_units`` > 0
+    inserts dropout, Dense, BN, ReLU before the final dropout and classifier."""
+    stage_depths: tuple          # convolutions per stage; the stages are 64/128/256/512/512 wide
+    conv_dropout: Optional[tuple] = None
+    bn_epsilon: float = 1e-5
+    hidden_units: int = 0
+    head_dropout: float = 0.0
+
+
+# Stage depths of configurations A, B, D, E (Simonyan & Zisserman, Table 1).
+_VGG16 = (2, 2, 3, 3, 3)
+SPECS = types.MappingProxyType({
+    "cifar_vgg11": VGGSpec((1, 1, 2, 2, 2)),
+    "cifar_vgg13": VGGSpec((2, 2, 2, 2, 2)),
+    "cifar_vgg16": VGGSpec(_VGG16),
+    "cifar_vgg19": VGGSpec((2, 2, 4, 4, 4)),
+    "cifar_vgg_bn": VGGSpec(_VGG16, conv_dropout=(0.3, 0.4, 0.4, 0.4, 0.4), bn_epsilon=1e-3,
+                            hidden_units=512, head_dropout=0.5),
 })
 
 
-def _vgg(name, input_shape, num_classes, weight_decay, *, depth, conv_dropout=None,
-         bn_epsilon=1e-5, hidden_units=0, head_dropout=0.0):
-    """Build a VGG: conv-BN-ReLU stages and max-pooling, global pooling, a linear or MLP head.
-
-    ``conv_dropout`` gives one rate per stage, applied after every conv of the
-    stage except the last (cifar.torch's pattern); ``hidden_units`` > 0 inserts
-    dropout, Dense, BN, ReLU before the final dropout and classifier.
-    """
+def _vgg(name, input_shape, num_classes, weight_decay):
+    """Build the VGG of ``SPECS[name]``: conv-BN-ReLU stages and max-pooling, global
+    pooling, a linear or MLP head."""
+    spec = SPECS[name]
     input_shape = L.check_args(name, input_shape, num_classes)
     inputs = Input(shape=input_shape, name="input")
     x = inputs
-    for s, n_convs in enumerate(_STAGE_DEPTHS[depth], start=1):
+    for s, n_convs in enumerate(spec.stage_depths, start=1):
         width = min(64 * 2 ** (s - 1), 512)
         for c in range(1, n_convs + 1):
-            x = L.conv_bn_relu(x, width, 3, weight_decay=weight_decay, bn_epsilon=bn_epsilon,
+            x = L.conv_bn_relu(x, width, 3, weight_decay=weight_decay, bn_epsilon=spec.bn_epsilon,
                                name=f"stage{s}", suffix=c)
-            if conv_dropout and c < n_convs:
-                x = layers.Dropout(conv_dropout[s - 1], name=f"stage{s}_dropout{c}")(x)
+            if spec.conv_dropout and c < n_convs:
+                x = layers.Dropout(spec.conv_dropout[s - 1], name=f"stage{s}_dropout{c}")(x)
         x = layers.MaxPooling2D(2, padding="same", name=f"stage{s}_pool")(x)
-    if not hidden_units:
+    if not spec.hidden_units:
         return L.build_model(inputs, L.classifier(x, num_classes, weight_decay=weight_decay), name)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dropout(head_dropout, name="fc1_dropout")(x)
-    x = L.dense(x, hidden_units, weight_decay=weight_decay, name="fc1")
+    x = layers.Dropout(spec.head_dropout, name="fc1_dropout")(x)
+    x = L.dense(x, spec.hidden_units, weight_decay=weight_decay, name="fc1")
     x = L.bn_relu(x, name="fc1")
-    x = layers.Dropout(head_dropout, name="fc2_dropout")(x)
+    x = layers.Dropout(spec.head_dropout, name="fc2_dropout")(x)
     x = L.dense(x, num_classes, weight_decay=weight_decay, name="logits")
     return L.build_model(inputs, x, name)
 
 
 def cifar_vgg11(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
     """VGG-11 (config A) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg11", input_shape, num_classes, weight_decay, depth=11)
+    return _vgg("cifar_vgg11", input_shape, num_classes, weight_decay)
 
 
 def cifar_vgg13(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
     """VGG-13 (config B) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg13", input_shape, num_classes, weight_decay, depth=13)
+    return _vgg("cifar_vgg13", input_shape, num_classes, weight_decay)
 
 
 def cifar_vgg16(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
     """VGG-16 (config D) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg16", input_shape, num_classes, weight_decay, depth=16)
+    return _vgg("cifar_vgg16", input_shape, num_classes, weight_decay)
 
 
 def cifar_vgg19(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
     """VGG-19 (config E) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg19", input_shape, num_classes, weight_decay, depth=19)
+    return _vgg("cifar_vgg19", input_shape, num_classes, weight_decay)
 
 
 def cifar_vgg_bn(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
     """Zagoruyko's cifar.torch vgg_bn_drop: VGG-16 convs with BN and dropout, 512-wide MLP head."""
-    return _vgg("cifar_vgg_bn", input_shape, num_classes, weight_decay, depth=16,
-                conv_dropout=(0.3, 0.4, 0.4, 0.4, 0.4), bn_epsilon=1e-3,
-                hidden_units=512, head_dropout=0.5)
+    return _vgg("cifar_vgg_bn", input_shape, num_classes, weight_decay)

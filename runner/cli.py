@@ -7,13 +7,12 @@ interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran
 """
 import argparse
 import dataclasses
-import difflib
 import os
 import signal
 import sys
 import tempfile
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
 
 # Keys that may change between the start of a run and its resume without making the
 # checkpoint meaningless: logging, evaluation, how long to train, and where the data is
@@ -125,8 +124,7 @@ def select(experiments, only):
     known.update({e.run_name.split('/')[0]: e for e in experiments})
     for n in names:
         if n not in known:
-            close = difflib.get_close_matches(n, list(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; run names: {', '.join(known)}"
+            hint = did_you_mean(n, known) or f"; run names: {', '.join(known)}"
             raise ConfigError(f"--only: no experiment is named '{n}'{hint}")
     # A name also selects the runs it expanded into (`resnet20` -> `resnet20/seed0`, ...).
     return [e for e in experiments
@@ -219,7 +217,7 @@ def validate(experiments, restarting=(), need_data=True):
             ready = data_lib.data_ready(exp.dataset)
             if need_data and not ready:
                 cfg = exp.dataset
-                raise ConfigError(data_lib._not_prepared_message(cfg, data_lib._tfds_builder(cfg)))
+                raise ConfigError(data_lib.not_prepared_message(cfg, data_lib.tfds_builder(cfg)))
             start_over = exp.run_name not in restarting and check_resumable(exp)
         except ConfigError as e:
             raise ConfigError(f'{exp.label}: {e}') from None
@@ -291,9 +289,7 @@ def finished_before(exp):
 
 
 def _table(rows):
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(text_table(rows))
 
 
 def train_all(checked, fail_fast):

@@ -26,9 +26,8 @@ import sys
 
 import numpy as np
 
+from runner.common import EXIT_CONFIG, EXIT_OK, add_run_options, first_line, markdown_table
 from runner.restore import TTA_MODES, WEIGHTS, RunError
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def build_parser():
@@ -50,14 +49,10 @@ def build_parser():
                         "train held out by validation_fraction), 'train', or a split name of the "
                         "dataset (e.g. 'test[:1000]' for TFDS)")
     p.add_argument('--tta', choices=TTA_MODES, default='none', help='test-time augmentation (default none)')
-    p.add_argument('--weights', choices=WEIGHTS, default='best',
-                   help='best: the best/ checkpoint (default); last: final.weights.h5, or the latest '
-                        'checkpoint of an unfinished run')
-    p.add_argument('--data-dir', metavar='DIR',
-                   help="where the data is now: replaces dataset.data_dir (TFDS) or "
-                        "dataset.image_folder of the runs' config.yaml; for list files and "
-                        "TFRecords, the deepest folder that held them all (list files, list_root, "
-                        "shards), the layout under it kept")
+    add_run_options(p, WEIGHTS, "where the data is now: replaces dataset.data_dir (TFDS) or "
+                                "dataset.image_folder of the runs' config.yaml; for list files and "
+                                "TFRecords, the deepest folder that held them all (list files, "
+                                "list_root, shards), the layout under it kept")
     p.add_argument('--limit', type=int, metavar='N', help='only the first N images of the split (a quick look)')
     p.add_argument('--batch-size', type=int, metavar='N',
                    help="images per batch (default: the run's eval_batch_size)")
@@ -106,7 +101,7 @@ def read_eval_split(run, split, limit=None, tta='none'):
     except data_lib.DataUnavailable as e:
         raise RunError(f'{run.run_dir}: {e} (use --data-dir to say where the data is now)') from None
     except Exception as e:  # an unknown split name of an image folder, a TFDS error
-        raise RunError(f"{run.run_dir}: cannot read split '{name}': {str(e).strip().splitlines()[0]}") from None
+        raise RunError(f"{run.run_dir}: cannot read split '{name}': {first_line(e)}") from None
 
 
 def _data_key(run, split, limit, tta):
@@ -302,12 +297,8 @@ def print_results(results, log=print):
     rows = [[r['run_name'], r['model'], r['split'], r['tta'],
              r.get('weights_loaded') or r['weights'], str(r['examples']), _pct(r['top1_error']),
              _pct(r['top5_error']), f"{r['loss']:.4f}"] for r in results]
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: '| ' + ' | '.join(c.ljust(w) for c, w in zip(cells, widths)) + ' |'
-    log(line(header))
-    log('| ' + ' | '.join('-' * w for w in widths) + ' |')
-    for row in rows:
-        log(line(row))
+    for line in markdown_table(header, rows, padded=True).splitlines():
+        log(line)
     for r in results:
         per = [(name, acc) for name, acc in r['per_class_accuracy'].items() if acc is not None]
         if len(results) > 1 and r['run_dir'] is not None:
@@ -328,7 +319,7 @@ def main(argv=None):
     for option, value in (('--limit', args.limit), ('--batch-size', args.batch_size)):
         if value is not None and value < 1:
             print(f'error: {option}: must be at least 1', file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_CONFIG
     from runner.restore import quiet_tensorflow
     quiet_tensorflow()
     try:
@@ -336,7 +327,7 @@ def main(argv=None):
                                 args.limit, args.batch_size, args.out, args.save_probabilities)
     except RunError as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     print_results(results)
     return EXIT_OK
 

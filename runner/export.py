@@ -25,9 +25,9 @@ import shutil
 import sys
 import tempfile
 
+from runner.common import EXIT_CONFIG, EXIT_OK, add_run_options
 from runner.restore import CONFIG, WEIGHTS, RunError
 
-EXIT_OK, EXIT_FAILED = 0, 1
 LABELS = 'labels.txt'
 
 
@@ -39,11 +39,7 @@ def build_parser():
                     '(signature serving_default); class names in OUT_DIR/assets/labels.txt.')
     p.add_argument('run_dir', metavar='RUN_DIR', help='run directory (<logdir>/<run_name>)')
     p.add_argument('out_dir', metavar='OUT_DIR', help='directory for the SavedModel (must be empty or absent)')
-    p.add_argument('--weights', choices=WEIGHTS, default='best',
-                   help='best: the best/ checkpoint (default); last: final.weights.h5, or the latest '
-                        'checkpoint of an unfinished run')
-    p.add_argument('--data-dir', metavar='DIR',
-                   help='where the data is now (only needed for the class names if the data moved)')
+    add_run_options(p, WEIGHTS)
     p.add_argument('--force', action='store_true',
                    help='replace OUT_DIR if it holds an earlier export (one with export.json); '
                         'never a run or anything else')
@@ -159,7 +155,7 @@ def main(argv=None):
         meta = export_run(args.run_dir, args.out_dir, args.weights, args.data_dir, args.force)
     except RunError as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     h, w = meta['input']['shape'][1:3]
     print(f"exported {meta['run_name']} ({meta['model']}, {meta['weights']} weights) to {args.out_dir}\n"
           f"  serving_default: images uint8 [None, {h}, {w}, 3] -> probabilities float32 "

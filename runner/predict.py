@@ -12,9 +12,8 @@ import sys
 
 import numpy as np
 
+from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, add_run_options
 from runner.restore import WEIGHTS, RunError
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def build_parser():
@@ -25,11 +24,7 @@ def build_parser():
     p.add_argument('run_dir', metavar='RUN_DIR', help='run directory (<logdir>/<run_name>)')
     p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
     p.add_argument('--top', type=int, default=5, metavar='K', help='how many classes to show (default 5)')
-    p.add_argument('--weights', choices=WEIGHTS, default='best',
-                   help='best: the best/ checkpoint (default); last: final.weights.h5, or the latest '
-                        'checkpoint of an unfinished run')
-    p.add_argument('--data-dir', metavar='DIR',
-                   help='where the data is now (only needed for the class names if the data moved)')
+    add_run_options(p, WEIGHTS)
     p.add_argument('--json', action='store_true',
                    help='print one JSON object per image (file, top classes, all probabilities) '
                         'instead of the table')
@@ -85,14 +80,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.top < 1:
         print('error: --top: must be at least 1', file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     from runner import restore
     restore.quiet_tensorflow()
     try:
         run = restore.load_run(args.run_dir, args.weights, args.data_dir)
     except RunError as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     names = run.class_names
     k = min(args.top, len(names))
     failed = 0

@@ -21,9 +21,9 @@ import sys
 
 import yaml
 
-from runner import runlock
+from runner import common, runlock
+from runner.common import EXIT_CONFIG, EXIT_OK
 
-EXIT_OK, EXIT_FAILED = 0, 1
 SUMMARY, CONFIG, METRICS = 'summary.json', 'config.yaml', 'metrics.jsonl'  # as runner.rundir
 SKIP_DIRS = {'checkpoints', 'best', '__pycache__'}
 CURVE_INCHES, COMPARE_INCHES, DPI = (9.0, 5.5), (11.0, 6.0), 110
@@ -257,16 +257,12 @@ def table_rows(runs):
 
 def markdown_table(rows):
     esc = lambda s: str(s).replace('|', '\\|')
-    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '|'.join(' --- ' for _ in COLUMNS) + '|']
-    lines += ['| ' + ' | '.join(esc(c) for c in row) + ' |' for row in rows]
-    return '\n'.join(lines)
+    return common.markdown_table(COLUMNS, [[esc(c) for c in row] for row in rows])
 
 
 def text_table(rows):
     rows = [[re.sub(r'\*\*', '', c) for c in row] for row in rows]
-    widths = [max(len(x) for x in col) for col in zip(COLUMNS, *rows)]
-    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in [COLUMNS] + rows)
+    return common.text_table([COLUMNS] + rows)
 
 
 # ---------------------------------------------------------------------------
@@ -498,7 +494,7 @@ def main(argv=None):
         out, pictures, runs, rows = write_report(args.logdir, args.out)
     except (FileNotFoundError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     print(text_table(rows))
     print(f'\nwrote {out} and {len(pictures)} picture(s) in {os.path.dirname(pictures[0])}')
     return EXIT_OK

@@ -166,7 +166,7 @@ def _prepared(cfg):
     if data_lib.source_kind(cfg) != 'tfds':
         return True  # describe() has read the files
     try:
-        return bool(data_lib._tfds_builder(cfg).is_prepared())
+        return bool(data_lib.tfds_builder(cfg).is_prepared())
     except Exception:  # a TFDS error: not something to trust over the cache
         return False
 

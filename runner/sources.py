@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from runner.common import first_line
+
 # The file types tfds.ImageFolder lists; keeping them keeps the listing (and so the
 # held-out validation images) identical to what tfds.ImageFolder gave.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -320,7 +322,7 @@ def record_offsets(path):
 
 
 def _unreadable_shard(path, error):
-    return f'{path}: cannot read it as a TFRecord file ({_first_line(error)})'
+    return f'{path}: cannot read it as a TFRecord file ({first_line(error)})'
 
 
 
@@ -373,7 +375,7 @@ def _index_files(files, label_key, key):
             labels = np.concatenate(list(ds.as_numpy_iterator())) if offsets else np.zeros(0, np.int64)
         except tf.errors.InvalidArgumentError as e:
             raise SourceError(f"dataset: the TFRecords {files[0]}... have records without an int64 "
-                              f"feature '{label_key}' ({_first_line(e)}); set dataset.tfrecord_label_key"
+                              f"feature '{label_key}' ({first_line(e)}); set dataset.tfrecord_label_key"
                               ) from None
         except tf.errors.OpError as e:
             # A corrupt record (bad CRC): the one pass over all files does not say whose.
@@ -400,12 +402,6 @@ def _bad_record_file(files):
         except tf.errors.OpError:
             return f
     return None
-
-
-def _first_line(e):
-    text = getattr(e, 'message', None) or str(e)
-    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def tfrecord_files(pattern, key):
@@ -447,7 +443,7 @@ def tfrecord_listing(pattern, key, split, image_key=None, label_key=None, label_
     try:
         _check_image_key(files, file_ids, offsets, lengths, image_key, key)
     except (OSError, tf.errors.OpError) as e:  # OpError: GFile on gs:// and other remote files
-        raise SourceError(f'dataset.{key}: {files[int(file_ids[0])]}: {_first_line(e)}') from None
+        raise SourceError(f'dataset.{key}: {files[int(file_ids[0])]}: {first_line(e)}') from None
     spec = {image_key: tf.io.FixedLenFeature([], tf.string)}
 
     def parse(record):

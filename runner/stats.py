@@ -13,12 +13,11 @@ stderr and exit status 2.
 """
 import argparse
 import dataclasses
-import difflib
 import json
 import os
 import sys
 
-EXIT_OK, EXIT_ERROR = 0, 2
+from runner.common import EXIT_CONFIG, EXIT_OK, did_you_mean, first_line
 
 
 class StatsError(Exception):
@@ -75,8 +74,7 @@ def targets(arg, experiment=None, data_dir=None, split=None):
             names = [e.run_name for e in exps]
             exps = [e for e in exps if experiment in (e.run_name, e.run_name.split('/')[0])]
             if not exps:
-                close = difflib.get_close_matches(experiment, names, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; run names: {', '.join(names)}"
+                hint = did_you_mean(experiment, names) or f"; run names: {', '.join(names)}"
                 raise StatsError(f"--experiment: {path} has no experiment named '{experiment}'{hint}")
         out = {}
         for e in exps:
@@ -174,12 +172,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.sample is not None and args.sample < 1:
         print('error: --sample: must be at least 1', file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_CONFIG
     from runner.cli import quiet_tensorflow
     quiet_tensorflow()
     import tensorflow as tf
     from runner import data as data_lib
-    from runner import sources
     results = []
     try:
         for t in targets(args.target, args.experiment, args.data_dir, args.split):
@@ -195,10 +192,10 @@ def main(argv=None):
                 print('\n'.join(report(r)), flush=True)
     except (StatsError, data_lib.DataUnavailable) as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_CONFIG
     except (tf.errors.OpError, OSError) as e:  # a file that vanished, a TFDS copy cut short
-        print(f'error: {args.target}: {sources._first_line(e)}', file=sys.stderr)
-        return EXIT_ERROR
+        print(f'error: {args.target}: {first_line(e)}', file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 

@@ -195,17 +195,17 @@ def test_missing_weights_and_bad_directories_are_one_line_errors(trained, tmp_pa
     run = tmp_path / 'copy'
     shutil.copytree(trained['runs'][0], run)
     shutil.rmtree(run / 'best')
-    one_line_error(capsys, evaluate.main([str(run)]), 1, 'no best/ checkpoint', '--weights last')
+    one_line_error(capsys, evaluate.main([str(run)]), 2, 'no best/ checkpoint', '--weights last')
     os.remove(run / 'final.weights.h5')   # an unfinished run: the latest checkpoint serves as "last"
     assert evaluate.main([str(run), '--weights', 'last']) == 0
     assert 'checkpoint at step 20' in capsys.readouterr().out
     shutil.rmtree(run / 'checkpoints')
-    one_line_error(capsys, evaluate.main([str(run), '--weights', 'last']), 1, 'no final.weights.h5')
-    one_line_error(capsys, evaluate.main([str(tmp_path)]), 1, 'not a run directory')
-    one_line_error(capsys, evaluate.main([str(tmp_path / 'nowhere')]), 1, 'no such directory')
+    one_line_error(capsys, evaluate.main([str(run), '--weights', 'last']), 2, 'no final.weights.h5')
+    one_line_error(capsys, evaluate.main([str(tmp_path)]), 2, 'not a run directory')
+    one_line_error(capsys, evaluate.main([str(tmp_path / 'nowhere')]), 2, 'no such directory')
     shutil.copytree(trained['runs'][0], tmp_path / 'moved')
     one_line_error(capsys, evaluate.main([str(tmp_path / 'moved'), '--data-dir', str(tmp_path / 'gone')]),
-                   1, "is not a directory", '--data-dir')
+                   2, "is not a directory", '--data-dir')
 
 
 def test_evaluate_batch_size_below_one_is_a_one_line_error(trained, capsys):
@@ -213,7 +213,7 @@ def test_evaluate_batch_size_below_one_is_a_one_line_error(trained, capsys):
     from runner import evaluate
     run_dir = trained['runs'][0]
     for bad in ('-4', '0'):
-        line = one_line_error(capsys, evaluate.main([run_dir, '--batch-size', bad]), 1)
+        line = one_line_error(capsys, evaluate.main([run_dir, '--batch-size', bad]), 2)
         assert line == 'error: --batch-size: must be at least 1'
     assert evaluate.main([run_dir, '--batch-size', '3', '--limit', '7']) == 0
     assert '| 7 ' in capsys.readouterr().out
@@ -337,7 +337,7 @@ def test_export_in_a_fresh_process_gives_predicts_probabilities(trained, tmp_pat
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert info['top'] == [run.class_names[i] for i in expected.argmax(1)]
     # an OUT_DIR with something in it is refused unless --force
-    one_line_error(capsys, export.main([run_dir, str(out_dir)]), 1, 'not empty', '--force')
+    one_line_error(capsys, export.main([run_dir, str(out_dir)]), 2, 'not empty', '--force')
     assert export.main([run_dir, str(out_dir), '--force', '--weights', 'last']) == 0
     assert json.load(open(out_dir / 'export.json'))['weights'].startswith('last')
 
@@ -350,24 +350,24 @@ def test_export_force_replaces_only_an_earlier_export(trained, tmp_path, capsys)
     shutil.copytree(trained['logdir'], logdir)
     run_dir = logdir / 'grp' / 'seed0'
     for out in (run_dir, logdir / 'grp', logdir, tmp_path):
-        one_line_error(capsys, export.main([str(run_dir), str(out), '--force']), 1,
+        one_line_error(capsys, export.main([str(run_dir), str(out), '--force']), 2,
                        'run directory', str(out))
         assert (run_dir / 'config.yaml').exists() and (run_dir / 'best').is_dir()
     # a directory of other runs, or of anything that is not an export, is not replaced either
-    one_line_error(capsys, export.main([str(run_dir), str(logdir / 'grp' / 'seed1'), '--force']), 1,
+    one_line_error(capsys, export.main([str(run_dir), str(logdir / 'grp' / 'seed1'), '--force']), 2,
                    'not an earlier export')
     assert (logdir / 'grp' / 'seed1' / 'summary.json').exists()
     notes = tmp_path / 'notes'
     notes.mkdir()
     (notes / 'todo.txt').write_text('keep me\n')
-    one_line_error(capsys, export.main([str(run_dir), str(notes), '--force']), 1, 'not an earlier export')
+    one_line_error(capsys, export.main([str(run_dir), str(notes), '--force']), 2, 'not an earlier export')
     (notes / 'export.json').write_text('{}')          # an export that has runs in it is no export
     shutil.copytree(run_dir, notes / 'run')
-    one_line_error(capsys, export.main([str(run_dir), str(notes), '--force']), 1, 'not an earlier export')
+    one_line_error(capsys, export.main([str(run_dir), str(notes), '--force']), 2, 'not an earlier export')
     assert (notes / 'todo.txt').read_text() == 'keep me\n'
     a_file = tmp_path / 'model.txt'
     a_file.write_text('x')
-    one_line_error(capsys, export.main([str(run_dir), str(a_file), '--force']), 1, 'not an earlier export')
+    one_line_error(capsys, export.main([str(run_dir), str(a_file), '--force']), 2, 'not an earlier export')
     assert a_file.read_text() == 'x'
 
 
@@ -485,7 +485,7 @@ def test_report_table_groups_repeats_and_draws_readable_pictures(trained, tmp_pa
     assert sorted(os.listdir(tmp_path / 'out' / 'weekly')) == pictures
     assert '](weekly/all-runs.png)' in (tmp_path / 'out' / 'weekly.md').read_text()
     capsys.readouterr()
-    one_line_error(capsys, report.main([str(tmp_path / 'empty-nothing')]), 1, 'no such directory')
+    one_line_error(capsys, report.main([str(tmp_path / 'empty-nothing')]), 2, 'no such directory')
 
 
 def test_the_commands_are_listed_and_have_help(capsys):

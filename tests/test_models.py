@@ -228,6 +228,22 @@ def test_family_module_docstring_cites_papers(module):
     assert "Paper" in doc and "arXiv:" in doc
 
 
+@pytest.mark.parametrize("module", sorted({fn.__module__ for fn in MODEL_FNS.values()}))
+def test_a_family_writes_its_variants_one_way(module):
+    """Fixed variants are rows of the family's read-only SPECS table (frozen dataclasses)
+    keyed by their model functions; no other table (tuple rows, dicts, mapping proxies)."""
+    import dataclasses
+    import types
+    mod = importlib.import_module(module)
+    tables = {k for k, v in vars(mod).items()
+              if isinstance(v, (dict, types.MappingProxyType)) and not k.startswith("__")}
+    assert tables <= {"SPECS"}, f"{module}: tables other than SPECS: {sorted(tables - {'SPECS'})}"
+    for name, spec in getattr(mod, "SPECS", {}).items():
+        assert isinstance(mod.SPECS, types.MappingProxyType)
+        assert dataclasses.is_dataclass(spec) and type(spec).__dataclass_params__.frozen, name
+        assert name in MODEL_FNS and MODEL_FNS[name].__module__ == module, name
+
+
 # --- per named model, at native size ------------------------------------------------------
 
 

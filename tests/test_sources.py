@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from conftest import CIFAR_JPEG, ROOT, one_line_error, subprocess_env
 from runner import data as data_lib
+from runner import data_info, data_pipeline
 from runner import sources
 from runner.config import DatasetConfig
 
@@ -261,7 +262,7 @@ def _decode_items(split, ids):
     """Images and labels of a cached or streamed split by listing position."""
     if data_lib.cached(split):
         return [split.images[i] for i in ids], split.labels[ids]
-    load = data_lib._loader(split)
+    load = data_pipeline.item_loader(split)
     out = [load(tf.constant(i, tf.int64)) for i in ids]
     return [x.numpy() for x, _ in out], np.array([int(y) for _, y in out])
 
@@ -740,7 +741,7 @@ def test_evaluate_data_dir_finds_moved_lists_and_tfrecords(trained, name, tmp_pa
             shutil.copytree(src, moved / os.path.relpath(src, old_root))
     cfg['dataset'] = relocate_dataset(ds, gone)   # the config of a run whose data has gone
     (copy / 'config.yaml').write_text(yaml.safe_dump(cfg))
-    one_line_error(capsys, evaluate.main([str(copy), '--weights', 'last']), 1, gone, '--data-dir')
+    one_line_error(capsys, evaluate.main([str(copy), '--weights', 'last']), 2, gone, '--data-dir')
     after = evaluate.evaluate_runs([str(copy)], weights='last', data_dir=str(moved), write=False)[0]
     np.testing.assert_array_equal(after['labels'], before['labels'])
     np.testing.assert_allclose(after['probabilities'], before['probabilities'], atol=1e-6)
@@ -773,7 +774,7 @@ def test_a_list_or_names_file_that_is_not_text_is_one_line(tmp_path, capsys):
     one_line_error(capsys, stats.main([str(exp)]), 2, 'dataset.train_list', str(png), 'is not a text file')
     (tmp_path / 'names.png').write_bytes(png.read_bytes())
     with pytest.raises(data_lib.DataUnavailable, match='dataset.class_names_file: .* is not a text file'):
-        data_lib._resolve(DatasetConfig(class_names_file=str(tmp_path / 'names.png')), 'x', None, None, [(4, 4)])
+        data_info.resolve_info(DatasetConfig(class_names_file=str(tmp_path / 'names.png')), 'x', None, None, [(4, 4)])
 
 
 def test_byte_order_marks_and_tabs_in_list_and_names_files(tmp_path):

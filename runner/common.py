@@ -1,0 +1,54 @@
+"""What every command of the runner writes the same way: exit statuses, the one line of an
+error, "did you mean" hints, the options of the commands that read a trained run, and tables.
+
+No TensorFlow here, and no import of another runner module: any module may use it.
+"""
+import difflib
+
+# Exit statuses of every command (run_experiments.py and `python -m runner ...`): 0 done;
+# 1 the work failed (a run failed or diverged, some input files could not be read);
+# 2 a user error, nothing done: a wrong file, option, directory or experiment (argparse's
+# own usage errors are 2 as well).
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+WEIGHTS_HELP = ('best: the best/ checkpoint (default); last: final.weights.h5, or the latest '
+                'checkpoint of an unfinished run')
+MOVED_DATA_HELP = 'where the data is now (only needed for the class names if the data moved)'
+
+
+def first_line(error):
+    """The first non-blank line of an exception's message (TensorFlow's op errors and TFDS's
+    split errors run to many lines), or its type's name when it has none."""
+    text = getattr(error, 'message', None) or str(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def did_you_mean(name, known):
+    """The hint `; did you mean 'x'?` naming the closest of `known` to a misspelt `name`
+    (difflib's similarity of 0.6 or more), else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ''
+
+
+def add_run_options(parser, weights, data_dir_help=MOVED_DATA_HELP):
+    """The --weights (one of `weights`, runner.restore.WEIGHTS) and --data-dir options of the
+    commands that read a trained run (evaluate, predict, export)."""
+    parser.add_argument('--weights', choices=weights, default='best', help=WEIGHTS_HELP)
+    parser.add_argument('--data-dir', metavar='DIR', help=data_dir_help)
+
+
+def text_table(rows):
+    """Rows of strings (the first may be the header) as aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def markdown_table(header, rows, padded=False):
+    """A Markdown table; `padded` aligns the columns for reading as plain text too."""
+    if not padded:
+        lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(' --- ' for _ in header) + '|']
+        return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: '| ' + ' | '.join(c.ljust(w) for c, w in zip(cells, widths)) + ' |'
+    return '\n'.join([line(header), line(['-' * w for w in widths])] + [line(r) for r in rows])
