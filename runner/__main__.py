@@ -1,5 +1,6 @@
 """`python -m runner COMMAND`: train (the same as run_experiments.py), keys (the YAML reference),
-the after-training commands and stats (a dataset's mean and std)."""
+the after-training commands, stats (a dataset's mean and std), submit (a Slurm job array) and
+status (the runs under a log directory)."""
 import os
 import sys
 
@@ -51,6 +52,10 @@ COMMANDS = {
                _command('runner.report')),
     'stats': ('per-channel mean and std, image count and size range of a training split',
               _command('runner.stats')),
+    'submit': ('submit the experiments as one Slurm job array (submit slurm FILE ...)',
+               _command('runner.slurm')),
+    'status': ('one line per run under a log directory: running, finished, step, error, host, job',
+               _command('runner.status')),
 }
 
 

@@ -7,6 +7,7 @@ interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran
 """
 import argparse
 import dataclasses
+import itertools
 import os
 import signal
 import sys
@@ -54,6 +55,11 @@ def build_parser():
     p.add_argument('--smoke-jobs', metavar='N', type=positive_int, default=None,
                    help='smoke-test N experiments at a time, each in a worker process '
                         '(default: one per CPU core)')
+    share = p.add_mutually_exclusive_group()
+    share.add_argument('--index', type=int, metavar='K',
+                       help='train only run K (0-based, in file order after --only, repeats and '
+                            'grid; --list shows it): one task of a job array')
+    share.add_argument('--shard', metavar='I/N', help='train only the runs K with K mod N = I')
     return p
 
 
@@ -104,15 +110,34 @@ class Checked:
     data_ready: bool
     note: str = ''
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
+    queue_index: int = 0  # its position among the selected runs: --index, --shard, --list
 
 
-def load_all(files, overrides):
+def load_all(files, overrides, only=()):
+    """The experiments of the files, only those --only names when it is given. --set applies
+    to the chosen ones alone: they are chosen by their names as the files give them, then
+    loaded again with the overrides (which may rename them or change what they expand into)."""
     from runner.config import check_unique_run_names, load_experiments
-    experiments = []
-    for path in files:
-        experiments += load_experiments(path, overrides)
-    check_unique_run_names(experiments)
-    return experiments
+    plain = [e for path in files for e in load_experiments(path)]
+    chosen = select(plain, only)
+    if overrides:
+        # (file, document) -> its runs, and the places among them of the chosen ones
+        runs, picked = {}, {}
+        for e in plain:
+            runs.setdefault((e.source, e.index), []).append(e)
+        for e in chosen:
+            group = runs[(e.source, e.index)]
+            picked.setdefault((e.source, e.index), set()).add(next(n for n, x in enumerate(group) if x is e))
+        chosen = []
+        for path in files:
+            loaded = load_experiments(path, overrides, {i for source, i in picked if source == path})
+            for (source, i), group in itertools.groupby(loaded, key=lambda e: (e.source, e.index)):
+                keep = picked[(source, i)]
+                # A document chosen whole keeps every run it now expands into (--set repeats=3).
+                whole = len(keep) == len(runs[(source, i)])
+                chosen += [e for n, e in enumerate(group) if whole or n in keep]
+    check_unique_run_names(chosen)
+    return chosen
 
 
 def select(experiments, only):
@@ -157,13 +182,12 @@ def check_resumable(exp):
     it changed but has no checkpoint yet (a run that failed or diverged before its first
     save): nothing would be lost by starting it over, so it is."""
     import yaml
-    import tensorflow as tf
-    from runner import rundir
+    from runner import checkpoints, rundir
     from runner.config import ConfigError, Experiment
     run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
     path = os.path.join(run_dir, rundir.CONFIG)
-    if not os.path.exists(path):
-        return False
+    if not os.path.exists(path) or rundir.damaged(run_dir):
+        return False  # a damaged run is refused on its own when its turn comes (train_all)
     with open(path) as f:
         old = yaml.safe_load(f) or {}
     new = exp.to_dict()
@@ -186,7 +210,7 @@ def check_resumable(exp):
             and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
     if not diff:
         return False
-    if tf.train.latest_checkpoint(os.path.join(run_dir, 'checkpoints')) is None:
+    if not checkpoints.present(os.path.join(run_dir, 'checkpoints')):
         return True
     raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
                       f"--restart {exp.run_name} to start it over, or give it a new run_name")
@@ -242,12 +266,13 @@ def start_collectives(experiments):
 
 def print_list(checked):
     from runner import runlock
-    rows = [('run', 'model', 'params', 'dataset', 'steps', 'status')]
+    rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
     for c in checked:
         held = runlock.holder(run_dir_of(c.exp))
         status = f'running in {runlock.describe(held)}' if held is not None else '-'
-        rows.append((c.exp.run_name, c.exp.model, f'{c.params / 1e6:.2f}M ({c.params:,})',
-                     c.dataset, str(c.exp.total_steps), status))
+        rows.append((str(c.queue_index), c.exp.run_name, c.exp.model,
+                     f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
+                     status))
     _table(rows)
 
 
@@ -304,7 +329,8 @@ def train_all(checked, fail_fast):
         if previous:
             results.append(previous)
             continue
-        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                        run_dir)
         lock = None
         if not problem:
             try:
@@ -326,7 +352,14 @@ def train_all(checked, fail_fast):
             if previous:
                 results.append(previous)
                 continue
-            summary = train_one(c, run_dir)
+            problem = rundir.damaged(run_dir)
+            if problem:
+                # Only this run is blocked; its files are left as they are for a look.
+                problem += f'; --restart {exp.run_name} starts the run over (the old one is kept)'
+                print(f'error: {exp.label}: {problem}', file=sys.stderr, flush=True)
+                summary = {'run_name': exp.run_name, 'status': 'failed', 'error': problem}
+            else:
+                summary = train_one(c, run_dir)
         finally:
             if lock is not None:
                 lock.release()
@@ -359,8 +392,8 @@ def train_one(c, run_dir):
         summary = train.record_failure(exp, e)
     except Exception as e:  # one experiment's failure does not stop the others
         summary = train.record_failure(exp, e)
-        print(f'{exp.run_name}: failed: {summary["error"]} (traceback in {run_dir}/error.log)',
-              file=sys.stderr, flush=True)
+        where = summary.get('not_recorded') or f'traceback in {run_dir}/error.log'
+        print(f'{exp.run_name}: failed: {summary["error"]} ({where})', file=sys.stderr, flush=True)
     keras.backend.clear_session()
     if summary['status'] == 'diverged':
         print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
@@ -395,29 +428,45 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # SIGTERM (a job scheduler's stop) as Ctrl-C: inside the training steps both checkpoint
     # and stop at the step's end (train.StopRequest), elsewhere both end the command cleanly.
+    # SIGINT too: a process started in the background of a script (`cmd &`, CI, `timeout -s
+    # INT` run from one) inherits SIGINT ignored, which Python leaves ignored; a Ctrl-C or
+    # `kill -INT` before the training loop installs its own handler was then lost, and the
+    # run trained to its end.
     try:
         old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread
-        old_term = None
+        old_term = old_int = None
     try:
         return _main(args)
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `--list | head -1`: the reader has gone; end quietly, also at the flush on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
 
 
 def _main(args):
-    from runner.config import ConfigError, parse_overrides
+    from runner.config import ConfigError, parse_overrides, run_name_problem
+    from runner.shares import select_indices
     try:
         overrides = parse_overrides(args.overrides)
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
-        experiments = select(load_all(args.files, overrides), args.only)
+        experiments = load_all(args.files, overrides, args.only)
         restarting = set()
-        for name in args.restart:
+        for arg in args.restart:
+            name = arg.rstrip('/')
+            problem = run_name_problem(name)
+            if problem:
+                raise ConfigError(f"--restart {arg}: '{name}' {problem}; --restart only moves "
+                                  f"run directories inside logdir")
             # A name also stands for the runs it expanded into, as with --only.
             runs = {e.run_name for e in experiments
                     if e.run_name == name or e.run_name.startswith(name + '/')}
@@ -428,8 +477,12 @@ def _main(args):
         for exp in experiments:
             if exp.run_name in restarting and runlock.holder(run_dir_of(exp)) is not None:
                 raise ConfigError(locked_restart(exp))
-        quiet_tensorflow([] if args.list else experiments)
+        share = select_indices(len(experiments), args.index, args.shard)
+        quiet_tensorflow([] if args.list else [experiments[k] for k in share])
         checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
+        for k, c in enumerate(checked):
+            c.queue_index = k
+        checked = [checked[k] for k in share]
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_CONFIG
@@ -439,7 +492,8 @@ def _main(args):
     if not args.smoke:
         from runner import rundir, train
         for c in checked:
-            problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+            problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                            run_dir_of(c.exp))
             if problem:
                 print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
                 return EXIT_CONFIG
@@ -469,7 +523,11 @@ def _main(args):
                     print(f'error: {locked_restart(c.exp)}', file=sys.stderr)
                     return EXIT_CONFIG
                 continue  # its holder trains it; this process will skip it
-            moved = rundir.move_aside(run_dir)
+            try:
+                moved = rundir.move_aside(run_dir)
+            except OSError as e:
+                print(f'error: {c.exp.label}: cannot move {run_dir} aside: {e.strerror}', file=sys.stderr)
+                return EXIT_FAILED
         if restart:
             print(f'{c.exp.run_name}: old run moved to {moved}')
         else:

@@ -13,6 +13,8 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -442,6 +444,9 @@ def _convert(value, tp, key):
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # .nan or .inf would train (or pass as a "last good" checkpoint) to no end.
+                raise ConfigError(f'{key}: must be a finite number, got {value}')
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -592,9 +597,37 @@ def _check_values(exp):
     if tp.lr_schedule in ('linear', 'cosine') and len(values) != 1:
         raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
                           f'peak rate; give one value and one boundary (the last step), got {values}')
-    if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', exp.run_name):
-        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' is not a usable directory "
-                          f"name (letters, digits, . _ - + = and / only)")
+    problem = run_name_problem(exp.run_name)
+    if problem:
+        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' {problem}")
+    bad = _non_finite(exp.model_parameters)
+    if bad is not None:
+        raise ConfigError(f'model_parameters.{bad[0]}: must be a finite number, got {bad[1]}')
+
+
+def run_name_problem(name):
+    """Why `name` cannot name a run directory under logdir, or None. A run name is a name,
+    not a path: plain parts joined by '/', none empty, '.', '..' or hidden (a leading '.'
+    is the runner's own: .lock, .workers), so every run directory is inside logdir."""
+    if not re.fullmatch(r'[\w.+=-]+(/[\w.+=-]+)*', name):
+        return ("is not a usable directory name (letters, digits, . _ - + = and / only, no "
+                "empty part, not absolute)")
+    if any(part.startswith('.') for part in name.split('/')):
+        return "has a part that is '.', '..' or starts with '.'; a run name is a name, not a path"
+    return None
+
+
+def _non_finite(value, key=''):
+    """(dotted key, value) of the first NaN or infinity in a nested mapping or list, or None."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        sub = f'{key}.{k}' if isinstance(k, str) else f'{key}[{k}]'
+        if isinstance(v, float) and not math.isfinite(v):
+            return sub.lstrip('.'), v
+        found = _non_finite(v, sub)
+        if found:
+            return found
+    return None
 
 
 def optimizer_setting(tp, key):
@@ -750,19 +783,62 @@ def expand(data, overrides=()):
     return docs
 
 
-def load_experiments(path, overrides=()):
-    """All experiments of one file, validated (schema only; see runner.registry for models)."""
+# An experiment file is a few kilobytes (the largest shipped one is 6 KB); a file far larger
+# is a mistake (a data file named by accident), and PyYAML's pure-Python parser would take
+# minutes and gigabytes over it before any key could be checked.
+MAX_FILE_BYTES = 1 << 20
+
+
+def read_text(path):
+    """The text of an experiment file: ConfigError for a file that is unreadable, too large or
+    not UTF-8 (with the byte's position, line and column)."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, 'rb') as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f'{path}: cannot read: {e.strerror}') from None
-    docs = [d for d in parse_yaml(text, path) if d is not None]
-    if not docs:
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f'{path}: larger than {MAX_FILE_BYTES // 1024} KiB; an experiment file '
+                          f'is a few kilobytes of YAML')
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = raw.count(b'\n', 0, e.start) + 1
+        column = e.start - (raw.rfind(b'\n', 0, e.start) + 1) + 1
+        raise ConfigError(f'{path}:{line}:{column}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte '
+                          f'position {e.start}; save the file as UTF-8') from None
+
+
+def check_keys(data):
+    """Unknown keys of a raw experiment, at the top and in each section, refused by their names
+    alone: before expand copies the document or any value is walked."""
+    if not isinstance(data, dict):
+        return
+    known = list(_fields(Experiment)) + ['grid', 'repeats']
+    for key, value in data.items():
+        if not isinstance(key, str) or key not in known:
+            raise _unknown_key(str(key), '', list(_fields(Experiment)))
+        if key in _SECTIONS and isinstance(value, dict):
+            fields = list(_fields(_SECTIONS[key]))
+            for sub in value:
+                if not isinstance(sub, str) or sub not in fields:
+                    raise _unknown_key(str(sub), key + '.', fields)
+
+
+def load_experiments(path, overrides=(), docs=None):
+    """All experiments of one file (of its documents numbered in `docs`, from 0, when given),
+    validated (schema only; see runner.registry for models)."""
+    text = read_text(path)
+    wanted = docs
+    parsed = [d for d in parse_yaml(text, path) if d is not None]
+    if not parsed:
         raise ConfigError(f'{path}: no experiments in this file')
     experiments = []
-    for i, doc in enumerate(docs):
+    for i, doc in enumerate(parsed):
+        if wanted is not None and i not in wanted:
+            continue
         try:
+            check_keys(doc)
             expanded = expand(doc, overrides)
         except ConfigError as e:
             raise ConfigError(f'{path}: experiment {i + 1}: {e}') from None
@@ -771,12 +847,22 @@ def load_experiments(path, overrides=()):
 
 
 def check_unique_run_names(experiments):
+    """Two experiments may not share a run directory, by whatever spelling of logdir or
+    symbolic link they reach it, nor may one run's directory hold another's (a --restart
+    of the outer one would carry the inner one away)."""
     seen = {}
     for exp in experiments:
-        key = (exp.train_parameters.logdir, exp.run_name)
+        key = os.path.realpath(os.path.join(exp.train_parameters.logdir, exp.run_name))
         if key in seen:
+            same = '' if seen[key].run_name == exp.run_name else f' (both are {key})'
             raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' is also "
-                              f"the run name of {seen[key].label}; run names must be unique")
+                              f"the run name of {seen[key].label}{same}; run names must be unique")
+        for other, first in seen.items():
+            outer, inner = (other, key) if len(other) < len(key) else (key, other)
+            if inner.startswith(outer + os.sep):
+                raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' and "
+                                  f"'{first.run_name}' of {first.label}: one run directory would "
+                                  f"hold the other ({inner})")
         seen[key] = exp
 
 

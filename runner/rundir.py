@@ -9,15 +9,22 @@
     best/                weights with the best evaluation error
     final.weights.h5     weights at the end of training
     error.log            the traceback of a failed run
+    checkpoints-unreadable/  damaged checkpoints a resume moved aside (runner.checkpoints)
+    .lock                the lock of the process training the run (runner.runlock)
+
+docs/runs.md describes them, and what happens when writing them fails.
 """
+import contextlib
 import datetime
+import errno
 import glob
 import json
 import os
 import shutil
 import tempfile
 
-import tensorflow as tf
+# TensorFlow is imported where it is used (the event files), so that reading a run
+# (`python -m runner status`) stays a fraction of a second.
 
 SUMMARY = 'summary.json'
 CONFIG = 'config.yaml'
@@ -26,13 +33,43 @@ FINAL_WEIGHTS = 'final.weights.h5'
 
 
 def write_atomic(path, text):
-    """Write via a temporary file and rename, so readers never see half a file."""
+    """Write via a temporary file and rename, so readers never see half a file. On a full
+    disk or a refused write the old file stands, no temporary file is left, and the OSError
+    (which names the path) is raised."""
     tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if e.filename in (None, tmp):  # a write cut short names no file
+            e.filename = path
+        raise
+
+
+def damaged(run_dir):
+    """'<path>: <why>' for a config.yaml or summary.json of the run that exists but does not
+    read as a mapping (a file edited by hand, a copy cut short), or None. Such a run cannot be
+    resumed or compared with its experiment; the runner writes both files atomically, so
+    it never leaves them so itself."""
+    import yaml
+    for name, parse in ((CONFIG, yaml.safe_load), (SUMMARY, json.loads)):
+        path = os.path.join(run_dir, name)
+        try:
+            with open(path, encoding='utf-8') as f:
+                data = parse(f.read())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]
+            return f'{path}: cannot be read ({reason})'
+        if not isinstance(data, dict):
+            return f'{path}: cannot be read (not a mapping of keys)'
+    return None
 
 
 def read_summary(run_dir):
@@ -43,13 +80,34 @@ def read_summary(run_dir):
         return None
 
 
+def is_finished(summary, total_steps):
+    """Whether a run's summary (or None) says it trained all of `total_steps`."""
+    return bool(summary) and summary.get('status') == 'finished' and summary.get('steps', 0) >= total_steps
+
+
 def write_summary(run_dir, summary):
     write_atomic(os.path.join(run_dir, SUMMARY), json.dumps(summary, indent=2, sort_keys=False) + '\n')
 
 
 def append_metrics(run_dir, record):
-    with open(os.path.join(run_dir, METRICS), 'a') as f:
-        f.write(json.dumps(record) + '\n')
+    """Append one record whole or not at all: a write cut short (a full disk) is undone, so
+    the file never holds half a line that a later record would be glued to."""
+    path = os.path.join(run_dir, METRICS)
+    line = (json.dumps(record) + '\n').encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            e.filename = path
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_metrics(run_dir):
@@ -82,6 +140,7 @@ def truncate_history(run_dir, step):
 
 
 def _truncate_event_file(path, step):
+    import tensorflow as tf
     from tensorboard.compat.proto import event_pb2
     kept, dropped = [], 0
     try:
@@ -119,20 +178,33 @@ def remove_partial_checkpoints(run_dir):
         shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
-def check_writable(logdir, need_bytes):
-    """One clear line if the log directory cannot take a run; None if it can."""
+def check_writable(logdir, need_bytes, run_dir=None):
+    """One clear line if the log directory, or the run directory in it when that exists
+    already (a resume), cannot take a run; None if they can."""
     try:
         os.makedirs(logdir, exist_ok=True)
-        # A probe of its own: the workers of a multi-worker run check the same directory at
-        # once, and one would remove a shared probe file under another.
-        fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=logdir)
-        with os.fdopen(fd, 'w') as f:
-            f.write('ok')
-        os.remove(probe)
+        _probe(logdir)
     except OSError as e:
         return f"train_parameters.logdir: cannot write to '{logdir}': {e.strerror}"
+    for path in (run_dir, run_dir and os.path.join(run_dir, 'checkpoints')):
+        if path and os.path.isdir(path):
+            try:
+                _probe(path)
+            except OSError as e:
+                return f"cannot write to the run directory '{path}': {e.strerror}"
     free = shutil.disk_usage(logdir).free
     if free < need_bytes:
         return (f"train_parameters.logdir: '{logdir}' has {free / 2**20:.0f} MiB free, a run "
                 f"needs about {need_bytes / 2**20:.0f} MiB for its checkpoints")
     return None
+
+
+def _probe(directory):
+    # A probe of its own: the workers of a multi-worker run check the same directory at
+    # once, and one would remove a shared probe file under another.
+    fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=directory)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write('ok')
+    finally:
+        os.remove(probe)

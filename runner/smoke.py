@@ -268,8 +268,8 @@ def remember_pass(exp, key, seconds):
 def has_nothing_to_train(exp):
     """Finished at its last step: the training queue skips it."""
     from runner import rundir
-    summary = rundir.read_summary(os.path.join(exp.train_parameters.logdir, exp.run_name)) or {}
-    return summary.get('status') == 'finished' and summary.get('steps', 0) >= exp.total_steps
+    return rundir.is_finished(rundir.read_summary(os.path.join(exp.train_parameters.logdir, exp.run_name)),
+                              exp.total_steps)
 
 
 def is_interrupted_resume(exp):

@@ -16,10 +16,12 @@ evaluations (`eval_tta`).
 import contextlib
 import functools
 import os
+import re
 import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 import traceback
 
@@ -28,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import runner
+from runner import checkpoints
 from runner import data as data_lib
 from runner import distribute
 from runner import restore
@@ -40,12 +43,21 @@ from runner.schedule import lookahead_alpha, make_lr_schedule
 
 
 class StopRequest:
-    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step boundary;
-    a second SIGINT exits at once."""
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step boundary (an
+    evaluation under way is cut short); a second SIGINT exits at once.
+
+    Python runs a signal's handler only between bytecodes of the main thread, and two signals
+    that arrive while the main thread is inside one long TensorFlow call (a step, the first
+    step's tracing) reach the handler as one. So every signal is also counted as it arrives,
+    through signal.set_wakeup_fd, by a thread of its own: the second SIGINT exits at once,
+    in the middle of a step, after `last_words` (which marks the summary interrupted)."""
 
     def __init__(self):
         self.signal = None
+        self.last_words = None
         self._old = {}
+        self._old_wakeup = None
+        self._wakeup_write = None
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,22 +65,56 @@ class StopRequest:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handlers, no graceful stop
                 pass
+        if self._old:
+            read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+            self._wakeup_write = write
+            threading.Thread(target=self._count, args=(read,), daemon=True,
+                             name='second-interrupt').start()
         return self
+
+    def _count(self, read):
+        interrupts = 0
+        try:
+            while True:
+                data = os.read(read, 64)
+                if not data:  # __exit__ closed the other end
+                    return
+                interrupts += data.count(signal.SIGINT)
+                if interrupts >= 2:
+                    self._exit_now()
+        finally:
+            os.close(read)
+
+    def _exit_now(self):
+        print('\nsecond interrupt: exiting now', file=sys.stderr, flush=True)
+        if self.last_words:
+            with contextlib.suppress(Exception):
+                self.last_words()
+        os._exit(130)
 
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT:
-            print('\nsecond interrupt: exiting now', file=sys.stderr, flush=True)
-            os._exit(130)
+            self._exit_now()
         self.signal = signum
         print(f'\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step '
               f'(Ctrl-C again to exit at once)', file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
+        if self._wakeup_write is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            os.close(self._wakeup_write)
+            self._wakeup_write = None
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
     def __bool__(self):
         return self.signal is not None
+
+
+class EvaluationStopped(Exception):
+    """A stop was asked for during an evaluation: the evaluation is left unfinished."""
 
 
 def _step_value(variable):
@@ -385,12 +431,16 @@ class Trainer:
         out = self.strategy.run(self._replica_eval, args=(images, labels))
         return [self.strategy.reduce('SUM', v, axis=None) for v in out]
 
-    def evaluate(self, split, max_batches=None):
+    def evaluate(self, split, max_batches=None, stop=None):
+        """Top-1/5 error and loss over the split; EvaluationStopped as soon as `stop` is
+        true (a StopRequest that has had its signal), between two batches."""
         ds = data_lib.eval_input(self.data, split, self.exp.train_parameters.eval_batch_size)
         if max_batches:
             ds = ds.take(max_batches)
         totals = np.zeros(4)
         for images, labels in self.strategy.experimental_distribute_dataset(ds):
+            if stop:
+                raise EvaluationStopped()
             totals += [float(v) for v in self.eval_step(images, labels)]
         skipped = data_lib.unreadable_report(self.data)  # files skipped since the last report
         if skipped:
@@ -547,7 +597,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     previous = rundir.read_summary(chief_dir) or {}
     set_op_determinism(tp.deterministic)
     data = data or data_lib.load(exp.dataset)
-    resuming = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints')) is not None
+    resuming = checkpoints.present(os.path.join(chief_dir, 'checkpoints'))
     policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
@@ -559,12 +609,16 @@ def _run(exp, data, quiet, max_eval_batches, stop):
 
     os.makedirs(run_dir, exist_ok=True)
     rundir.remove_partial_checkpoints(run_dir)
+    # Before the managers read the state file: an unreadable newest checkpoint is moved aside
+    # and the run resumes from the newest one that reads (NoReadableCheckpoint if none does).
+    latest = checkpoints.newest_readable(
+        os.path.join(chief_dir, 'checkpoints'), chief_dir, move=chief, run_name=exp.run_name,
+        say=lambda line: print(f'{exp.run_name}: {line}', file=sys.stderr, flush=True))
     manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(run_dir, 'checkpoints'),
                                          max_to_keep=tp.keep_checkpoints)
     best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
                                               os.path.join(run_dir, 'best'), max_to_keep=1)
     resumed_from = None
-    latest = tf.train.latest_checkpoint(os.path.join(chief_dir, 'checkpoints'))
     if latest:
         trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         resumed_from = trainer.step
@@ -635,6 +689,15 @@ def _run(exp, data, quiet, max_eval_batches, stop):
              if r.get('kind') == 'train']
     stop = stop if stop is not None else StopRequest()
 
+    def last_words():
+        """A second Ctrl-C exits at once: the summary says so, with the checkpoint a resume
+        starts from."""
+        words = dict(summary, status='interrupted',
+                     error=f'stopped at once by a second SIGINT after step {summary["steps"]}; '
+                           f'a resume starts from {manager.latest_checkpoint or "step 0"}')
+        rundir.write_summary(run_dir, words)
+    stop.last_words = last_words
+
     def save_summary(status=None):
         summary['steps'] = trainer.step
         summary['wall_seconds'] = round(base_wall + time.time() - start_wall, 1)
@@ -651,7 +714,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         split = data.eval
         eval_start = time.time()
         with trainer.averaged_weights():
-            m = trainer.evaluate(split, max_eval_batches)
+            m = trainer.evaluate(split, max_eval_batches, stop=stop)
             prefix = 'val' if eval_split_name == 'validation' else 'test'
             if m['top1_error'] < float(trainer.best_error.numpy()):
                 trainer.best_error.assign(m['top1_error'])
@@ -675,9 +738,21 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                            f'loss {m["loss"]:.4f}{how}')
         return m
 
-    def diverged_message(step):
+    def diverged_message(step, what='loss or gradient'):
         last = manager.latest_checkpoint or 'none'
-        return f'loss or gradient became NaN/inf at step {step}; last good checkpoint: {last}'
+        return f'{what} became NaN/inf at step {step}; last good checkpoint: {last}'
+
+    # Everything a checkpoint holds that could overflow.
+    saved_state = (trainer.model.variables + trainer.optimizer.variables + trainer.averages
+                   + trainer.slow)
+
+    def save_checkpoint(step):
+        """Save unless the state is not finite; False then, and the previous one stays last good."""
+        if not checkpoints.all_finite(saved_state):
+            summary['error'] = diverged_message(step, 'weights or optimizer state')
+            return False
+        manager.save(checkpoint_number=step)
+        return True
 
     with stop, writer.as_default():
         last_log_step, last_log_time, overhead = trainer.step, time.time(), 0.0
@@ -720,6 +795,8 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                 best_before = (trainer.best_error.numpy(), trainer.best_step.numpy())
                 try:
                     do_eval(step)
+                except EvaluationStopped:
+                    pass  # saved and stopped below, as at any step
                 except Exception:
                     # A failed evaluation (eval_batch_size too large for memory, a split gone
                     # unreadable) must not lose the steps trained since the last checkpoint:
@@ -728,14 +805,16 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                     trainer.best_step.assign(best_before[1])
                     with contextlib.suppress(Exception):
                         writer.flush()
-                        manager.save(checkpoint_number=step)
-                        save_summary()
+                        if save_checkpoint(step):
+                            save_summary()
                     raise
             if ckpt_now or stop:
                 # Events up to this step must be on disk before the checkpoint that a
                 # resume starts after; otherwise a kill loses them for good.
                 writer.flush()
-                manager.save(checkpoint_number=step)
+                if not save_checkpoint(step):
+                    status = 'diverged'
+                    break
                 save_summary()
             overhead += time.time() - side_start
             if stop:
@@ -823,7 +902,10 @@ def error_message(error):
     if isinstance(error, tf.errors.OpError):
         lines = [l for l in lines if not l.startswith(('Graph execution error', 'Detected at node',
                                                        'File "', 'Stack trace'))] or lines
-        return lines[-1] if lines else type(error).__name__
+        if not lines:
+            return type(error).__name__
+        # An eager op's error wraps its message in the function's node name and the op's name.
+        return re.sub(r'^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$', '', lines[-1])
     return lines[0] if lines else type(error).__name__
 
 
@@ -840,11 +922,16 @@ def record_failure(exp, error, status='failed'):
     run_dir = os.path.join(tp.logdir, exp.run_name)
     if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
         run_dir = worker_dir(exp)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, 'error.log'), 'w') as f:
-        f.write(''.join(traceback.format_exception(error)))
     summary = rundir.read_summary(run_dir) or {'run_name': exp.run_name, 'model': exp.model}
     summary['status'] = status
     summary['error'] = f'{type(error).__name__}: {error_message(error)}'
-    rundir.write_summary(run_dir, summary)
+    # The failure may be a full disk or a directory gone read-only: what cannot be written is
+    # said in the summary returned (`not_recorded`), never raised from here.
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        rundir.write_atomic(os.path.join(run_dir, 'error.log'), ''.join(traceback.format_exception(error)))
+        rundir.write_summary(run_dir, summary)
+    except OSError as e:
+        summary['not_recorded'] = (f'could not mark the run {status}: cannot write '
+                                   f'{e.filename or run_dir}: {e.strerror}')
     return summary

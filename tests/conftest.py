@@ -62,6 +62,33 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def slurm(tmp_path_factory):
+    """A real single-node Slurm (munged, slurmctld, slurmd: tests/slurm_cluster.py) for the
+    session, SLURM_CONF set for its clients. Under CI=true the test fails when Slurm cannot
+    start; elsewhere it is skipped, saying why."""
+    from slurm_cluster import SlurmCluster, SlurmUnavailable
+    cluster = SlurmCluster(tmp_path_factory.mktemp('slurm'))
+    try:
+        cluster.start()
+    except (SlurmUnavailable, OSError, subprocess.SubprocessError) as e:
+        cluster.stop()
+        message = f'a test Slurm cannot start here: {e}'
+        if os.environ.get('CI') == 'true':
+            pytest.fail(message)
+        pytest.skip(message)
+    old = os.environ.get('SLURM_CONF')
+    os.environ['SLURM_CONF'] = cluster.conf
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if old is None:
+            os.environ.pop('SLURM_CONF', None)
+        else:
+            os.environ['SLURM_CONF'] = old
+
+
+@pytest.fixture(scope='session')
 def cifar10_tfds_dir():
     """A TFDS data_dir holding the offline CIFAR-10 copy made from ../shared.
 

@@ -273,10 +273,10 @@ def test_list_prints_every_experiment(capsys, tmp_path, image_folder):
     code, out, err = run_cli(capsys, path, '--list')
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ['run', 'model', 'params', 'dataset', 'steps']
+    assert lines[0].split() == ['index', 'run', 'model', 'params', 'dataset', 'steps', 'status']
     good, wide = lines[1].split(), lines[2].split()
-    assert good[0] == 'good' and good[1] == 'tiny_cnn' and good[-1] == '20'
-    assert wide[0] == 'wide'
+    assert good[:3] == ['0', 'good', 'tiny_cnn'] and good[-2:] == ['20', '-']
+    assert wide[:2] == ['1', 'wide']
     assert '(32x32x3, 4 classes)' in lines[1]
     assert not logdir.exists()
 

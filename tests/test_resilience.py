@@ -577,11 +577,11 @@ def test_a_failed_evaluation_keeps_the_steps_before_it(images, tmp_path, capsys,
     evaluate = train.Trainer.evaluate
     failed = []
 
-    def out_of_memory_once(self, split, max_batches=None):
+    def out_of_memory_once(self, split, max_batches=None, **kwargs):
         if self.step == 15 and not failed:
             failed.append(self.step)
             raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')
-        return evaluate(self, split, max_batches)
+        return evaluate(self, split, max_batches, **kwargs)
     monkeypatch.setattr(train.Trainer, 'evaluate', out_of_memory_once)
     logdir = tmp_path / 'logs'
     path = write_yaml(tmp_path / 'oom.yaml', experiment(images, logdir, 'oom', lr_values=[0.05],

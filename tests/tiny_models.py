@@ -37,3 +37,31 @@ def decayed_linear(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-2):
 def broken_cnn(input_shape=(32, 32, 3), num_classes=10):
     """Raises inside the model function, like a bug in a user's model."""
     raise ZeroDivisionError('a bug in the model')
+
+
+class _Pause(keras.layers.Layer):
+    """Identity that takes `seconds` of wall time at each training call (and none in
+    evaluation): a run whose length in time is known whatever the machine's speed."""
+
+    def __init__(self, seconds, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        import time
+        import numpy as np
+        import tensorflow as tf
+        done = tf.numpy_function(lambda: np.float32(time.sleep(self.seconds) or 0), [], tf.float32)
+        with tf.control_dependencies([done]):
+            return tf.identity(x)
+
+
+def paced_cnn(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
+              step_seconds=0.05):
+    """tiny_cnn that takes at least `step_seconds` per training step; its numbers are
+    tiny_cnn's (the pause touches no value)."""
+    inputs = keras.Input(input_shape)
+    x = _Pause(step_seconds)(inputs)
+    return keras.Model(inputs, tiny_cnn(input_shape, num_classes, weight_decay, dropout=dropout)(x))
