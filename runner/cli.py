@@ -498,14 +498,7 @@ def _main(args):
                 print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
                 return EXIT_CONFIG
     if not (args.no_smoke):
-        from runner import smoke
-        failures = smoke.run_smoke(checked, every=args.smoke, restarting=restarting,
-                                   jobs=args.smoke_jobs)
-        if failures:
-            print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was trained:',
-                  file=sys.stderr)
-            for exp, msg in failures:
-                print(f'  {exp.label}: {msg}', file=sys.stderr)
+        if smoke_failed(checked, every=args.smoke, restarting=restarting, jobs=args.smoke_jobs):
             return EXIT_FAILED
         if args.smoke:
             return EXIT_OK
@@ -537,6 +530,18 @@ def _main(args):
     print_results(results)
     # A run held by another live process is that process's to answer for.
     return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+
+
+def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='trained'):
+    """The smoke run of `checked`; its failures listed on stderr. True if any failed."""
+    from runner import smoke
+    failures = smoke.run_smoke(checked, every=every, restarting=restarting, jobs=jobs)
+    if failures:
+        print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was {nothing}:',
+              file=sys.stderr)
+        for exp, msg in failures:
+            print(f'  {exp.label}: {msg}', file=sys.stderr)
+    return bool(failures)
 
 
 def locked_restart(exp):
