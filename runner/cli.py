@@ -9,11 +9,9 @@ import argparse
 import dataclasses
 import itertools
 import os
-import shutil
 import signal
 import sys
 import tempfile
-import time
 
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
 
@@ -54,12 +52,25 @@ def build_parser():
                    help='start this run over; its old directory is moved aside, not deleted')
     p.add_argument('--fail-fast', action='store_true',
                    help='stop at the first experiment that fails instead of going on')
+    p.add_argument('--smoke-jobs', metavar='N', type=positive_int, default=None,
+                   help='smoke-test N experiments at a time, each in a worker process '
+                        '(default: one per CPU core)')
     share = p.add_mutually_exclusive_group()
     share.add_argument('--index', type=int, metavar='K',
                        help='train only run K (0-based, in file order after --only, repeats and '
                             'grid; --list shows it): one task of a job array')
     share.add_argument('--shard', metavar='I/N', help='train only the runs K with K mod N = I')
     return p
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return value
 
 
 def quiet_tensorflow(experiments=()):
@@ -327,55 +338,6 @@ def _table(rows):
     print(text_table(rows))
 
 
-def smoke_test(exp):
-    """A few steps of the experiment, an evaluation, a checkpoint, and a restore of it into a
-    freshly built model, in a temporary directory. Real data when it is here, else random
-    data of the same shape. Returns where the data came from."""
-    import keras
-    from runner import data as data_lib
-    from runner import train
-    from runner.config import experiment_from_dict
-    tmp = tempfile.mkdtemp(prefix='convnet-smoke-')
-    try:
-        raw = exp.to_dict()
-        raw['train_parameters'].update(logdir=tmp, run_name=exp.run_name, steps=2,
-                                       batch_size=min(exp.train_parameters.batch_size, 8),
-                                       eval_batch_size=8, log_interval=1, val_interval=2,
-                                       checkpoint_interval=1, init_weights=None)
-        short = experiment_from_dict(raw, exp.source, exp.index)
-        data = data_lib.load(exp.dataset, limit=32, allow_synthetic=True)
-        summary = train.run(short, data=data, quiet=True, max_eval_batches=2)
-        keras.backend.clear_session()
-        if summary['status'] != 'finished' or summary['steps'] != 2:
-            raise RuntimeError(f"ended with status {summary['status']} at step {summary['steps']} "
-                               f"(expected finished at 2): {summary.get('error', '')}")
-        step = train.restored_step(short, data)
-        keras.backend.clear_session()
-        if step != 2:
-            raise RuntimeError(f'the checkpoint restored step {step}, expected 2')
-        return data.info.description
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def run_smoke(checked):
-    failures = []
-    todo = [c for c in checked if not c.exp.skip_error_test]
-    if not todo:
-        return failures
-    print(f'smoke test: {len(todo)} experiment(s)', flush=True)
-    for c in todo:
-        t = time.time()
-        try:
-            source = smoke_test(c.exp)
-            print(f'  ok    {c.exp.run_name} ({time.time() - t:.1f}s, {source})', flush=True)
-        except Exception as e:  # every failure is reported, then all are listed
-            msg = f'{type(e).__name__}: {e}'.strip().splitlines()[0]
-            print(f'  FAIL  {c.exp.run_name}: {msg}', flush=True)
-            failures.append((c.exp, msg))
-    return failures
-
-
 def train_all(checked, fail_fast):
     """Train each run this process can claim; a run another live process holds is skipped
     (see the module docstring for what that means for the exit status)."""
@@ -572,12 +534,7 @@ def _main(args):
                 print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
                 return EXIT_CONFIG
     if not (args.no_smoke):
-        failures = run_smoke(checked)
-        if failures:
-            print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was trained:',
-                  file=sys.stderr)
-            for exp, msg in failures:
-                print(f'  {exp.label}: {msg}', file=sys.stderr)
+        if smoke_failed(checked, every=args.smoke, restarting=restarting, jobs=args.smoke_jobs):
             return EXIT_FAILED
         if args.smoke:
             return EXIT_OK
@@ -609,6 +566,18 @@ def _main(args):
     print_results(results)
     # A run held by another live process is that process's to answer for.
     return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+
+
+def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='trained'):
+    """The smoke run of `checked`; its failures listed on stderr. True if any failed."""
+    from runner import smoke
+    failures = smoke.run_smoke(checked, every=every, restarting=restarting, jobs=jobs)
+    if failures:
+        print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was {nothing}:',
+              file=sys.stderr)
+        for exp, msg in failures:
+            print(f'  {exp.label}: {msg}', file=sys.stderr)
+    return bool(failures)
 
 
 def locked_restart(exp):

@@ -51,6 +51,7 @@ NOT_ENDED = ('import json, sys\n'
 
 
 def build_parser():
+    from runner.cli import positive_int
     p = argparse.ArgumentParser(
         prog='python -m runner submit slurm',
         description='Validate and smoke-test the experiments here, then submit one Slurm job '
@@ -80,6 +81,8 @@ def build_parser():
     p.add_argument('--sbatch', metavar='KEY=VALUE', action='append', default=[],
                    help='any other sbatch option, e.g. --sbatch constraint=a100 (as #SBATCH --KEY=VALUE)')
     p.add_argument('--no-smoke', action='store_true', help='skip the smoke test')
+    p.add_argument('--smoke-jobs', metavar='N', type=positive_int, default=None,
+                   help='smoke-test in N worker processes (default: one per CPU core)')
     p.add_argument('--dry-run', action='store_true',
                    help='validate, print the job script, submit nothing (no smoke test)')
     p.add_argument('--wait', action='store_true',
@@ -252,7 +255,7 @@ def main(argv=None):
         overrides = parse_overrides(args.overrides)
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
-        experiments = cli.select(cli.load_all(args.files, overrides), args.only)
+        experiments = cli.load_all(args.files, overrides, args.only)
         cli.quiet_tensorflow()
         checked = cli.validate(experiments)
     except ConfigError as e:
@@ -260,7 +263,8 @@ def main(argv=None):
         return EXIT_USAGE
     from runner import train
     for c in checked:
-        problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params))
+        problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                        cli.run_dir_of(c.exp))
         if problem:
             print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
             return EXIT_USAGE
@@ -280,14 +284,9 @@ def main(argv=None):
     if args.dry_run:
         print(script, end='')
         return EXIT_OK
-    if not args.no_smoke:
-        failures = cli.run_smoke([checked[k] for k, _, _ in pending])
-        if failures:
-            print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was submitted:',
-                  file=sys.stderr)
-            for exp, msg in failures:
-                print(f'  {exp.label}: {msg}', file=sys.stderr)
-            return EXIT_FAILED
+    if not args.no_smoke and cli.smoke_failed([checked[k] for k, _, _ in pending],
+                                              jobs=args.smoke_jobs, nothing='submitted'):
+        return EXIT_FAILED
 
     os.makedirs(jobs_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')

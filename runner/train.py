@@ -14,6 +14,7 @@ keeps a related average), and flip test-time augmentation of the runner's own
 evaluations (`eval_tta`).
 """
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -216,13 +217,18 @@ class Trainer:
                                               rng_states=rng_states,
                                               metric_sums=self.sums, best_error=self.best_error,
                                               best_step=self.best_step, **averages)
+        # TensorFlow's frequent-retracing warning counts the traces of every tf.function made
+        # from one Python function together (keyed by its code object): five Trainers in one
+        # process, each tracing its step once and taking two steps (a smoke run), read as one
+        # function retraced five times. A partial per Trainer is a key of its own.
+        own = functools.partial
         # XLA compiles the per-replica computation; the input iterator stays outside it.
-        self.replica_step = tf.function(self._replica_step, jit_compile=tp.jit_compile)
-        self.step_fn = tf.function(self._train_step)
+        self.replica_step = tf.function(own(Trainer._replica_step, self), jit_compile=tp.jit_compile)
+        self.step_fn = tf.function(own(Trainer._train_step, self))
         # freeze_after: {layer: step} -> [(step, paths of its trainable weights)]
         self.freezes = freeze_schedule(self.model, tp.freeze_after)
-        self.eval_step = tf.function(self._eval_step)
-        self.swap_averages = tf.function(self._swap_averages)
+        self.eval_step = tf.function(own(Trainer._eval_step, self))
+        self.swap_averages = tf.function(own(Trainer._swap_averages, self))
 
     @property
     def evaluated_weights(self):
@@ -457,20 +463,6 @@ class Trainer:
                 'top1_accuracy': top1 / n, 'top5_accuracy': top5 / n, 'examples': int(n)}
 
 
-def restored_step(exp, data):
-    """Build the experiment afresh and restore its latest checkpoint into it; the step it
-    holds. The smoke run's check that a run can resume, without tracing a second step."""
-    policy = distribute.resolve_precision(exp.train_parameters.precision)
-    distribute.set_policy(policy)
-    try:
-        trainer = Trainer(exp, data, strategy_for(exp.train_parameters.distribution), policy)
-        ckpt_dir = os.path.join(exp.train_parameters.logdir, exp.run_name, 'checkpoints')
-        trainer.checkpoint.restore(tf.train.latest_checkpoint(ckpt_dir)).assert_existing_objects_matched()
-        return trainer.step
-    finally:
-        distribute.set_policy('float32')
-
-
 # Seconds from a session's start to its first progress line at the latest.
 FIRST_LINE_SECONDS = 60
 
@@ -562,6 +554,15 @@ def _disable_op_determinism():
         tf_config.disable_op_determinism()
 
 
+def set_op_determinism(on):
+    """Per run, both ways: it is a process-wide switch, and the previous experiment's
+    `deterministic: true` must not carry over into this one."""
+    if on:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        _disable_op_determinism()
+
+
 def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
     try:
@@ -580,12 +581,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     run_dir = chief_dir if chief else worker_dir(exp)
     quiet = quiet or not chief
     previous = rundir.read_summary(chief_dir) or {}
-    # Per run, both ways: it is a process-wide switch, and the previous experiment's
-    # `deterministic: true` must not carry over into this one.
-    if tp.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    else:
-        _disable_op_determinism()
+    set_op_determinism(tp.deterministic)
     data = data or data_lib.load(exp.dataset)
     resuming = checkpoints.present(os.path.join(chief_dir, 'checkpoints'))
     policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)

@@ -51,3 +51,11 @@ def test_paired_ratios_are_the_quartiles_of_round_by_round_ratios():
     runner_seconds = [1.0, 1.0, 2.0, 0.5, 1.25]   # ratios 1, 2, 0.5, 2, 0.8
     assert train_throughput.paired_ratios(bare, runner_seconds) == (0.8, 1.0, 2.0)
     assert train_throughput.paired_ratios([1.0], [2.0]) == [0.5, 0.5, 0.5]
+
+
+def test_smoke_phases_prints_a_row_of_phases_for_resnet20():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'smoke_phases.py'), '--only',
+                          'he2015_resnet20'], env=subprocess_env(), capture_output=True, text=True,
+                         timeout=600, check=True).stdout
+    assert out.splitlines()[0].startswith('network | build | trace | steps'), out
+    assert re.search(r'^cifar_resnet20( \| \d+\.\d){7}$', out, re.M), out
