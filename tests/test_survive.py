@@ -434,7 +434,7 @@ def test_list_piped_into_head_ends_quietly(images, tmp_path):
     path = write_yaml(tmp_path / 'e.yaml', *(experiment(images, tmp_path / 'logs', f'r{i}') for i in range(40)))
     p = subprocess.run(f'{sys.executable} run_experiments.py {path} --list | head -1', shell=True, cwd=ROOT,
                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert p.stdout.startswith('run ') and p.stdout.count('\n') == 1, p.stdout
+    assert p.stdout.split()[:2] == ['index', 'run'] and p.stdout.count('\n') == 1, p.stdout
     assert p.stderr.strip() == '', p.stderr
 
 
@@ -597,4 +597,4 @@ def test_set_applies_to_the_selected_experiments_only(images, tmp_path, capsys):
     rc = run_cli_code(capsys, path, '--list', '--only', 'small_a', '--set', 'train_parameters.run_name=x')
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert [line.split()[0] for line in out.splitlines()[1:]] == ['x']
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ['x']
