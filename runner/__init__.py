@@ -13,7 +13,7 @@ def on_x86():
 # TensorFlow's x86 wheels switch their oneDNN kernels on by themselves only on CPUs with
 # AVX512-VNNI, AVX512-BF16 or AMX. Without them (an AVX2-only AMD EPYC, for one) the default
 # Eigen kernels trained ResNet-20 at 0.6 and cifar_airbench94 at 0.48 times the oneDNN speed
-# (README, Speed and scale). TensorFlow reads the switch once, when it is first imported, so
+# (docs/benchmarks.md, AMD EPYC AVX2 only). TensorFlow reads the switch once, when it is first imported, so
 # it is set here, before any module of the runner imports it; TF_ENABLE_ONEDNN_OPTS=0 in the
 # environment still turns the kernels off.
 if on_x86():

@@ -6,8 +6,8 @@ import sys
 
 
 def keys_main(argv):
-    """The YAML reference; `--markdown` prints the table README.md holds, `--update-readme`
-    writes it there."""
+    """The YAML reference; `--markdown` prints the table docs/configuration.md holds,
+    `--update-docs` (or its old name `--update-readme`) writes it there."""
     from runner.config import reference
     rows = reference()
     table = '| key | type | default | meaning |\n| --- | --- | --- | --- |\n' + ''.join(
@@ -16,9 +16,9 @@ def keys_main(argv):
     if '--markdown' in argv:
         print(table, end='')
         return 0
-    if '--update-readme' in argv:  # rewrite README.md's reference between its markers
+    if '--update-docs' in argv or '--update-readme' in argv:  # rewrite the reference between its markers
         import re
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'configuration.md')
         text = open(path).read()
         text = re.sub(r'(<!-- reference:start -->\n).*(<!-- reference:end -->)',
                       lambda m: m.group(1) + table + m.group(2), text, flags=re.S)

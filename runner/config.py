@@ -3,7 +3,7 @@
 An experiment file is multi-document YAML, one experiment per document, in the
 format of the seed runner (module / model / model_parameters / train_parameters /
 skip_error_test) plus the `dataset` and `paper` sections. Every key is declared
-once below, with its type, default and meaning; the README's YAML reference and
+once below, with its type, default and meaning; the YAML reference in docs/configuration.md and
 `python -m runner keys` are made from these declarations.
 
 Errors are `ConfigError`s: one line naming the file, the experiment and the key,

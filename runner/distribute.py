@@ -92,7 +92,7 @@ def resolve_precision(precision):
 
     mixed_bfloat16 is not chosen automatically on CPUs: for the CIFAR ResNets it was measured
     at half float32's speed on one Xeon with AVX512-BF16 and 1.2-1.4 times on an EPYC with
-    it (README, Speed and scale). It kept accuracy where checked (cifar10_fast_90: 88.21%
+    it (docs/benchmarks.md, Precision on different CPUs). It kept accuracy where checked (cifar10_fast_90: 88.21%
     in both precisions), so recipes may ask for it, or for 'fastest', which measures.
     """
     if precision in ('auto', 'fastest'):

@@ -281,8 +281,8 @@ def test_list_prints_every_experiment(capsys, tmp_path, image_folder):
     assert not logdir.exists()
 
 
-def test_readme_reference_is_up_to_date():
-    """README.md's YAML reference is the output of `python -m runner keys --markdown`."""
+def test_docs_reference_is_up_to_date():
+    """docs/configuration.md's YAML reference is the output of `python -m runner keys --markdown`."""
     import io
     import contextlib
     import re
@@ -291,9 +291,9 @@ def test_readme_reference_is_up_to_date():
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         keys_main(['--markdown'])
-    readme = open(os.path.join(ROOT, 'README.md')).read()
+    readme = open(os.path.join(ROOT, 'docs', 'configuration.md')).read()
     table = re.search(r'<!-- reference:start -->\n(.*)<!-- reference:end -->', readme, re.S).group(1)
-    assert table == buf.getvalue(), 'run `python -m runner keys --update-readme`'
+    assert table == buf.getvalue(), 'run `python -m runner keys --update-docs`'
 
 
 def test_grid_expands_to_the_cross_product_with_readable_names(tmp_path, capsys, image_folder):
