@@ -1,5 +1,5 @@
 """The benchmark scripts still run and say what they measured on: a few steps of each
-contender, not a timing (their figures belong in the README, with the machine)."""
+contender, not a timing (their figures belong in docs/benchmarks.md, with the machine)."""
 import importlib
 import os
 import re
