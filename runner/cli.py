@@ -415,7 +415,10 @@ def train_one(c, run_dir):
         summary = train.record_failure(exp, e)
         where = summary.get('not_recorded') or f'traceback in {run_dir}/error.log'
         print(f'{exp.run_name}: failed: {summary["error"]} ({where})', file=sys.stderr, flush=True)
-    keras.backend.clear_session()
+    if summary['status'] != 'interrupted':
+        # Memory for the next experiment. An interrupted run ends the queue, and collecting
+        # an evaluation's abandoned input iterator can block for seconds on its threads.
+        keras.backend.clear_session()
     if summary['status'] == 'diverged':
         print(f'{exp.run_name}: diverged: {summary["error"]}', file=sys.stderr, flush=True)
     if summary['status'] == 'interrupted':

@@ -827,15 +827,15 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         progress.close()
         writer.flush()
 
-    if status is None:
-        status = 'finished'
+    def final_evaluation():
+        """The test evaluation of the finished run, its best checkpoint's too, and its final weights."""
         if trainer.averages and not quiet:
             print(f'{exp.run_name}: the final evaluation and {rundir.FINAL_WEIGHTS} use the '
                   f'averaged weights ({trainer.evaluated_weights})', flush=True)
         # The checkpoints keep the raw weights beside the averages; what is evaluated and
         # saved as the result is the averaged network.
         with trainer.averaged_weights():
-            final = trainer.evaluate(data.test, max_eval_batches)
+            final = trainer.evaluate(data.test, max_eval_batches, stop=stop)
             summary['test_top1_accuracy'] = round(final['top1_accuracy'], 6)
             summary['test_top5_accuracy'] = round(final['top5_accuracy'], 6)
             summary['test_loss'] = round(final['loss'], 6)
@@ -853,7 +853,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
                 last_weights = [v.numpy() for v in trainer.model.weights]
                 if best_manager.latest_checkpoint:
                     tf.train.Checkpoint(model=trainer.model).restore(best_manager.latest_checkpoint)
-                    best = trainer.evaluate(data.test, max_eval_batches)
+                    best = trainer.evaluate(data.test, max_eval_batches, stop=stop)
                     summary['best_test_top1_accuracy'] = round(best['top1_accuracy'], 6)
                     for v, w in zip(trainer.model.weights, last_weights):
                         v.assign(w)
@@ -866,6 +866,17 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         # The traceback of a failure this run has since recovered from is history, not news.
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(run_dir, 'error.log'))
+
+    if status is None:
+        # The final evaluation honours a stop as the periodic ones do (its own handlers: the
+        # loop's were restored); the run is then interrupted at its last step, and a resume
+        # does this evaluation again.
+        try:
+            with stop:
+                final_evaluation()
+            status = 'finished'
+        except EvaluationStopped:
+            status = 'interrupted'
     if stop and status == 'interrupted':
         summary['error'] = f'stopped by {signal.Signals(stop.signal).name} at step {trainer.step}'
     summary['last_checkpoint'] = manager.latest_checkpoint

@@ -443,8 +443,8 @@ def test_list_piped_into_head_ends_quietly(images, tmp_path):
 
 class _Sleep(keras.layers.Layer):
     """Identity that sleeps `train_seconds` in each training call and `eval_seconds` in each
-    inference call (a slow step, a slow evaluation), touching $SURVIVE_EVAL_MARKER when an
-    evaluation has begun."""
+    inference call (a slow step, a slow evaluation), adding a byte to $SURVIVE_EVAL_MARKER for
+    each evaluation batch."""
 
     def __init__(self, train_seconds, eval_seconds, **kwargs):
         super().__init__(**kwargs)
@@ -455,7 +455,8 @@ class _Sleep(keras.layers.Layer):
 
         def sleep(v):
             if not training and os.environ.get('SURVIVE_EVAL_MARKER'):
-                open(os.environ['SURVIVE_EVAL_MARKER'], 'a').close()
+                with open(os.environ['SURVIVE_EVAL_MARKER'], 'a') as f:
+                    f.write('.')  # one byte per evaluation batch
             time.sleep(self.train_seconds if training else self.eval_seconds)
             return v
         seconds = self.train_seconds if training else self.eval_seconds
@@ -579,6 +580,39 @@ def test_a_stop_during_an_evaluation_ends_it_within_seconds(images, tmp_path):
     s = summary(logdir / 'r')
     assert rc == 1 and s['status'] == 'interrupted' and s['steps'] == 10, s
     assert s['last_checkpoint'].endswith('ckpt-10')
+
+
+def test_a_stop_during_the_final_evaluation_ends_it_within_seconds_and_a_resume_finishes(images, tmp_path):
+    """The final evaluation (after the loop, when the loop's handlers are gone) is cut short by
+    SIGTERM as a periodic one is: the run is interrupted at its last step within seconds, and
+    the same command again does the final evaluation and finishes."""
+    import time
+    logdir = tmp_path / 'logs'
+    marker = tmp_path / 'evaluating'
+    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=10, module='test_survive',
+                                                      model='sleepy', model_parameters={'eval_seconds': 0.3},
+                                                      val_interval=10, eval_batch_size=2))
+    test_batches = -(-len(glob.glob(os.path.join(images, 'test', '*', '*'))) // 2)
+    proc = spawn([path, '--no-smoke'], tmp_path, SURVIVE_EVAL_MARKER=str(marker))
+    try:
+        # The periodic evaluation at step 10 has run whole; the final one has begun.
+        wait_until(lambda: marker.exists() and len(marker.read_text()) > test_batches + 1, proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        wait_until(lambda: 'r: interrupted at step' in (tmp_path / 'out.txt').read_text(), proc, timeout=4)
+        print(f'stopped {time.monotonic() - start:.1f} s after SIGTERM')
+        rc = ended_within(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    s = summary(logdir / 'r')
+    assert rc == 1 and s['status'] == 'interrupted' and s['steps'] == 10, s
+    assert 'weights' not in s and not (logdir / 'r' / 'final.weights.h5').exists()
+    proc = spawn([path, '--no-smoke'], tmp_path)
+    assert ended_within(proc, 180) == 0, (tmp_path / 'err.txt').read_text()
+    s = summary(logdir / 'r')
+    assert s['status'] == 'finished' and s['steps'] == 10 and 'test_top1_accuracy' in s, s
+    assert (logdir / 'r' / 'final.weights.h5').exists()
 
 
 def test_set_applies_to_the_selected_experiments_only(images, tmp_path, capsys):
