@@ -556,27 +556,33 @@ def test_a_second_ctrl_c_inside_one_step_exits_at_once_and_says_interrupted(imag
     assert not os.path.exists(logdir / 'r' / 'checkpoints' / 'ckpt-2.index')
 
 
+def sigterm_during_evaluation(path, tmp_path, began):
+    """Run PATH's run `r` with $SURVIVE_EVAL_MARKER at tmp_path/evaluating, send SIGTERM once
+    `began()`, and demand its 'interrupted' line within 4 s; the exit status."""
+    import time
+    proc = spawn([path, '--no-smoke'], tmp_path, SURVIVE_EVAL_MARKER=str(tmp_path / 'evaluating'))
+    try:
+        wait_until(began, proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        wait_until(lambda: 'r: interrupted at step' in (tmp_path / 'out.txt').read_text(), proc, timeout=4)
+        print(f'stopped {time.monotonic() - start:.1f} s after SIGTERM')
+        return ended_within(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_a_stop_during_an_evaluation_ends_it_within_seconds(images, tmp_path):
     """An evaluation of 30 batches of 0.3 s: SIGTERM once it has begun stops the run (its
     'interrupted' line) within a few seconds, with the checkpoint of the step evaluated. (The
     process then takes as long to exit as any: TensorFlow's teardown, seconds here.)"""
-    import time
     logdir = tmp_path / 'logs'
     marker = tmp_path / 'evaluating'
     path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=30, module='test_survive',
                                                       model='sleepy', model_parameters={'eval_seconds': 0.3},
                                                       val_interval=10, eval_batch_size=2))
-    proc = spawn([path, '--no-smoke'], tmp_path, SURVIVE_EVAL_MARKER=str(marker))
-    try:
-        wait_until(marker.exists, proc, timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        start = time.monotonic()
-        wait_until(lambda: 'r: interrupted at step' in (tmp_path / 'out.txt').read_text(), proc, timeout=4)
-        print(f'stopped {time.monotonic() - start:.1f} s after SIGTERM')
-        rc = ended_within(proc, 60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rc = sigterm_during_evaluation(path, tmp_path, marker.exists)
     s = summary(logdir / 'r')
     assert rc == 1 and s['status'] == 'interrupted' and s['steps'] == 10, s
     assert s['last_checkpoint'].endswith('ckpt-10')
@@ -586,25 +592,14 @@ def test_a_stop_during_the_final_evaluation_ends_it_within_seconds_and_a_resume_
     """The final evaluation (after the loop, when the loop's handlers are gone) is cut short by
     SIGTERM as a periodic one is: the run is interrupted at its last step within seconds, and
     the same command again does the final evaluation and finishes."""
-    import time
     logdir = tmp_path / 'logs'
     marker = tmp_path / 'evaluating'
     path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=10, module='test_survive',
                                                       model='sleepy', model_parameters={'eval_seconds': 0.3},
                                                       val_interval=10, eval_batch_size=2))
     test_batches = -(-len(glob.glob(os.path.join(images, 'test', '*', '*'))) // 2)
-    proc = spawn([path, '--no-smoke'], tmp_path, SURVIVE_EVAL_MARKER=str(marker))
-    try:
-        # The periodic evaluation at step 10 has run whole; the final one has begun.
-        wait_until(lambda: marker.exists() and len(marker.read_text()) > test_batches + 1, proc, timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        start = time.monotonic()
-        wait_until(lambda: 'r: interrupted at step' in (tmp_path / 'out.txt').read_text(), proc, timeout=4)
-        print(f'stopped {time.monotonic() - start:.1f} s after SIGTERM')
-        rc = ended_within(proc, 60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # The periodic evaluation at step 10 has run whole; the final one has begun.
+    rc = sigterm_during_evaluation(path, tmp_path, lambda: marker.exists() and len(marker.read_text()) > test_batches + 1)
     s = summary(logdir / 'r')
     assert rc == 1 and s['status'] == 'interrupted' and s['steps'] == 10, s
     assert 'weights' not in s and not (logdir / 'r' / 'final.weights.h5').exists()
