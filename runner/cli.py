@@ -327,7 +327,7 @@ def finished_before(exp):
     """The summary of a run that has already trained all its steps, or None."""
     from runner import rundir
     previous = rundir.read_summary(run_dir_of(exp))
-    if previous and previous.get('status') == 'finished' and previous.get('steps', 0) >= exp.total_steps:
+    if rundir.is_finished(previous, exp.total_steps):
         print(f'{exp.run_name}: finished at step {previous["steps"]}; skipped '
               f'(--restart {exp.run_name} trains it again)', flush=True)
         return previous
