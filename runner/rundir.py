@@ -27,10 +27,78 @@ import tempfile
 # TensorFlow is imported where it is used (the event files), so that reading a run
 # (`python -m runner status`) stays a fraction of a second.
 
+# The names in a run directory (the layout above). Other modules reach them through RunDir.
 SUMMARY = 'summary.json'
 CONFIG = 'config.yaml'
 METRICS = 'metrics.jsonl'
 FINAL_WEIGHTS = 'final.weights.h5'
+CHECKPOINTS = 'checkpoints'
+BEST = 'best'
+UNREADABLE = 'checkpoints-unreadable'
+ERROR_LOG = 'error.log'
+DATA_INFO = 'data_info.json'     # shape and class names, so predict and export work without the data
+LOCK = '.lock'
+OVERVIEW = 'events.out.tfevents.0.overview'
+SUBMIT_RECORD = 'slurm.json'     # the array job and task a run was submitted as (runner.slurm)
+# In logdir, beside the runs: the scratch directories of a multi-worker run's other workers.
+WORKERS = '.workers'
+# Directories in a run directory that hold no run of their own (report walks the rest).
+NOT_RUNS = frozenset({CHECKPOINTS, BEST, UNREADABLE})
+
+
+class RunDir(os.PathLike):
+    """Every path of one run directory, <logdir>/<run_name>: nothing else spells them.
+
+    A RunDir is a path-like object, so os.path functions and open() take it as they take
+    the string; str(run) is the directory."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    @classmethod
+    def of(cls, exp):
+        """The run directory of an experiment (its logdir and run_name)."""
+        return cls(os.path.join(exp.train_parameters.logdir, exp.run_name))
+
+    @classmethod
+    def worker_scratch(cls, exp, task_id):
+        """The scratch run directory of worker `task_id` (not the chief) of a multi-worker run."""
+        return cls(os.path.join(exp.train_parameters.logdir, WORKERS, exp.run_name, str(task_id)))
+
+    def __fspath__(self):
+        return self.path
+
+    def __str__(self):
+        return self.path
+
+    def __repr__(self):
+        return f'RunDir({self.path!r})'
+
+    def __eq__(self, other):
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self):
+        return hash(self.path)
+
+    def _join(self, name):
+        return os.path.join(self.path, name)
+
+    summary = property(lambda self: self._join(SUMMARY))
+    config = property(lambda self: self._join(CONFIG))
+    metrics = property(lambda self: self._join(METRICS))
+    final_weights = property(lambda self: self._join(FINAL_WEIGHTS))
+    checkpoints = property(lambda self: self._join(CHECKPOINTS))
+    best = property(lambda self: self._join(BEST))
+    unreadable = property(lambda self: self._join(UNREADABLE))
+    error_log = property(lambda self: self._join(ERROR_LOG))
+    data_info = property(lambda self: self._join(DATA_INFO))
+    lock = property(lambda self: self._join(LOCK))
+    overview = property(lambda self: self._join(OVERVIEW))
+    submit_record = property(lambda self: self._join(SUBMIT_RECORD))
+
+    def eval_file(self, stem):
+        """An after-training evaluation's result file, `<stem>.json` (runner.evaluate names it)."""
+        return self._join(stem + '.json')
 
 
 def write_atomic(path, text):
