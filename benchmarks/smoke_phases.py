@@ -46,7 +46,7 @@ def no_data_env():
 
 def measure_one(name, path):
     """In this process: the phases of one smoke test, as JSON on stdout."""
-    from runner import cli, smoke
+    from runner import cli, distribute, smoke
     from runner.config import load_experiments
     exp = next(e for e in load_experiments(path, [('dataset.data_dir', None)]) if e.run_name == name)
     smoke.prepare_process()
@@ -84,12 +84,12 @@ def shipped_files():
 def goals(files, jobs):
     """The smoke run of `files` as the command runs it (validation first), cold (nothing
     remembered) and again with nothing changed; seconds of each."""
-    from runner import cli, smoke
+    from runner import cli, distribute, smoke
     os.environ['TFDS_DATA_DIR'] = no_data_env()['TFDS_DATA_DIR']
     logdir = tempfile.mkdtemp(prefix='smoke-goals-')
     overrides = [('dataset.data_dir', None), ('train_parameters.logdir', logdir)]
     start = time.perf_counter()
-    cli.quiet_tensorflow()
+    distribute.quiet_tensorflow()
     checked = cli.validate(cli.load_all([os.path.join(ROOT, f) for f in files], overrides), need_data=False)
     validation = time.perf_counter() - start
     times = []

@@ -11,9 +11,9 @@ import itertools
 import os
 import signal
 import sys
-import tempfile
 
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
+from runner.distribute import quiet_tensorflow
 
 # Keys that may change between the start of a run and its resume without making the
 # checkpoint meaningless: logging, evaluation, how long to train, and where the data is
@@ -71,35 +71,6 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
     return value
-
-
-def quiet_tensorflow(experiments=()):
-    """Import TensorFlow without the screenful of C++ start-up notices it prints to stderr
-    (CUDA probing on a CPU machine, oneDNN notes). What it prints is shown if the import fails.
-
-    A multi-worker strategy must exist before TensorFlow runs anything, so the strategies
-    the experiments need are created here too."""
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    if 'tensorflow' in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode='w+') as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-            if not start_collectives(experiments):
-                tf.config.list_physical_devices()  # the CUDA probe happens here, not at import
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    import absl.logging
-    absl.logging.set_verbosity(absl.logging.ERROR)
 
 
 @dataclasses.dataclass
@@ -270,19 +241,6 @@ def validate(experiments, restarting=(), need_data=True):
         return Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
                        ready, start_over=start_over)
     return collect_errors(experiments, check)
-
-
-def start_collectives(experiments):
-    """A multi-worker strategy must exist before TensorFlow runs anything (validation builds
-    models), so it is created first."""
-    from runner import distribute, train
-    started = False
-    for exp in experiments:
-        kind = exp.train_parameters.distribution
-        if kind == 'multi_worker' or (kind == 'auto' and distribute.cluster_workers() > 1):
-            train.strategy_for(kind)
-            started = True
-    return started
 
 
 def print_list(checked):

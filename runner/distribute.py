@@ -13,13 +13,15 @@
 and gradients are summed, so the learning rate that fits a batch size does not change
 with the number of devices. To use a larger global batch, scale the learning rate with it
 (Goyal et al. 2017: linear scaling with warm-up).
+
+TensorFlow is imported inside the functions, not here: quiet_tensorflow is what imports it
+(quietly), and the light commands that read TF_CONFIG need no TensorFlow at all.
 """
 import json
 import os
 import platform
-
-import keras
-import tensorflow as tf
+import sys
+import tempfile
 
 
 def tf_config():
@@ -57,11 +59,59 @@ def task_id():
     return f"{task['type']}{task.get('index', 0)}" if task.get('type') else 'chief'
 
 
+def quiet_tensorflow(experiments=()):
+    """Import TensorFlow without the screenful of C++ start-up notices it prints to stderr
+    (CUDA probing on a CPU machine, oneDNN notes). What it prints is shown if the import fails.
+
+    A multi-worker strategy must exist before TensorFlow runs anything, so the strategies
+    the experiments need are created here too (start_collectives)."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    if 'tensorflow' in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode='w+') as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+            if not start_collectives(experiments):
+                tf.config.list_physical_devices()  # the CUDA probe happens here, not at import
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    import absl.logging
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def start_collectives(experiments):
+    """Create the multi-worker strategy of any experiment that needs one (true if one did):
+    it must exist before TensorFlow runs anything (validation builds models)."""
+    started = False
+    for exp in experiments:
+        if is_multi_worker(exp.train_parameters.distribution):
+            make_strategy(exp.train_parameters.distribution)
+            started = True
+    return started
+
+
+# A process can set up its multi-worker cluster only once: the strategy start_collectives
+# made is the one training uses, whoever asks for it next.
+_MULTI_WORKER = {}
+
+
 def make_strategy(kind):
     # Listing logical devices starts TensorFlow's runtime, after which a multi-worker
     # cluster can no longer be configured: decide on multi_worker first.
+    import tensorflow as tf
     if is_multi_worker(kind):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if kind not in _MULTI_WORKER:
+            _MULTI_WORKER[kind] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MULTI_WORKER[kind]
     gpus = tf.config.list_logical_devices('GPU')
     if kind == 'auto':
         kind = 'mirrored' if len(gpus) > 1 else 'none'
@@ -80,6 +130,7 @@ def make_strategy(kind):
 
 def is_chief(strategy):
     """Only the chief writes the run directory; every worker still takes part in saves."""
+    import tensorflow as tf
     resolver = getattr(strategy, 'cluster_resolver', None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
@@ -95,6 +146,7 @@ def resolve_precision(precision):
     it (docs/benchmarks.md, Precision on different CPUs). It kept accuracy where checked (cifar10_fast_90: 88.21%
     in both precisions), so recipes may ask for it, or for 'fastest', which measures.
     """
+    import tensorflow as tf
     if precision in ('auto', 'fastest'):
         return 'mixed_float16' if tf.config.list_logical_devices('GPU') else 'float32'
     return precision
@@ -153,4 +205,5 @@ def faster_precision(images_per_second, margin=BF16_MARGIN):
 
 
 def set_policy(policy):
+    import keras
     keras.mixed_precision.set_global_policy(policy)

@@ -320,7 +320,7 @@ def main(argv=None):
         if value is not None and value < 1:
             print(f'error: {option}: must be at least 1', file=sys.stderr)
             return EXIT_CONFIG
-    from runner.restore import quiet_tensorflow
+    from runner.distribute import quiet_tensorflow
     quiet_tensorflow()
     try:
         results = evaluate_runs(args.run_dirs, args.split, args.tta, args.weights, args.data_dir,

@@ -149,7 +149,7 @@ def export_run(run_dir, out_dir, weights='best', data_dir=None, force=False):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from runner.restore import quiet_tensorflow
+    from runner.distribute import quiet_tensorflow
     quiet_tensorflow()
     try:
         meta = export_run(args.run_dir, args.out_dir, args.weights, args.data_dir, args.force)

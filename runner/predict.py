@@ -82,7 +82,8 @@ def main(argv=None):
         print('error: --top: must be at least 1', file=sys.stderr)
         return EXIT_CONFIG
     from runner import restore
-    restore.quiet_tensorflow()
+    from runner.distribute import quiet_tensorflow
+    quiet_tensorflow()
     try:
         run = restore.load_run(args.run_dir, args.weights, args.data_dir)
     except RunError as e:

@@ -424,8 +424,3 @@ def prepare_image(data, image_size, style='cifar'):
     img = data_lib.decode(data)
     return data_lib.prepare_eval_image(img, tuple(image_size), style).numpy()
 
-
-def quiet_tensorflow():
-    """Import TensorFlow without its start-up notices (as the train command does)."""
-    from runner.cli import quiet_tensorflow as quiet
-    quiet()

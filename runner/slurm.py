@@ -248,7 +248,7 @@ def main(argv=None):
               f"python -m runner submit slurm FILE ...", file=sys.stderr)
         return EXIT_USAGE
     args = build_parser().parse_args(argv[1:])
-    from runner import cli, rundir
+    from runner import cli, distribute, rundir
     from runner.config import ConfigError, parse_overrides
     try:
         options = sbatch_options(args)
@@ -256,7 +256,7 @@ def main(argv=None):
         if args.logdir:
             overrides.append(('train_parameters.logdir', args.logdir))
         experiments = cli.load_all(args.files, overrides, args.only)
-        cli.quiet_tensorflow()
+        distribute.quiet_tensorflow()
         checked = cli.validate(experiments)
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -357,8 +357,8 @@ def prepare_process(threads=None):
     held back, as the command does), with `threads` threads inside an op (the cores are
     shared among the workers; the pool that runs independent ops side by side and the
     input pipeline's keep TensorFlow's defaults)."""
-    from runner import restore
-    restore.quiet_tensorflow()
+    from runner import distribute
+    distribute.quiet_tensorflow()
     import tensorflow as tf
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -173,7 +173,7 @@ def main(argv=None):
     if args.sample is not None and args.sample < 1:
         print('error: --sample: must be at least 1', file=sys.stderr)
         return EXIT_CONFIG
-    from runner.cli import quiet_tensorflow
+    from runner.distribute import quiet_tensorflow
     quiet_tensorflow()
     import tensorflow as tf
     from runner import data as data_lib

@@ -13,15 +13,6 @@ import os
 
 RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'runner')
 
-# Edges that close a known circle and are removed by a later step of issue 20; each entry
-# says why. Delete an entry when its edge goes: the test then keeps it from coming back.
-KNOWN_EDGES = {
-    # restore imports cli.quiet_tensorflow, closing cli -> train -> restore -> cli. Issue 20,
-    # item 2 moves quiet_tensorflow to where strategies live; then this entry goes.
-    ('runner.restore', 'runner.cli'),
-}
-
-
 def runner_modules():
     """{module name: path} of every module of the runner package."""
     out = {}
@@ -67,7 +58,7 @@ def import_graph():
     for module, path in known.items():
         with open(path, encoding='utf-8') as f:
             tree = ast.parse(f.read(), path)
-        graph[module] = imported(tree, module, known) - {b for a, b in KNOWN_EDGES if a == module}
+        graph[module] = imported(tree, module, known)
     return graph
 
 
@@ -103,14 +94,6 @@ def test_no_import_cycle_inside_runner():
     assert 'runner.train' in graph and 'runner.data' in graph['runner.train']  # the graph is read
     cycle = find_cycle(graph)
     assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
-
-
-def test_the_known_edges_still_exist():
-    """An allow-list entry whose edge is gone must be deleted, so it cannot hide a new one."""
-    known = runner_modules()
-    for a, b in KNOWN_EDGES:
-        with open(known[a], encoding='utf-8') as f:
-            assert b in imported(ast.parse(f.read()), a, known), f'{a} -> {b} is gone: delete its entry'
 
 
 def test_a_cycle_is_found():

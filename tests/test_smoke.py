@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, subprocess_env
-from runner import cli, smoke, train
+from runner import cli, distribute, smoke, train
 from runner.config import load_experiments
 
 # A user's model module, written per test (its file's contents are part of the key).
@@ -102,7 +102,7 @@ def no_data(tmp_path, monkeypatch):
 
 
 def checked_of(path, *overrides):
-    cli.quiet_tensorflow()
+    distribute.quiet_tensorflow()
     return cli.validate(load_experiments(path, list(overrides)), need_data=False)
 
 
