@@ -26,7 +26,7 @@ import yaml
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
 PRECISIONS = ('auto', 'fastest', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine', 'piecewise_linear')
-EVAL_TTA = ('none', 'flip', 'flip_translate')
+from runner.tta import DURING_TRAINING as EVAL_TTA  # without 10crop; runner.tta says why
 CROP_PADDING_MODES = ('zeros', 'reflect')
 OPTIMIZERS = ('sgd', 'adamw', 'lion', 'lamb', 'muon')
 MUON_OTHER = ('adamw', 'sgd')

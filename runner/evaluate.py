@@ -8,7 +8,7 @@ their ensemble (the mean of their class probabilities) follows, as an "Average" 
 is written to the first run directory (`eval-ensemble-...`) or to --out.
 
 Test-time augmentation averages the softmax probabilities of several views of each image
-(`flip_translate`: airbench's weighted logits, restore.combine_views):
+(`flip_translate`: airbench's weighted logits, tta.combine_views):
 `flip` the image and its mirror; `10crop` the four corner crops and the centre crop, and
 their mirrors, at the model's input size. The crops follow the run's preprocessing style:
 cifar style (images resized to the model size) crops the image padded by the training
@@ -26,8 +26,9 @@ import sys
 
 import numpy as np
 
+from runner import tta as tta_lib
 from runner.common import EXIT_CONFIG, EXIT_OK, add_run_options, first_line, markdown_table
-from runner.restore import TTA_MODES, WEIGHTS, RunError
+from runner.inference import WEIGHTS, RunError
 
 
 def build_parser():
@@ -48,7 +49,7 @@ def build_parser():
                    help="'test' (the run's dataset.test_split, default), 'validation' (the part of "
                         "train held out by validation_fraction), 'train', or a split name of the "
                         "dataset (e.g. 'test[:1000]' for TFDS)")
-    p.add_argument('--tta', choices=TTA_MODES, default='none', help='test-time augmentation (default none)')
+    p.add_argument('--tta', choices=tta_lib.MODES, default='none', help='test-time augmentation (default none)')
     add_run_options(p, WEIGHTS, "where the data is now: replaces dataset.data_dir (TFDS) or "
                                 "dataset.image_folder of the runs' config.yaml; for list files and "
                                 "TFRecords, the deepest folder that held them all (list files, "
@@ -85,10 +86,9 @@ def read_eval_split(run, split, limit=None, tta='none'):
     """The uint8 images and labels of `split` as the run's data pipeline reads them (for
     10crop of an imagenet-style run: resized, not yet cropped)."""
     from runner import data as data_lib
-    from runner.restore import ten_crop_style
     exp, info = run.exp, run.info
     name = _split_name(exp, split)
-    resized = tta == '10crop' and ten_crop_style(run)
+    resized = tta == '10crop' and tta_lib.ten_crop_style(run)
     try:
         if name == 'validation' or (split == 'train' and exp.dataset.validation_fraction):
             train = data_lib.read_split(exp.dataset, info, exp.dataset.train_split, resized=resized)
@@ -106,12 +106,11 @@ def read_eval_split(run, split, limit=None, tta='none'):
 
 def _data_key(run, split, limit, tta):
     """Runs whose data is read the same way share one copy in memory."""
-    from runner.restore import ten_crop_style
     ds = run.exp.dataset
     return (ds.name, ds.image_folder, ds.data_dir, ds.train_list, ds.test_list, ds.list_root,
             ds.tfrecord_train, ds.tfrecord_test, ds.label_offset, split, ds.train_split,
             ds.test_split, ds.validation_fraction, tuple(run.info.image_shape),
-            run.info.preprocessing, tta == '10crop' and ten_crop_style(run), limit)
+            run.info.preprocessing, tta == '10crop' and tta_lib.ten_crop_style(run), limit)
 
 
 # ---------------------------------------------------------------------------
@@ -211,18 +210,18 @@ def evaluate_runs(run_dirs, split='test', tta='none', weights='best', data_dir=N
     """Evaluate each run, then (with several) their ensemble. Returns a list of result dicts
     (one per run, then the ensemble) holding the metrics, `probabilities` and `labels`."""
     import keras
-    from runner import restore
+    from runner import inference
     results, cache = [], {}
     for run_dir in run_dirs:
-        run = restore.load_run(run_dir, weights, data_dir)
+        run = inference.load_run(run_dir, weights, data_dir)
         key = _data_key(run, split, limit, tta)
         if key not in cache:
             cache[key] = read_eval_split(run, split, limit, tta)
         data = cache[key]
         if len(data.labels) == 0:
             raise RunError(f"{run_dir}: split '{split}' is empty")
-        probs = restore.predict_probabilities(run, data.images, tta, batch_size)
-        ten_crop = restore.ten_crop_style(run)
+        probs = inference.predict_probabilities(run, data.images, tta, batch_size)
+        ten_crop = tta_lib.ten_crop_style(run)
         m = metrics(probs, data.labels, run.class_names)
         r = {'run_dir': run.run_dir, 'run_name': run.name, 'model': run.model_name,
              'split': split, 'split_name': data.name if split != 'test' else run.exp.dataset.test_split,

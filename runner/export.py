@@ -25,8 +25,9 @@ import shutil
 import sys
 import tempfile
 
+from runner import rundir
 from runner.common import EXIT_CONFIG, EXIT_OK, add_run_options
-from runner.restore import CONFIG, WEIGHTS, RunError
+from runner.inference import WEIGHTS, RunError
 
 LABELS = 'labels.txt'
 
@@ -79,7 +80,7 @@ def serving_module(run, labels_path):
 def _holds_runs(path):
     """Does the tree under `path` hold a run directory (a config.yaml or summary.json)?"""
     for root, dirs, files in os.walk(path):
-        if 'summary.json' in files or CONFIG in files:
+        if rundir.SUMMARY in files or rundir.CONFIG in files:
             return True
     return False
 
@@ -106,9 +107,9 @@ def check_out_dir(run_dir, out_dir, force):
 def export_run(run_dir, out_dir, weights='best', data_dir=None, force=False):
     """Write the SavedModel; returns the metadata written to export.json."""
     import tensorflow as tf
-    from runner import restore, rundir
+    from runner import inference
     check_out_dir(run_dir, out_dir, force)
-    run = restore.load_run(run_dir, weights, data_dir)
+    run = inference.load_run(run_dir, weights, data_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     # Written next to OUT_DIR and renamed into place, so a failed export leaves no half model.

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, add_run_options
-from runner.restore import WEIGHTS, RunError
+from runner.inference import WEIGHTS, RunError
 
 
 def build_parser():
@@ -34,7 +34,7 @@ def build_parser():
 def read_images(paths, image_size, style='cifar'):
     """[(path, uint8 image or None, error or None)] in the order given."""
     import tensorflow as tf
-    from runner.restore import prepare_image
+    from runner.inference import prepare_image
     out = []
     for path in paths:
         try:
@@ -60,7 +60,7 @@ def _clean(message):
 
 def predict_files(run, paths, batch_size=64):
     """[(path, probabilities float32 [C] or None, error or None)] for image files."""
-    from runner.restore import predict_probabilities
+    from runner.inference import predict_probabilities
     items = read_images(paths, run.image_size, run.info.preprocessing)
     ok = [i for i, (_, img, _) in enumerate(items) if img is not None]
     probs = {}
@@ -81,11 +81,11 @@ def main(argv=None):
     if args.top < 1:
         print('error: --top: must be at least 1', file=sys.stderr)
         return EXIT_CONFIG
-    from runner import restore
+    from runner import inference
     from runner.distribute import quiet_tensorflow
     quiet_tensorflow()
     try:
-        run = restore.load_run(args.run_dir, args.weights, args.data_dir)
+        run = inference.load_run(args.run_dir, args.weights, args.data_dir)
     except RunError as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_CONFIG

@@ -33,7 +33,7 @@ import runner
 from runner import checkpoints
 from runner import data as data_lib
 from runner import distribute
-from runner import restore
+from runner import inference, tta
 from runner.optimizers import build_optimizer
 from runner import rundir
 from runner import tboard
@@ -413,11 +413,11 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------
     def _replica_eval(self, images, labels):
         labels = tf.cast(labels, tf.int32)
-        views = restore.tta_views(images, self.exp.train_parameters.eval_tta)
+        views = tta.tta_views(images, self.exp.train_parameters.eval_tta)
         if len(views) > 1:
             # One call on all views together; as `python -m runner evaluate --tta ...`.
             logits = self.model(tf.concat(views, 0), training=False)
-            scores = restore.combine_views(tf.split(logits, len(views)), self.exp.train_parameters.eval_tta)
+            scores = tta.combine_views(tf.split(logits, len(views)), self.exp.train_parameters.eval_tta)
             p_true = tf.gather(scores, labels, batch_dims=1)
             loss = tf.reduce_sum(-tf.math.log(tf.maximum(p_true, 1e-12)))
         else:
@@ -634,8 +634,8 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     config_text = dump_yaml(resolved)
     rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), config_text)
     # Shape and class names beside it: evaluate, predict and export of the run then know the
-    # real class names where the data is not (restore.data_info reads the file).
-    restore.write_data_info(run_dir, data.info)
+    # real class names where the data is not (inference.data_info reads the file).
+    inference.write_data_info(run_dir, data.info)
 
     eval_split_name = 'validation' if exp.dataset.validation_fraction else 'test'
     machine = {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),

@@ -88,7 +88,7 @@ def read_png(path):
 
 def test_tta_views_are_the_image_its_mirror_and_crops_of_the_padded_image():
     import tensorflow as tf
-    from runner.restore import tta_views
+    from runner.tta import tta_views
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     (none,) = tta_views(tf.constant(x), 'none')
     np.testing.assert_array_equal(none, x)
@@ -117,7 +117,7 @@ def test_tta_views_are_the_image_its_mirror_and_crops_of_the_padded_image():
 
 @pytest.mark.parametrize('tta', ['none', 'flip', 'flip_translate', '10crop'])
 def test_evaluate_each_tta_equals_the_manual_average(trained, tta, capsys):
-    from runner import evaluate, restore
+    from runner import evaluate, inference
     run_dir = trained['runs'][0]
     assert evaluate.main([run_dir, '--tta', tta]) == 0
     out = capsys.readouterr().out
@@ -136,7 +136,7 @@ def test_evaluate_each_tta_equals_the_manual_average(trained, tta, capsys):
     assert png.shape[0] >= 600 and png.shape[1] >= 600
 
     # The probabilities are the mean softmax over the views, computed independently here.
-    run = restore.load_run(run_dir, 'best')
+    run = inference.load_run(run_dir, 'best')
     data = evaluate.read_eval_split(run, 'test')
     (r,) = evaluate.evaluate_runs([run_dir], tta=tta, write=False)
     views = {'none': lambda x: [x], 'flip': lambda x: [x, x[:, :, ::-1]],
@@ -245,7 +245,7 @@ def write_images(d, image_folder):
 
 def test_predict_images_of_any_kind_with_one_line_per_broken_file(trained, tmp_path, capsys):
     import tensorflow as tf
-    from runner import evaluate, predict, restore
+    from runner import evaluate, inference, predict
     run_dir = trained['runs'][0]
     f = write_images(tmp_path, trained['images'])
     cifar = sorted(glob.glob(os.path.join(CIFAR_JPEG, 'test', '*', '000[0-1].jpg')))[:3]
@@ -264,7 +264,7 @@ def test_predict_images_of_any_kind_with_one_line_per_broken_file(trained, tmp_p
         probs = [float(l.rsplit(None, 1)[1].rstrip('%')) for l in block]
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(100, abs=0.05)
 
-    run = restore.load_run(run_dir, 'best')
+    run = inference.load_run(run_dir, 'best')
     results = {p: probs for p, probs, err in predict.predict_files(run, good + [f['rgb.png']])}
     # A file of the data set gives exactly the probabilities evaluate gives that image.
     data = evaluate.read_eval_split(run, 'test')
@@ -306,7 +306,7 @@ LOAD_EXPORT = textwrap.dedent("""
 
 
 def test_export_in_a_fresh_process_gives_predicts_probabilities(trained, tmp_path, capsys):
-    from runner import export, predict, restore
+    from runner import export, inference, predict
     run_dir = trained['runs'][0]
     out_dir = tmp_path / 'exported'
     assert export.main([run_dir, str(out_dir)]) == 0
@@ -318,9 +318,9 @@ def test_export_in_a_fresh_process_gives_predicts_probabilities(trained, tmp_pat
     # predict's view of some files ...
     f = write_images(tmp_path, trained['images'])
     paths = [f['photo.jpg'], f['grey.png'], f['rgba.png'], f['dataset']]
-    run = restore.load_run(run_dir, 'best')
+    run = inference.load_run(run_dir, 'best')
     expected = np.stack([p for _, p, _ in predict.predict_files(run, paths)])
-    images = np.stack([restore.prepare_image(open(p, 'rb').read(), (32, 32)) for p in paths])
+    images = np.stack([inference.prepare_image(open(p, 'rb').read(), (32, 32)) for p in paths])
     np.save(tmp_path / 'images.npy', images)
     # ... equals the SavedModel's, loaded by plain TensorFlow in another process
     script = tmp_path / 'load.py'
@@ -391,13 +391,13 @@ CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
 def test_class_names_of_unprepared_tfds_data_come_from_the_cache(cifar10_tfds_dir, tmp_path, capsys):
     """With the data not prepared here (--data-dir elsewhere), TFDS still describes cifar10,
     but with the names "0".."9": they were exported as labels and replaced the good cache."""
-    from runner import cli, export, restore
+    from runner import cli, export, inference
     path = tmp_path / 'tf.yaml'
     path.write_text(TFDS_RUN.format(data_dir=cifar10_tfds_dir, logdir=tmp_path / 'logs'))
     assert cli.main([str(path), '--no-smoke']) == 0
     capsys.readouterr()
     run_dir = tmp_path / 'logs' / 'tf'
-    assert restore.load_run(str(run_dir), build=False).class_names == CIFAR10_NAMES  # caches them
+    assert inference.load_run(str(run_dir), build=False).class_names == CIFAR10_NAMES  # caches them
     copy = tmp_path / 'tfcopy'
     shutil.copytree(run_dir, copy)
     nowhere = str(tmp_path / 'nonexistent')
@@ -406,18 +406,18 @@ def test_class_names_of_unprepared_tfds_data_come_from_the_cache(cifar10_tfds_di
     assert (tmp_path / 'exported' / 'assets' / 'labels.txt').read_text().split() == CIFAR10_NAMES
     cache = json.load(open(copy / 'data_info.json'))
     assert cache['class_names'] == CIFAR10_NAMES, 'the default names replaced the cached ones'
-    # data_info.json as training writes it beside config.yaml (restore.write_data_info) is read
+    # data_info.json as training writes it beside config.yaml (inference.write_data_info) is read
     os.remove(copy / 'data_info.json')
-    run = restore.load_run(str(run_dir), build=False)
-    restore.write_data_info(str(copy), run.info)
-    assert restore.load_run(str(copy), data_dir=nowhere, build=False).class_names == CIFAR10_NAMES
+    run = inference.load_run(str(run_dir), build=False)
+    inference.write_data_info(str(copy), run.info)
+    assert inference.load_run(str(copy), data_dir=nowhere, build=False).class_names == CIFAR10_NAMES
     # a cache of default names is replaced by the real ones once the data is here
     stand_in = dataclasses.replace(run.info, class_names=[str(i) for i in range(10)])
     os.remove(copy / 'data_info.json')
-    restore.write_data_info(str(copy), stand_in)
-    assert restore.load_run(str(copy), build=False).class_names == CIFAR10_NAMES
+    inference.write_data_info(str(copy), stand_in)
+    assert inference.load_run(str(copy), build=False).class_names == CIFAR10_NAMES
     assert json.load(open(copy / 'data_info.json'))['class_names'] == CIFAR10_NAMES
-    restore.write_data_info(str(copy), stand_in)           # and never back
+    inference.write_data_info(str(copy), stand_in)           # and never back
     assert json.load(open(copy / 'data_info.json'))['class_names'] == CIFAR10_NAMES
 
 

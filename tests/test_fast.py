@@ -308,7 +308,7 @@ def test_resumed_lookahead_run_ends_where_an_uninterrupted_one_does(tmp_path):
 
 
 def numpy_views(images, tta):
-    """The TTA views written out with numpy, independently of restore.tta_views."""
+    """The TTA views written out with numpy, independently of tta.tta_views."""
     x = np.asarray(images)
     return flip_translate_views(x) if tta == 'flip_translate' else [x, x[:, :, ::-1, :]]
 
@@ -356,7 +356,7 @@ def test_run_records_say_which_views_and_weights_they_measured(tmp_path):
 
 
 def test_translated_views_shift_by_one_pixel_with_reflected_edges():
-    from runner.restore import tta_views
+    from runner.tta import tta_views
     x = tf.reshape(tf.range(2 * 4 * 5 * 1, dtype=tf.float32), (2, 4, 5, 1))
     views = [np.array(v) for v in tta_views(x, 'flip_translate')]
     x = np.array(x)

@@ -651,14 +651,14 @@ def test_a_few_training_steps_through_each_source(trained):
 def test_evaluate_10crop_of_an_imagenet_style_run(trained):
     """The ten views are the corners and centre of the image resized to a short side of
     48 / 0.875 = 55, and their mirrors: computed here by hand and run through the model."""
-    from runner import evaluate, restore
+    from runner import evaluate, inference
     assert trained['proc'].returncode == 0, trained['proc'].stderr[-3000:]
     run_dir = str(trained['logs'] / 'folder')
     results = {tta: evaluate.evaluate_runs([run_dir], tta=tta, weights='last', write=False)[0]
                for tta in ('none', '10crop')}
     r = results['10crop']
     assert r['examples'] == 12 and r['preprocessing'] == 'imagenet'
-    run = restore.load_run(run_dir, 'last')
+    run = inference.load_run(run_dir, 'last')
     items = data_lib.listing(run.exp.dataset, 'test')
     np.testing.assert_array_equal(r['labels'], items.labels)
     for k in (0, 5, 11):
@@ -683,11 +683,11 @@ def test_evaluate_10crop_of_an_imagenet_style_run(trained):
 def test_predict_of_an_imagenet_style_run_centre_crops_as_evaluation_does(trained):
     """predict reads a file as the evaluation pipeline does (short side to size/0.875, centre
     crop), not squashed to the model size: the same probabilities as evaluate."""
-    from runner import evaluate, predict, restore
+    from runner import evaluate, inference, predict
     assert trained['proc'].returncode == 0, trained['proc'].stderr[-3000:]
     run_dir = str(trained['logs'] / 'folder')
     ev = evaluate.evaluate_runs([run_dir], tta='none', weights='last', write=False)[0]
-    run = restore.load_run(run_dir, 'last')
+    run = inference.load_run(run_dir, 'last')
     assert run.info.preprocessing == 'imagenet'
     items = data_lib.listing(run.exp.dataset, 'test')
     # images that are not square, where squashing and centre-cropping differ
@@ -700,7 +700,7 @@ def test_predict_of_an_imagenet_style_run_centre_crops_as_evaluation_does(traine
 
 
 def test_relocate_dataset_keeps_the_layout_under_the_moved_folder():
-    from runner.restore import relocate_dataset
+    from runner.inference import relocate_dataset
     lists = {'list_root': '/data/x/images', 'train_list': '/data/x/lists/train.txt',
              'test_list': '/data/x/lists/test.txt', 'class_names_file': '/data/x/lists/names.txt'}
     assert relocate_dataset(lists, '/mnt/x') == {
@@ -724,7 +724,7 @@ def test_evaluate_data_dir_finds_moved_lists_and_tfrecords(trained, name, tmp_pa
     is gone, --data-dir the one that holds the same layout, and the evaluation is the same."""
     import yaml
     from runner import evaluate
-    from runner.restore import relocate_dataset
+    from runner.inference import relocate_dataset
     assert trained['proc'].returncode == 0, trained['proc'].stderr[-3000:]
     run_dir = str(trained['logs'] / name)
     before = evaluate.evaluate_runs([run_dir], weights='last', write=False)[0]

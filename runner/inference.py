@@ -1,5 +1,6 @@
-"""A trained run back in memory: its experiment, data description, model and weights,
-and the preprocessing and test-time augmentation that evaluate, predict and export share.
+"""A trained run loaded for inference: its experiment, data description, model and weights,
+and the preprocessing and predictions that evaluate, predict and export share (the views of
+test-time augmentation are runner.tta's).
 
 Used by `python -m runner evaluate | predict | export`. Every problem a person can cause
 (a directory that is not a run, a run with no weights yet, data that moved) is a
@@ -11,10 +12,12 @@ import os
 
 import numpy as np
 
-TTA_MODES = ('none', 'flip', 'flip_translate', '10crop')
-WEIGHTS = ('best', 'last')
-CONFIG, FINAL_WEIGHTS = 'config.yaml', 'final.weights.h5'  # as runner.rundir names them
-DATA_INFO = 'data_info.json'   # shape and class names, cached so predict/export work without the data
+from runner import rundir
+from runner import tta as tta_lib
+from runner.common import first_line
+from runner.rundir import CONFIG, FINAL_WEIGHTS, RunDir
+
+WEIGHTS = ('best', 'last')  # --weights: the best/ checkpoint, or the last weights saved
 
 
 class RunError(Exception):
@@ -60,7 +63,7 @@ class LoadedRun:
 
 def read_config(run_dir):
     import yaml
-    path = os.path.join(run_dir, CONFIG)
+    path = RunDir(run_dir).config
     if not os.path.isdir(run_dir):
         raise RunError(f'{run_dir}: no such directory')
     if not os.path.exists(path):
@@ -70,7 +73,7 @@ def read_config(run_dir):
         with open(path) as f:
             cfg = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as e:
-        raise RunError(f'{path}: cannot read: {str(e).splitlines()[0]}') from None
+        raise RunError(f'{path}: cannot read: {first_line(e)}') from None
     if not isinstance(cfg, dict):
         raise RunError(f'{path}: not an experiment')
     return cfg
@@ -115,7 +118,7 @@ def load_experiment(run_dir, data_dir=None):
     if data_dir:
         cfg['dataset'] = relocate_dataset(cfg.get('dataset') or {}, data_dir)
     try:
-        exp = experiment_from_dict(cfg, os.path.join(run_dir, CONFIG))
+        exp = experiment_from_dict(cfg, RunDir(run_dir).config)
     except ConfigError as e:
         raise RunError(str(e)) from None
     return cfg, exp
@@ -129,11 +132,11 @@ def default_class_names(names, num_classes):
 
 
 def read_data_info(run_dir):
-    """The cached DataInfo of RUN_DIR/data_info.json (written by training or by an earlier
-    evaluate/predict/export), or None."""
+    """The cached DataInfo of the run's data_info.json (written by training or by an earlier
+    evaluate/predict/export; rundir.DATA_INFO), or None."""
     from runner import data as data_lib
     try:
-        with open(os.path.join(run_dir, DATA_INFO)) as f:
+        with open(RunDir(run_dir).data_info) as f:
             d = json.load(f)
         return data_lib.DataInfo(d['description'], tuple(d['image_shape']), d['num_classes'],
                                  d.get('class_names'), d.get('preprocessing', 'cifar'))
@@ -142,16 +145,15 @@ def read_data_info(run_dir):
 
 
 def write_data_info(run_dir, info):
-    """Cache `info` as RUN_DIR/data_info.json, unless that would replace real class names
+    """Cache `info` as the run's data_info.json, unless that would replace real class names
     with the stand-ins "0".."C-1" (a good cache is the only copy once the data is gone)."""
-    from runner import rundir
     cached = read_data_info(run_dir)
     if (cached is not None and cached.num_classes == info.num_classes
             and default_class_names(info.class_names, info.num_classes)
             and not default_class_names(cached.class_names, cached.num_classes)):
         return
     try:
-        rundir.write_atomic(os.path.join(run_dir, DATA_INFO), json.dumps({
+        rundir.write_atomic(RunDir(run_dir).data_info, json.dumps({
             'description': info.description, 'image_shape': list(info.image_shape),
             'num_classes': info.num_classes, 'class_names': info.class_names,
             'preprocessing': info.preprocessing}, indent=1) + '\n')
@@ -200,11 +202,11 @@ def restore_weights(model, run_dir, which):
     """Load `best` (best/ checkpoint) or `last` (final.weights.h5, else the latest checkpoint)
     into `model`. Returns (description, step or None)."""
     import tensorflow as tf
-    from runner import rundir
+    run = RunDir(run_dir)
     if which not in WEIGHTS:
         raise RunError(f"--weights: '{which}' is not one of {', '.join(WEIGHTS)}")
     if which == 'best':
-        ckpt = tf.train.latest_checkpoint(os.path.join(run_dir, 'best'))
+        ckpt = tf.train.latest_checkpoint(run.best)
         if not ckpt:
             raise RunError(f'{run_dir}: no best/ checkpoint (the run was never evaluated); '
                            f'use --weights last')
@@ -213,9 +215,9 @@ def restore_weights(model, run_dir, which):
         chosen = (rundir.read_summary(run_dir) or {}).get('selection_split')
         chosen = {'validation': ', chosen on val', 'test': ', chosen on test'}.get(chosen, '')
         return f'best (step {step}{chosen})', step
-    final = os.path.join(run_dir, FINAL_WEIGHTS)
+    final = run.final_weights
     summary = rundir.read_summary(run_dir) or {}
-    ckpt = tf.train.latest_checkpoint(os.path.join(run_dir, 'checkpoints'))
+    ckpt = tf.train.latest_checkpoint(run.checkpoints)
     # A finished run resumed for more steps has a stale final.weights.h5: while it is not
     # finished, its latest checkpoint is the last word.
     if os.path.exists(final) and (summary.get('status') == 'finished' or not ckpt):
@@ -223,7 +225,7 @@ def restore_weights(model, run_dir, which):
             model.load_weights(final)
         except Exception as e:  # wrong architecture, a truncated file
             raise RunError(f'{final}: does not fit the model of config.yaml: '
-                           f'{_first_line(e)}') from None
+                           f'{first_line(e)}') from None
         step = summary.get('steps') if summary.get('status') == 'finished' else None
         return f"last ({FINAL_WEIGHTS}{f', step {step}' if step is not None else ''})", step
     if not ckpt:
@@ -247,17 +249,11 @@ def _restore_checkpoint(model, ckpt, run_dir):
         # Only the model: the training checkpoints also hold optimizer and counters.
         tf.train.Checkpoint(model=model).restore(ckpt).assert_existing_objects_matched().expect_partial()
     except Exception as e:
-        raise RunError(f'{ckpt}: does not fit the model of config.yaml: {_first_line(e)}') from None
-
-
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise RunError(f'{ckpt}: does not fit the model of config.yaml: {first_line(e)}') from None
 
 
 def load_run(run_dir, weights='best', data_dir=None, build=True):
     """Everything needed to use a run's model; `build=False` skips the model."""
-    from runner import rundir
     from runner.config import ConfigError
     from runner.registry import build_model
     run_dir = os.path.normpath(run_dir)
@@ -282,97 +278,7 @@ def load_run(run_dir, weights='best', data_dir=None, build=True):
 
 
 # ---------------------------------------------------------------------------
-# Preprocessing and test-time augmentation
-
-def tta_views(x, tta='none', crop_padding=4, crop_padding_mode='zeros'):
-    """The views of a batch of normalised images [B, H, W, C] that `tta` averages over.
-
-    none:   the image.
-    flip:   the image and its horizontal mirror.
-    flip_translate: the image, the image shifted by one pixel up-left and by one down-right
-            (edges reflected), and the mirrors of the three (airbench's TTA level 2, Jordan
-            2024; combine_views weights them as airbench does).
-    10crop: the image padded by `crop_padding` on every side as training pads it
-            (`crop_padding_mode`: zeros, the mean colour after normalisation, or the
-            reflected image), cropped back to H x W at
-            the four corners and the centre (the centre crop is the image itself), and the
-            mirrors of those five. With crop_padding 0 the five crops are all the image.
-            This is the cifar style's; imagenet-style runs crop the image resized whole
-            (ten_crop_probability_fn).
-    """
-    import tensorflow as tf
-    if tta == 'none':
-        return [x]
-    if tta == 'flip':
-        return [x, tf.reverse(x, axis=[2])]
-    if tta == 'flip_translate':
-        h, w = x.shape[1], x.shape[2]
-        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode='REFLECT')
-        views = [x, padded[:, :h, :w, :], padded[:, 2:h + 2, 2:w + 2, :]]
-        return views + [tf.reverse(v, axis=[2]) for v in views]
-    if tta != '10crop':
-        raise RunError(f"--tta: '{tta}' is not one of {', '.join(TTA_MODES)}")
-    p = int(crop_padding)
-    h, w = x.shape[1], x.shape[2]
-    from runner import data as data_lib
-    padded = data_lib.pad_images(x, p, crop_padding_mode)
-    crops = [padded[:, dy:dy + h, dx:dx + w, :]
-             for dy, dx in ((0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p))]
-    return crops + [tf.reverse(c, axis=[2]) for c in crops]
-
-
-# airbench's TTA level 2: 0.5 * (image and mirror) + 0.5 * mean(shifted pairs), on logits.
-FLIP_TRANSLATE_WEIGHTS = (0.25, 0.125, 0.125, 0.25, 0.125, 0.125)
-
-
-def combine_views(logits, tta):
-    """Class probabilities [B, C] from the logits of each of `tta_views`' views (a list of
-    [B, C]). flip_translate is airbench94's rule exactly: the logits averaged with weight
-    1/4 for the image and for its mirror and 1/8 for each shifted view, then the softmax.
-    The others average the softmax of every view, as the ImageNet papers' 10-crop does."""
-    import tensorflow as tf
-    logits = [tf.cast(l, tf.float32) for l in logits]
-    if tta == 'flip_translate':
-        return tf.nn.softmax(tf.add_n([w * l for w, l in zip(FLIP_TRANSLATE_WEIGHTS, logits)]), axis=-1)
-    return tf.add_n([tf.nn.softmax(l, axis=-1) for l in logits]) / float(len(logits))
-
-
-def probability_fn(model, image_size, mean, std, tta='none', crop_padding=4, crop_padding_mode='zeros'):
-    """A tf.function: uint8 images [B, H, W, 3] -> class probabilities [B, C] (float32)
-    over the TTA views (combine_views)."""
-    import tensorflow as tf
-    from runner import data as data_lib
-    h, w = image_size
-
-    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
-    def probabilities(images):
-        x = data_lib.normalize(images, mean, std)
-        views = tta_views(x, tta, crop_padding, crop_padding_mode)
-        return combine_views([model(v, training=False) for v in views], tta)
-    return probabilities
-
-
-def ten_crop_style(run):
-    """Does `--tta 10crop` of this run crop an image resized whole (the imagenet style)
-    rather than pad the model-size image (the cifar style)?"""
-    return getattr(run.info, 'preprocessing', 'cifar') == 'imagenet'
-
-
-def ten_crop_probability_fn(model, image_size, mean, std):
-    """A tf.function: the ten views of a batch of images [B, 10, H, W, 3] (uint8, from
-    runner.data.ten_crop) -> class probabilities [B, C], the softmax averaged over the views."""
-    import tensorflow as tf
-    from runner import data as data_lib
-    h, w = image_size
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 10, h, w, 3], tf.uint8)])
-    def probabilities(views):
-        b = tf.shape(views)[0]
-        x = data_lib.normalize(tf.reshape(views, [-1, h, w, 3]), mean, std)
-        p = tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
-        return tf.reduce_mean(tf.reshape(p, [b, 10, -1]), axis=1)
-    return probabilities
-
+# Predictions (the views of test-time augmentation: runner.tta) and preprocessing
 
 def predict_probabilities(run, images, tta='none', batch_size=None):
     """Class probabilities (float32 [N, C]) of uint8 images [N, H, W, 3] of the model's size.
@@ -386,9 +292,9 @@ def predict_probabilities(run, images, tta='none', batch_size=None):
     batch_size = batch_size or tp.eval_batch_size
     if tta == '10crop':
         batch_size = max(1, batch_size // 5)  # ten views per image in memory at once
-    if tta == '10crop' and ten_crop_style(run):
+    if tta == '10crop' and tta_lib.ten_crop_style(run):
         return _ten_crop_probabilities(run, images, batch_size)
-    fn = probability_fn(run.model, run.image_size, run.mean, run.std, tta,
+    fn = tta_lib.probability_fn(run.model, run.image_size, run.mean, run.std, tta,
                         run.exp.dataset.crop_padding, run.exp.dataset.crop_padding_mode)
     out = [fn(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
     if not out:
@@ -400,7 +306,7 @@ def _ten_crop_probabilities(run, images, batch_size):
     import tensorflow as tf
     from runner import data as data_lib
     size = run.image_size
-    fn = ten_crop_probability_fn(run.model, size, run.mean, run.std)
+    fn = tta_lib.ten_crop_probability_fn(run.model, size, run.mean, run.std)
     ds = (tf.data.Dataset.from_generator(lambda: iter(images),
                                          output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
           .map(lambda img: data_lib.ten_crop(img, size), num_parallel_calls=tf.data.AUTOTUNE)
