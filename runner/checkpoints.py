@@ -18,7 +18,8 @@ import re
 
 import tensorflow as tf
 
-UNREADABLE_DIR = 'checkpoints-unreadable'  # beside checkpoints/, in the run directory
+from runner.rundir import RunDir
+
 _NUMBERED = re.compile(r'^(?P<prefix>.*-(?P<step>\d+))\.(index|data-\d+-of-\d+)$')
 
 
@@ -71,9 +72,9 @@ def unreadable_reason(prefix):
 
 
 def move_aside(prefix, run_dir):
-    """Move every file of the checkpoint at `prefix` to <run_dir>/checkpoints-unreadable/;
-    returns that directory."""
-    target = os.path.join(run_dir, UNREADABLE_DIR)
+    """Move every file of the checkpoint at `prefix` to the run directory's
+    checkpoints-unreadable/ (RunDir.unreadable); returns that directory."""
+    target = RunDir(run_dir).unreadable
     os.makedirs(target, exist_ok=True)
     for path in glob.glob(glob.escape(prefix) + '.*'):
         dest = os.path.join(target, os.path.basename(path))
@@ -103,7 +104,7 @@ def newest_readable(ckpt_dir, run_dir, say, move=True, run_name=None):
     if bad:
         hint = f'; --restart {run_name} starts the run over' if run_name else ''
         raise NoReadableCheckpoint(f'no readable checkpoint in {ckpt_dir} (unreadable ones in '
-                                   f'{os.path.join(run_dir, UNREADABLE_DIR)}){hint}')
+                                   f'{RunDir(run_dir).unreadable}){hint}')
     return None
 
 

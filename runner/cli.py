@@ -13,7 +13,9 @@ import signal
 import sys
 
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
+from runner import rundir
 from runner.distribute import quiet_tensorflow
+from runner.rundir import RunDir
 
 # Keys that may change between the start of a run and its resume without making the
 # checkpoint meaningless: logging, evaluation, how long to train, and where the data is
@@ -173,10 +175,10 @@ def check_resumable(exp):
     it changed but has no checkpoint yet (a run that failed or diverged before its first
     save): nothing would be lost by starting it over, so it is."""
     import yaml
-    from runner import checkpoints, rundir
+    from runner import checkpoints
     from runner.config import ConfigError, Experiment
-    run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
-    path = os.path.join(run_dir, rundir.CONFIG)
+    run_dir = RunDir.of(exp)
+    path = run_dir.config
     if not os.path.exists(path) or rundir.damaged(run_dir):
         return False  # a damaged run is refused on its own when its turn comes (train_all)
     with open(path) as f:
@@ -201,7 +203,7 @@ def check_resumable(exp):
             and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
     if not diff:
         return False
-    if not checkpoints.present(os.path.join(run_dir, 'checkpoints')):
+    if not checkpoints.present(run_dir.checkpoints):
         return True
     raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
                       f"--restart {exp.run_name} to start it over, or give it a new run_name")
@@ -247,16 +249,12 @@ def print_list(checked):
     from runner import runlock
     rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
     for c in checked:
-        held = runlock.holder(run_dir_of(c.exp))
+        held = runlock.holder(RunDir.of(c.exp))
         status = f'running in {runlock.describe(held)}' if held is not None else '-'
         rows.append((str(c.queue_index), c.exp.run_name, c.exp.model,
                      f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
                      status))
     _table(rows)
-
-
-def run_dir_of(exp):
-    return os.path.join(exp.train_parameters.logdir, exp.run_name)
 
 
 def claim(exp):
@@ -267,7 +265,7 @@ def claim(exp):
     tp = exp.train_parameters
     if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
         return None
-    lock = runlock.RunLock(run_dir_of(exp))
+    lock = runlock.RunLock(RunDir.of(exp))
     lock.acquire()
     return lock
 
@@ -276,15 +274,14 @@ def held_elsewhere(exp):
     """'<run>: running in <holder>; skipped' and its result entry, for a run whose lock
     another live process holds."""
     from runner import runlock
-    who = runlock.describe(runlock.holder(run_dir_of(exp))) or 'another process'
+    who = runlock.describe(runlock.holder(RunDir.of(exp))) or 'another process'
     print(f'{exp.run_name}: running in {who}; skipped', flush=True)
     return {'run_name': exp.run_name, 'status': 'running', 'held_by': who}
 
 
 def finished_before(exp):
     """The summary of a run that has already trained all its steps, or None."""
-    from runner import rundir
-    previous = rundir.read_summary(run_dir_of(exp))
+    previous = rundir.read_summary(RunDir.of(exp))
     if rundir.is_finished(previous, exp.total_steps):
         print(f'{exp.run_name}: finished at step {previous["steps"]}; skipped '
               f'(--restart {exp.run_name} trains it again)', flush=True)
@@ -299,11 +296,11 @@ def _table(rows):
 def train_all(checked, fail_fast):
     """Train each run this process can claim; a run another live process holds is skipped
     (see the module docstring for what that means for the exit status)."""
-    from runner import rundir, train
+    from runner import train
     results = []
     for c in checked:
         exp = c.exp
-        run_dir = run_dir_of(exp)
+        run_dir = RunDir.of(exp)
         previous = finished_before(exp)
         if previous:
             results.append(previous)
@@ -351,12 +348,12 @@ def train_all(checked, fail_fast):
 
 
 def train_one(c, run_dir):
-    """Train one claimed run; its summary, whatever happens."""
+    """Train one claimed run (its RunDir); its summary, whatever happens."""
     from runner import data as data_lib
     from runner import train
     import keras
     exp = c.exp
-    verb = 'resuming' if os.path.isdir(os.path.join(run_dir, 'checkpoints')) else 'starting'
+    verb = 'resuming' if os.path.isdir(run_dir.checkpoints) else 'starting'
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:
@@ -371,7 +368,7 @@ def train_one(c, run_dir):
         summary = train.record_failure(exp, e)
     except Exception as e:  # one experiment's failure does not stop the others
         summary = train.record_failure(exp, e)
-        where = summary.get('not_recorded') or f'traceback in {run_dir}/error.log'
+        where = summary.get('not_recorded') or f'traceback in {run_dir.error_log}'
         print(f'{exp.run_name}: failed: {summary["error"]} ({where})', file=sys.stderr, flush=True)
     if summary['status'] != 'interrupted':
         # Memory for the next experiment. An interrupted run ends the queue, and collecting
@@ -464,7 +461,7 @@ def _main(args):
             restarting |= runs
         from runner import runlock
         for exp in experiments:
-            if exp.run_name in restarting and runlock.holder(run_dir_of(exp)) is not None:
+            if exp.run_name in restarting and runlock.holder(RunDir.of(exp)) is not None:
                 raise ConfigError(locked_restart(exp))
         if load_error:
             quiet_tensorflow([])
@@ -487,10 +484,10 @@ def _main(args):
         print_list(checked)
         return EXIT_OK
     if not args.smoke:
-        from runner import rundir, train
+        from runner import train
         for c in checked:
             problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
-                                            run_dir_of(c.exp))
+                                            RunDir.of(c.exp))
             if problem:
                 print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
                 return EXIT_CONFIG
@@ -499,9 +496,9 @@ def _main(args):
             return EXIT_FAILED
         if args.smoke:
             return EXIT_OK
-    from runner import rundir, runlock
+    from runner import runlock
     for c in checked:
-        run_dir = run_dir_of(c.exp)
+        run_dir = RunDir.of(c.exp)
         restart = c.exp.run_name in restarting and os.path.exists(run_dir)
         if not (restart or c.start_over):
             continue
@@ -543,7 +540,7 @@ def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='traine
 
 def locked_restart(exp):
     from runner import runlock
-    who = runlock.describe(runlock.holder(run_dir_of(exp))) or 'another process'
+    who = runlock.describe(runlock.holder(RunDir.of(exp))) or 'another process'
     return f"--restart {exp.run_name}: the run is training in {who}; stop it first"
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from runner import tta as tta_lib
 from runner.common import EXIT_CONFIG, EXIT_OK, add_run_options, first_line, markdown_table
 from runner.inference import WEIGHTS, RunError
+from runner.rundir import RunDir
 
 
 def build_parser():
@@ -231,8 +232,7 @@ def evaluate_runs(run_dirs, split='test', tta='none', weights='best', data_dir=N
              'preprocessing': run.info.preprocessing,
              'limit': limit, **m, 'probabilities': probs, 'labels': data.labels}
         if write:
-            stem = os.path.join(run.run_dir, result_stem(split, tta, weights))
-            _write(r, stem, _title(f'{run.name} ({run.model_name})', split, tta, run.weights, m),
+            _write(r, RunDir(run.run_dir).eval_file(result_stem(split, tta, weights)), _title(f'{run.name} ({run.model_name})', split, tta, run.weights, m),
                    save_probabilities)
         results.append(r)
         del run
@@ -264,20 +264,23 @@ def ensemble(results, out=None, write=True, save_probabilities=False):
          **m, 'probabilities': probs, 'labels': first['labels']}
     if write:
         if out:
-            stem = out[:-5] if out.endswith('.json') else out
-            os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+            path = out if out.endswith('.json') else out + '.json'
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         else:
-            stem = os.path.join(first['run_dir'],
-                                result_stem(first['split'], first['tta'], first['weights'], True))
+            path = RunDir(first['run_dir']).eval_file(
+                result_stem(first['split'], first['tta'], first['weights'], True))
         names = ', '.join(members) if len(', '.join(members)) < 70 else f'{len(members)} runs'
-        _write(e, stem, _title(f'Average of {names}', first['split'], first['tta'], first['weights'], m),
+        _write(e, path, _title(f'Average of {names}', first['split'], first['tta'], first['weights'], m),
                save_probabilities)
     return e
 
 
-def _write(result, stem, title, save_probabilities):
+def _write(result, path, title, save_probabilities):
+    """The result as JSON at `path` (<stem>.json), its confusion matrix as <stem>-confusion.png
+    and, when asked, the probabilities as <stem>-probabilities.npz."""
     from runner import rundir
-    result['json'] = stem + '.json'
+    stem = path.removesuffix('.json')
+    result['json'] = path
     result['confusion_png'] = stem + '-confusion.png'
     plot_confusion(result['confusion_matrix'], result['class_names'], title, result['confusion_png'])
     if save_probabilities:

@@ -4,7 +4,6 @@
 every module of the `models` package. Any importable module works too (a file of
 the user's own on the Python path, e.g. `module: my_models`).
 """
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -14,7 +13,9 @@ import pkgutil
 import traceback
 import warnings
 
+from runner.common import did_you_mean, first_line
 from runner.config import ConfigError
+from runner.rundir import FINAL_WEIGHTS, RunDir
 
 ZOO_PACKAGE = 'models'
 
@@ -66,27 +67,16 @@ def resolve_model_fn(exp):
             fn = getattr(mod, SEED_MODEL_NAMES.get(exp.model, ''), None)
         if not callable(fn):
             names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith('_')]
-            hint = _suggest(exp.model, names)
+            hint = did_you_mean(exp.model, names)
             raise ConfigError(f"model: '{exp.model}' is not a function of module '{exp.module}'{hint}")
         return fn
     zoo = zoo_functions()
     if exp.model not in zoo and exp.model in SEED_MODEL_NAMES:
         return zoo[SEED_MODEL_NAMES[exp.model]][1]
     if exp.model not in zoo:
-        raise ConfigError(f"model: '{exp.model}' is not a model of this project{_suggest(exp.model, zoo)}; "
+        raise ConfigError(f"model: '{exp.model}' is not a model of this project{did_you_mean(exp.model, zoo)}; "
                           f"set 'module' to use a model of your own")
     return zoo[exp.model][1]
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _suggest(name, names):
-    import difflib
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ''
 
 
 def _renamed(sig, model_parameters):
@@ -160,7 +150,7 @@ def model_kwargs(exp, fn, input_shape, num_classes):
         bad = next((k for k in params if k not in sig.parameters), None)
         if bad is not None and not accepts_any:
             raise ConfigError(f"model_parameters.{bad}: '{exp.model}' has no such argument"
-                              f"{_suggest(bad, valid) or '; it takes: ' + ', '.join(valid)}") from None
+                              f"{did_you_mean(bad, valid) or '; it takes: ' + ', '.join(valid)}") from None
         raise ConfigError(f'model_parameters: {e}') from None
     return params
 
@@ -173,10 +163,10 @@ def build_model(exp, input_shape, num_classes):
         model = fn(**kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model_parameters: '{exp.model}' cannot be built with these "
-                          f"parameters: {_first_line(e)}") from None
+                          f"parameters: {first_line(e)}") from None
     except Exception as e:  # a bug in a model function: say where, in one line
         tb = traceback.extract_tb(e.__traceback__)[-1]
-        raise ConfigError(f"model: building '{exp.model}' raised {type(e).__name__}: {_first_line(e)} "
+        raise ConfigError(f"model: building '{exp.model}' raised {type(e).__name__}: {first_line(e)} "
                           f"({tb.filename}:{tb.lineno})") from None
     if not hasattr(model, 'trainable_weights') or not callable(model):
         raise ConfigError(f"model: '{exp.model}' returned {type(model).__name__}, not a Keras model")
@@ -214,13 +204,12 @@ def load_initial_weights(model, source, skip_mismatch=False):
     A weight that does not fit fails with the first layer that does not fit named, unless
     `skip_mismatch`, which leaves such layers as initialised (a new head for fine-tuning)."""
     import tensorflow as tf
-    from runner.rundir import FINAL_WEIGHTS
     source = os.path.expanduser(source)
     path = source
     if os.path.isdir(source):
-        path = os.path.join(source, FINAL_WEIGHTS)
+        path = RunDir(source).final_weights
         if not os.path.exists(path):
-            latest = tf.train.latest_checkpoint(os.path.join(source, 'checkpoints'))
+            latest = tf.train.latest_checkpoint(RunDir(source).checkpoints)
             if not latest:
                 raise ConfigError(f"train_parameters.init_weights: '{source}' holds neither "
                                   f"{FINAL_WEIGHTS} nor a checkpoint")
@@ -228,7 +217,7 @@ def load_initial_weights(model, source, skip_mismatch=False):
                 tf.train.Checkpoint(model=model).restore(latest).expect_partial()
             except (ValueError, tf.errors.InvalidArgumentError) as e:
                 raise ConfigError(f'train_parameters.init_weights: {latest} does not fit '
-                                  f"'{model.name}': {_first_line(e)}") from None
+                                  f"'{model.name}': {first_line(e)}") from None
             return latest
     if not os.path.exists(path):
         raise ConfigError(f"train_parameters.init_weights: '{source}' does not exist")
@@ -248,7 +237,7 @@ def load_initial_weights(model, source, skip_mismatch=False):
                   f"{', '.join(m[0] for m in mismatches)}", flush=True)
     except ValueError as e:
         raise ConfigError(f'train_parameters.init_weights: {path} does not fit '
-                          f"'{model.name}': {_first_line(e)}") from None
+                          f"'{model.name}': {first_line(e)}") from None
     return path
 
 
@@ -259,9 +248,8 @@ def freeze_schedule(model, freeze_after):
     out = []
     for name, step in freeze_after.items():
         if name not in layers:
-            close = difflib.get_close_matches(name, list(layers), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ''
-            raise ConfigError(f"train_parameters.freeze_after: the model has no layer '{name}'{hint}")
+            raise ConfigError(f"train_parameters.freeze_after: the model has no layer '{name}'"
+                              f"{did_you_mean(name, layers)}")
         paths = tuple(v.path for v in layers[name].trainable_weights)
         if not paths:
             raise ConfigError(f"train_parameters.freeze_after: layer '{name}' has no trainable weights")

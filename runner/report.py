@@ -12,7 +12,6 @@ pictures go to FILE/ beside it. Only reads the runs: safe while they train.
 """
 import argparse
 import datetime
-import json
 import math
 import os
 import re
@@ -21,11 +20,11 @@ import sys
 
 import yaml
 
-from runner import common, runlock
+from runner import common, rundir, runlock
 from runner.common import EXIT_CONFIG, EXIT_OK
+from runner.rundir import SUMMARY, RunDir
 
-SUMMARY, CONFIG, METRICS = 'summary.json', 'config.yaml', 'metrics.jsonl'  # as runner.rundir
-SKIP_DIRS = {'checkpoints', 'best', '__pycache__'}
+SKIP_DIRS = rundir.NOT_RUNS | {'__pycache__'}
 CURVE_INCHES, COMPARE_INCHES, DPI = (9.0, 5.5), (11.0, 6.0), 110
 REPEAT = re.compile(r'^(?P<group>.+)/seed(?P<seed>\d+)$')
 
@@ -46,14 +45,6 @@ def build_parser():
 # ---------------------------------------------------------------------------
 # Reading runs
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _read_yaml(path):
     try:
         with open(path) as f:
@@ -61,20 +52,6 @@ def _read_yaml(path):
         return d if isinstance(d, dict) else {}
     except (OSError, yaml.YAMLError):
         return {}
-
-
-def _read_metrics(path):
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:  # a line cut short by a kill
-                    pass
-    except OSError:
-        pass
-    return out
 
 
 def natural_key(text):
@@ -101,7 +78,7 @@ def find_runs(logdir):
             found.append(root)
     runs = []
     for d in found:
-        summary = _read_json(os.path.join(d, SUMMARY)) or {}
+        summary = rundir.read_summary(d) or {}
         rel = os.path.relpath(d, logdir).replace(os.sep, '/')
         name = rel if rel != '.' else (summary.get('run_name') or os.path.basename(os.path.abspath(d)))
         if re.fullmatch(r'seed\d+', name):
@@ -113,9 +90,9 @@ def find_runs(logdir):
 
 
 def load_run_record(run_dir, name, summary=None):
-    summary = summary if summary is not None else (_read_json(os.path.join(run_dir, SUMMARY)) or {})
-    config = _read_yaml(os.path.join(run_dir, CONFIG))
-    metrics = _read_metrics(os.path.join(run_dir, METRICS))
+    summary = summary if summary is not None else (rundir.read_summary(run_dir) or {})
+    config = _read_yaml(RunDir(run_dir).config)
+    metrics = rundir.read_metrics(run_dir)
     paper = dict(config.get('paper') or {})
     paper.update({k: v for k, v in (summary.get('paper') or {}).items() if v is not None})
 

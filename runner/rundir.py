@@ -10,8 +10,12 @@
     best/                weights with the best evaluation error
     final.weights.h5     weights at the end of training
     error.log            the traceback of a failed run
+    data_info.json       image shape and class names, for predict and export without the data
     checkpoints-unreadable/  damaged checkpoints a resume moved aside (runner.checkpoints)
     .lock                the lock of the process training the run (runner.runlock)
+    eval-*.json          results of `python -m runner evaluate` (runner.evaluate names them)
+    slurm.json, slurm.out  the Slurm array task a run was submitted as, and what it printed
+                         (runner.slurm)
 
 docs/runs.md describes them, and what happens when writing them fails.
 """
@@ -38,8 +42,9 @@ UNREADABLE = 'checkpoints-unreadable'
 ERROR_LOG = 'error.log'
 DATA_INFO = 'data_info.json'     # shape and class names, so predict and export work without the data
 LOCK = '.lock'
-OVERVIEW = 'events.out.tfevents.0.overview'
+OVERVIEW = 'events.out.tfevents.0.overview'  # '0': sorts before the run's timed event files
 SUBMIT_RECORD = 'slurm.json'     # the array job and task a run was submitted as (runner.slurm)
+SLURM_OUTPUT = 'slurm.out'       # what a run's Slurm tasks printed, every allocation appended
 # In logdir, beside the runs: the scratch directories of a multi-worker run's other workers.
 WORKERS = '.workers'
 # Directories in a run directory that hold no run of their own (report walks the rest).
@@ -95,6 +100,7 @@ class RunDir(os.PathLike):
     lock = property(lambda self: self._join(LOCK))
     overview = property(lambda self: self._join(OVERVIEW))
     submit_record = property(lambda self: self._join(SUBMIT_RECORD))
+    slurm_output = property(lambda self: self._join(SLURM_OUTPUT))
 
     def eval_file(self, stem):
         """An after-training evaluation's result file, `<stem>.json` (runner.evaluate names it)."""
@@ -143,7 +149,7 @@ def damaged(run_dir):
 
 def read_summary(run_dir):
     try:
-        with open(os.path.join(run_dir, SUMMARY)) as f:
+        with open(RunDir(run_dir).summary) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -155,13 +161,13 @@ def is_finished(summary, total_steps):
 
 
 def write_summary(run_dir, summary):
-    write_atomic(os.path.join(run_dir, SUMMARY), json.dumps(summary, indent=2, sort_keys=False) + '\n')
+    write_atomic(RunDir(run_dir).summary, json.dumps(summary, indent=2, sort_keys=False) + '\n')
 
 
 def append_metrics(run_dir, record):
     """Append one record whole or not at all: a write cut short (a full disk) is undone, so
     the file never holds half a line that a later record would be glued to."""
-    path = os.path.join(run_dir, METRICS)
+    path = RunDir(run_dir).metrics
     line = (json.dumps(record) + '\n').encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -182,7 +188,7 @@ def append_metrics(run_dir, record):
 def read_metrics(run_dir):
     out = []
     try:
-        with open(os.path.join(run_dir, METRICS)) as f:
+        with open(RunDir(run_dir).metrics) as f:
             for line in f:
                 try:
                     out.append(json.loads(line))
@@ -200,7 +206,7 @@ def truncate_history(run_dir, step):
     without this, TensorBoard and metrics.jsonl would show them twice.
     """
     records = [r for r in read_metrics(run_dir) if r.get('step', 0) <= step]
-    write_atomic(os.path.join(run_dir, METRICS), ''.join(json.dumps(r) + '\n' for r in records))
+    write_atomic(RunDir(run_dir).metrics, ''.join(json.dumps(r) + '\n' for r in records))
     for path in sorted(glob.glob(os.path.join(run_dir, 'events.out.tfevents.*'))):
         if path.endswith('.tmp'):
             os.remove(path)
@@ -242,7 +248,7 @@ def move_aside(run_dir):
 
 def remove_partial_checkpoints(run_dir):
     """Files of a checkpoint whose write was killed: never listed, never read; drop them."""
-    ckpt_dir = os.path.join(run_dir, 'checkpoints')
+    ckpt_dir = RunDir(run_dir).checkpoints
     for path in glob.glob(os.path.join(ckpt_dir, '*_temp*')):
         shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
@@ -255,7 +261,7 @@ def check_writable(logdir, need_bytes, run_dir=None):
         _probe(logdir)
     except OSError as e:
         return f"train_parameters.logdir: cannot write to '{logdir}': {e.strerror}"
-    for path in (run_dir, run_dir and os.path.join(run_dir, 'checkpoints')):
+    for path in (run_dir, run_dir and RunDir(run_dir).checkpoints):
         if path and os.path.isdir(path):
             try:
                 _probe(path)

@@ -1,6 +1,6 @@
 """One process per run: an exclusive OS file lock in the run directory.
 
-A process holds `<run_dir>/.lock` with flock(2) for as long as it trains (or smoke-tests)
+A process holds the run directory's `.lock` (rundir.LOCK) with flock(2) for as long as it trains (or smoke-tests)
 that run; the kernel releases it when the process exits or is killed, so a crash never
 leaves a stale claim. A second process, on this machine or on another one sharing the file
 system, finds the lock taken and skips the run: processes started on one file and one
@@ -22,7 +22,8 @@ import os
 import socket
 import time
 
-LOCK_FILE = '.lock'
+from runner.rundir import RunDir
+
 # A reader (status, --list) probes the lock by taking a shared lock for an instant; a
 # claimant that meets such a probe retries for this long before it concludes "taken".
 CLAIM_RETRY_SECONDS = 0.5
@@ -47,7 +48,7 @@ class RunLock:
 
     def __init__(self, run_dir):
         self.run_dir = run_dir
-        self.path = os.path.join(run_dir, LOCK_FILE)
+        self.path = RunDir(run_dir).lock
         self.fd = None
 
     @property
@@ -95,7 +96,7 @@ class RunLock:
 def holder(run_dir):
     """The record of the process holding the run's lock, or None when nobody holds it.
     Read-only apart from an instant's shared lock; safe while the run trains."""
-    path = os.path.join(run_dir, LOCK_FILE)
+    path = RunDir(run_dir).lock
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -34,10 +34,10 @@ import shlex
 import subprocess
 import sys
 
+from runner.rundir import SLURM_OUTPUT, SUMMARY, RunDir
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 JOBS_DIR = 'slurm-jobs'          # under the log directory: the scripts submitted, Slurm's own output
-TASK_OUTPUT = 'slurm.out'        # in a run directory: what its tasks printed, every allocation
-SUBMIT_RECORD = 'slurm.json'     # in a run directory: the array job and task it was submitted as
 # Seconds before the time limit at which the batch shell is told to stop (at most half the
 # limit): time for the step under way, a checkpoint and the requeue, with room for Slurm
 # sending the signal up to 60 s early (sbatch(1), --signal).
@@ -197,7 +197,7 @@ def job_script(args, pending, options, jobs_dir):
         f'RUN_NAMES=({names})',
         'run_dir=${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}',
         'mkdir -p "$run_dir"',
-        f'exec >>"$run_dir/{TASK_OUTPUT}" 2>&1',
+        f'exec >>"$run_dir/{SLURM_OUTPUT}" 2>&1',
         'echo "=== $(date \'+%F %T\') ${RUN_NAMES[$SLURM_ARRAY_TASK_ID]}: Slurm job '
         '${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname), allocation '
         '$((${SLURM_RESTART_COUNT:-0} + 1))"',
@@ -216,7 +216,7 @@ def job_script(args, pending, options, jobs_dir):
         '# Requeued unless the run has ended (finished, failed, diverged): stopped in its steps,',
         '# or before them (loading data), it continues from its checkpoint in the next allocation.',
         f'if [ "$stop" = {STOP_SIGNAL} ] && {shlex.quote(sys.executable)} -c {shlex.quote(NOT_ENDED)} '
-        '"$run_dir/summary.json"; then',
+        f'"$run_dir/{SUMMARY}"; then',
         '  echo "=== $(date \'+%F %T\') stopped before the time limit; requeued, the next '
         'allocation resumes from the checkpoint"',
         '  scontrol requeue "$SLURM_JOB_ID"',
@@ -231,13 +231,82 @@ def write_records(pending, job_id):
     stamp = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
     for k, _, run_dir in pending:
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, SUBMIT_RECORD), 'w') as f:
+        with open(RunDir(run_dir).submit_record, 'w') as f:
             json.dump({'array_job_id': job_id, 'array_task_id': k, 'submitted': stamp}, f)
             f.write('\n')
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+class SbatchError(Exception):
+    """sbatch could not be run, or refused the job (one-line message)."""
+
+
+def validated(args):
+    """The checked experiments (cli.Checked) to submit: they validate and their log
+    directories can take them. ConfigError names the first problem."""
+    from runner import cli, distribute, rundir, train
+    from runner.config import ConfigError, parse_overrides
+    overrides = parse_overrides(args.overrides)
+    if args.logdir:
+        overrides.append(('train_parameters.logdir', args.logdir))
+    experiments = cli.load_all(args.files, overrides, args.only)
+    distribute.quiet_tensorflow()
+    checked = cli.validate(experiments)
+    for c in checked:
+        problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                        RunDir.of(c.exp))
+        if problem:
+            raise ConfigError(f'{c.exp.label}: {problem}')
+    return checked
+
+
+def submit(args, script, jobs_dir):
+    """Write the script into `jobs_dir` and start `sbatch` on it: (the sbatch process, the
+    job id, the script's path). SbatchError when sbatch cannot run or refuses the job."""
+    os.makedirs(jobs_dir, exist_ok=True)
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
+    script_path = os.path.join(jobs_dir, f'array-{stamp}.sh')
+    with open(script_path, 'w') as f:
+        f.write(script)
+    # --parsable: the job id alone on the first line; --wait: sbatch returns when the array ends.
+    cmd = ['sbatch', '--parsable'] + (['--wait'] if args.wait else []) + [script_path]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        raise SbatchError(f'cannot run sbatch: {e.strerror} (is Slurm installed here?)') from None
+    first = proc.stdout.readline().strip()
+    job_id = re.match(r'\d+', first)
+    if not job_id:
+        err = (first + '\n' + proc.communicate()[1]).strip()
+        line = next((l for l in err.splitlines() if l.strip()), 'sbatch failed')
+        raise SbatchError(f"sbatch: {line.removeprefix('sbatch: ').removeprefix('error: ')}")
+    return proc, job_id.group(0), script_path
+
+
+def results_of(checked, run_dirs):
+    """The summaries of the runs (a stand-in for a run not started), and whether all finished."""
+    from runner import rundir
+    results = [rundir.read_summary(d) or {'run_name': c.exp.run_name, 'status': 'not started'}
+               for c, d in zip(checked, run_dirs)]
+    return results, all(rundir.is_finished(s, c.exp.total_steps) for s, c in zip(results, checked))
+
+
+def wait_for(proc, job_id, checked, run_dirs):
+    """`--wait`: until sbatch returns (every task has ended), then the results table."""
+    from runner import cli
+    sys.stdout.flush()
+    try:
+        proc.communicate()  # sbatch --wait returns when every task has ended
+    except KeyboardInterrupt:
+        print(f'\nstopped waiting; the job array goes on (scancel {job_id} stops it)', file=sys.stderr)
+        return EXIT_FAILED
+    results, done = results_of(checked, run_dirs)
+    cli.print_results(results)
+    return EXIT_OK if done else EXIT_FAILED
+
+
+def engine_answer(argv):
+    """For a command line that asks for help or names no engine, or another than slurm: the
+    exit status, after printing the help or why; None for `slurm ...`."""
     if argv and argv[0] in ('-h', '--help'):
         print('usage: python -m runner submit slurm FILE ... [options]\n\n'
               '`python -m runner submit slurm --help` lists the options.')
@@ -247,36 +316,31 @@ def main(argv=None):
         print(f"error: submit: unknown engine '{engine}'; the one there is: "
               f"python -m runner submit slurm FILE ...", file=sys.stderr)
         return EXIT_USAGE
+    return None
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    answer = engine_answer(argv)
+    if answer is not None:
+        return answer
     args = build_parser().parse_args(argv[1:])
-    from runner import cli, distribute, rundir
-    from runner.config import ConfigError, parse_overrides
+    from runner import cli, rundir
+    from runner.config import ConfigError
     try:
         options = sbatch_options(args)
-        overrides = parse_overrides(args.overrides)
-        if args.logdir:
-            overrides.append(('train_parameters.logdir', args.logdir))
-        experiments = cli.load_all(args.files, overrides, args.only)
-        distribute.quiet_tensorflow()
-        checked = cli.validate(experiments)
+        checked = validated(args)
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_USAGE
-    from runner import train
-    for c in checked:
-        problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
-                                        cli.run_dir_of(c.exp))
-        if problem:
-            print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
-            return EXIT_USAGE
 
-    run_dirs = [os.path.abspath(os.path.join(c.exp.train_parameters.logdir, c.exp.run_name))
-                for c in checked]
+    run_dirs = [os.path.abspath(RunDir.of(c.exp)) for c in checked]
     pending = [(k, c.exp.run_name, run_dirs[k]) for k, c in enumerate(checked)
                if not rundir.is_finished(rundir.read_summary(run_dirs[k]), c.exp.total_steps)]
     if not pending:
         print(f'all {len(checked)} run(s) are finished; nothing to submit')
         if args.wait:
-            cli.print_results([rundir.read_summary(d) for d in run_dirs])
+            cli.print_results(results_of(checked, run_dirs)[0])
         return EXIT_OK
     jobs_dir = os.path.join(os.path.abspath(checked[pending[0][0]].exp.train_parameters.logdir),
                             JOBS_DIR)
@@ -288,43 +352,17 @@ def main(argv=None):
                                               jobs=args.smoke_jobs, nothing='submitted'):
         return EXIT_FAILED
 
-    os.makedirs(jobs_dir, exist_ok=True)
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
-    script_path = os.path.join(jobs_dir, f'array-{stamp}.sh')
-    with open(script_path, 'w') as f:
-        f.write(script)
-    # --parsable: the job id alone on the first line; --wait: sbatch returns when the array ends.
-    cmd = ['sbatch', '--parsable'] + (['--wait'] if args.wait else []) + [script_path]
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except OSError as e:
-        print(f'error: cannot run sbatch: {e.strerror} (is Slurm installed here?)', file=sys.stderr)
+        proc, job_id, script_path = submit(args, script, jobs_dir)
+    except SbatchError as e:
+        print(f'error: {e}', file=sys.stderr)
         return EXIT_USAGE
-    first = proc.stdout.readline().strip()
-    job_id = re.match(r'\d+', first)
-    if not job_id:
-        err = (first + '\n' + proc.communicate()[1]).strip()
-        line = next((l for l in err.splitlines() if l.strip()), 'sbatch failed')
-        print(f"error: sbatch: {line.removeprefix('sbatch: ').removeprefix('error: ')}", file=sys.stderr)
-        return EXIT_USAGE
-    job_id = job_id.group(0)
     write_records(pending, job_id)
     print(f'submitted Slurm job array {job_id}: {len(pending)} task(s), script {script_path}')
     for k, name, run_dir in pending:
-        print(f'  {job_id}_{k}  {name}  -> {os.path.join(run_dir, TASK_OUTPUT)}')
+        print(f'  {job_id}_{k}  {name}  -> {RunDir(run_dir).slurm_output}')
     if not args.wait:
         proc.communicate()
         print(f'follow them with: python -m runner status {shlex.quote(os.path.dirname(jobs_dir))}')
         return EXIT_OK
-    sys.stdout.flush()
-    try:
-        proc.communicate()  # sbatch --wait returns when every task has ended
-    except KeyboardInterrupt:
-        print(f'\nstopped waiting; the job array goes on (scancel {job_id} stops it)', file=sys.stderr)
-        return EXIT_FAILED
-    results = []
-    for c, run_dir in zip(checked, run_dirs):
-        results.append(rundir.read_summary(run_dir) or {'run_name': c.exp.run_name, 'status': 'not started'})
-    cli.print_results(results)
-    done = all(rundir.is_finished(s, c.exp.total_steps) for s, c in zip(results, checked))
-    return EXIT_OK if done else EXIT_FAILED
+    return wait_for(proc, job_id, checked, run_dirs)

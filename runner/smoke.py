@@ -30,7 +30,8 @@ import tempfile
 import time
 
 import runner
-from runner import runlock  # no TensorFlow: a worker imports it quietly, first (see _worker)
+from runner import rundir, runlock  # no TensorFlow: a worker imports it quietly, first (see _worker)
+from runner.rundir import RunDir
 
 SMOKE_STEPS = 2
 SMOKE_BATCH = 8         # images per train step at most
@@ -142,7 +143,7 @@ def _smoke_test(exp, tmp, phases):
             raise SmokeFailure(f"the evaluation's loss is {m['loss']:g}")
         with phases('checkpoint'):
             step = trainer.step
-            saved = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(tmp, 'checkpoints'),
+            saved = tf.train.CheckpointManager(trainer.checkpoint, RunDir.of(short).checkpoints,
                                                max_to_keep=1).save(checkpoint_number=step)
             before = trainer.model.trainable_weights[0].numpy()
         del trainer
@@ -253,7 +254,6 @@ def passed_path(exp, key):
 
 def remember_pass(exp, key, seconds):
     """Record a pass in the experiment's logdir; False when it could not be written."""
-    from runner import rundir
     path = passed_path(exp, key)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -267,20 +267,17 @@ def remember_pass(exp, key, seconds):
 
 def has_nothing_to_train(exp):
     """Finished at its last step: the training queue skips it."""
-    from runner import rundir
-    return rundir.is_finished(rundir.read_summary(os.path.join(exp.train_parameters.logdir, exp.run_name)),
-                              exp.total_steps)
+    return rundir.is_finished(rundir.read_summary(RunDir.of(exp)), exp.total_steps)
 
 
 def is_interrupted_resume(exp):
     """Stopped with a checkpoint to resume from (interrupted, or killed while running):
     it passed its smoke test, or was started without one, before it trained."""
-    from runner import rundir
-    run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
+    run_dir = RunDir.of(exp)
     summary = rundir.read_summary(run_dir) or {}
     return (summary.get('status') in ('interrupted', 'running')
-            and os.path.isdir(os.path.join(run_dir, 'checkpoints'))
-            and any(f.endswith('.index') for f in os.listdir(os.path.join(run_dir, 'checkpoints'))))
+            and os.path.isdir(run_dir.checkpoints)
+            and any(f.endswith('.index') for f in os.listdir(run_dir.checkpoints)))
 
 
 @dataclasses.dataclass
@@ -307,7 +304,7 @@ def plan(checked, every=False, restarting=()):
         exp = c.exp
         if exp.skip_error_test:
             continue
-        run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
+        run_dir = RunDir.of(exp)
         item = Item(exp, smoke_key(exp, c.data_ready, project))
         fresh = exp.run_name in restarting
         if not every and not fresh:

@@ -13,11 +13,12 @@ import os
 import sys
 
 from runner import rundir, runlock, slurm
+from runner.rundir import RunDir
 
 EXIT_OK, EXIT_USAGE = 0, 2
 # What marks a directory as a run's (any one is enough): the runner's files, the lock every
 # process takes, the record `submit slurm` leaves for a run not started yet.
-RUN_FILES = (rundir.SUMMARY, rundir.CONFIG, runlock.LOCK_FILE, slurm.SUBMIT_RECORD)
+RUN_FILES = (rundir.SUMMARY, rundir.CONFIG, rundir.LOCK, rundir.SUBMIT_RECORD)
 MOVED_ASIDE = '.restarted-'  # rundir.move_aside: an old run kept by --restart
 
 
@@ -73,8 +74,8 @@ def run_status(run_dir):
     summary = rundir.read_summary(run_dir) or {}
     holder = runlock.holder(run_dir)
     # The lock file keeps the record of its last holder after the lock is released.
-    last = holder or _read_json(os.path.join(run_dir, runlock.LOCK_FILE)) or {}
-    submitted = _read_json(os.path.join(run_dir, slurm.SUBMIT_RECORD)) or {}
+    last = holder or _read_json(RunDir(run_dir).lock) or {}
+    submitted = _read_json(RunDir(run_dir).submit_record) or {}
     if holder is not None:
         status = 'running'
     elif not summary:

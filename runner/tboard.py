@@ -8,7 +8,7 @@ and `session_end_pb` write one session's values and end status; the protocol is
 tensorboard/plugins/hparams/api.proto). TensorBoard keeps the *first* summary metadata it
 reads for a tag of a run, and hparams live in metadata, so a resumed run cannot append a new
 end status to its event files. Each run therefore keeps its session (values, status,
-config text, first-step images) in one small event file of its own, OVERVIEW, rewritten
+config text, first-step images) in one small event file of its own, RunDir.overview, rewritten
 whole (write and rename) when a session starts and ends; the log directory keeps the
 experiment declaration in EXPERIMENT, the union over its runs.
 """
@@ -23,10 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from runner import data as data_lib
+from runner import rundir
+from runner.rundir import RunDir
 
 # Event files TensorBoard reads (any name holding 'tfevents'); '0' sorts them before the
-# run's own event files, whose names hold the time they were created.
-OVERVIEW = 'events.out.tfevents.0.overview'
+# run's own event files, whose names hold the time they were created (so does rundir.OVERVIEW).
 EXPERIMENT = 'events.out.tfevents.0.hparams_experiment'
 EXPERIMENT_LOCK = '.hparams_experiment.lock'
 
@@ -241,15 +242,15 @@ INPUT_IMAGES_TAG = 'train/input_images'
 
 def write_overview(run_dir, exp, values, config_text, grid, status='running'):
     """The run's session (HParams values, status), its config.yaml as text and the first-step
-    grid in OVERVIEW (grid None: a resumed run, whose earlier overview's grid is kept); the
+    grid in the run's overview file (grid None: a resumed run, whose earlier overview's grid is kept); the
     experiment declaration of its log directory beside."""
     from tensorboard.plugins.hparams import api as hp
-    path = os.path.join(run_dir, OVERVIEW)
+    path = RunDir(run_dir).overview
     kept = [] if grid is not None else _kept_values(path, lambda tag: tag == INPUT_IMAGES_TAG)
 
     def write():
         hp.hparams(values, trial_id=exp.run_name)  # one row of the table per run
-        tf.summary.text('config.yaml', _config_markdown(config_text), step=0,
+        tf.summary.text(rundir.CONFIG, _config_markdown(config_text), step=0,
                         description='The resolved experiment as the run got it (the run\'s config.yaml).')
         if grid is not None:
             tf.summary.image(INPUT_IMAGES_TAG, grid[None], step=0,
@@ -289,10 +290,10 @@ def _write_end(status):
 
 
 def set_status(run_dir, status):
-    """Replace the session end status in the run's OVERVIEW (a run from before it had one is
+    """Replace the session end status in the run's overview file (a run from before it had one is
     left alone)."""
     from tensorboard.plugins.hparams import metadata
-    path = os.path.join(run_dir, OVERVIEW)
+    path = RunDir(run_dir).overview
     kept = _kept_values(path, lambda tag: tag != metadata.SESSION_END_INFO_TAG)
     if kept:
         _write_events(path, lambda: (_write_values(kept), _write_end(status)))

@@ -31,8 +31,8 @@ def experiment(images, logdir, run_name, steps=30, **train):
 def assert_trained_once(run_dir, steps):
     """One event file of training (beside runner.tboard's overview, which every session
     rewrites), every logged step once and in order, finished at `steps`."""
-    from runner import tboard
-    trained = set(glob.glob(os.path.join(run_dir, 'events.out.tfevents.*'))) - {os.path.join(run_dir, tboard.OVERVIEW)}
+    from runner import rundir
+    trained = set(glob.glob(os.path.join(run_dir, 'events.out.tfevents.*'))) - {rundir.RunDir(run_dir).overview}
     assert len(trained) == 1, os.listdir(run_dir)
     logged = [r['step'] for r in metrics(run_dir) if r['kind'] == 'train']
     assert logged == sorted(set(logged)) and logged[-1] == steps, logged

@@ -226,9 +226,9 @@ def session_status(run_dir):
     """The HParams session end status in a run's overview file, by TensorBoard's own parser."""
     import tensorflow as tf
     from tensorboard.plugins.hparams import api_pb2, metadata
-    from runner import tboard
+    from runner import rundir
     found = {}
-    for raw in tf.data.TFRecordDataset(os.path.join(run_dir, tboard.OVERVIEW)).as_numpy_iterator():
+    for raw in tf.data.TFRecordDataset(rundir.RunDir(run_dir).overview).as_numpy_iterator():
         for v in tf.compat.v1.Event.FromString(raw).summary.value:
             if v.tag == metadata.SESSION_END_INFO_TAG:
                 found.setdefault('end', []).append(api_pb2.Status.Name(
