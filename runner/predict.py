@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, add_run_options
+from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, add_run_options, first_line
 from runner.inference import WEIGHTS, RunError
 
 
@@ -46,14 +46,13 @@ def read_images(paths, image_size, style='cifar'):
         try:
             out.append((path, prepare_image(data, image_size, style), None))
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError) as e:
-            msg = _clean(str(getattr(e, 'message', e))) or type(e).__name__
+            msg = _clean(first_line(e)) or type(e).__name__
             out.append((path, None, f'not an image, or a damaged one ({msg})'))
     return out
 
 
-def _clean(message):
-    """TensorFlow's op error without its function-node and op decorations."""
-    text = message.strip().splitlines()[0] if message.strip() else ''
+def _clean(text):
+    """The first line of TensorFlow's op error without its function-node and op decorations."""
     text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', text)
     return re.sub(r'\s*\[Op:\w+\]', '', text).strip()
 

@@ -28,6 +28,8 @@ import os
 import shutil
 import tempfile
 
+from runner.common import first_line
+
 # TensorFlow is imported where it is used (the event files), so that reading a run
 # (`python -m runner status`) stays a fraction of a second.
 
@@ -140,7 +142,7 @@ def damaged(run_dir):
         except FileNotFoundError:
             continue
         except (OSError, ValueError, yaml.YAMLError) as e:
-            reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0]
+            reason = e.strerror if isinstance(e, OSError) else first_line(e)
             return f'{path}: cannot be read ({reason})'
         if not isinstance(data, dict):
             return f'{path}: cannot be read (not a mapping of keys)'
