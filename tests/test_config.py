@@ -263,8 +263,8 @@ def test_reference_covers_every_key():
     keys = {row[0] for row in reference()}
     assert {'model', 'module', 'dataset.validation_fraction', 'train_parameters.lr_boundaries',
             'paper.top1_error', 'skip_error_test'} <= keys
-    for key, type_name, default, doc in reference():
-        assert doc, f'{key} has no documentation'
+    for row in reference():
+        assert row.doc, f'{row.key} has no documentation'
 
 
 def test_list_prints_every_experiment(capsys, tmp_path, image_folder):
