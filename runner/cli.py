@@ -15,20 +15,6 @@ import tempfile
 
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
 
-# Keys that may change between the start of a run and its resume without making the
-# checkpoint meaningless: logging, evaluation, how long to train, and where the data is
-# (moved data is still the same data; validation checks its labels and classes again).
-RESUMABLE_CHANGES = {'train_parameters.steps', 'train_parameters.log_interval',
-                     'train_parameters.val_interval', 'train_parameters.checkpoint_interval',
-                     'train_parameters.keep_checkpoints', 'train_parameters.eval_batch_size',
-                     'train_parameters.logdir', 'skip_error_test', 'paper.top1_error',
-                     'paper.top5_error', 'paper.source', 'dataset.data_dir', 'dataset.download',
-                     'dataset.image_folder', 'dataset.manual_dir', 'dataset.list_root',
-                     'dataset.train_list', 'dataset.test_list', 'dataset.tfrecord_train',
-                     'dataset.tfrecord_test', 'train_parameters.init_weights',
-                     'train_parameters.init_skip_mismatch'}
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog='run_experiments.py',
@@ -203,7 +189,7 @@ def check_resumable(exp):
     save): nothing would be lost by starting it over, so it is."""
     import yaml
     from runner import checkpoints, rundir
-    from runner.config import ConfigError, Experiment
+    from runner.config import ConfigError, Experiment, recorded_value, resumable
     run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
     path = os.path.join(run_dir, rundir.CONFIG)
     if not os.path.exists(path) or rundir.damaged(run_dir):
@@ -224,10 +210,13 @@ def check_resumable(exp):
         if new['dataset'][key] is None:
             new['dataset'][key] = old.get('dataset', {}).get(key)
     # A key that an earlier version of the runner did not write is unchanged if the run
-    # now has that key's default, which is what the earlier version did.
+    # now has that key's default, which is what the earlier version did; so is a null it
+    # wrote for a default the schema now spells out (config.recorded_value). Which keys may
+    # change on a resume is the schema's to say (config.resumable).
     defaults = Experiment(model=exp.model).to_dict()
-    diff = [k for k in changed_keys(old, new) if k not in RESUMABLE_CHANGES
-            and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
+    diff = [k for k in changed_keys(old, new) if not resumable(k)
+            and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))
+            and recorded_value(k, _get(old, k)) != _get(new, k)]
     if not diff:
         return False
     if not checkpoints.present(os.path.join(run_dir, 'checkpoints')):
