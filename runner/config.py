@@ -338,11 +338,11 @@ class TrainConfig:
         'With init_weights, leave layers whose shapes differ (e.g. a new classifier) at their '
         'fresh initialisation instead of failing.', resumable=True, default=False)
     distribution: str = _doc(
-        'auto | none | mirrored | multi_worker | tpu. auto: MirroredStrategy when more than one GPU '
+        'auto: MirroredStrategy when more than one GPU '
         'is visible, MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else none. '
         'batch_size is the global batch over all replicas.', choices=DISTRIBUTIONS, default='auto')
     precision: str = _doc(
-        'auto | fastest | float32 | mixed_bfloat16 | mixed_float16 (with loss scaling). auto: '
+        'mixed_float16 is with loss scaling. auto: '
         'mixed_float16 on GPUs, float32 on CPUs. fastest: as auto, except on a single machine '
         'whose CPU has bfloat16 instructions, where a few train steps of the model are timed in '
         'float32 and mixed_bfloat16 before step 1 and the run trains in mixed_bfloat16 if it is '
