@@ -3,8 +3,10 @@
 An experiment file is multi-document YAML, one experiment per document, in the
 format of the seed runner (module / model / model_parameters / train_parameters /
 skip_error_test) plus the `dataset` and `paper` sections. Every key is declared
-once below, with its type, default and meaning; the YAML reference in docs/configuration.md and
-`python -m runner keys` are made from these declarations.
+once below, with its type, default and meaning, and in its field's metadata the choices or
+range of numbers it allows and whether it may change when a run is resumed. Validation,
+the resume check of runner.cli, the YAML reference in docs/configuration.md and
+`python -m runner keys` all read these declarations.
 
 Errors are `ConfigError`s: one line naming the file, the experiment and the key,
 never a traceback.
@@ -604,9 +606,9 @@ def _check_fields(obj, prefix=''):
         if dataclasses.is_dataclass(value):
             _check_fields(value, key + '.')
             continue
-        choices, within = f.metadata.get('choices'), f.metadata.get('within')
         if value is None:
             continue
+        choices, within = f.metadata.get('choices'), f.metadata.get('within')
         if choices and value not in choices:
             raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}"
                               f"{did_you_mean(value, choices)}")
