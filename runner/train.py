@@ -56,6 +56,7 @@ class StopRequest:
     def __init__(self):
         self.signal = None
         self.last_words = None
+        self.training = False  # in the steps (a stop checkpoints), not before them
         self._old = {}
         self._old_wakeup = None
         self._wakeup_write = None
@@ -99,8 +100,19 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             self._exit_now()
         self.signal = signum
-        print(f'\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step '
-              f'(Ctrl-C again to exit at once)', file=sys.stderr, flush=True)
+        what = ('saving a checkpoint at the end of this step' if self.training
+                else 'stopping before training starts')
+        print(f'\n{signal.Signals(signum).name}: {what} (Ctrl-C again to exit at once)',
+              file=sys.stderr, flush=True)
+
+    def stop_before_training(self):
+        """A safe point before the steps: there is no step to finish, so a stop asked for
+        ends the run here, its last checkpoint standing (cli.train_one records it
+        interrupted). Raised here, between two pieces of setup, rather than by the signal
+        in the middle of TensorFlow building an input pipeline: that left the process
+        crashed (SIGSEGV) or hung in one try out of ten."""
+        if self.signal is not None:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         if self._wakeup_write is not None:
@@ -565,8 +577,13 @@ def set_op_determinism(on):
 
 def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
+    # One stop request for the whole run, its setup too: from here a signal sets a flag that
+    # the run acts on where it is safe (StopRequest.stop_before_training, the steps'
+    # boundaries, an evaluation's batches).
+    stop = stop if stop is not None else StopRequest()
     try:
-        return _run(exp, data, quiet, max_eval_batches, stop)
+        with stop:
+            return _run(exp, data, quiet, max_eval_batches, stop)
     finally:
         distribute.set_policy('float32')
 
@@ -583,6 +600,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     previous = rundir.read_summary(chief_dir) or {}
     set_op_determinism(tp.deterministic)
     data = data or data_lib.load(exp.dataset)
+    stop.stop_before_training()
     resuming = checkpoints.present(os.path.join(chief_dir, 'checkpoints'))
     policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
     if why and not quiet:
@@ -592,6 +610,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     keras.utils.set_random_seed(tp.seed)
     trainer = Trainer(exp, data, strategy, policy)
     total = exp.total_steps
+    stop.stop_before_training()
 
     os.makedirs(run_dir, exist_ok=True)
     rundir.remove_partial_checkpoints(run_dir)
@@ -624,6 +643,7 @@ def _run(exp, data, quiet, max_eval_batches, stop):
             if adapted and not quiet:
                 print(f'{exp.run_name}: adapted {", ".join(adapted)} to {tp.adapt_examples} training '
                       f'images', flush=True)
+    stop.stop_before_training()
     trainer.start_input()
 
     resolved = exp.to_dict()
@@ -678,7 +698,6 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     # (step, images/s) of every logged interval so far (history before a resume included).
     rates = [(r['step'], r['images_per_second']) for r in rundir.read_metrics(run_dir)
              if r.get('kind') == 'train']
-    stop = stop if stop is not None else StopRequest()
 
     def last_words():
         """A second Ctrl-C exits at once: the summary says so, with the checkpoint a resume
@@ -748,7 +767,9 @@ def _run(exp, data, quiet, max_eval_batches, stop):
         manager.save(checkpoint_number=step)
         return True
 
-    with stop, writer.as_default():
+    stop.training = True
+    stop.stop_before_training()
+    with writer.as_default():
         last_log_step, last_log_time, overhead = trainer.step, time.time(), 0.0
         # The first progress line of a session comes within about a minute, whatever
         # log_interval is (400 steps of a big model can take minutes); it is printed only,
@@ -868,12 +889,10 @@ def _run(exp, data, quiet, max_eval_batches, stop):
             os.remove(os.path.join(run_dir, 'error.log'))
 
     if status is None:
-        # The final evaluation honours a stop as the periodic ones do (its own handlers: the
-        # loop's were restored); the run is then interrupted at its last step, and a resume
-        # does this evaluation again.
+        # The final evaluation honours a stop as the periodic ones do; the run is then
+        # interrupted at its last step, and a resume does this evaluation again.
         try:
-            with stop:
-                final_evaluation()
+            final_evaluation()
             status = 'finished'
         except EvaluationStopped:
             status = 'interrupted'

@@ -166,18 +166,24 @@ def test_parallel_workers_report_in_file_order_and_a_failure_does_not_stop_the_o
 
 
 def test_no_smoke_run_when_finished_and_no_retest_of_an_interrupted_runs_resume(
-        tmp_path, models, image_folder, capsys):
+        tmp_path, models, image_folder, capsys, monkeypatch):
     module, _ = models
     logdir = tmp_path / 'logs'
     exp = experiment(module, logdir, 'r')
     exp['dataset'] = {'image_folder': image_folder}  # it trains: real (tiny) data
     path = write(tmp_path / 'e.yaml', exp)
     exp, = load_experiments(path)
-    # An interrupted run, stopped as Ctrl-C stops it: at the end of its first step, with a
-    # checkpoint (the request already made when training starts).
+    # An interrupted run, stopped as a Ctrl-C during its first step stops it: at the end of
+    # that step, with a checkpoint.
     stop = train.StopRequest()
-    stop.signal = signal.SIGINT
+    first_step = train.Trainer.train_step
+
+    def step_then_ctrl_c(trainer, iterator):
+        first_step(trainer, iterator)
+        stop.signal = signal.SIGINT
+    monkeypatch.setattr(train.Trainer, 'train_step', step_then_ctrl_c)
     assert train.run(exp, quiet=True, stop=stop)['status'] == 'interrupted'
+    monkeypatch.setattr(train.Trainer, 'train_step', first_step)
     assert cli.main([path]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert 'skip  r: resuming an interrupted run' in out and '0 to test' in out, out
