@@ -359,6 +359,12 @@ def prepare_process(threads=None):
     import tensorflow as tf
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
+    # Grappler, TensorFlow's graph optimiser, was about half of the first execution of a
+    # deep network's train step (constant folding, common-subgraph elimination, the remapper's
+    # fusions, over a graph of tens of thousands of nodes). It rewrites how the graph runs,
+    # not what it computes, and a smoke test runs two steps: the workers run the graph as
+    # traced. Training, in its own process, keeps it.
+    tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
 
 
 def _worker(conn, threads):
