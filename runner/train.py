@@ -33,6 +33,7 @@ import runner
 from runner import checkpoints
 from runner import data as data_lib
 from runner import distribute
+from runner import precision
 from runner import restore
 from runner.optimizers import build_optimizer
 from runner import rundir
@@ -484,80 +485,6 @@ def checkpoint_bytes(params):
     return params * 4 * 2 * 2 + 64 * 2**20
 
 
-_STRATEGIES = {}
-
-
-def strategy_for(kind):
-    # A process can set up a multi-worker cluster only once: share one strategy per kind
-    # among the experiments of a file.
-    if kind not in _STRATEGIES:
-        _STRATEGIES[kind] = distribute.make_strategy(kind)
-    return _STRATEGIES[kind]
-
-
-def probe_precisions(exp, info, batch_size, steps=3):
-    """Images per second of a plain SGD step of the experiment's model on random images,
-    in float32 and in mixed_bfloat16: {policy: rate}. One step traces and warms up, the
-    median of `steps` timed ones counts."""
-    rates = {}
-    x = tf.random.uniform((batch_size, *info.image_shape), -1.0, 1.0, seed=0)
-    y = tf.random.uniform((batch_size,), 0, info.num_classes, tf.int32, seed=0)
-    try:
-        for policy in ('float32', 'mixed_bfloat16'):
-            distribute.set_policy(policy)
-            model = build_model(exp, info.image_shape, info.num_classes)
-            optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
-
-            @tf.function
-            def step():
-                with tf.GradientTape() as tape:
-                    logits = tf.cast(model(x, training=True), tf.float32)
-                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
-                return loss
-
-            float(step())
-            times = []
-            for _ in range(steps):
-                start = time.perf_counter()
-                float(step())
-                times.append(time.perf_counter() - start)
-            rates[policy] = batch_size / statistics.median(times)
-            del model, optimizer, step
-    finally:
-        distribute.set_policy('float32')
-    return rates
-
-
-def choose_precision(exp, info, strategy, previous_precision=None):
-    """The policy to train in, and for `precision: fastest` why: (policy, reason or None).
-    Only a single machine probes; every worker of a multi-worker run must use the same
-    policy and each would measure its own."""
-    tp = exp.train_parameters
-    policy = distribute.resolve_precision(tp.precision)
-    if tp.precision == 'auto' and previous_precision and previous_precision != policy:
-        # Resumed on other hardware (a GPU then, none now, or the reverse): the checkpoint
-        # holds the optimizer of the precision it started in (a LossScaleOptimizer's
-        # variables for mixed_float16), and a run keeps its arithmetic anyway.
-        return previous_precision, 'chosen when the run started'
-    if tp.precision != 'fastest':
-        return policy, None
-    if previous_precision:
-        return previous_precision, 'chosen when the run started'
-    if tf.config.list_logical_devices('GPU'):
-        return policy, 'a GPU'
-    if distribute.is_multi_worker(tp.distribution):
-        return policy, 'several workers, which could measure differently'
-    if not distribute.cpu_has_bfloat16():
-        return policy, 'this CPU has no bfloat16 instructions'
-    batch = min(tp.batch_size // strategy.num_replicas_in_sync, 256)
-    rates = probe_precisions(exp, info, batch)
-    policy = distribute.faster_precision(rates)
-    return policy, (f"float32 {rates['float32']:.0f}, mixed_bfloat16 {rates['mixed_bfloat16']:.0f} "
-                    f"images/s on this CPU (batch {batch}); bfloat16 needs {distribute.BF16_MARGIN}x")
-
-
 def _disable_op_determinism():
     """The inverse of tf.config.experimental.enable_op_determinism, which TensorFlow's public
     API lacks; its internal module has had it since the switch was added (TF 2.9)."""
@@ -585,12 +512,12 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
         with stop:
             return _run(exp, data, quiet, max_eval_batches, stop)
     finally:
-        distribute.set_policy('float32')
+        precision.set_policy('float32')
 
 
 def _run(exp, data, quiet, max_eval_batches, stop):
     tp = exp.train_parameters
-    strategy = strategy_for(tp.distribution)
+    strategy = distribute.strategy_for(tp.distribution)
     chief = distribute.is_chief(strategy)
     chief_dir = os.path.join(tp.logdir, exp.run_name)
     # Other workers of a multi-worker run keep their own copies (every worker must take part
@@ -602,10 +529,10 @@ def _run(exp, data, quiet, max_eval_batches, stop):
     data = data or data_lib.load(exp.dataset)
     stop.stop_before_training()
     resuming = checkpoints.present(os.path.join(chief_dir, 'checkpoints'))
-    policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
+    policy, why = precision.choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
-    distribute.set_policy(policy)
+    precision.set_policy(policy)
     # After the probe, which builds models of its own: the weights start the same either way.
     keras.utils.set_random_seed(tp.seed)
     trainer = Trainer(exp, data, strategy, policy)
