@@ -10,9 +10,10 @@ def keys_main(argv):
     `--update-docs` (or its old name `--update-readme`) writes it there."""
     from runner.config import reference
     rows = reference()
-    table = '| key | type | default | meaning |\n| --- | --- | --- | --- |\n' + ''.join(
-        f'| `{key}` | {type_name} | `{default}` | {doc} |\n'
-        for key, type_name, default, doc in rows if type_name != 'section')
+    table = ('| key | type | default | allowed | on resume | meaning |\n'
+             '| --- | --- | --- | --- | --- | --- |\n') + ''.join(
+        f"| `{r.key}` | {r.type} | `{r.default}` | {r.allowed} | {'may change' if r.resumable else ''} "
+        f"| {r.doc} |\n" for r in rows if r.type != 'section')
     if '--markdown' in argv:
         print(table, end='')
         return 0
@@ -25,11 +26,13 @@ def keys_main(argv):
         with open(path, 'w') as f:
             f.write(text)
         return 0
-    for key, type_name, default, doc in rows:
-        if type_name == 'section':
-            print(f'\n{key}:  {doc}')
+    for r in rows:
+        if r.type == 'section':
+            print(f'\n{r.key}:  {r.doc}')
         else:
-            print(f'  {key}  ({type_name}, default {default})\n      {doc}')
+            extra = (f', allowed: {r.allowed}' if r.allowed else '') + \
+                (', may change on resume' if r.resumable else '')
+            print(f'  {r.key}  ({r.type}, default {r.default}{extra})\n      {r.doc}')
     return 0
 
 

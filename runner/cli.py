@@ -15,20 +15,6 @@ import tempfile
 
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
 
-# Keys that may change between the start of a run and its resume without making the
-# checkpoint meaningless: logging, evaluation, how long to train, and where the data is
-# (moved data is still the same data; validation checks its labels and classes again).
-RESUMABLE_CHANGES = {'train_parameters.steps', 'train_parameters.log_interval',
-                     'train_parameters.val_interval', 'train_parameters.checkpoint_interval',
-                     'train_parameters.keep_checkpoints', 'train_parameters.eval_batch_size',
-                     'train_parameters.logdir', 'skip_error_test', 'paper.top1_error',
-                     'paper.top5_error', 'paper.source', 'dataset.data_dir', 'dataset.download',
-                     'dataset.image_folder', 'dataset.manual_dir', 'dataset.list_root',
-                     'dataset.train_list', 'dataset.test_list', 'dataset.tfrecord_train',
-                     'dataset.tfrecord_test', 'train_parameters.init_weights',
-                     'train_parameters.init_skip_mismatch'}
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog='run_experiments.py',
@@ -203,7 +189,7 @@ def check_resumable(exp):
     save): nothing would be lost by starting it over, so it is."""
     import yaml
     from runner import checkpoints, rundir
-    from runner.config import ConfigError, Experiment
+    from runner.config import ConfigError, Experiment, recorded_value, resumable
     run_dir = os.path.join(exp.train_parameters.logdir, exp.run_name)
     path = os.path.join(run_dir, rundir.CONFIG)
     if not os.path.exists(path) or rundir.damaged(run_dir):
@@ -224,10 +210,13 @@ def check_resumable(exp):
         if new['dataset'][key] is None:
             new['dataset'][key] = old.get('dataset', {}).get(key)
     # A key that an earlier version of the runner did not write is unchanged if the run
-    # now has that key's default, which is what the earlier version did.
+    # now has that key's default, which is what the earlier version did; so is a null it
+    # wrote for a default the schema now spells out (config.recorded_value). Which keys may
+    # change on a resume is the schema's to say (config.resumable).
     defaults = Experiment(model=exp.model).to_dict()
-    diff = [k for k in changed_keys(old, new) if k not in RESUMABLE_CHANGES
-            and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))]
+    diff = [k for k in changed_keys(old, new) if not resumable(k)
+            and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))
+            and recorded_value(k, _get(old, k)) != _get(new, k)]
     if not diff:
         return False
     if not checkpoints.present(os.path.join(run_dir, 'checkpoints')):
@@ -477,50 +466,11 @@ def main(argv=None):
 
 
 def _main(args):
-    from runner.config import ConfigError, join_errors, parse_overrides, run_name_problem
-    from runner.shares import select_indices
+    """The command's steps: load and check everything (nothing is written before all passed),
+    then --list, or the smoke run, then move aside what starts over, then train."""
+    from runner.config import ConfigError
     try:
-        overrides = parse_overrides(args.overrides)
-        if args.logdir:
-            overrides.append(('train_parameters.logdir', args.logdir))
-        try:
-            experiments, load_error = load_all(args.files, overrides, args.only), None
-        except ConfigError as e:
-            if not hasattr(e, 'passed'):
-                raise
-            # Mistakes in the files: the experiments without one are validated too, so that
-            # every problem is reported in this one round.
-            experiments, load_error = e.passed, e
-        restarting = set()
-        for arg in args.restart:
-            name = arg.rstrip('/')
-            problem = run_name_problem(name)
-            if problem:
-                raise ConfigError(f"--restart {arg}: '{name}' {problem}; --restart only moves "
-                                  f"run directories inside logdir")
-            # A name also stands for the runs it expanded into, as with --only.
-            runs = {e.run_name for e in experiments
-                    if e.run_name == name or e.run_name.startswith(name + '/')}
-            if not runs:
-                raise ConfigError(f"--restart: no selected experiment is named '{name}'")
-            restarting |= runs
-        from runner import runlock
-        for exp in experiments:
-            if exp.run_name in restarting and runlock.holder(run_dir_of(exp)) is not None:
-                raise ConfigError(locked_restart(exp))
-        if load_error:
-            quiet_tensorflow([])
-            try:
-                validate(experiments, restarting, need_data=not (args.smoke or args.list))
-            except ConfigError as more:
-                raise join_errors(load_error, more) from None
-            raise load_error
-        share = select_indices(len(experiments), args.index, args.shard)
-        quiet_tensorflow([] if args.list else [experiments[k] for k in share])
-        checked = validate(experiments, restarting, need_data=not (args.smoke or args.list))
-        for k, c in enumerate(checked):
-            c.queue_index = k
-        checked = [checked[k] for k in share]
+        checked, restarting = checked_share(args)
     except ConfigError as e:
         for line in str(e).splitlines():
             print(f'error: {line}', file=sys.stderr)
@@ -529,18 +479,102 @@ def _main(args):
         print_list(checked)
         return EXIT_OK
     if not args.smoke:
-        from runner import rundir, train
-        for c in checked:
-            problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
-                                            run_dir_of(c.exp))
-            if problem:
-                print(f'error: {c.exp.label}: {problem}', file=sys.stderr)
-                return EXIT_CONFIG
-    if not (args.no_smoke):
+        problem = unwritable(checked)
+        if problem:
+            print(f'error: {problem}', file=sys.stderr)
+            return EXIT_CONFIG
+    if not args.no_smoke:
         if smoke_failed(checked, every=args.smoke, restarting=restarting, jobs=args.smoke_jobs):
             return EXIT_FAILED
         if args.smoke:
             return EXIT_OK
+    code = start_over(checked, restarting)
+    if code is not None:
+        return code
+    results = train_all(checked, args.fail_fast)
+    print_results(results)
+    # A run held by another live process is that process's to answer for.
+    return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+
+
+def checked_share(args):
+    """(this process's share of the validated runs, the run names --restart stands for);
+    a ConfigError of every problem of every experiment otherwise."""
+    from runner.config import ConfigError, join_errors
+    from runner.shares import select_indices
+    experiments, load_error = load_selected(args)
+    restarting = restarted_runs(args.restart, experiments)
+    need_data = not (args.smoke or args.list)
+    if load_error:
+        # Mistakes in the files: the experiments without one are validated too, so that
+        # every problem is reported in this one round.
+        quiet_tensorflow([])
+        try:
+            validate(experiments, restarting, need_data=need_data)
+        except ConfigError as more:
+            raise join_errors(load_error, more) from None
+        raise load_error
+    share = select_indices(len(experiments), args.index, args.shard)
+    quiet_tensorflow([] if args.list else [experiments[k] for k in share])
+    checked = validate(experiments, restarting, need_data=need_data)
+    for k, c in enumerate(checked):
+        c.queue_index = k
+    return [checked[k] for k in share], restarting
+
+
+def load_selected(args):
+    """(the experiments --only selects with --set and --logdir applied, the ConfigError of the
+    files' mistakes or None): the experiments without a mistake are kept for validation."""
+    from runner.config import ConfigError, parse_overrides
+    overrides = parse_overrides(args.overrides)
+    if args.logdir:
+        overrides.append(('train_parameters.logdir', args.logdir))
+    try:
+        return load_all(args.files, overrides, args.only), None
+    except ConfigError as e:
+        if not hasattr(e, 'passed'):
+            raise
+        return e.passed, e
+
+
+def restarted_runs(names, experiments):
+    """The run names the --restart NAMEs stand for (a name also stands for the runs it
+    expanded into, as with --only); a ConfigError for a name that is no selected run's or
+    a run that another live process trains."""
+    from runner import runlock
+    from runner.config import ConfigError, run_name_problem
+    restarting = set()
+    for arg in names:
+        name = arg.rstrip('/')
+        problem = run_name_problem(name)
+        if problem:
+            raise ConfigError(f"--restart {arg}: '{name}' {problem}; --restart only moves "
+                              f"run directories inside logdir")
+        runs = {e.run_name for e in experiments
+                if e.run_name == name or e.run_name.startswith(name + '/')}
+        if not runs:
+            raise ConfigError(f"--restart: no selected experiment is named '{name}'")
+        restarting |= runs
+    for exp in experiments:
+        if exp.run_name in restarting and runlock.holder(run_dir_of(exp)) is not None:
+            raise ConfigError(locked_restart(exp))
+    return restarting
+
+
+def unwritable(checked):
+    """'<experiment>: <why>' for the first run whose logdir cannot take it, or None."""
+    from runner import rundir, train
+    for c in checked:
+        problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+                                        run_dir_of(c.exp))
+        if problem:
+            return f'{c.exp.label}: {problem}'
+    return None
+
+
+def start_over(checked, restarting):
+    """Move aside the run directories of the runs --restart names and of those whose settings
+    changed before their first checkpoint; an exit status if that failed, else None."""
     from runner import rundir, runlock
     for c in checked:
         run_dir = run_dir_of(c.exp)
@@ -565,10 +599,7 @@ def _main(args):
         else:
             print(f'{c.exp.run_name}: settings changed before its first checkpoint; starting it '
                   f'over (old run moved to {moved})')
-    results = train_all(checked, args.fail_fast)
-    print_results(results)
-    # A run held by another live process is that process's to answer for.
-    return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+    return None
 
 
 def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='trained'):

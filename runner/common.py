@@ -24,11 +24,12 @@ def first_line(error):
     return lines[0] if lines else type(error).__name__
 
 
-def did_you_mean(name, known):
+def did_you_mean(name, known, prefix=''):
     """The hint `; did you mean 'x'?` naming the closest of `known` to a misspelt `name`
-    (difflib's similarity of 0.6 or more), else ''."""
+    (difflib's similarity of 0.6 or more), else ''. `prefix` is put before the name shown
+    (a section: 'train_parameters.'), not compared."""
     close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ''
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ''
 
 
 def add_run_options(parser, weights, data_dir_help=MOVED_DATA_HELP):

@@ -3,15 +3,16 @@
 An experiment file is multi-document YAML, one experiment per document, in the
 format of the seed runner (module / model / model_parameters / train_parameters /
 skip_error_test) plus the `dataset` and `paper` sections. Every key is declared
-once below, with its type, default and meaning; the YAML reference in docs/configuration.md and
-`python -m runner keys` are made from these declarations.
+once below, with its type, default and meaning, and in its field's metadata the choices or
+range of numbers it allows and whether it may change when a run is resumed. Validation,
+the resume check of runner.cli, the YAML reference in docs/configuration.md and
+`python -m runner keys` all read these declarations.
 
 Errors are `ConfigError`s: one line naming the file, the experiment and the key,
 never a traceback.
 """
 import copy
 import dataclasses
-import difflib
 import itertools
 import math
 import os
@@ -22,12 +23,16 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from runner.common import did_you_mean
+
 
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
 PRECISIONS = ('auto', 'fastest', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LR_SCHEDULES = ('piecewise', 'linear', 'cosine', 'piecewise_linear')
 EVAL_TTA = ('none', 'flip', 'flip_translate')
 CROP_PADDING_MODES = ('zeros', 'reflect')
+PREPROCESSING = ('auto', 'cifar', 'imagenet')
+MEAN_STD_PRESETS = ('imagenet', 'cifar10', 'cifar100')  # runner.data.MEAN_STD holds their values
 OPTIMIZERS = ('sgd', 'adamw', 'lion', 'lamb', 'muon')
 MUON_OTHER = ('adamw', 'sgd')
 # The keys of train_parameters that only some optimizers read: for each, the optimizers that
@@ -88,8 +93,49 @@ def join_errors(*errors):
     return error
 
 
-def _doc(text, **kw):
-    return field(metadata={'doc': text}, **kw)
+@dataclass(frozen=True)
+class Interval:
+    """The numbers a key allows, written in interval notation: '[0, 1)', '(0, inf)'."""
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+
+    @classmethod
+    def parse(cls, text):
+        m = re.fullmatch(r'([\[(])([^,]+),([^\])]+)([\])])', text.replace(' ', ''))
+        return cls(float(m[2]), float(m[3]), m[1] == '(', m[4] == ')')
+
+    def __contains__(self, value):
+        return ((value > self.low if self.low_open else value >= self.low)
+                and (value < self.high if self.high_open else value <= self.high))
+
+    def rule(self):
+        """What a value must do, as an error message says it: 'be at least 1', 'be in [0, 1)'."""
+        if self.high == math.inf:
+            if self.low == 0:
+                return 'be positive' if self.low_open else 'not be negative'
+            return f"be {'greater than' if self.low_open else 'at least'} {self.low:g}"
+        return f"be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def __str__(self):
+        """As the reference shows it: '> 0', '>= 1', '[0, 1)'."""
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return self.rule().removeprefix('be in ')
+
+
+def _doc(text, *, choices=None, within=None, resumable=False, null_is_default=False, **kw):
+    """A key of the schema: its meaning and default, and what validation, the reference and a
+    resume read from it. `choices`: the strings allowed. `within`: the numbers allowed (an
+    Interval's notation; for a list, each item's). `resumable`: the key may change when a run
+    is resumed without making its checkpoint meaningless (logging, evaluation, how long to
+    train, where the data is: moved data is still the same data, and validation checks its
+    labels and classes again). `null_is_default`: a null reads as the default, as files
+    written when the default was spelled null (older runs' config.yaml) say."""
+    return field(metadata={'doc': text, 'choices': tuple(choices) if choices else None,
+                           'within': Interval.parse(within) if within else None,
+                           'resumable': resumable, 'null_is_default': null_is_default}, **kw)
 
 
 @dataclass
@@ -101,69 +147,70 @@ class DatasetConfig:
     image_folder: Optional[str] = _doc(
         'Root of an image-folder dataset: <root>/<split>/<class>/<image>, listed as tfds.ImageFolder '
         'lists it (.jpg, .jpeg, .png).',
-        default=None)
+        resumable=True, default=None)
     data_dir: Optional[str] = _doc(
         'Where TFDS keeps prepared datasets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
-        default=None)
+        resumable=True, default=None)
     download: bool = _doc('Let TFDS download and prepare the dataset if it is not in data_dir.',
-                          default=False)
+                          resumable=True, default=False)
     train_split: str = _doc('Split to train on (TFDS split syntax, e.g. "train[:90%]").',
                             default='train')
     test_split: str = _doc('Split the reported test error comes from.', default='test')
     validation_fraction: float = _doc(
         'Fraction of train_split held out as a validation split (0 = none). When set, periodic '
         'evaluation and best-checkpoint selection use it, and the test split is only read at the end.',
-        default=0.0)
+        within='[0, 1)', default=0.0)
     manual_dir: Optional[str] = _doc(
         'Where TFDS finds manually downloaded archives (imagenet2012: ILSVRC2012_img_train.tar and '
         'ILSVRC2012_img_val.tar), prepared once with download: true; null = <data_dir>/downloads/manual.',
-        default=None)
+        resumable=True, default=None)
     list_root: Optional[str] = _doc(
         'Image root of a list-file dataset (train_list, test_list); null = the folder of each list file.',
-        default=None)
+        resumable=True, default=None)
     train_list: Optional[str] = _doc(
         'List file of the training split: one `relative/path label` line per image (paths relative '
-        'to list_root; a relative list path may also be relative to list_root).', default=None)
-    test_list: Optional[str] = _doc('List file of the test split (as train_list).', default=None)
+        'to list_root; a relative list path may also be relative to list_root).', resumable=True, default=None)
+    test_list: Optional[str] = _doc('List file of the test split (as train_list).', resumable=True, default=None)
     tfrecord_train: Optional[str] = _doc(
         'Glob pattern of the training TFRecord shards (tf.train.Examples with an encoded image and '
-        'an int64 label), e.g. /data/imagenet/train-*.', default=None)
-    tfrecord_test: Optional[str] = _doc('Glob pattern of the test TFRecord shards.', default=None)
-    tfrecord_image_key: Optional[str] = _doc(
-        'Feature of the TFRecords holding the encoded image; null = image/encoded.', default=None)
-    tfrecord_label_key: Optional[str] = _doc(
-        'Feature of the TFRecords holding the label; null = image/class/label.', default=None)
+        'an int64 label), e.g. /data/imagenet/train-*.', resumable=True, default=None)
+    tfrecord_test: Optional[str] = _doc('Glob pattern of the test TFRecord shards.', resumable=True, default=None)
+    tfrecord_image_key: str = _doc('Feature of the TFRecords holding the encoded image.',
+                                   null_is_default=True, default='image/encoded')
+    tfrecord_label_key: str = _doc('Feature of the TFRecords holding the label.',
+                                   null_is_default=True, default='image/class/label')
     class_names_file: Optional[str] = _doc(
         'Class names, one a line in label order (a leading "<label> " is dropped); for list files '
         'and TFRecords, or to name the classes of any source.', default=None)
     num_classes: Optional[int] = _doc(
         'Number of classes of list files or TFRecords; null = the lines of class_names_file, else '
-        '(list files) the largest label + 1. TFRecords need this or class_names_file.', default=None)
-    label_offset: Optional[int] = _doc(
-        'Added to every label of list files and TFRecords, e.g. -1 for TFRecords labelled 1..1000; '
-        'null = 0. Labels outside [0, num_classes) are an error before training.', default=None)
+        '(list files) the largest label + 1. TFRecords need this or class_names_file.', within='[1, inf)', default=None)
+    label_offset: int = _doc(
+        'Added to every label of list files and TFRecords, e.g. -1 for TFRecords labelled 1..1000. '
+        'Labels outside [0, num_classes) are an error before training.', null_is_default=True, default=0)
     image_size: Optional[List[int]] = _doc(
         '[height, width] of the model input. cifar style: images are resized to it; imagenet style: '
         'the size of the crops. null = the images\' own size, or 224x224 for imagenet-style images '
         'of varying size (judged from 32 images spread over the training split).', default=None)
-    preprocessing: Optional[str] = _doc(
+    preprocessing: str = _doc(
         'cifar (resize to image_size, flips and pad-and-crop), imagenet (random resized crop and '
-        'flip; evaluation: short side to image_size/0.875, centre crop) or auto; null = auto: '
-        'imagenet when the images are larger than 64 px or of unknown size.', default=None)
-    cache_budget_mb: Optional[int] = _doc(
+        'flip; evaluation: short side to image_size/0.875, centre crop) or auto: imagenet when the '
+        'images are larger than 64 px or of unknown size.', choices=PREPROCESSING, null_is_default=True,
+        default='auto')
+    cache_budget_mb: int = _doc(
         'A split whose decoded images fit in this many MB (image count x decoded size of a sample) is '
-        'held in memory; a larger one is streamed from disk. null = 2048; 0 streams every split.',
-        default=None)
+        'held in memory; a larger one is streamed from disk; 0 streams every split.',
+        within='[0, inf)', null_is_default=True, default=2048)
     flip: bool = _doc('Random horizontal flips in training.', default=True)
     alternate_flips: bool = _doc(
         'With flip: mirror each image in every other epoch instead of at random, the first '
         'epoch\'s choice drawn per image from the seed, so each image is seen both ways round in '
         'any two consecutive epochs (airbench94\'s alternating flip, Jordan 2024).', default=False)
     crop_padding: int = _doc(
-        'Pad each side by this many pixels, then random-crop back to size (0 = off).', default=4)
+        'Pad each side by this many pixels, then random-crop back to size (0 = off).', within='[0, inf)', default=4)
     crop_padding_mode: str = _doc(
         'What the padding holds: zeros (after normalisation, i.e. the mean colour, as in '
-        'fb.resnet.torch) or reflect (the image mirrored at its edges, as airbench).', default='zeros')
+        'fb.resnet.torch) or reflect (the image mirrored at its edges, as airbench).', choices=CROP_PADDING_MODES, default='zeros')
     normalize: bool = _doc('Subtract the per-channel mean and divide by the standard deviation.',
                            default=True)
     mean: Optional[List[float]] = _doc(
@@ -171,29 +218,30 @@ class DatasetConfig:
         default=None)
     std: Optional[List[float]] = _doc(
         'Per-channel standard deviation in [0, 1] pixel units; null computes it from the training split.',
-        default=None)
+        within='(0, inf)', default=None)
     mean_std: Optional[str] = _doc(
         'Known mean and std instead of computing them: imagenet ([0.485, 0.456, 0.406], [0.229, 0.224, '
-        '0.225]), cifar10 or cifar100; mean and std, when given, win.', default=None)
-    stats_sample: Optional[int] = _doc(
+        '0.225]), cifar10 or cifar100; mean and std, when given, win.', choices=MEAN_STD_PRESETS, default=None)
+    stats_sample: int = _doc(
         'Mean and std of a streamed training split come from this many of its images (a fixed sample); '
-        'null = 10000, 0 = all. A split held in memory always uses all.', default=None)
+        '0 = all. A split held in memory always uses all.', within='[0, inf)', null_is_default=True,
+        default=10000)
 
 
 @dataclass
 class TrainConfig:
-    logdir: str = _doc('Directory that holds one sub-directory per run.', default='logs')
+    logdir: str = _doc('Directory that holds one sub-directory per run.', resumable=True, default='logs')
     run_name: Optional[str] = _doc(
         'Name of the run directory and TensorBoard run (default: the model name).', default=None)
-    log_interval: int = _doc('Steps between training-metric logs.', default=400)
-    val_interval: int = _doc('Steps between evaluations (and checkpoints).', default=4000)
+    log_interval: int = _doc('Steps between training-metric logs.', within='[1, inf)', resumable=True, default=400)
+    val_interval: int = _doc('Steps between evaluations (and checkpoints).', within='[1, inf)', resumable=True, default=4000)
     checkpoint_interval: int = _doc(
-        'Steps between checkpoints (also saved at every evaluation and at the end).', default=1000)
-    keep_checkpoints: int = _doc('How many recent checkpoints to keep.', default=3)
-    batch_size: int = _doc('Global training batch size.', default=128)
-    eval_batch_size: int = _doc('Batch size for evaluation.', default=500)
+        'Steps between checkpoints (also saved at every evaluation and at the end).', within='[1, inf)', resumable=True, default=1000)
+    keep_checkpoints: int = _doc('How many recent checkpoints to keep.', within='[1, inf)', resumable=True, default=3)
+    batch_size: int = _doc('Global training batch size.', within='[1, inf)', default=128)
+    eval_batch_size: int = _doc('Batch size for evaluation.', within='[1, inf)', resumable=True, default=500)
     lr_values: List[float] = _doc(
-        'Learning rate for each piece of the schedule.', default_factory=lambda: [0.01, 0.1, 0.01, 0.001])
+        'Learning rate for each piece of the schedule.', within='[0, inf)', default_factory=lambda: [0.01, 0.1, 0.01, 0.001])
     lr_boundaries: List[int] = _doc(
         'End step of each piece (steps; same length as lr_values); the last one is the total '
         'number of training steps. For piecewise_linear, the step of each knot, the first 0.',
@@ -202,38 +250,38 @@ class TrainConfig:
         'piecewise (lr_values between lr_boundaries), linear or cosine (warm-up, then from '
         'lr_values[0] down to 0 at the last boundary; give one value and one boundary), or '
         'piecewise_linear (lr_values[i] at step lr_boundaries[i], straight lines between).',
-        default='piecewise')
+        choices=LR_SCHEDULES, default='piecewise')
     warmup_steps: int = _doc(
-        'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', default=0)
+        'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', within='[0, inf)', default=0)
     optimizer: str = _doc(
         'sgd (momentum SGD, weight decay as L2 in the loss), adamw, lion, lamb (decoupled weight '
         'decay) or muon (orthogonalised momentum on the convolution and hidden dense kernels, '
-        'AdamW or SGD on the rest): keras.optimizers; see docs/optimizers.md.', default='sgd')
+        'AdamW or SGD on the rest): keras.optimizers; see docs/optimizers.md.', choices=OPTIMIZERS, default='sgd')
     momentum: float = _doc('SGD momentum (sgd, and muon\'s SGD part with muon_other: sgd).',
-                           default=0.9)
+                           within='[0, 1)', default=0.9)
     nesterov: bool = _doc('Nesterov momentum (as momentum).', default=False)
     beta_1: Optional[float] = _doc(
         'adamw, lamb, lion, muon (its AdamW part): decay of the first moment (lion: of the '
-        'interpolation); null = 0.9.', default=None)
+        'interpolation); null = 0.9.', within='[0, 1)', default=None)
     beta_2: Optional[float] = _doc(
         'adamw, lamb, muon (its AdamW part): decay of the second moment; lion: of the momentum; '
-        'null = 0.999 (lion 0.99).', default=None)
+        'null = 0.999 (lion 0.99).', within='[0, 1)', default=None)
     epsilon: Optional[float] = _doc('adamw, lamb, muon (its AdamW part): added to the root of the '
-                                    'second moment; null = 1e-7 (lamb 1e-6).', default=None)
+                                    'second moment; null = 1e-7 (lamb 1e-6).', within='(0, inf)', default=None)
     muon_momentum: Optional[float] = _doc('muon: momentum of the Muon step (Nesterov); null = 0.95.',
-                                          default=None)
+                                          within='[0, 1)', default=None)
     muon_ns_steps: Optional[int] = _doc('muon: Newton-Schulz iterations; null = 5 (airbench 3).',
-                                        default=None)
+                                        within='[1, inf)', default=None)
     muon_rms_rate: Optional[float] = _doc(
         'muon: the update of an m x n kernel is scaled by rms_rate * sqrt(max(m, n)) (Moonlight, '
-        'arXiv:2502.16982); 0 = unscaled, as airbench; null = 0.2.', default=None)
+        'arXiv:2502.16982); 0 = unscaled, as airbench; null = 0.2.', within='[0, inf)', default=None)
     muon_other: Optional[str] = _doc(
         'muon: what updates the variables Muon does not (biases, batch norm, the output layer): '
         'adamw or sgd (momentum, nesterov, bn_bias_lr_multiplier and L2 weight decay as for sgd); '
-        'null = adamw.', default=None)
+        'null = adamw.', choices=MUON_OTHER, default=None)
     muon_other_lr_ratio: Optional[float] = _doc(
         'muon: learning rate of that other part / the scheduled rate (the Muon rate); null = 1.',
-        default=None)
+        within='(0, inf)', default=None)
     muon_normalize_weights: Optional[bool] = _doc(
         'muon: before each Muon step, scale each kernel to a Frobenius norm of sqrt(output '
         'channels) (airbench94_muon); null = false.', default=None)
@@ -243,12 +291,12 @@ class TrainConfig:
         'cifar_resnet9); null keeps the model\'s own default (1e-4 for most models). adamw, lion, '
         'lamb, muon: decoupled, w -= lr * weight_decay * w each step on the same weights, nothing '
         'in the loss; null = 0.004 (adamw, muon) or 0 (lion, lamb). See docs/optimizers.md.',
-        default=None)
-    label_smoothing: float = _doc('Label smoothing of the cross-entropy.', default=0.0)
+        within='[0, inf)', default=None)
+    label_smoothing: float = _doc('Label smoothing of the cross-entropy.', within='[0, 1)', default=0.0)
     bn_bias_lr_multiplier: float = _doc(
         'Learning-rate multiplier for the offsets (beta) of batch normalisation: the gradient of '
         'the loss with respect to them is scaled by it before the SGD step, the gradient of their '
-        'weight decay is not (airbench uses 64; 1 = off).', default=1.0)
+        'weight decay is not (airbench uses 64; 1 = off).', within='(0, inf)', default=1.0)
     freeze_after: Dict[str, Any] = _doc(
         'Stop training layers after a step: {layer name: step}. From that step on the layer\'s '
         'trainable weights get no gradient, momentum or weight decay, and the backward pass skips '
@@ -258,49 +306,49 @@ class TrainConfig:
         'Layers with an adapt(images) method (keras.layers.Normalization, models.fast.PatchWhitening) '
         'are fitted to this many un-augmented, normalised training images, as that layer receives '
         'them, before the first step of a fresh run (not on resume or with init_weights).',
-        default=5000)
+        within='[1, inf)', default=5000)
     ema_decay: Optional[float] = _doc(
         'Keep an exponential moving average of the weights and batch-norm statistics, updated '
         'every step with decay min(ema_decay, (1 + step) / (10 + step)) (the num_updates rule of '
         'tf.train.ExponentialMovingAverage, so early averages forget the initialisation), e.g. '
         '0.99; null = off. Evaluations, best/ and final.weights.h5 use the averaged weights; '
-        'checkpoints hold both, so a resume is exact.', default=None)
+        'checkpoints hold both, so a resume is exact.', within='(0, 1)', default=None)
     lookahead_interval: Optional[int] = _doc(
         'Lookahead (airbench94): every this many steps the slow weights (and batch-norm statistics) '
         'move towards the trained ones, slow += (1 - alpha) * (trained - slow), and the trained ones '
         'are set to them; alpha = lookahead_decay**interval * (step / last lr_boundary)**3, and at '
         'the last lr_boundary the run ends on the slow weights. null = off; airbench uses 5.',
-        default=None)
+        within='[1, inf)', default=None)
     lookahead_decay: float = _doc(
         'Per-step decay of Lookahead at the end of training (see lookahead_interval); airbench 0.95.',
-        default=0.95)
+        within='(0, 1]', default=0.95)
     eval_tta: str = _doc(
         'Test-time augmentation of the periodic and final evaluations during training: none, '
         'flip (softmax of each image and of its mirror averaged; the loss is -log of the averaged '
         'probability of the true class) or flip_translate (six views: the image, the image shifted '
         'one pixel up-left and one down-right with reflected edges, and their mirrors; airbench\'s '
         'TTA level 2: the logits averaged, the unshifted pair weighted 1/4 each and the shifted '
-        'views 1/8).', default='none')
+        'views 1/8).', choices=EVAL_TTA, default='none')
     steps: Optional[int] = _doc(
         'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
-        default=None)
+        within='[1, inf)', resumable=True, default=None)
     seed: int = _doc('Seed for weights, shuffling and augmentation.', default=0)
     init_weights: Optional[str] = _doc(
         'Start from these weights (fine-tuning): a run directory (its final.weights.h5, else its '
-        'latest checkpoint) or a .weights.h5 file. Only for a fresh run, not on resume.', default=None)
+        'latest checkpoint) or a .weights.h5 file. Only for a fresh run, not on resume.', resumable=True, default=None)
     init_skip_mismatch: bool = _doc(
         'With init_weights, leave layers whose shapes differ (e.g. a new classifier) at their '
-        'fresh initialisation instead of failing.', default=False)
+        'fresh initialisation instead of failing.', resumable=True, default=False)
     distribution: str = _doc(
-        'auto | none | mirrored | multi_worker | tpu. auto: MirroredStrategy when more than one GPU '
+        'auto: MirroredStrategy when more than one GPU '
         'is visible, MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else none. '
-        'batch_size is the global batch over all replicas.', default='auto')
+        'batch_size is the global batch over all replicas.', choices=DISTRIBUTIONS, default='auto')
     precision: str = _doc(
-        'auto | fastest | float32 | mixed_bfloat16 | mixed_float16 (with loss scaling). auto: '
+        'mixed_float16 is with loss scaling. auto: '
         'mixed_float16 on GPUs, float32 on CPUs. fastest: as auto, except on a single machine '
         'whose CPU has bfloat16 instructions, where a few train steps of the model are timed in '
         'float32 and mixed_bfloat16 before step 1 and the run trains in mixed_bfloat16 if it is '
-        'at least 1.1x as fast (a resumed run keeps its choice).', default='auto')
+        'at least 1.1x as fast (a resumed run keeps its choice).', choices=PRECISIONS, default='auto')
     jit_compile: bool = _doc('Compile the train step with XLA.', default=False)
     deterministic: bool = _doc(
         'Make every op deterministic (tf.config.experimental.enable_op_determinism): bit-exact '
@@ -310,9 +358,9 @@ class TrainConfig:
 
 @dataclass
 class PaperConfig:
-    top1_error: Optional[float] = _doc('Top-1 test error (%) the paper reports.', default=None)
-    top5_error: Optional[float] = _doc('Top-5 test error (%) the paper reports.', default=None)
-    source: Optional[str] = _doc('Where that number comes from (paper, table).', default=None)
+    top1_error: Optional[float] = _doc('Top-1 test error (%) the paper reports.', resumable=True, default=None)
+    top5_error: Optional[float] = _doc('Top-5 test error (%) the paper reports.', resumable=True, default=None)
+    source: Optional[str] = _doc('Where that number comes from (paper, table).', resumable=True, default=None)
 
 
 @dataclass
@@ -330,7 +378,7 @@ class Experiment:
     paper: PaperConfig = _doc('The paper\'s reported result, for comparison in reports.',
                               default_factory=PaperConfig)
     skip_error_test: bool = _doc('Leave this experiment out of the smoke run before training.',
-                                 default=False)
+                                 resumable=True, default=False)
     repeats: int = _doc(
         'Train the experiment this many times with seeds seed, seed+1, ... as runs '
         '<run_name>/seed<k>; reports show mean and standard deviation.', default=1)
@@ -428,6 +476,15 @@ def _fields(cls):
     return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get('internal')}
 
 
+def _default(f):
+    """The default of a schema field, or dataclasses.MISSING for a required one."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _nullable(tp):
+    return typing.get_origin(tp) is Union and type(None) in typing.get_args(tp)
+
+
 def _type_name(tp):
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -493,16 +550,12 @@ def _convert(value, tp, key):
 
 
 def _unknown_key(key, prefix, known):
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     # A key that belongs in another section is the commonest slip: say where it goes.
     elsewhere = [f'{sec}.{key}' for sec, cls in _SECTIONS.items()
                  if key in _fields(cls) and sec + '.' != prefix]
-    if close:
-        hint = f"; did you mean '{prefix}{close[0]}'?"
-    elif elsewhere:
-        hint = f"; it belongs in '{elsewhere[0]}'"
-    else:
-        hint = f"; valid keys: {', '.join(sorted(known))}"
+    hint = (did_you_mean(key, known, prefix)
+            or (f"; it belongs in '{elsewhere[0]}'" if elsewhere else '')
+            or f"; valid keys: {', '.join(sorted(known))}")
     return ConfigError(f'{prefix}{key}: unknown key{hint}')
 
 
@@ -512,6 +565,8 @@ def _build(cls, data, prefix=''):
     for key, value in data.items():
         if not isinstance(key, str) or key not in known:
             raise _unknown_key(str(key), prefix, list(known))
+        if value is None and known[key].metadata.get('null_is_default'):
+            continue  # the default, which older files spelled null
         kwargs[key] = _convert(value, known[key].type, prefix + key)
     missing = [n for n, f in known.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -524,18 +579,50 @@ _SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper':
 
 
 def _check_values(exp):
-    """Checks of values that a type alone cannot express."""
+    """Checks of values that a type alone cannot express: each key against its schema
+    metadata (choices, range), then the rules that span several keys."""
+    _check_fields(exp)
     tp, ds = exp.train_parameters, exp.dataset
-    # First: the rules for lr_boundaries depend on which schedule is named.
-    choices = {'distribution': DISTRIBUTIONS, 'precision': PRECISIONS, 'lr_schedule': LR_SCHEDULES,
-               'eval_tta': EVAL_TTA}
-    for key, allowed in choices.items():
-        value = getattr(tp, key)
-        if value not in allowed:
-            close = difflib.get_close_matches(value, allowed, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ''
-            raise ConfigError(f"train_parameters.{key}: '{value}' is not one of {', '.join(allowed)}"
-                              f"{'; ' + hint.strip() if hint else ''}")
+    _check_schedule(tp)
+    for name, step in tp.freeze_after.items():
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ConfigError(f'train_parameters.freeze_after.{name}: expected a step (an integer '
+                              f'from 0), got {step!r}')
+    _check_optimizer(tp)
+    _check_dataset(ds)
+    problem = run_name_problem(exp.run_name)
+    if problem:
+        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' {problem}")
+    bad = _non_finite(exp.model_parameters)
+    if bad is not None:
+        raise ConfigError(f'model_parameters.{bad[0]}: must be a finite number, got {bad[1]}')
+
+
+def _check_fields(obj, prefix=''):
+    """Every value of a schema object (sections too) against its field's choices and range
+    (of each item, for a list); null, where the type allows it, passes."""
+    for name, f in _fields(type(obj)).items():
+        value, key = getattr(obj, name), prefix + name
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key + '.')
+            continue
+        if value is None:
+            continue
+        choices, within = f.metadata.get('choices'), f.metadata.get('within')
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}"
+                              f"{did_you_mean(value, choices)}")
+        if within and isinstance(value, list):  # each item
+            bad = next((i for i, v in enumerate(value) if v not in within), None)
+            if bad is not None:
+                raise ConfigError(f'{key}[{bad}]: must {within.rule()}, got {value[bad]}')
+        elif within and value not in within:
+            raise ConfigError(f"{key}: must {within.rule()}{' or null' if _nullable(f.type) else ''}, "
+                              f"got {value}")
+
+
+def _check_schedule(tp):
+    """lr_values and lr_boundaries against each other and the lr_schedule named."""
     values, bounds = tp.lr_values, tp.lr_boundaries
     if len(values) != len(bounds):
         raise ConfigError(f'train_parameters.lr_values: has {len(values)} values but lr_boundaries '
@@ -551,43 +638,14 @@ def _check_values(exp):
     elif any(b <= a for a, b in zip([0] + bounds, bounds)):
         raise ConfigError(f'train_parameters.lr_boundaries: must be positive and strictly '
                           f'increasing, got {bounds}')
-    if any(v < 0 for v in values):
-        raise ConfigError(f'train_parameters.lr_values: must not be negative, got {values}')
-    for key in ('log_interval', 'val_interval', 'checkpoint_interval', 'keep_checkpoints',
-                'batch_size', 'eval_batch_size'):
-        if getattr(tp, key) < 1:
-            raise ConfigError(f'train_parameters.{key}: must be at least 1, got {getattr(tp, key)}')
-    if tp.steps is not None and tp.steps < 1:
-        raise ConfigError(f'train_parameters.steps: must be at least 1, got {tp.steps}')
-    for name, step in tp.freeze_after.items():
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ConfigError(f'train_parameters.freeze_after.{name}: expected a step (an integer '
-                              f'from 0), got {step!r}')
-    if tp.warmup_steps < 0:
-        raise ConfigError(f'train_parameters.warmup_steps: must not be negative, got {tp.warmup_steps}')
-    if not 0 <= tp.momentum < 1:
-        raise ConfigError(f'train_parameters.momentum: must be in [0, 1), got {tp.momentum}')
-    if not 0 <= tp.label_smoothing < 1:
-        raise ConfigError(f'train_parameters.label_smoothing: must be in [0, 1), got {tp.label_smoothing}')
-    if tp.bn_bias_lr_multiplier <= 0:
-        raise ConfigError(f'train_parameters.bn_bias_lr_multiplier: must be positive, got '
-                          f'{tp.bn_bias_lr_multiplier}')
-    if tp.adapt_examples < 1:
-        raise ConfigError(f'train_parameters.adapt_examples: must be at least 1, got {tp.adapt_examples}')
-    if tp.ema_decay is not None and not 0 < tp.ema_decay < 1:
-        raise ConfigError(f'train_parameters.ema_decay: must be in (0, 1) or null, got {tp.ema_decay}')
-    if tp.lookahead_interval is not None and tp.lookahead_interval < 1:
-        raise ConfigError(f'train_parameters.lookahead_interval: must be at least 1 or null, got '
-                          f'{tp.lookahead_interval}')
-    if not 0 < tp.lookahead_decay <= 1:
-        raise ConfigError(f'train_parameters.lookahead_decay: must be in (0, 1], got {tp.lookahead_decay}')
-    _check_optimizer(tp)
-    if tp.weight_decay is not None and tp.weight_decay < 0:
-        raise ConfigError(f'train_parameters.weight_decay: must not be negative, got {tp.weight_decay}')
-    if not 0 <= ds.validation_fraction < 1:
-        raise ConfigError(f'dataset.validation_fraction: must be in [0, 1), got {ds.validation_fraction}')
-    if ds.crop_padding < 0:
-        raise ConfigError(f'dataset.crop_padding: must not be negative, got {ds.crop_padding}')
+    if tp.lr_schedule in ('linear', 'cosine') and len(values) != 1:
+        raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
+                          f'peak rate; give one value and one boundary (the last step), got {values}')
+
+
+def _check_dataset(ds):
+    """The dataset keys that go together: one source of images and what it needs, the
+    shapes of image_size, mean and std, and flips."""
     if ds.alternate_flips and not ds.flip:
         raise ConfigError('dataset.alternate_flips: needs dataset.flip: true (it says how images are '
                           'flipped, not whether)')
@@ -597,11 +655,9 @@ def _check_values(exp):
         v = getattr(ds, key)
         if v is not None and len(v) not in (1, 3):
             raise ConfigError(f'dataset.{key}: expected 1 or 3 values (one per channel), got {v}')
-    if ds.std is not None and min(ds.std) <= 0:
-        raise ConfigError(f'dataset.std: must be positive, got {ds.std}')
     given = [k for k, on in (('image_folder', ds.image_folder),
-                                ('train_list', ds.train_list or ds.test_list or ds.list_root),
-                                ('tfrecord_train', ds.tfrecord_train or ds.tfrecord_test)) if on]
+                             ('train_list', ds.train_list or ds.test_list or ds.list_root),
+                             ('tfrecord_train', ds.tfrecord_train or ds.tfrecord_test)) if on]
     if len(given) > 1:
         raise ConfigError(f'dataset.{given[1]}: give one source of images; dataset.{given[0]} '
                           f'is set too')
@@ -617,28 +673,6 @@ def _check_values(exp):
     if ds.tfrecord_train and not ds.num_classes and not ds.class_names_file:
         raise ConfigError('dataset.num_classes: TFRecords need the number of classes (or '
                           'dataset.class_names_file)')
-    if ds.num_classes is not None and ds.num_classes < 1:
-        raise ConfigError(f'dataset.num_classes: must be at least 1, got {ds.num_classes}')
-    for key in ('cache_budget_mb', 'stats_sample'):
-        if getattr(ds, key) is not None and getattr(ds, key) < 0:
-            raise ConfigError(f'dataset.{key}: must not be negative, got {getattr(ds, key)}')
-    for key, allowed in (('preprocessing', ('auto', 'cifar', 'imagenet')),
-                         ('mean_std', ('imagenet', 'cifar10', 'cifar100')),
-                         ('crop_padding_mode', CROP_PADDING_MODES)):
-        value = getattr(ds, key)
-        if value is not None and value not in allowed:
-            close = difflib.get_close_matches(value, allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ''
-            raise ConfigError(f"dataset.{key}: '{value}' is not one of {', '.join(allowed)}{hint}")
-    if tp.lr_schedule in ('linear', 'cosine') and len(values) != 1:
-        raise ConfigError(f'train_parameters.lr_values: lr_schedule {tp.lr_schedule} decays from one '
-                          f'peak rate; give one value and one boundary (the last step), got {values}')
-    problem = run_name_problem(exp.run_name)
-    if problem:
-        raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' {problem}")
-    bad = _non_finite(exp.model_parameters)
-    if bad is not None:
-        raise ConfigError(f'model_parameters.{bad[0]}: must be a finite number, got {bad[1]}')
 
 
 def run_name_problem(name):
@@ -679,19 +713,12 @@ def uses_sgd(tp):
 
 
 def _check_optimizer(tp):
-    """The optimizer's name, its own keys' ranges, and no key it does not read."""
-    if tp.optimizer not in OPTIMIZERS:
-        close = difflib.get_close_matches(tp.optimizer, OPTIMIZERS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ''
-        raise ConfigError(f"train_parameters.optimizer: '{tp.optimizer}' is not one of "
-                          f"{', '.join(OPTIMIZERS)}{hint}")
+    """No key the optimizer does not read (its name and its own keys' ranges are the
+    schema's: _check_fields)."""
     for key, readers in OPTIMIZER_DEFAULTS.items():
         if getattr(tp, key) is not None and tp.optimizer not in readers:
             raise ConfigError(f'train_parameters.{key}: optimizer {tp.optimizer} does not read it '
                               f'(only {", ".join(readers)})')
-    if tp.muon_other is not None and tp.muon_other not in MUON_OTHER:
-        raise ConfigError(f"train_parameters.muon_other: '{tp.muon_other}' is not one of "
-                          f"{', '.join(MUON_OTHER)}")
     if tp.optimizer == 'muon' and uses_sgd(tp):
         for key in ('beta_1', 'beta_2', 'epsilon'):
             if getattr(tp, key) is not None:
@@ -699,25 +726,13 @@ def _check_optimizer(tp):
                                   f'it (its non-Muon part is SGD)')
     if not uses_sgd(tp):
         # momentum and nesterov have SGD's defaults; another value is a mistake.
-        for key, default in (('momentum', 0.9), ('nesterov', False), ('bn_bias_lr_multiplier', 1.0)):
-            if getattr(tp, key) != default:
+        for key in ('momentum', 'nesterov', 'bn_bias_lr_multiplier'):
+            if getattr(tp, key) != _default(_fields(TrainConfig)[key]):
                 why = ('a larger gradient is not a larger step for an Adam-type update'
                        if key == 'bn_bias_lr_multiplier' else 'SGD\'s')
                 raise ConfigError(f'train_parameters.{key}: optimizer {tp.optimizer}'
                                   f"{' (muon_other: adamw)' if tp.optimizer == 'muon' else ''} does "
                                   f'not read it ({why}); remove it')
-    for key in ('beta_1', 'beta_2', 'muon_momentum'):
-        value = getattr(tp, key)
-        if value is not None and not 0 <= value < 1:
-            raise ConfigError(f'train_parameters.{key}: must be in [0, 1), got {value}')
-    for key in ('epsilon', 'muon_other_lr_ratio'):
-        value = getattr(tp, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f'train_parameters.{key}: must be positive, got {value}')
-    if tp.muon_ns_steps is not None and tp.muon_ns_steps < 1:
-        raise ConfigError(f'train_parameters.muon_ns_steps: must be at least 1, got {tp.muon_ns_steps}')
-    if tp.muon_rms_rate is not None and tp.muon_rms_rate < 0:
-        raise ConfigError(f'train_parameters.muon_rms_rate: must not be negative, got {tp.muon_rms_rate}')
 
 
 def set_dotted(data, dotted, value):
@@ -901,24 +916,69 @@ def check_unique_run_names(experiments):
         seen[key] = exp
 
 
+class KeyInfo(typing.NamedTuple):
+    """One row of the YAML reference."""
+    key: str            # dotted: dataset.name
+    type: str           # 'section' for a section
+    default: str        # as YAML
+    doc: str
+    allowed: str = ''   # the choices or the range of numbers
+    resumable: bool = False  # may change when a run is resumed
+
+
 def reference():
-    """The YAML reference: (section, key, type, default, meaning) for every key."""
+    """The YAML reference: a KeyInfo for every key and section, in the schema's order."""
     rows = []
 
     def walk(cls, prefix):
         for name, f in _fields(cls).items():
+            meta = f.metadata
             if dataclasses.is_dataclass(f.type):
-                rows.append((prefix + name, 'section', '', f.metadata.get('doc', '')))
+                rows.append(KeyInfo(prefix + name, 'section', '', meta.get('doc', ''),
+                                    resumable=resumable(prefix + name)))
                 walk(f.type, prefix + name + '.')
                 continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = '(required)'
+            default = _default(f)
+            default = '(required)' if default is dataclasses.MISSING else default
             shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()
-            rows.append((prefix + name, _type_name(f.type), shown,
-                         f.metadata.get('doc', '')))
+            within = meta.get('within')
+            allowed = (', '.join(meta['choices']) if meta.get('choices') else
+                       ('each ' if _type_name(f.type).startswith('list') else '') + str(within)
+                       if within else '')
+            rows.append(KeyInfo(prefix + name, _type_name(f.type), shown, meta.get('doc', ''),
+                                allowed, bool(meta.get('resumable'))))
     walk(Experiment, '')
     return rows
+
+
+def schema_field(dotted):
+    """The schema field of a dotted key (of a key inside a mapping such as model_parameters:
+    that mapping's field; of a section: its field), or None for a key the schema lacks."""
+    cls, f = Experiment, None
+    for part in dotted.split('.'):
+        if not dataclasses.is_dataclass(cls):
+            return f  # a key inside a mapping
+        if part not in _fields(cls):
+            return None
+        f = _fields(cls)[part]
+        cls = f.type
+    return f
+
+
+def resumable(dotted):
+    """May this key (a section: each of its keys) change when a run is resumed?"""
+    f = schema_field(dotted)
+    if f is None:
+        return False
+    if dataclasses.is_dataclass(f.type):
+        return all(resumable(f'{dotted}.{name}') for name in _fields(f.type))
+    return bool(f.metadata.get('resumable'))
+
+
+def recorded_value(dotted, value):
+    """A value of a run's config.yaml as the schema reads it now: a null where the default
+    has since been written into the schema is that default."""
+    f = schema_field(dotted)
+    if value is None and f is not None and f.metadata.get('null_is_default'):
+        return _default(f)
+    return value

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from runner import sources
+from runner.config import DatasetConfig
 from runner.data_info import prep_for, sample_shapes, validation_count
 from runner.data_source import (DataUnavailable, listing, no_split_error, prepared_builder,
                                 source_kind, tfds_builder, tfds_module)
@@ -23,7 +24,8 @@ from runner.data_transforms import center_crop, decode, fit, resize_short_side
 AUTOTUNE = tf.data.AUTOTUNE
 # The validation split is the same for every seed and repeat of an experiment.
 VALIDATION_SEED = 20161
-DEFAULT_CACHE_BUDGET_MB = 2048
+# The schema's default, for a DatasetConfig made in code with cache_budget_mb=None.
+DEFAULT_CACHE_BUDGET_MB = DatasetConfig.cache_budget_mb
 
 
 class Unreadable:

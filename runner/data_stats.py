@@ -6,11 +6,13 @@ import numpy as np
 import tensorflow as tf
 
 from runner import sources
+from runner.config import DatasetConfig
 from runner.data_splits import VALIDATION_SEED, Stream
 from runner.data_transforms import decode, fit
 
 AUTOTUNE = tf.data.AUTOTUNE
-DEFAULT_STATS_SAMPLE = 10000
+# The schema's default, for a DatasetConfig made in code with stats_sample=None.
+DEFAULT_STATS_SAMPLE = DatasetConfig.stats_sample
 
 
 def channel_stats(images):

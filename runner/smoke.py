@@ -371,6 +371,7 @@ def _worker(conn, threads):
     # Ctrl-C at a terminal reaches the whole process group: the parent alone decides, and
     # stops the workers. SIGTERM (the parent's, or a scheduler's) ends a worker at once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by Worker until now
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     prepare_process(threads)
     while True:
@@ -395,7 +396,15 @@ class Worker:
     def __init__(self, ctx, threads):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker, args=(child, threads), daemon=True)
-        self.process.start()
+        # The worker starts with SIGINT blocked (a signal mask survives fork and exec) until
+        # _worker ignores it: a Ctrl-C to the process group during the second the new
+        # interpreter takes to start killed it there with a traceback. Here it waits, blocked,
+        # for the moment the process is started.
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         child.close()
         self.index = None
 

@@ -30,12 +30,14 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from runner.common import first_line
+from runner.config import DatasetConfig
 
 # The file types tfds.ImageFolder lists; keeping them keeps the listing (and so the
 # held-out validation images) identical to what tfds.ImageFolder gave.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-DEFAULT_IMAGE_KEY = 'image/encoded'
-DEFAULT_LABEL_KEY = 'image/class/label'
+# The schema's defaults, for a caller that passes None.
+DEFAULT_IMAGE_KEY = DatasetConfig.tfrecord_image_key
+DEFAULT_LABEL_KEY = DatasetConfig.tfrecord_label_key
 
 
 class SourceError(Exception):

@@ -107,7 +107,8 @@ class StopRequest:
             self._exit_now()
         self.signal = signum
         what = ('saving a checkpoint at the end of this step' if self.training
-                else 'stopping before training starts')
+                else 'stopping before training starts (once the piece of setup under way, such '
+                     'as loading the data, returns)')
         print(f'\n{signal.Signals(signum).name}: {what} (Ctrl-C again to exit at once)',
               file=sys.stderr, flush=True)
 

@@ -251,13 +251,20 @@ def test_restart_takes_the_name_of_a_repeats_group(tmp_path, image_folder, capsy
 @pytest.mark.parametrize('signum', ['SIGINT', 'SIGTERM'])
 def test_a_stop_outside_the_steps_marks_the_run_interrupted(tmp_path, image_folder, capsys, monkeypatch, signum):
     # Ctrl-C or a scheduler's SIGTERM while the data loads: no traceback, the run recorded
-    # as interrupted, exit status 1, and the next experiment not started.
+    # as interrupted before training starts, exit status 1, and the next experiment not
+    # started. (The stop is acted on once the load returns, not raised inside TensorFlow.)
     import signal
     from runner import data as data_lib
+    from runner import train
+    real_load = data_lib.load
 
     def load_then_signal(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, signum))
-        raise AssertionError('the signal should have stopped the load')
+        return real_load(*args, **kwargs)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError('a step was trained after the stop')
+    monkeypatch.setattr(train.Trainer, 'train_step', no_training)
 
     path = tmp_path / 'e.yaml'
     path.write_text(tiny(image_folder, tmp_path / 'logs') + '---\n' + tiny(image_folder, tmp_path / 'logs', 'second'))
@@ -271,7 +278,8 @@ def test_a_stop_outside_the_steps_marks_the_run_interrupted(tmp_path, image_fold
     finally:
         signal.signal(signal.SIGINT, previous_int)
     out, err = capsys.readouterr()
-    assert code == 1 and 'Traceback' not in out + err
+    assert code == 1 and 'Traceback' not in out + err, out + err
+    assert f'{signum}: stopping before training starts' in err
     assert 'tiny: interrupted at step 0; run the same command again to resume' in out
     s = json.loads((tmp_path / 'logs' / 'tiny' / 'summary.json').read_text())
     assert s['status'] == 'interrupted' and 'stopped outside the training steps' in s['error']

@@ -1,12 +1,14 @@
 """Experiment files: every validation error is one line naming file, experiment and key,
 exit status 2, no traceback and no run directory."""
+import copy
 import os
+import re
 import textwrap
 
 import pytest
 
 from runner import cli
-from runner.config import (ConfigError, Experiment, experiment_from_dict, load_experiments,
+from runner.config import (ConfigError, DatasetConfig, Experiment, experiment_from_dict, load_experiments,
                            parse_overrides, reference)
 
 GOOD = """
@@ -263,8 +265,8 @@ def test_reference_covers_every_key():
     keys = {row[0] for row in reference()}
     assert {'model', 'module', 'dataset.validation_fraction', 'train_parameters.lr_boundaries',
             'paper.top1_error', 'skip_error_test'} <= keys
-    for key, type_name, default, doc in reference():
-        assert doc, f'{key} has no documentation'
+    for row in reference():
+        assert row.doc, f'{row.key} has no documentation'
 
 
 def test_list_prints_every_experiment(capsys, tmp_path, image_folder):
@@ -325,3 +327,141 @@ def test_repeats_give_seeded_runs(tmp_path, capsys, image_folder):
     assert [e.train_parameters.seed for e in exps] == [0, 1, 2]
     code, out, err = run_cli(capsys, path, '--list', '--only', 'good')
     assert code == 0 and out.count('good/seed') == 3
+
+
+# --- the schema's metadata: choices, ranges, what may change on a resume -------------------
+
+def _outside(interval, integer):
+    """A number just outside `interval` (below it if it has a finite lower end)."""
+    if interval.low != float('-inf'):
+        value = interval.low if interval.low_open else interval.low - 1
+    else:
+        value = interval.high if interval.high_open else interval.high + 1
+    return int(value) if integer else float(value)
+
+
+def _schema_rows(predicate):
+    return [r for r in reference() if r.type != 'section' and predicate(r)]
+
+
+def test_every_range_and_choice_of_the_schema_is_enforced_naming_its_key():
+    """Each key's range and choices come from its field's metadata: a value outside them is
+    refused in one line naming the key, the value and what is allowed."""
+    from runner.config import schema_field
+    ranged = _schema_rows(lambda r: schema_field(r.key).metadata.get('within'))
+    chosen = _schema_rows(lambda r: schema_field(r.key).metadata.get('choices'))
+    assert {'train_parameters.momentum', 'dataset.validation_fraction', 'train_parameters.lr_values',
+            'train_parameters.ema_decay'} <= {r.key for r in ranged}
+    assert {'train_parameters.optimizer', 'dataset.preprocessing', 'train_parameters.precision'} <= \
+        {r.key for r in chosen}
+    for row in ranged:
+        within = schema_field(row.key).metadata['within']
+        value = _outside(within, 'integer' in row.type)
+        as_list = row.type.startswith('list')
+        section, name = row.key.split('.')
+        with pytest.raises(ConfigError) as info:
+            experiment_from_dict({'model': 'm', section: {name: [value] if as_list else value}})
+        where = f'{row.key}[0]' if as_list else row.key
+        or_null = ' or null' if 'null' in row.type and not as_list else ''
+        assert str(info.value) == (f'<string>: experiment 1 (m): {where}: must {within.rule()}'
+                                   f'{or_null}, got {value}'), row.key
+    for row in chosen:
+        choices = schema_field(row.key).metadata['choices']
+        section, name = row.key.split('.')
+        typo = choices[-1][:-1] + choices[-1][-1].upper() + 'x'
+        with pytest.raises(ConfigError) as info:
+            experiment_from_dict({'model': 'm', section: {name: typo}})
+        assert str(info.value).startswith(f"<string>: experiment 1 (m): {row.key}: '{typo}' is not one "
+                                          f"of {', '.join(choices)}"), str(info.value)
+        assert '\n' not in str(info.value)
+
+
+def test_a_range_and_a_choice_say_how_far_off_the_value_is():
+    with pytest.raises(ConfigError, match=r"train_parameters.momentum: must be in \[0, 1\), got 1.0$"):
+        experiment_from_dict({'model': 'm', 'train_parameters': {'momentum': 1}})
+    with pytest.raises(ConfigError, match=r"train_parameters.lr_values\[1\]: must not be negative, got -0.1$"):
+        experiment_from_dict({'model': 'm', 'train_parameters': {'lr_values': [0.1, -0.1, 0.1, 0.1]}})
+    with pytest.raises(ConfigError, match=r"dataset.preprocessing: 'imagenett' is not one of auto, "
+                                          r"cifar, imagenet; did you mean 'imagenet'\?$"):
+        experiment_from_dict({'model': 'm', 'dataset': {'preprocessing': 'imagenett'}})
+
+
+def test_the_reference_shows_choices_ranges_and_what_may_change_on_resume(capsys):
+    from runner.__main__ import keys_main
+    keys_main(['--markdown'])
+    cells = [[c.strip() for c in line.split('|')[1:6]] for line in capsys.readouterr().out.splitlines()]
+    rows = {c[0].strip('`'): c for c in cells}
+    assert rows['key'][3:5] == ['allowed', 'on resume']
+    assert rows['train_parameters.momentum'][3:5] == ['[0, 1)', '']
+    assert rows['train_parameters.batch_size'][3:5] == ['>= 1', '']
+    assert rows['train_parameters.steps'][3:5] == ['>= 1', 'may change']
+    assert rows['train_parameters.optimizer'][3] == 'sgd, adamw, lion, lamb, muon'
+    assert rows['dataset.std'][3] == 'each > 0'
+    assert rows['dataset.cache_budget_mb'][1:3] == ['integer', '`2048`']
+
+
+# What a resume has always accepted changed (cli.RESUMABLE_CHANGES before issue 20 moved it
+# into the schema): logging, evaluation, how long to train, where the data is, init weights.
+RESUMABLE = {'train_parameters.steps', 'train_parameters.log_interval', 'train_parameters.val_interval',
+             'train_parameters.checkpoint_interval', 'train_parameters.keep_checkpoints',
+             'train_parameters.eval_batch_size', 'train_parameters.logdir', 'skip_error_test',
+             'paper.top1_error', 'paper.top5_error', 'paper.source', 'dataset.data_dir',
+             'dataset.download', 'dataset.image_folder', 'dataset.manual_dir', 'dataset.list_root',
+             'dataset.train_list', 'dataset.test_list', 'dataset.tfrecord_train', 'dataset.tfrecord_test',
+             'train_parameters.init_weights', 'train_parameters.init_skip_mismatch'}
+
+
+def _other(value):
+    """A value of the same kind as `value`, but different."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return value + value[-1:]
+    if isinstance(value, dict):
+        return {**value, 'other': 1}
+    return f'{value}x' if value is not None else 'other'
+
+
+def test_a_resume_accepts_a_change_of_exactly_the_keys_the_schema_marks(tmp_path, image_folder):
+    """The schema says which keys may change on a resume; every other changed key refuses it.
+    A config.yaml of an older run, with null for the defaults the schema now spells out,
+    loads as the same experiment and resumes."""
+    import yaml
+    from runner import restore
+    from runner.config import resumable
+    assert {r.key for r in reference() if r.resumable and r.type != 'section'} == RESUMABLE
+    path, logdir = write(tmp_path, GOOD, image_folder)
+    assert cli.main([path, '--no-smoke', '--set', 'train_parameters.steps=1']) == 0
+    saved = logdir / 'good' / 'config.yaml'
+    recorded = yaml.safe_load(saved.read_text())
+    exp, = cli.load_all([path], [])
+    assert cli.check_resumable(exp) is False
+    # mean and std are filled in from the data; model and module name the function
+    # model_parameters: test_cli's test_config_records_the_model_defaults_...
+    skip = {'dataset.mean', 'dataset.std', 'model', 'module', 'model_parameters'}
+    for row in reference():
+        if row.type == 'section' or row.key in skip or '.' not in row.key and row.key not in recorded:
+            continue
+        cfg = copy.deepcopy(recorded)
+        node = cfg
+        *sections, name = row.key.split('.')
+        for s in sections:
+            node = node[s]
+        node[name] = _other(node[name])
+        saved.write_text(yaml.safe_dump(cfg))
+        if resumable(row.key):
+            assert cli.check_resumable(exp) is False, row.key
+        else:
+            with pytest.raises(ConfigError, match=rf"^{re.escape(row.key)}(\.other)?: changed since run 'good'"):
+                cli.check_resumable(exp)
+    # an older run's record: null where the schema now has the value
+    cfg = dict(recorded, dataset=dict(recorded['dataset'], preprocessing=None, cache_budget_mb=None,
+                                      stats_sample=None, label_offset=None, tfrecord_image_key=None,
+                                      tfrecord_label_key=None))
+    saved.write_text(yaml.safe_dump(cfg))
+    assert cli.check_resumable(exp) is False
+    _, old = restore.load_experiment(str(logdir / 'good'))
+    assert old.dataset == DatasetConfig(**recorded['dataset'])
+    assert cli.main([path, '--no-smoke', '--set', 'train_parameters.steps=2']) == 0
