@@ -264,12 +264,12 @@ def validate(experiments, restarting=(), need_data=True):
 def start_collectives(experiments):
     """A multi-worker strategy must exist before TensorFlow runs anything (validation builds
     models), so it is created first."""
-    from runner import distribute, train
+    from runner import distribute
     started = False
     for exp in experiments:
         kind = exp.train_parameters.distribution
         if kind == 'multi_worker' or (kind == 'auto' and distribute.cluster_workers() > 1):
-            train.strategy_for(kind)
+            distribute.strategy_for(kind)
             started = True
     return started
 
