@@ -157,7 +157,7 @@ def step_rate(model_name, batch, precision, steps, profile_dir=None, model_param
     import keras
     import tensorflow as tf
     from runner import data as data_lib
-    from runner import distribute
+    from runner import precision as precision_lib
     from runner.config import experiment_from_dict
     from runner.train import Trainer
     exp = experiment_from_dict({'model': model_name, 'model_parameters': model_parameters or {},
@@ -166,7 +166,7 @@ def step_rate(model_name, batch, precision, steps, profile_dir=None, model_param
     info = data_lib.DataInfo('random', (32, 32, 3), 10)
     train = data_lib.synthetic(info, max(4 * batch, 5000), seed=0)
     data = data_lib.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    distribute.set_policy(precision)
+    precision_lib.set_policy(precision)
     try:
         keras.utils.set_random_seed(0)
         trainer = Trainer(exp, data, tf.distribute.get_strategy(), precision)
@@ -186,7 +186,7 @@ def step_rate(model_name, batch, precision, steps, profile_dir=None, model_param
             tf.profiler.experimental.stop()
         return batch / statistics.median(times)
     finally:
-        distribute.set_policy('float32')
+        precision_lib.set_policy('float32')
         keras.backend.clear_session()
 
 

@@ -40,12 +40,12 @@ def main():
     import numpy as np
     import tensorflow as tf
     from runner import data as data_lib
-    from runner import tboard, train
+    from runner import distribute, tboard, train
     from runner.config import dump_yaml, load_experiments, parse_overrides
     overrides = parse_overrides([f'dataset.data_dir={a.data_dir}'] if a.data_dir else [])
     exp = load_experiments(a.file, overrides)[0]
     data = data_lib.load(exp.dataset)
-    trainer = train.Trainer(exp, data, train.strategy_for('none'))
+    trainer = train.Trainer(exp, data, distribute.strategy_for('none'))
     trainer.start_input()
     for _ in range(3):  # trace and warm up
         trainer.train_step(trainer.iterator)

@@ -44,7 +44,7 @@ def main():
     # every contender runs on the kernels a training run gets.
     import runner
     from runner import data as data_lib
-    from runner import distribute
+    from runner import precision
     from runner.config import experiment_from_dict
     from runner.registry import build_model
     from runner.train import Trainer
@@ -81,7 +81,7 @@ def main():
                 next(it_p)
         contenders['input pipeline alone'] = (run_pipeline, 4)
 
-    distribute.set_policy(a.precision)
+    precision.set_policy(a.precision)
     if 'runner' not in skip:
         keras.utils.set_random_seed(0)
         trainer = Trainer(exp, data, tf.distribute.get_strategy(), a.precision)

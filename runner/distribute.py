@@ -1,4 +1,5 @@
-"""Devices, distribution strategies and precision, all through tf.distribute and Keras.
+"""Devices and distribution strategies, all through tf.distribute (the precision policy is
+runner.precision).
 
 - none: the default strategy (one device).
 - mirrored: tf.distribute.MirroredStrategy over every local GPU, or over every logical
@@ -94,14 +95,9 @@ def start_collectives(experiments):
     started = False
     for exp in experiments:
         if is_multi_worker(exp.train_parameters.distribution):
-            make_strategy(exp.train_parameters.distribution)
+            strategy_for(exp.train_parameters.distribution)
             started = True
     return started
-
-
-# A process can set up its multi-worker cluster only once: the strategy start_collectives
-# made is the one training uses, whoever asks for it next.
-_MULTI_WORKER = {}
 
 
 def make_strategy(kind):
@@ -109,9 +105,7 @@ def make_strategy(kind):
     # cluster can no longer be configured: decide on multi_worker first.
     import tensorflow as tf
     if is_multi_worker(kind):
-        if kind not in _MULTI_WORKER:
-            _MULTI_WORKER[kind] = tf.distribute.MultiWorkerMirroredStrategy()
-        return _MULTI_WORKER[kind]
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices('GPU')
     if kind == 'auto':
         kind = 'mirrored' if len(gpus) > 1 else 'none'
@@ -128,6 +122,17 @@ def make_strategy(kind):
     raise ValueError(f'unknown distribution {kind!r}')
 
 
+_STRATEGIES = {}
+
+
+def strategy_for(kind):
+    """The strategy of `distribution: kind`, one per kind and process: a process can set up a
+    multi-worker cluster only once, so the experiments of a file share it."""
+    if kind not in _STRATEGIES:
+        _STRATEGIES[kind] = make_strategy(kind)
+    return _STRATEGIES[kind]
+
+
 def is_chief(strategy):
     """Only the chief writes the run directory; every worker still takes part in saves."""
     import tensorflow as tf
@@ -135,21 +140,6 @@ def is_chief(strategy):
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
     return _chief(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
-
-
-def resolve_precision(precision):
-    """The Keras dtype policy: 'auto' is mixed_float16 on GPUs and float32 elsewhere;
-    'fastest' is that too until the training loop has measured (runner.train.choose_precision).
-
-    mixed_bfloat16 is not chosen automatically on CPUs: for the CIFAR ResNets it was measured
-    at half float32's speed on one Xeon with AVX512-BF16 and 1.2-1.4 times on an EPYC with
-    it (docs/benchmarks.md, Precision on different CPUs). It kept accuracy where checked (cifar10_fast_90: 88.21%
-    in both precisions), so recipes may ask for it, or for 'fastest', which measures.
-    """
-    import tensorflow as tf
-    if precision in ('auto', 'fastest'):
-        return 'mixed_float16' if tf.config.list_logical_devices('GPU') else 'float32'
-    return precision
 
 
 def _cpuinfo(cpuinfo='/proc/cpuinfo'):
@@ -190,20 +180,3 @@ def cpu_description(cpuinfo='/proc/cpuinfo'):
     isa = next((name for flag, name in _VECTOR_ISAS if flag in flags), None)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     return f'{model}{f" ({isa})" if isa else ""}, {cores} cores'
-
-
-# mixed_bfloat16 only when clearly faster: float32 is the more exact of the two, and a
-# probe of a few steps on a shared machine is noisy by several per cent.
-BF16_MARGIN = 1.1
-
-
-def faster_precision(images_per_second, margin=BF16_MARGIN):
-    """The policy to train in from measured {'float32': rate, 'mixed_bfloat16': rate}."""
-    if images_per_second['mixed_bfloat16'] / images_per_second['float32'] >= margin:
-        return 'mixed_bfloat16'
-    return 'float32'
-
-
-def set_policy(policy):
-    import keras
-    keras.mixed_precision.set_global_policy(policy)

@@ -113,14 +113,3 @@ def make_lr_schedule(kind, lr_values, lr_boundaries, warmup_steps=0):
             0.0 if warmup_steps else peak, max(total - warmup_steps, 1), alpha=0.0,
             warmup_target=peak if warmup_steps else None, warmup_steps=int(warmup_steps))
     raise ValueError(f'unknown lr_schedule {kind!r}')
-
-
-def lookahead_alpha(step, total_steps, decay, interval):
-    """How much of the slow weights a Lookahead synchronisation after `step` (steps done,
-    1-based) keeps: decay**interval * (step / total_steps)**3, airbench94's rule (0.95**5
-    times the cubed progress), and 1 at total_steps, the schedule's end, where the run
-    ends on the slow weights. Past it (a run extended with `steps`) the full decay holds.
-    Works on Python numbers and on tensors."""
-    progress = tf.minimum(tf.cast(step, tf.float32) / float(total_steps), 1.0)
-    alpha = float(decay) ** int(interval) * progress ** 3
-    return tf.where(tf.equal(tf.cast(step, tf.int64), int(total_steps)), 1.0, alpha)

@@ -110,7 +110,7 @@ def _smoke_test(exp, tmp, phases):
     import numpy as np
     import tensorflow as tf
     from runner import data as data_lib
-    from runner import distribute, train
+    from runner import distribute, precision, train
     short = short_experiment(exp, tmp)
     tp = short.train_parameters
     train.set_op_determinism(tp.deterministic)
@@ -118,10 +118,10 @@ def _smoke_test(exp, tmp, phases):
         data = data_lib.load(exp.dataset, limit=SMOKE_EXAMPLES, allow_synthetic=True)
     # 'fastest' trains in the precision it measures to be faster; measuring is not
     # checking, so the test takes the policy 'fastest' starts from.
-    policy = distribute.resolve_precision(tp.precision)
-    distribute.set_policy(policy)
+    policy = precision.resolve_precision(tp.precision)
+    precision.set_policy(policy)
     try:
-        strategy = train.strategy_for(tp.distribution)
+        strategy = distribute.strategy_for(tp.distribution)
         keras.utils.set_random_seed(tp.seed)
         with phases('build'):
             trainer = train.Trainer(short, data, strategy, policy)
@@ -160,7 +160,7 @@ def _smoke_test(exp, tmp, phases):
             raise SmokeFailure('the checkpoint restored other weights than it saved')
         return data.info.description
     finally:
-        distribute.set_policy('float32')
+        precision.set_policy('float32')
 
 
 ANSI_CODE = re.compile(r'\x1b\[[0-9;]*m')

@@ -1,17 +1,21 @@
-"""The training loop: one experiment, from data to a finished run directory.
+"""The training loop of one experiment, from data to a finished run directory.
 
-A custom tf.function step (GradientTape, cross-entropy plus the model's
-regularisation losses, the optimizer of train_parameters.optimizer (runner.optimizers) under
-the learning-rate schedule) run
-under a tf.distribute strategy, evaluated every `val_interval` steps, checkpointed
-with tf.train.CheckpointManager, logged to TensorBoard. Resuming is the default:
-a run directory with a checkpoint continues from it.
+`run` reads top to bottom: `open_run` (strategy, data, precision, the Trainer, the
+checkpoint to resume from, the run directory's records), `Session.train` (the steps, with
+`log`, `evaluate_and_record` and `save_checkpoint` on their intervals), `Session.finish`
+(the final evaluation, the final weights, the summary's status); nanoGPT's train.py
+(Karpathy 2022) is the model of a loop that fits on one screen.
 
-Two tricks of the CIFAR-10 speed records are options of every run: an exponential
-moving average of the whole model state, weights and batch-norm statistics (`ema_decay`;
-Page's DAWNBench ResNet-9 posts, 2018; the Lookahead of Jordan 2024, arXiv:2404.00498,
-keeps a related average), and flip test-time augmentation of the runner's own
-evaluations (`eval_tta`).
+`Trainer` holds the model, the optimizer of train_parameters.optimizer (runner.optimizers)
+under the learning-rate schedule (runner.schedule: piecewise-constant, linear, cosine,
+piecewise-linear, with warm-up), and the step functions: a custom tf.function step
+(GradientTape, cross-entropy plus the model's regularisation losses) run under a
+tf.distribute strategy (runner.distribute) in the policy runner.precision chose, and the
+evaluation, with flip and translate test-time augmentation (`eval_tta`). The averages of the
+weights, an exponential moving average and Lookahead, are small objects of
+runner.averaging that the step updates. Checkpoints are tf.train.CheckpointManager's;
+resuming is the default: a run directory with a checkpoint continues from it, bit for bit
+as if never stopped. Every path of the run directory comes from runner.rundir.RunDir.
 """
 import contextlib
 import functools
@@ -30,17 +34,20 @@ import numpy as np
 import tensorflow as tf
 
 import runner
+from runner import averaging
 from runner import checkpoints
 from runner import data as data_lib
 from runner import distribute
-from runner import inference, tta
+from runner import inference
+from runner import precision
+from runner import tta
 from runner.optimizers import build_optimizer
 from runner import rundir
 from runner import tboard
 from runner.config import dump_yaml
 from runner.registry import (build_model, count_trainable, freeze_schedule, load_initial_weights,
                              resolve_model_fn, resolved_model_parameters)
-from runner.schedule import lookahead_alpha, make_lr_schedule
+from runner.schedule import make_lr_schedule
 
 
 class StopRequest:
@@ -166,7 +173,10 @@ class Progress:
 
 
 class Trainer:
-    """Holds the model, optimizer, step functions and checkpoints of one run."""
+    """The model, its optimizer and step functions, and the checkpoint of one run: build,
+    train_step, evaluate, the training metrics. The averages of the weights (runner.averaging)
+    are stepped with it; freezing (freeze_after) and the batch-norm offsets' learning rate
+    (bn_bias_lr_multiplier) are parts of the step."""
 
     def __init__(self, exp, data, strategy, policy='float32'):
         tp = exp.train_parameters
@@ -189,20 +199,12 @@ class Trainer:
             self.best_error = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name='best_error')
             self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='best_step')
             self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='first_nonfinite_step')
-            # Batch-norm statistics are averaged with the weights (as Page's and airbench's
-            # averages of the whole state_dict): statistics gathered under the raw weights
-            # would not describe the averaged network's activations.
+            # Both follow the whole floating-point state, batch-norm statistics included.
             state = [v for v in self.model.variables if keras.backend.is_float_dtype(v.dtype)]
-            self.averaged = state if tp.ema_decay else []
-            self.averages = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
-                                         name='average_' + v.path.replace('/', '_'))
-                             for v in self.averaged]
-            # Lookahead's slow weights: a copy of the same state, batch-norm statistics
-            # included, as airbench's copy of the whole state_dict.
-            self.lookahead_state = state if tp.lookahead_interval else []
-            self.slow = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
-                                     name='slow_' + v.path.replace('/', '_'))
-                         for v in self.lookahead_state]
+            self.ema = averaging.ExponentialAverage(state, tp.ema_decay) if tp.ema_decay else None
+            self.lookahead = (averaging.Lookahead(state, tp.lookahead_interval, tp.lookahead_decay,
+                                                  tp.lr_boundaries[-1])
+                              if tp.lookahead_interval else None)
         self.params = count_trainable(self.model)
         # Batch-norm offsets whose gradient is scaled (airbench's bias_scaler): with SGD, a
         # gradient m times larger is a learning rate m times larger for that variable.
@@ -214,22 +216,8 @@ class Trainer:
                      for k in ('loss', 'reg_loss', 'errors', 'examples', 'steps')}
         self.loss_fn = keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=tp.label_smoothing, reduction=None)
-
         self.iterator = None
-        # Keras does not put the dropout seed generators' states in the model's checkpoint
-        # graph; without them a resumed run draws other dropout masks.
-        rng_states = [v for v in self.model.variables if v.path.endswith('seed_generator_state')]
-        # The input position is the step itself (see data.train_dataset), so the
-        # checkpoint needs no iterator state.
-        # Only runs that average have the averages in their checkpoint, so older
-        # checkpoints without them still restore with every object matched.
-        averages = {'weight_averages': self.averages} if self.averages else {}
-        if self.slow:
-            averages['lookahead_slow_weights'] = self.slow
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              rng_states=rng_states,
-                                              metric_sums=self.sums, best_error=self.best_error,
-                                              best_step=self.best_step, **averages)
+        self.checkpoint = self._make_checkpoint()
         # TensorFlow's frequent-retracing warning counts the traces of every tf.function made
         # from one Python function together (keyed by its code object): five Trainers in one
         # process, each tracing its step once and taking two steps (a smoke run), read as one
@@ -241,18 +229,48 @@ class Trainer:
         # freeze_after: {layer: step} -> [(step, paths of its trainable weights)]
         self.freezes = freeze_schedule(self.model, tp.freeze_after)
         self.eval_step = tf.function(own(Trainer._eval_step, self))
-        self.swap_averages = tf.function(own(Trainer._swap_averages, self))
+
+    def _make_checkpoint(self):
+        """Everything a resume needs. The input position is the step itself (see
+        data.train_dataset), so the checkpoint needs no iterator state."""
+        # Keras does not put the dropout seed generators' states in the model's checkpoint
+        # graph; without them a resumed run draws other dropout masks.
+        rng_states = [v for v in self.model.variables if v.path.endswith('seed_generator_state')]
+        # Only runs that average have the averages in their checkpoint, so older
+        # checkpoints without them still restore with every object matched.
+        averages = {'weight_averages': self.ema.averages} if self.ema else {}
+        if self.lookahead:
+            averages['lookahead_slow_weights'] = self.lookahead.slow
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                   rng_states=rng_states,
+                                   metric_sums=self.sums, best_error=self.best_error,
+                                   best_step=self.best_step, **averages)
+
+    @property
+    def saved_variables(self):
+        """Everything a checkpoint holds that could overflow."""
+        return (self.model.variables + self.optimizer.variables
+                + (self.ema.averages if self.ema else []) + (self.lookahead.slow if self.lookahead else []))
 
     @property
     def evaluated_weights(self):
         """What evaluations and saved weights hold, in words for logs and summaries."""
-        tp = self.exp.train_parameters
         # Lookahead changes the trained weights themselves; the run ends on its slow copy.
-        trained = f'Lookahead every {tp.lookahead_interval} steps' if self.slow else 'raw'
-        if not self.averages:
+        trained = str(self.lookahead) if self.lookahead else 'raw'
+        if not self.ema:
             return trained
-        average = f'exponential moving average, decay {tp.ema_decay:g}'
-        return f'{average}, over {trained}' if self.slow else average
+        return f'{self.ema}, over {trained}' if self.lookahead else str(self.ema)
+
+    def averaged_weights(self):
+        """A context in which the model holds the weights evaluated (the averages, if any)."""
+        return self.ema.swapped() if self.ema else contextlib.nullcontext()
+
+    def reset_averages(self):
+        """Start the averages and Lookahead's slow weights at the model's current weights
+        (after loading init_weights or adapting layers)."""
+        for technique in (self.ema, self.lookahead):
+            if technique:
+                technique.reset()
 
     def start_input(self):
         """The training batches from the current step on."""
@@ -291,18 +309,7 @@ class Trainer:
             scaled = self.optimizer.scale_loss(total) if self.loss_scaling else total
         grads = tape.gradient(scaled, variables)
         if self.lr_boosted:
-            # airbench's bias_scaler: the offsets' learning rate is boosted, their weight
-            # decay is not. With g = g_loss + g_decay, boost * g_loss + g_decay is
-            # boost * g - (boost - 1) * g_decay.
-            boost = float(self.exp.train_parameters.bn_bias_lr_multiplier)
-            boosted = [v for v in variables if v.path in self.lr_boosted]
-            decay = tape.gradient(self.optimizer.scale_loss(reg) if self.loss_scaling else reg, boosted)
-            decay = {v.path: d for v, d in zip(boosted, decay) if d is not None}
-            for i, v in enumerate(variables):
-                if grads[i] is not None and v.path in self.lr_boosted:
-                    grads[i] = grads[i] * boost
-                    if v.path in decay:
-                        grads[i] -= (boost - 1.0) * decay[v.path]
+            self._boost_offsets(tape, reg, variables, grads)
             del tape
         if self.loss_scaling:
             # Overflowing float16 gradients are normal while the loss scale settles; the
@@ -316,6 +323,20 @@ class Trainer:
                                                     tf.cast(labels, tf.int32)), tf.float32))
         n = tf.cast(tf.shape(labels)[0], tf.float32)
         return loss, reg, errors, n, tf.cast(tf.logical_not(finite), tf.float32)
+
+    def _boost_offsets(self, tape, reg, variables, grads):
+        """airbench's bias_scaler, in place in `grads`: the batch-norm offsets' learning rate
+        is boosted, their weight decay is not. With g = g_loss + g_decay, boost * g_loss +
+        g_decay is boost * g - (boost - 1) * g_decay."""
+        boost = float(self.exp.train_parameters.bn_bias_lr_multiplier)
+        boosted = [v for v in variables if v.path in self.lr_boosted]
+        decay = tape.gradient(self.optimizer.scale_loss(reg) if self.loss_scaling else reg, boosted)
+        decay = {v.path: d for v, d in zip(boosted, decay) if d is not None}
+        for i, v in enumerate(variables):
+            if grads[i] is not None and v.path in self.lr_boosted:
+                grads[i] = grads[i] * boost
+                if v.path in decay:
+                    grads[i] -= (boost - 1.0) * decay[v.path]
 
     def _train_step(self, iterator, frozen=()):
         step = tf.cast(self.optimizer.iterations, tf.int64)
@@ -335,29 +356,12 @@ class Trainer:
         self.sums['steps'].assign_add(1.0)
         if bad > 0 and self.bad_step < 0:
             self.bad_step.assign(step)
-        if self.slow:
-            self._lookahead(step + 1)
-        if self.averages:
-            # In the cross-replica context, after the update: every replica holds the same
-            # weights, so the averages are computed once from them.
-            n = tf.cast(step, tf.float32)
-            decay = tf.minimum(float(self.exp.train_parameters.ema_decay), (1.0 + n) / (10.0 + n))
-            for average, var in zip(self.averages, self.averaged):
-                average.assign_sub((1.0 - decay) * (average - tf.cast(var, tf.float32)))
-
-    def _lookahead(self, done):
-        """After step number `done` (1-based): every lookahead_interval steps, and at the
-        schedule's last step, pull the slow weights towards the trained ones and restart
-        from them. The schedule's end, not `steps`: a run stopped early by `steps` and
-        resumed must follow the same path as one run straight through."""
-        tp = self.exp.train_parameters
-        total = tp.lr_boundaries[-1]
-        if tf.logical_or(done % tp.lookahead_interval == 0, done == total):
-            alpha = lookahead_alpha(done, total, tp.lookahead_decay, tp.lookahead_interval)
-            for slow, var in zip(self.slow, self.lookahead_state):
-                slow.assign_add((1.0 - alpha) * (tf.cast(var, tf.float32) - slow))
-                var.assign(tf.cast(slow, var.dtype))
-
+        # In the cross-replica context, after the update: every replica holds the same
+        # weights, so the slow weights and averages are computed once from them.
+        if self.lookahead:
+            self.lookahead.update(step + 1)
+        if self.ema:
+            self.ema.update(step)
     # -- data-dependent initialisation --------------------------------------------
     def adapt_layers(self):
         """Fit every layer that has an ``adapt(images)`` method (Keras' Normalization, the
@@ -386,32 +390,6 @@ class Trainer:
         # The averages and slow weights began at the unadapted weights.
         self.reset_averages()
         return [layer.name for layer in targets]
-
-    # -- weight averaging -------------------------------------------------------
-    def _swap_averages(self):
-        for average, var in zip(self.averages, self.averaged):
-            raw = tf.identity(tf.convert_to_tensor(var))
-            var.assign(average)
-            average.assign(raw)
-
-    @contextlib.contextmanager
-    def averaged_weights(self):
-        """Inside: the model holds the averaged weights (and the averages the raw ones).
-        Swapping twice restores both exactly, so training goes on as if nothing happened."""
-        if not self.averages:
-            yield
-            return
-        self.swap_averages()
-        try:
-            yield
-        finally:
-            self.swap_averages()
-
-    def reset_averages(self):
-        """Start the averages and Lookahead's slow weights at the model's current weights
-        (after loading init_weights or adapting layers)."""
-        for average, var in zip(self.averages + self.slow, self.averaged + self.lookahead_state):
-            average.assign(tf.convert_to_tensor(var))
 
     def read_train_metrics(self, reset=True):
         """Means since the last log. The sums and their step count are checkpointed, so a
@@ -476,6 +454,8 @@ class Trainer:
                 'top1_accuracy': top1 / n, 'top5_accuracy': top5 / n, 'examples': int(n)}
 
 
+
+
 # Seconds from a session's start to its first progress line at the latest.
 FIRST_LINE_SECONDS = 60
 
@@ -483,80 +463,6 @@ FIRST_LINE_SECONDS = 60
 def checkpoint_bytes(params):
     # weights + momentum, float32, twice over while the next one is written, plus room
     return params * 4 * 2 * 2 + 64 * 2**20
-
-
-_STRATEGIES = {}
-
-
-def strategy_for(kind):
-    # A process can set up a multi-worker cluster only once: share one strategy per kind
-    # among the experiments of a file.
-    if kind not in _STRATEGIES:
-        _STRATEGIES[kind] = distribute.make_strategy(kind)
-    return _STRATEGIES[kind]
-
-
-def probe_precisions(exp, info, batch_size, steps=3):
-    """Images per second of a plain SGD step of the experiment's model on random images,
-    in float32 and in mixed_bfloat16: {policy: rate}. One step traces and warms up, the
-    median of `steps` timed ones counts."""
-    rates = {}
-    x = tf.random.uniform((batch_size, *info.image_shape), -1.0, 1.0, seed=0)
-    y = tf.random.uniform((batch_size,), 0, info.num_classes, tf.int32, seed=0)
-    try:
-        for policy in ('float32', 'mixed_bfloat16'):
-            distribute.set_policy(policy)
-            model = build_model(exp, info.image_shape, info.num_classes)
-            optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
-
-            @tf.function
-            def step():
-                with tf.GradientTape() as tape:
-                    logits = tf.cast(model(x, training=True), tf.float32)
-                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
-                return loss
-
-            float(step())
-            times = []
-            for _ in range(steps):
-                start = time.perf_counter()
-                float(step())
-                times.append(time.perf_counter() - start)
-            rates[policy] = batch_size / statistics.median(times)
-            del model, optimizer, step
-    finally:
-        distribute.set_policy('float32')
-    return rates
-
-
-def choose_precision(exp, info, strategy, previous_precision=None):
-    """The policy to train in, and for `precision: fastest` why: (policy, reason or None).
-    Only a single machine probes; every worker of a multi-worker run must use the same
-    policy and each would measure its own."""
-    tp = exp.train_parameters
-    policy = distribute.resolve_precision(tp.precision)
-    if tp.precision == 'auto' and previous_precision and previous_precision != policy:
-        # Resumed on other hardware (a GPU then, none now, or the reverse): the checkpoint
-        # holds the optimizer of the precision it started in (a LossScaleOptimizer's
-        # variables for mixed_float16), and a run keeps its arithmetic anyway.
-        return previous_precision, 'chosen when the run started'
-    if tp.precision != 'fastest':
-        return policy, None
-    if previous_precision:
-        return previous_precision, 'chosen when the run started'
-    if tf.config.list_logical_devices('GPU'):
-        return policy, 'a GPU'
-    if distribute.is_multi_worker(tp.distribution):
-        return policy, 'several workers, which could measure differently'
-    if not distribute.cpu_has_bfloat16():
-        return policy, 'this CPU has no bfloat16 instructions'
-    batch = min(tp.batch_size // strategy.num_replicas_in_sync, 256)
-    rates = probe_precisions(exp, info, batch)
-    policy = distribute.faster_precision(rates)
-    return policy, (f"float32 {rates['float32']:.0f}, mixed_bfloat16 {rates['mixed_bfloat16']:.0f} "
-                    f"images/s on this CPU (batch {batch}); bfloat16 needs {distribute.BF16_MARGIN}x")
 
 
 def _disable_op_determinism():
@@ -576,6 +482,9 @@ def set_op_determinism(on):
         _disable_op_determinism()
 
 
+# -- one run, top to bottom ---------------------------------------------------------------------
+
+
 def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
     # One stop request for the whole run, its setup too: from here a signal sets a flag that
@@ -584,328 +493,407 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     stop = stop if stop is not None else StopRequest()
     try:
         with stop:
-            return _run(exp, data, quiet, max_eval_batches, stop)
+            session = open_run(exp, data, quiet, max_eval_batches, stop)
+            stop.training = True
+            stop.stop_before_training()
+            return session.finish(session.train())
     finally:
-        distribute.set_policy('float32')
+        precision.set_policy('float32')
 
 
-def _run(exp, data, quiet, max_eval_batches, stop):
+def open_run(exp, data, quiet, max_eval_batches, stop):
+    """Start or resume the run: strategy, data, precision and Trainer; the checkpoint to go
+    on from (or the initial weights); then the run directory's config, data info, summary
+    and TensorBoard overview. A stop asked for meanwhile ends the run at the next safe point."""
     tp = exp.train_parameters
-    strategy = strategy_for(tp.distribution)
+    strategy = distribute.strategy_for(tp.distribution)
     chief = distribute.is_chief(strategy)
-    chief_dir = os.path.join(tp.logdir, exp.run_name)
-    # Other workers of a multi-worker run keep their own copies (every worker must take part
-    # in a checkpoint save) in a scratch directory that is removed at the end.
-    run_dir = chief_dir if chief else worker_dir(exp)
-    quiet = quiet or not chief
-    previous = rundir.read_summary(chief_dir) or {}
+    home = rundir.RunDir.of(exp)
+    previous = rundir.read_summary(home) or {}
     set_op_determinism(tp.deterministic)
     data = data or data_lib.load(exp.dataset)
     stop.stop_before_training()
-    resuming = checkpoints.present(os.path.join(chief_dir, 'checkpoints'))
-    policy, why = choose_precision(exp, data.info, strategy, previous.get('precision') if resuming else None)
+    resuming = checkpoints.present(home.checkpoints)
+    policy, why = precision.choose_precision(exp, data.info, strategy,
+                                             previous.get('precision') if resuming else None)
+    quiet = quiet or not chief
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
-    distribute.set_policy(policy)
+    precision.set_policy(policy)
     # After the probe, which builds models of its own: the weights start the same either way.
     keras.utils.set_random_seed(tp.seed)
     trainer = Trainer(exp, data, strategy, policy)
-    total = exp.total_steps
     stop.stop_before_training()
+    # Other workers of a multi-worker run keep their own copies (every worker must take part
+    # in a checkpoint save) in a scratch directory that is removed at the end.
+    session = Session(trainer, home if chief else worker_dir(exp), chief, quiet, stop, max_eval_batches)
+    session.restore_or_start(home)
+    stop.stop_before_training()
+    trainer.start_input()
+    session.record_start(previous, policy, why if tp.precision == 'fastest' else None)
+    return session
 
-    os.makedirs(run_dir, exist_ok=True)
-    rundir.remove_partial_checkpoints(run_dir)
-    # Before the managers read the state file: an unreadable newest checkpoint is moved aside
-    # and the run resumes from the newest one that reads (NoReadableCheckpoint if none does).
-    latest = checkpoints.newest_readable(
-        os.path.join(chief_dir, 'checkpoints'), chief_dir, move=chief, run_name=exp.run_name,
-        say=lambda line: print(f'{exp.run_name}: {line}', file=sys.stderr, flush=True))
-    manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(run_dir, 'checkpoints'),
-                                         max_to_keep=tp.keep_checkpoints)
-    best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
-                                              os.path.join(run_dir, 'best'), max_to_keep=1)
-    resumed_from = None
-    if latest:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
-        resumed_from = trainer.step
-        rundir.truncate_history(run_dir, resumed_from)
-        # A finished run extended with more steps: its old final weights are not final now.
-        if os.path.exists(os.path.join(run_dir, rundir.FINAL_WEIGHTS)):
-            os.remove(os.path.join(run_dir, rundir.FINAL_WEIGHTS))
-    else:
-        rundir.truncate_history(run_dir, 0)
+
+class Session:
+    """One session of a run, from its start or resume until it finishes or stops: what the
+    steps of `train` share (the Trainer, the run directory, the checkpoint managers, the
+    summary, the TensorBoard writer, the measured rates and the wall clock)."""
+
+    def __init__(self, trainer, run_dir, chief, quiet, stop, max_eval_batches):
+        self.trainer, self.dir, self.chief, self.quiet, self.stop = trainer, run_dir, chief, quiet, stop
+        self.exp, self.data = trainer.exp, trainer.data
+        self.tp = self.exp.train_parameters
+        self.max_eval_batches = max_eval_batches
+        self.eval_split = 'validation' if self.exp.dataset.validation_fraction else 'test'
+        self.prefix = 'val' if self.eval_split == 'validation' else 'test'
+        self.latest = self.resumed_from = None
+        self.summary = {}
+
+    def say(self, line):
+        if not self.quiet:
+            print(f'{self.exp.run_name}: {line}', flush=True)
+
+    # -- opening ------------------------------------------------------------------------
+    def restore_or_start(self, home):
+        """The checkpoint managers; the newest readable checkpoint restored, or a fresh
+        start from init_weights or from layers adapted to the data."""
+        trainer, tp = self.trainer, self.tp
+        os.makedirs(self.dir, exist_ok=True)
+        rundir.remove_partial_checkpoints(self.dir)
+        # Before the managers read the state file: an unreadable newest checkpoint is moved aside
+        # and the run resumes from the newest one that reads (NoReadableCheckpoint if none does).
+        self.latest = checkpoints.newest_readable(
+            home.checkpoints, home, move=self.chief, run_name=self.exp.run_name,
+            say=lambda line: print(f'{self.exp.run_name}: {line}', file=sys.stderr, flush=True))
+        self.manager = tf.train.CheckpointManager(trainer.checkpoint, self.dir.checkpoints,
+                                                  max_to_keep=tp.keep_checkpoints)
+        self.best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
+                                                       self.dir.best, max_to_keep=1)
+        if self.latest:
+            trainer.checkpoint.restore(self.latest).assert_existing_objects_matched()
+            self.resumed_from = trainer.step
+            rundir.truncate_history(self.dir, self.resumed_from)
+            # A finished run extended with more steps: its old final weights are not final now.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.dir.final_weights)
+            return
+        rundir.truncate_history(self.dir, 0)
         if tp.init_weights:
             source = load_initial_weights(trainer.model, tp.init_weights, tp.init_skip_mismatch)
             trainer.reset_averages()
-            if not quiet:
-                print(f'{exp.run_name}: starting from the weights of {source}', flush=True)
+            self.say(f'starting from the weights of {source}')
         else:
             adapted = trainer.adapt_layers()
-            if adapted and not quiet:
-                print(f'{exp.run_name}: adapted {", ".join(adapted)} to {tp.adapt_examples} training '
-                      f'images', flush=True)
-    stop.stop_before_training()
-    trainer.start_input()
+            if adapted:
+                self.say(f'adapted {", ".join(adapted)} to {tp.adapt_examples} training images')
 
-    resolved = exp.to_dict()
-    resolved['model_parameters'] = resolved_model_parameters(resolve_model_fn(exp), exp.model_parameters,
-                                                             tp.weight_decay is not None)
-    resolved['dataset']['mean'], resolved['dataset']['std'] = data.mean, data.std
-    resolved['train_parameters']['run_name'] = exp.run_name
-    config_text = dump_yaml(resolved)
-    rundir.write_atomic(os.path.join(run_dir, rundir.CONFIG), config_text)
-    # Shape and class names beside it: evaluate, predict and export of the run then know the
-    # real class names where the data is not (inference.data_info reads the file).
-    inference.write_data_info(run_dir, data.info)
+    def resolved_config(self):
+        """The experiment with every default filled in, as config.yaml records it."""
+        exp, tp = self.exp, self.tp
+        resolved = exp.to_dict()
+        resolved['model_parameters'] = resolved_model_parameters(resolve_model_fn(exp), exp.model_parameters,
+                                                                 tp.weight_decay is not None)
+        resolved['dataset']['mean'], resolved['dataset']['std'] = self.data.mean, self.data.std
+        resolved['train_parameters']['run_name'] = exp.run_name
+        return resolved
 
-    eval_split_name = 'validation' if exp.dataset.validation_fraction else 'test'
-    machine = {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
-               'gpus': len(tf.config.list_logical_devices('GPU'))}
-    summary = {
-        'run_name': exp.run_name, 'model': exp.model, 'module': exp.module,
-        'params': trainer.params, 'dataset': data.info.description,
-        'steps': trainer.step, 'total_steps': total, 'status': 'running',
-        'eval_split': eval_split_name, 'test_split': exp.dataset.test_split,
-        'selection_split': eval_split_name,
-        'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
-        'precision': policy, **({'precision_fastest': why} if why and tp.precision == 'fastest' else {}),
-        'replicas': strategy.num_replicas_in_sync,
-        # What this session's images/s were measured on (the chief's machine); `sessions`
-        # has every start and resume, each with its own machine and images/s.
-        'machine': machine,
-        'sessions': sessions_so_far(previous, resumed_from, machine),
-        'wall_seconds': previous.get('wall_seconds', 0.0) if resumed_from is not None else 0.0,
-        'train_images_per_second': None,
-        # Every accuracy in this summary and in metrics.jsonl is of these weights and views.
-        'evaluated_weights': trainer.evaluated_weights, 'eval_tta': tp.eval_tta,
-    }
-    for key in ('test_top1_accuracy', 'test_top5_accuracy', 'best_test_top1_accuracy',
-                'val_top1_accuracy', 'best_val_top1_accuracy', 'best_step'):
-        if resumed_from is not None and key in previous:
-            summary[key] = previous[key]
+    def record_start(self, previous, policy, fastest_why):
+        """config.yaml, data_info.json, the summary and the TensorBoard overview of this
+        session; the progress display; the wall clock and rates the summary keeps."""
+        exp, trainer, tp, data = self.exp, self.trainer, self.tp, self.data
+        resolved = self.resolved_config()
+        config_text = dump_yaml(resolved)
+        rundir.write_atomic(self.dir.config, config_text)
+        # Shape and class names beside it: evaluate, predict and export of the run then know the
+        # real class names where the data is not (inference.data_info reads the file).
+        inference.write_data_info(self.dir, data.info)
+        self.summary = self.first_summary(previous, resolved, policy, fastest_why)
+        self.writer = tf.summary.create_file_writer(str(self.dir))
+        if self.chief:
+            # The first batch's images on a fresh run; a resumed run's dataset starts later.
+            grid = tboard.first_step_images(trainer.train_ds, data) if self.resumed_from is None else None
+            tboard.write_overview(str(self.dir), exp, tboard.hparam_values(exp, resolved, trainer.params, policy),
+                                  config_text, grid)
+        self.progress = Progress(exp.run_name, exp.total_steps, trainer.step, self.quiet)
+        if self.resumed_from is not None and not self.quiet:
+            self.progress.log(self.resumed_from, f'resuming from {self.latest}')
+        self.start_wall, self.base_wall = time.time(), self.summary['wall_seconds']
+        # (step, images/s) of every logged interval so far (history before a resume included).
+        self.rates = [(r['step'], r['images_per_second']) for r in rundir.read_metrics(self.dir)
+                      if r.get('kind') == 'train']
+        techniques = ([f'{tp.eval_tta} TTA'] if tp.eval_tta != 'none' else []) + (
+            [f'weights: {trainer.evaluated_weights}'] if trainer.ema or trainer.lookahead else [])
+        self.how = f' ({", ".join(techniques)})' if techniques else ''
+        self.stop.last_words = self.last_words
 
-    writer = tf.summary.create_file_writer(run_dir)
-    if chief:
-        # The first batch's images on a fresh run; a resumed run's dataset starts later.
-        grid = tboard.first_step_images(trainer.train_ds, data) if resumed_from is None else None
-        tboard.write_overview(run_dir, exp, tboard.hparam_values(exp, resolved, trainer.params, policy),
-                              config_text, grid)
-    progress = Progress(exp.run_name, total, trainer.step, quiet)
-    if resumed_from is not None and not quiet:
-        progress.log(resumed_from, f'resuming from {latest}')
+    def first_summary(self, previous, resolved, policy, fastest_why):
+        """summary.json at the start of this session; a resumed run keeps its earlier results."""
+        exp, trainer, tp = self.exp, self.trainer, self.tp
+        machine = {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
+                   'gpus': len(tf.config.list_logical_devices('GPU'))}
+        resumed = self.resumed_from is not None
+        summary = {
+            'run_name': exp.run_name, 'model': exp.model, 'module': exp.module,
+            'params': trainer.params, 'dataset': self.data.info.description,
+            'steps': trainer.step, 'total_steps': exp.total_steps, 'status': 'running',
+            'eval_split': self.eval_split, 'test_split': exp.dataset.test_split,
+            'selection_split': self.eval_split,
+            'paper': {k: v for k, v in resolved['paper'].items() if v is not None},
+            'precision': policy, **({'precision_fastest': fastest_why} if fastest_why else {}),
+            'replicas': trainer.strategy.num_replicas_in_sync,
+            # What this session's images/s were measured on (the chief's machine); `sessions`
+            # has every start and resume, each with its own machine and images/s.
+            'machine': machine,
+            'sessions': sessions_so_far(previous, self.resumed_from, machine),
+            'wall_seconds': previous.get('wall_seconds', 0.0) if resumed else 0.0,
+            'train_images_per_second': None,
+            # Every accuracy in this summary and in metrics.jsonl is of these weights and views.
+            'evaluated_weights': trainer.evaluated_weights, 'eval_tta': tp.eval_tta,
+        }
+        for key in ('test_top1_accuracy', 'test_top5_accuracy', 'best_test_top1_accuracy',
+                    'val_top1_accuracy', 'best_val_top1_accuracy', 'best_step'):
+            if resumed and key in previous:
+                summary[key] = previous[key]
+        return summary
 
-    start_wall = time.time()
-    base_wall = summary['wall_seconds']
-    # (step, images/s) of every logged interval so far (history before a resume included).
-    rates = [(r['step'], r['images_per_second']) for r in rundir.read_metrics(run_dir)
-             if r.get('kind') == 'train']
+    # -- the steps ----------------------------------------------------------------------
+    def train(self):
+        """Train from the current step to the end of the run, logging, evaluating and
+        checkpointing on the way. None when every step is done, else why the steps ended
+        early: 'diverged' or 'interrupted'."""
+        trainer, tp, stop, total = self.trainer, self.tp, self.stop, self.exp.total_steps
+        status = None
+        with self.writer.as_default():
+            self.last_log_step, self.last_log_time, self.overhead = trainer.step, time.time(), 0.0
+            # The first progress line of a session comes within about a minute, whatever
+            # log_interval is (400 steps of a big model can take minutes); it is printed only,
+            # so the logged history keeps its log_interval grid.
+            first_line_due = self.last_log_time + FIRST_LINE_SECONDS
+            while trainer.step < total:
+                trainer.train_step(trainer.iterator)
+                step = trainer.step
+                self.progress.step()
+                log_now = step % tp.log_interval == 0 or step == total
+                eval_now = step % tp.val_interval == 0 or step == total
+                ckpt_now = step % tp.checkpoint_interval == 0 or eval_now
+                if (log_now or ckpt_now or step % 10 == 0 or stop) and self.diverged():
+                    status = 'diverged'
+                    break
+                if first_line_due and (log_now or time.time() >= first_line_due):
+                    if not log_now:
+                        self.log_so_far(step)
+                    first_line_due = None
+                if log_now:
+                    self.log(step)
+                side_start = time.time()
+                if eval_now:
+                    self.evaluate_and_record(step)
+                if ckpt_now or stop:
+                    # Events up to this step must be on disk before the checkpoint that a
+                    # resume starts after; otherwise a kill loses them for good.
+                    self.writer.flush()
+                    if not self.save_checkpoint(step):
+                        status = 'diverged'
+                        break
+                    self.save_summary()
+                self.overhead += time.time() - side_start
+                if stop:
+                    status = 'interrupted'
+                    break
+            self.progress.close()
+            self.writer.flush()
+        return status
 
-    def last_words():
-        """A second Ctrl-C exits at once: the summary says so, with the checkpoint a resume
-        starts from."""
-        words = dict(summary, status='interrupted',
-                     error=f'stopped at once by a second SIGINT after step {summary["steps"]}; '
-                           f'a resume starts from {manager.latest_checkpoint or "step 0"}')
-        rundir.write_summary(run_dir, words)
-    stop.last_words = last_words
+    def diverged(self):
+        """Whether a step's loss or gradient was not finite; the summary then says where."""
+        bad = int(self.trainer.bad_step.numpy())
+        if bad >= 0:
+            self.summary['error'] = self.diverged_message(bad + 1)
+        return bad >= 0
 
-    def save_summary(status=None):
-        summary['steps'] = trainer.step
-        summary['wall_seconds'] = round(base_wall + time.time() - start_wall, 1)
-        summary['train_images_per_second'] = session_throughput(summary['sessions'], rates, trainer.step)
-        if status:
-            summary['status'] = status
-        rundir.write_summary(run_dir, summary)
+    def diverged_message(self, step, what='loss or gradient'):
+        last = self.manager.latest_checkpoint or 'none'
+        return f'{what} became NaN/inf at step {step}; last good checkpoint: {last}'
 
-    how = ', '.join(([f'{tp.eval_tta} TTA'] if tp.eval_tta != 'none' else [])
-                    + ([f'weights: {trainer.evaluated_weights}'] if trainer.averages or trainer.slow else []))
-    how = f' ({how})' if how else ''
+    def wall_seconds(self):
+        """Since the run began, earlier sessions of a resumed run included."""
+        return self.base_wall + time.time() - self.start_wall
 
-    def do_eval(step):
-        split = data.eval
+    # -- log ----------------------------------------------------------------------------
+    def log_so_far(self, step):
+        """The session's first progress line, before the first log interval is complete."""
+        m = self.trainer.read_train_metrics(reset=False)
+        self.progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} (so far; '
+                                f'logged every {self.tp.log_interval} steps)')
+
+    def log(self, step):
+        """The training metrics since the last log: TensorBoard, metrics.jsonl, progress."""
+        trainer, tp = self.trainer, self.tp
+        m = trainer.read_train_metrics()
+        # Images per second of training alone: evaluation and checkpoint time left out.
+        rate = ((step - self.last_log_step) * tp.batch_size
+                / max(time.time() - self.last_log_time - self.overhead, 1e-9))
+        self.rates.append((step, rate))
+        lr = float(trainer.schedule(step - 1))
+        tf.summary.scalar('train/loss', m['loss'], step=step)
+        tf.summary.scalar('train/error', m['error'], step=step)
+        tf.summary.scalar('train/reg_loss', m['reg_loss'], step=step)
+        tf.summary.scalar('train/learning_rate', lr, step=step)
+        tf.summary.scalar('train/images_per_second', rate, step=step)
+        rundir.append_metrics(self.dir, {'step': step, 'kind': 'train', 'lr': lr,
+                                         'images_per_second': rate, **m,
+                                         'wall_seconds': round(self.wall_seconds(), 2)})
+        self.progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} lr {lr:g} '
+                                f'{rate:.0f} img/s',
+                          postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate:.0f} img/s')
+        self.last_log_step, self.last_log_time, self.overhead = step, time.time(), 0.0
+
+    # -- evaluate and record ------------------------------------------------------------
+    def evaluate_and_record(self, step):
+        """The periodic evaluation. One cut short by a stop is left unfinished (the step is
+        saved and the run stops, as at any step). One that fails (eval_batch_size too large
+        for memory, a split gone unreadable) must not lose the steps trained since the last
+        checkpoint: this step is saved first, with the best record as before it."""
+        trainer = self.trainer
+        self.writer.flush()
+        best_before = (trainer.best_error.numpy(), trainer.best_step.numpy())
+        try:
+            self.evaluate(step)
+        except EvaluationStopped:
+            pass
+        except Exception:
+            trainer.best_error.assign(best_before[0])
+            trainer.best_step.assign(best_before[1])
+            with contextlib.suppress(Exception):
+                self.writer.flush()
+                if self.save_checkpoint(step):
+                    self.save_summary()
+            raise
+
+    def evaluate(self, step):
+        """Evaluate the weights evaluated (runner.averaging) on the evaluation split; keep the
+        best in best/; record it in TensorBoard, metrics.jsonl and the summary."""
+        trainer, summary, prefix = self.trainer, self.summary, self.prefix
         eval_start = time.time()
         with trainer.averaged_weights():
-            m = trainer.evaluate(split, max_eval_batches, stop=stop)
-            prefix = 'val' if eval_split_name == 'validation' else 'test'
+            m = trainer.evaluate(self.data.eval, self.max_eval_batches, stop=self.stop)
             if m['top1_error'] < float(trainer.best_error.numpy()):
                 trainer.best_error.assign(m['top1_error'])
                 trainer.best_step.assign(step)
-                best_manager.save(checkpoint_number=step)
-        with writer.as_default(step=step):
+                self.best_manager.save(checkpoint_number=step)
+        with self.writer.as_default(step=step):
             for k in ('loss', 'top1_error', 'top5_error'):
                 tf.summary.scalar(f'{prefix}/{k}', m[k])
             tf.summary.scalar(tboard.BEST_TAG, trainer.best_error)
             tboard.log_confusion(f'{prefix}/confusion_matrix', trainer.confusion,
-                                 data.info.class_names, step)
-        # Wall time since the run began (earlier sessions of a resumed run included) and this
-        # evaluation's own share of it, so time-to-accuracy can leave the measuring out.
-        rundir.append_metrics(run_dir, {'step': step, 'kind': prefix, **m, 'eval_tta': tp.eval_tta,
-                                        'weights': trainer.evaluated_weights,
-                                        'wall_seconds': round(base_wall + time.time() - start_wall, 2),
-                                        'eval_seconds': round(time.time() - eval_start, 2)})
+                                 self.data.info.class_names, step)
+        # The evaluation's own share of the wall time, so time-to-accuracy can leave the
+        # measuring out.
+        rundir.append_metrics(self.dir, {'step': step, 'kind': prefix, **m, 'eval_tta': self.tp.eval_tta,
+                                         'weights': trainer.evaluated_weights,
+                                         'wall_seconds': round(self.wall_seconds(), 2),
+                                         'eval_seconds': round(time.time() - eval_start, 2)})
         summary[f'{prefix}_top1_accuracy'] = round(m['top1_accuracy'], 6)
         if prefix == 'test':
             summary['test_top5_accuracy'] = round(m['top5_accuracy'], 6)
         summary[f'best_{prefix}_top1_accuracy'] = round(1 - float(trainer.best_error.numpy()), 6)
         summary['best_step'] = int(trainer.best_step.numpy())
-        progress.log(step, f'{prefix} top-1 error {m["top1_error"]:.2%}, top-5 {m["top5_error"]:.2%}, '
-                           f'loss {m["loss"]:.4f}{how}')
+        self.progress.log(step, f'{prefix} top-1 error {m["top1_error"]:.2%}, top-5 {m["top5_error"]:.2%}, '
+                                f'loss {m["loss"]:.4f}{self.how}')
         return m
 
-    def diverged_message(step, what='loss or gradient'):
-        last = manager.latest_checkpoint or 'none'
-        return f'{what} became NaN/inf at step {step}; last good checkpoint: {last}'
-
-    # Everything a checkpoint holds that could overflow.
-    saved_state = (trainer.model.variables + trainer.optimizer.variables + trainer.averages
-                   + trainer.slow)
-
-    def save_checkpoint(step):
+    # -- checkpoint ---------------------------------------------------------------------
+    def save_checkpoint(self, step):
         """Save unless the state is not finite; False then, and the previous one stays last good."""
-        if not checkpoints.all_finite(saved_state):
-            summary['error'] = diverged_message(step, 'weights or optimizer state')
+        if not checkpoints.all_finite(self.trainer.saved_variables):
+            self.summary['error'] = self.diverged_message(step, 'weights or optimizer state')
             return False
-        manager.save(checkpoint_number=step)
+        self.manager.save(checkpoint_number=step)
         return True
 
-    stop.training = True
-    stop.stop_before_training()
-    with writer.as_default():
-        last_log_step, last_log_time, overhead = trainer.step, time.time(), 0.0
-        # The first progress line of a session comes within about a minute, whatever
-        # log_interval is (400 steps of a big model can take minutes); it is printed only,
-        # so the logged history keeps its log_interval grid.
-        first_line_due = last_log_time + FIRST_LINE_SECONDS
-        status = None
-        while trainer.step < total:
-            trainer.train_step(trainer.iterator)
-            step = trainer.step
-            progress.step()
-            log_now = step % tp.log_interval == 0 or step == total
-            eval_now = step % tp.val_interval == 0 or step == total
-            ckpt_now = step % tp.checkpoint_interval == 0 or eval_now
-            if log_now or ckpt_now or step % 10 == 0 or stop:
-                bad = int(trainer.bad_step.numpy())
-                if bad >= 0:
-                    summary['error'] = diverged_message(bad + 1)
-                    status = 'diverged'
-                    break
-            if first_line_due and (log_now or time.time() >= first_line_due):
-                if not log_now:
-                    m = trainer.read_train_metrics(reset=False)
-                    progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} (so far; '
-                                       f'logged every {tp.log_interval} steps)')
-                first_line_due = None
-            if log_now:
-                steps = step - last_log_step
-                m = trainer.read_train_metrics()
-                # Images per second of training alone: evaluation and checkpoint time left out.
-                rate = steps * tp.batch_size / max(time.time() - last_log_time - overhead, 1e-9)
-                rates.append((step, rate))
-                lr = float(trainer.schedule(step - 1))
-                tf.summary.scalar('train/loss', m['loss'], step=step)
-                tf.summary.scalar('train/error', m['error'], step=step)
-                tf.summary.scalar('train/reg_loss', m['reg_loss'], step=step)
-                tf.summary.scalar('train/learning_rate', lr, step=step)
-                tf.summary.scalar('train/images_per_second', rate, step=step)
-                rundir.append_metrics(run_dir, {'step': step, 'kind': 'train', 'lr': lr,
-                                                'images_per_second': rate, **m,
-                                                'wall_seconds': round(base_wall + time.time() - start_wall, 2)})
-                progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} lr {lr:g} '
-                                   f'{rate:.0f} img/s',
-                             postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate:.0f} img/s')
-                last_log_step, last_log_time, overhead = step, time.time(), 0.0
-            side_start = time.time()
-            if eval_now:
-                writer.flush()
-                best_before = (trainer.best_error.numpy(), trainer.best_step.numpy())
-                try:
-                    do_eval(step)
-                except EvaluationStopped:
-                    pass  # saved and stopped below, as at any step
-                except Exception:
-                    # A failed evaluation (eval_batch_size too large for memory, a split gone
-                    # unreadable) must not lose the steps trained since the last checkpoint:
-                    # this step is saved first, with the best record as before the evaluation.
-                    trainer.best_error.assign(best_before[0])
-                    trainer.best_step.assign(best_before[1])
-                    with contextlib.suppress(Exception):
-                        writer.flush()
-                        if save_checkpoint(step):
-                            save_summary()
-                    raise
-            if ckpt_now or stop:
-                # Events up to this step must be on disk before the checkpoint that a
-                # resume starts after; otherwise a kill loses them for good.
-                writer.flush()
-                if not save_checkpoint(step):
-                    status = 'diverged'
-                    break
-                save_summary()
-            overhead += time.time() - side_start
-            if stop:
-                status = 'interrupted'
-                break
-        progress.close()
-        writer.flush()
+    def save_summary(self, status=None):
+        summary, step = self.summary, self.trainer.step
+        summary['steps'] = step
+        summary['wall_seconds'] = round(self.wall_seconds(), 1)
+        summary['train_images_per_second'] = session_throughput(summary['sessions'], self.rates, step)
+        if status:
+            summary['status'] = status
+        rundir.write_summary(self.dir, summary)
 
-    def final_evaluation():
+    def last_words(self):
+        """A second Ctrl-C exits at once: the summary says so, with the checkpoint a resume
+        starts from."""
+        words = dict(self.summary, status='interrupted',
+                     error=f'stopped at once by a second SIGINT after step {self.summary["steps"]}; '
+                           f'a resume starts from {self.manager.latest_checkpoint or "step 0"}')
+        rundir.write_summary(self.dir, words)
+
+    # -- finish -------------------------------------------------------------------------
+    def finish(self, status):
+        """After the steps: the final evaluation of a run that trained them all, then the
+        summary's status. The final evaluation honours a stop as the periodic ones do; the
+        run is then interrupted at its last step, and a resume does this evaluation again."""
+        if status is None:
+            try:
+                self.final_evaluation()
+                status = 'finished'
+            except EvaluationStopped:
+                status = 'interrupted'
+        if self.stop and status == 'interrupted':
+            self.summary['error'] = (f'stopped by {signal.Signals(self.stop.signal).name} '
+                                     f'at step {self.trainer.step}')
+        self.summary['last_checkpoint'] = self.manager.latest_checkpoint
+        self.save_summary(status)
+        if self.chief:
+            tboard.set_status(str(self.dir), status)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return self.summary
+
+    def final_evaluation(self):
         """The test evaluation of the finished run, its best checkpoint's too, and its final weights."""
-        if trainer.averages and not quiet:
-            print(f'{exp.run_name}: the final evaluation and {rundir.FINAL_WEIGHTS} use the '
-                  f'averaged weights ({trainer.evaluated_weights})', flush=True)
+        trainer, summary = self.trainer, self.summary
+        if trainer.ema:
+            self.say(f'the final evaluation and {rundir.FINAL_WEIGHTS} use the '
+                     f'averaged weights ({trainer.evaluated_weights})')
         # The checkpoints keep the raw weights beside the averages; what is evaluated and
         # saved as the result is the averaged network.
         with trainer.averaged_weights():
-            final = trainer.evaluate(data.test, max_eval_batches, stop=stop)
+            final = trainer.evaluate(self.data.test, self.max_eval_batches, stop=self.stop)
             summary['test_top1_accuracy'] = round(final['top1_accuracy'], 6)
             summary['test_top5_accuracy'] = round(final['top5_accuracy'], 6)
             summary['test_loss'] = round(final['loss'], 6)
-            if eval_split_name == 'validation':
-                # The test error of the final weights, in TensorBoard too (the HParams
-                # table's final test error); without a validation split the last periodic
-                # evaluation at this step already wrote it.
-                with writer.as_default(step=trainer.step):
-                    for k in ('loss', 'top1_error', 'top5_error'):
-                        tf.summary.scalar(f'test/{k}', final[k])
-                    tboard.log_confusion('test/confusion_matrix', trainer.confusion,
-                                         data.info.class_names, trainer.step)
-                writer.flush()
-                # The number to report: test accuracy of the weights chosen on validation.
-                last_weights = [v.numpy() for v in trainer.model.weights]
-                if best_manager.latest_checkpoint:
-                    tf.train.Checkpoint(model=trainer.model).restore(best_manager.latest_checkpoint)
-                    best = trainer.evaluate(data.test, max_eval_batches, stop=stop)
-                    summary['best_test_top1_accuracy'] = round(best['top1_accuracy'], 6)
-                    for v, w in zip(trainer.model.weights, last_weights):
-                        v.assign(w)
+            if self.eval_split == 'validation':
+                self.record_final_test(final)
             else:
                 summary['best_test_top1_accuracy'] = max(summary.get('best_test_top1_accuracy', 0.0),
                                                          summary['test_top1_accuracy'])
-            trainer.model.save_weights(os.path.join(run_dir, rundir.FINAL_WEIGHTS))
+            trainer.model.save_weights(self.dir.final_weights)
         summary['weights'] = rundir.FINAL_WEIGHTS
         summary.pop('error', None)
         # The traceback of a failure this run has since recovered from is history, not news.
         with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(run_dir, 'error.log'))
+            os.remove(self.dir.error_log)
 
-    if status is None:
-        # The final evaluation honours a stop as the periodic ones do; the run is then
-        # interrupted at its last step, and a resume does this evaluation again.
-        try:
-            final_evaluation()
-            status = 'finished'
-        except EvaluationStopped:
-            status = 'interrupted'
-    if stop and status == 'interrupted':
-        summary['error'] = f'stopped by {signal.Signals(stop.signal).name} at step {trainer.step}'
-    summary['last_checkpoint'] = manager.latest_checkpoint
-    save_summary(status)
-    if chief:
-        tboard.set_status(run_dir, status)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return summary
+    def record_final_test(self, final):
+        """With a validation split: the test error of the final weights in TensorBoard too
+        (the HParams table's final test error; without one the last periodic evaluation at
+        this step already wrote it), and the number to report, the test accuracy of the
+        weights chosen on validation."""
+        trainer = self.trainer
+        with self.writer.as_default(step=trainer.step):
+            for k in ('loss', 'top1_error', 'top5_error'):
+                tf.summary.scalar(f'test/{k}', final[k])
+            tboard.log_confusion('test/confusion_matrix', trainer.confusion,
+                                 self.data.info.class_names, trainer.step)
+        self.writer.flush()
+        last_weights = [v.numpy() for v in trainer.model.weights]
+        if self.best_manager.latest_checkpoint:
+            tf.train.Checkpoint(model=trainer.model).restore(self.best_manager.latest_checkpoint)
+            best = trainer.evaluate(self.data.test, self.max_eval_batches, stop=self.stop)
+            self.summary['best_test_top1_accuracy'] = round(best['top1_accuracy'], 6)
+            for v, w in zip(trainer.model.weights, last_weights):
+                v.assign(w)
 
 
 def sessions_so_far(previous, resumed_from, machine):
@@ -957,16 +945,15 @@ def error_message(error):
 
 def worker_dir(exp):
     """The scratch run directory of a non-chief worker of a multi-worker run."""
-    return os.path.join(exp.train_parameters.logdir, '.workers', exp.run_name, distribute.task_id())
+    return rundir.RunDir.worker_scratch(exp, distribute.task_id())
 
 
 def record_failure(exp, error, status='failed'):
     """Mark a run `failed` (or `status`) with the error, keeping the traceback in error.log. A worker of a
     multi-worker run other than the chief writes to its own scratch directory, as it does
     while training: the chief's run directory is the chief's to write."""
-    tp = exp.train_parameters
-    run_dir = os.path.join(tp.logdir, exp.run_name)
-    if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
+    run_dir = rundir.RunDir.of(exp)
+    if distribute.is_multi_worker(exp.train_parameters.distribution) and not distribute.task_is_chief():
         run_dir = worker_dir(exp)
     summary = rundir.read_summary(run_dir) or {'run_name': exp.run_name, 'model': exp.model}
     summary['status'] = status
@@ -975,10 +962,11 @@ def record_failure(exp, error, status='failed'):
     # said in the summary returned (`not_recorded`), never raised from here.
     try:
         os.makedirs(run_dir, exist_ok=True)
-        rundir.write_atomic(os.path.join(run_dir, 'error.log'), ''.join(traceback.format_exception(error)))
+        rundir.write_atomic(run_dir.error_log, ''.join(traceback.format_exception(error)))
         rundir.write_summary(run_dir, summary)
-        tboard.set_status(run_dir, status)
+        tboard.set_status(str(run_dir), status)
     except OSError as e:
         summary['not_recorded'] = (f'could not mark the run {status}: cannot write '
                                    f'{e.filename or run_dir}: {e.strerror}')
     return summary
+

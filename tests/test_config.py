@@ -429,7 +429,7 @@ def test_a_resume_accepts_a_change_of_exactly_the_keys_the_schema_marks(tmp_path
     A config.yaml of an older run, with null for the defaults the schema now spells out,
     loads as the same experiment and resumes."""
     import yaml
-    from runner import restore
+    from runner import inference
     from runner.config import resumable
     assert {r.key for r in reference() if r.resumable and r.type != 'section'} == RESUMABLE
     path, logdir = write(tmp_path, GOOD, image_folder)
@@ -462,6 +462,6 @@ def test_a_resume_accepts_a_change_of_exactly_the_keys_the_schema_marks(tmp_path
                                       tfrecord_label_key=None))
     saved.write_text(yaml.safe_dump(cfg))
     assert cli.check_resumable(exp) is False
-    _, old = restore.load_experiment(str(logdir / 'good'))
+    _, old = inference.load_experiment(str(logdir / 'good'))
     assert old.dataset == DatasetConfig(**recorded['dataset'])
     assert cli.main([path, '--no-smoke', '--set', 'train_parameters.steps=2']) == 0

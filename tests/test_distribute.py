@@ -144,12 +144,12 @@ def test_only_the_chief_records_a_failure_in_the_run_directory(tmp_path, monkeyp
 SKIPPED_STEP = TWO_CPUS.split('from runner.cli')[0] + """
 sys.path.insert(0, 'tests')
 import keras
-from runner import distribute, train
+from runner import distribute, precision, train
 from test_fast import make_data, make_exp
 exp = make_exp(sys.argv[1], precision='mixed_float16', distribution='mirrored')
 keras.backend.clear_session()
-distribute.set_policy('mixed_float16')
-strategy = train.strategy_for('mirrored')
+precision.set_policy('mixed_float16')
+strategy = distribute.strategy_for('mirrored')
 trainer = train.Trainer(exp, make_data(), strategy, 'mixed_float16')
 trainer.start_input()
 steps = []

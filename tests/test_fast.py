@@ -118,14 +118,14 @@ def test_alternate_flips_need_flips():
 
 def test_averages_cover_weights_and_bn_statistics_and_start_at_the_weights(tmp_path):
     trainer = make_trainer(make_exp(tmp_path, ema_decay=0.9), make_data())
-    paths = [v.path for v in trainer.averaged]
+    paths = [v.path for v in trainer.ema.weights]
     assert set(paths) >= {v.path for v in trainer.model.trainable_variables}
     assert any('moving_mean' in p for p in paths) and any('moving_variance' in p for p in paths)
     assert not any('seed_generator' in p for p in paths)
-    for a, w in zip(values(trainer.averages), values(trainer.averaged)):
+    for a, w in zip(values(trainer.ema.averages), values(trainer.ema.weights)):
         np.testing.assert_array_equal(a, w)
     no_average = make_trainer(make_exp(tmp_path / 'off'), make_data())
-    assert no_average.averages == [] and no_average.evaluated_weights == 'raw'
+    assert no_average.ema is None and no_average.evaluated_weights == 'raw'
 
 
 def test_averages_move_toward_the_weights_at_the_configured_rate(tmp_path):
@@ -135,9 +135,9 @@ def test_averages_move_toward_the_weights_at_the_configured_rate(tmp_path):
     # configured decay holds: jump the step counter there (the schedule is flat).
     for n in (0, 1, 100):
         trainer.optimizer.iterations.assign(n)
-        before = values(trainer.averages)
+        before = values(trainer.ema.averages)
         trainer.train_step(trainer.iterator)
-        after, weights = values(trainer.averages), values(trainer.averaged)
+        after, weights = values(trainer.ema.averages), values(trainer.ema.weights)
         d = min(decay, (1 + n) / (10 + n))
         moved = 0
         for a0, a1, w in zip(before, after, weights):
@@ -151,15 +151,15 @@ def test_evaluation_uses_the_averages_and_swapping_back_is_exact(tmp_path):
     trainer = make_trainer(make_exp(tmp_path, ema_decay=0.9), data)
     for _ in range(3):
         trainer.train_step(trainer.iterator)
-    raw, averages = values(trainer.averaged), values(trainer.averages)
+    raw, averages = values(trainer.ema.weights), values(trainer.ema.averages)
     assert any(not np.array_equal(r, a) for r, a in zip(raw, averages))
     with trainer.averaged_weights():
-        for v, a in zip(values(trainer.averaged), averages):
+        for v, a in zip(values(trainer.ema.weights), averages):
             np.testing.assert_array_equal(v, a)
         averaged_eval = trainer.evaluate(data.test)
-    for v, r in zip(values(trainer.averaged), raw):
+    for v, r in zip(values(trainer.ema.weights), raw):
         np.testing.assert_array_equal(v, r)
-    for v, a in zip(values(trainer.averages), averages):
+    for v, a in zip(values(trainer.ema.averages), averages):
         np.testing.assert_array_equal(v, a)
     assert averaged_eval['loss'] != trainer.evaluate(data.test)['loss']
 
@@ -174,10 +174,10 @@ def test_a_run_evaluates_and_saves_the_averaged_weights(tmp_path):
     # The last checkpoint holds raw weights and averages; final.weights.h5 is the averages.
     trainer = make_trainer(exp, data)
     trainer.checkpoint.restore(str(summary['last_checkpoint'])).assert_existing_objects_matched()
-    averages, raw = values(trainer.averages), values(trainer.averaged)
+    averages, raw = values(trainer.ema.averages), values(trainer.ema.weights)
     saved = make_trainer(exp, data)
     saved.model.load_weights(str(run_dir / rundir.FINAL_WEIGHTS))
-    for s, a in zip(values(saved.averaged), averages):
+    for s, a in zip(values(saved.ema.weights), averages):
         np.testing.assert_array_equal(s, a)
     assert any(not np.array_equal(a, r) for a, r in zip(averages, raw))
     final = [r for r in rundir.read_metrics(str(run_dir)) if r['kind'] == 'test'][-1]
@@ -197,11 +197,11 @@ def test_a_checkpoint_restores_the_averages(tmp_path):
     second.train_step(second.iterator)  # other averages before the restore
     second.checkpoint.restore(path).assert_existing_objects_matched()
     second.start_input()
-    for a, b in zip(values(second.averages), values(first.averages)):
+    for a, b in zip(values(second.ema.averages), values(first.ema.averages)):
         np.testing.assert_array_equal(a, b)
     first.train_step(first.iterator)
     second.train_step(second.iterator)
-    for a, b in zip(values(second.averages), values(first.averages)):
+    for a, b in zip(values(second.ema.averages), values(first.ema.averages)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -212,12 +212,12 @@ def test_resumed_run_ends_with_the_averages_of_an_uninterrupted_one(tmp_path):
     resumed = run(make_exp(tmp_path / 'b', ema_decay=0.8), data)
     assert straight['steps'] == resumed['steps'] == 6
     exp = make_exp(tmp_path / 'c', ema_decay=0.8)
-    fresh = values(make_trainer(exp, data).averaged)
+    fresh = values(make_trainer(exp, data).ema.weights)
     final = {}
     for name in 'ab':
         trainer = make_trainer(exp, data)
         trainer.model.load_weights(str(tmp_path / name / 'run' / rundir.FINAL_WEIGHTS))
-        final[name] = values(trainer.averaged)
+        final[name] = values(trainer.ema.weights)
     assert all(not np.allclose(x, y) for x, y in zip(final['a'], fresh) if x.ndim == 4)
     # A resume that lost the averages would start them afresh and end 1e-3 away.
     for x, y in zip(final['a'], final['b']):
@@ -237,10 +237,10 @@ def test_init_weights_restart_the_averages_there(tmp_path):
     # After one step from the loaded weights w0 to w1 the average is 0.1 w0 + 0.9 w1 (decay
     # (1 + 0) / 10); averages left at the fresh seed-5 weights would differ from that.
     first = trainer.model.trainable_variables[0]
-    i = next(i for i, v in enumerate(trainer.averaged) if v is first)
+    i = next(i for i, v in enumerate(trainer.ema.weights) if v is first)
     w0 = np.array(tf.convert_to_tensor(source.model.trainable_variables[0]))
     w1 = np.array(tf.convert_to_tensor(first))
-    np.testing.assert_allclose(np.array(trainer.averages[i]), 0.1 * w0 + 0.9 * w1,
+    np.testing.assert_allclose(np.array(trainer.ema.averages[i]), 0.1 * w0 + 0.9 * w1,
                                rtol=1e-5, atol=1e-6)
 
 
@@ -252,12 +252,12 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_and_ends_on_it(tmp_path):
     exp = make_exp(tmp_path, lookahead_interval=2, lookahead_decay=0.9, lr_boundaries=[6])
     trainer = make_trainer(exp, data)
     assert trainer.evaluated_weights == 'Lookahead every 2 steps'
-    paths = [v.path for v in trainer.lookahead_state]
+    paths = [v.path for v in trainer.lookahead.weights]
     assert set(paths) >= {v.path for v in trainer.model.trainable_variables}
     assert any('moving_mean' in p for p in paths)
-    start = values(trainer.lookahead_state)
+    start = values(trainer.lookahead.weights)
     trainer.train_step(trainer.iterator)  # step 1: no synchronisation
-    for slow, s0 in zip(values(trainer.slow), start):
+    for slow, s0 in zip(values(trainer.lookahead.slow), start):
         np.testing.assert_array_equal(slow, s0)
     path = trainer.checkpoint.save(str(tmp_path / 'ckpt'))
     # The weights step 2 trains to, before the synchronisation: the same step without Lookahead.
@@ -265,22 +265,22 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_and_ends_on_it(tmp_path):
     plain.checkpoint.restore(path).assert_existing_objects_matched()
     plain.start_input()
     plain.train_step(plain.iterator)
-    trained = values(plain.lookahead_state or [v for v in plain.model.variables
+    trained = values(plain.lookahead.weights if plain.lookahead else [v for v in plain.model.variables
                                                if keras.backend.is_float_dtype(v.dtype)])
     trainer.train_step(trainer.iterator)  # step 2: synchronise
     alpha = 0.9 ** 2 * (2 / 6) ** 3
     moved = 0
-    for slow, weights, s0, w in zip(values(trainer.slow), values(trainer.lookahead_state), start, trained):
+    for slow, weights, s0, w in zip(values(trainer.lookahead.slow), values(trainer.lookahead.weights), start, trained):
         np.testing.assert_allclose(slow, s0 + (1 - alpha) * (w - s0), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(weights, slow)
         moved += not np.allclose(slow, w)
     assert moved, 'alpha > 0 keeps part of the old slow weights'
     for _ in range(3):
         trainer.train_step(trainer.iterator)  # steps 3-5
-    slow5, fast5 = values(trainer.slow), values(trainer.lookahead_state)
+    slow5, fast5 = values(trainer.lookahead.slow), values(trainer.lookahead.weights)
     assert any(not np.array_equal(a, b) for a, b in zip(slow5, fast5))
     trainer.train_step(trainer.iterator)  # step 6, the last: the run ends on the slow weights
-    for slow, weights, s5 in zip(values(trainer.slow), values(trainer.lookahead_state), slow5):
+    for slow, weights, s5 in zip(values(trainer.lookahead.slow), values(trainer.lookahead.weights), slow5):
         np.testing.assert_array_equal(slow, s5)
         np.testing.assert_array_equal(weights, s5)
 
@@ -298,7 +298,7 @@ def test_resumed_lookahead_run_ends_where_an_uninterrupted_one_does(tmp_path):
     for name in 'ab':
         trainer = make_trainer(exp, data)
         trainer.model.load_weights(str(tmp_path / name / 'run' / rundir.FINAL_WEIGHTS))
-        final[name] = values(trainer.lookahead_state)
+        final[name] = values(trainer.lookahead.weights)
     # A resume that lost the slow weights would restart them at the initialisation.
     for x, y in zip(final['a'], final['b']):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from runner import distribute, rundir, train
+from runner import distribute, precision, rundir, train
 from test_fast import make_data, make_exp, run
 
 
@@ -24,9 +24,9 @@ def test_bfloat16_instructions_are_read_from_the_cpu_flags(tmp_path, text, expec
 
 
 def test_bfloat16_only_when_clearly_faster():
-    assert distribute.faster_precision({'float32': 100, 'mixed_bfloat16': 110}) == 'mixed_bfloat16'
-    assert distribute.faster_precision({'float32': 100, 'mixed_bfloat16': 109.9}) == 'float32'
-    assert distribute.faster_precision({'float32': 100, 'mixed_bfloat16': 50}) == 'float32'
+    assert precision.faster_precision({'float32': 100, 'mixed_bfloat16': 110}) == 'mixed_bfloat16'
+    assert precision.faster_precision({'float32': 100, 'mixed_bfloat16': 109.9}) == 'float32'
+    assert precision.faster_precision({'float32': 100, 'mixed_bfloat16': 50}) == 'float32'
 
 
 class Probe:
@@ -42,32 +42,32 @@ class Probe:
 def test_fastest_follows_the_probe(tmp_path, monkeypatch, bf16_rate, expected):
     import tensorflow as tf
     probe = Probe({'float32': 100, 'mixed_bfloat16': bf16_rate})
-    monkeypatch.setattr(train, 'probe_precisions', probe)
+    monkeypatch.setattr(precision, 'probe_precisions', probe)
     monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: True)
     strategy = tf.distribute.get_strategy()
     exp = make_exp(tmp_path, precision='fastest', batch_size=512)
-    policy, why = train.choose_precision(exp, make_data().info, strategy)
+    policy, why = precision.choose_precision(exp, make_data().info, strategy)
     assert policy == expected and f'mixed_bfloat16 {bf16_rate}' in why
     assert probe.calls == [256]   # the batch, capped: a probe costs seconds, not minutes
     # a resumed run keeps its choice without measuring again
-    assert train.choose_precision(exp, make_data().info, strategy, 'float32') == \
+    assert precision.choose_precision(exp, make_data().info, strategy, 'float32') == \
         ('float32', 'chosen when the run started')
     # no bfloat16 instructions, several workers, or another precision: no probe
     monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: False)
-    assert train.choose_precision(exp, make_data().info, strategy)[0] == 'float32'
+    assert precision.choose_precision(exp, make_data().info, strategy)[0] == 'float32'
     monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: True)
     multi = make_exp(tmp_path, precision='fastest', distribution='multi_worker')
-    assert train.choose_precision(multi, make_data().info, strategy)[0] == 'float32'
-    for precision in ('auto', 'float32', 'mixed_bfloat16'):
-        assert train.choose_precision(make_exp(tmp_path, precision=precision), make_data().info,
-                                      strategy) == (distribute.resolve_precision(precision), None)
+    assert precision.choose_precision(multi, make_data().info, strategy)[0] == 'float32'
+    for name in ('auto', 'float32', 'mixed_bfloat16'):
+        assert precision.choose_precision(make_exp(tmp_path, precision=name), make_data().info,
+                                          strategy) == (precision.resolve_precision(name), None)
     assert len(probe.calls) == 1
 
 
 def test_probe_times_the_model_in_both_precisions():
     from runner.config import experiment_from_dict
     exp = experiment_from_dict({'model': 'tiny_cnn', 'module': 'tiny_models'})
-    rates = train.probe_precisions(exp, make_data().info, 8, steps=2)
+    rates = precision.probe_precisions(exp, make_data().info, 8, steps=2)
     assert set(rates) == {'float32', 'mixed_bfloat16'} and all(r > 0 for r in rates.values())
     import keras
     assert keras.mixed_precision.global_policy().name == 'float32'   # left as it was found
@@ -84,7 +84,7 @@ def test_a_fastest_run_trains_as_the_precision_it_chose_and_keeps_it(tmp_path, m
     chosen = fastest['precision']
     rates = {p: float(v) for p, v in (part.split()[-2:] for part in
                                       fastest['precision_fastest'].split(' images/s')[0].split(', '))}
-    assert chosen == distribute.faster_precision(rates)
+    assert chosen == precision.faster_precision(rates)
     given = run(make_exp(tmp_path / 'given', precision=chosen, steps=3), data)
     assert 'precision_fastest' not in given
 
@@ -94,7 +94,7 @@ def test_a_fastest_run_trains_as_the_precision_it_chose_and_keeps_it(tmp_path, m
 
     def no_probe(*args, **kwargs):
         raise AssertionError('a resumed run measured again')
-    monkeypatch.setattr(train, 'probe_precisions', no_probe)
+    monkeypatch.setattr(precision, 'probe_precisions', no_probe)
     resumed = run(make_exp(tmp_path / 'fastest', precision='fastest'), data)
     assert resumed['steps'] == 6 and resumed['precision'] == chosen
     assert resumed['precision_fastest'] == 'chosen when the run started'
@@ -110,7 +110,7 @@ def test_a_step_skipped_by_loss_scaling_still_counts(tmp_path):
     from test_fast import values
     exp, data = make_exp(tmp_path, precision='mixed_float16'), make_data()
     keras.backend.clear_session()  # (which resets the dtype policy, so before setting it)
-    distribute.set_policy('mixed_float16')
+    precision.set_policy('mixed_float16')
     try:
         trainer = train.Trainer(exp, data, tf.distribute.get_strategy(), 'mixed_float16')
         trainer.start_input()
@@ -128,20 +128,20 @@ def test_a_step_skipped_by_loss_scaling_still_counts(tmp_path):
         assert trainer.step == 3
         assert any(not np.array_equal(a, b) for a, b in zip(before, values(trainer.model.trainable_variables)))
     finally:
-        distribute.set_policy('float32')
+        precision.set_policy('float32')
 
 
 def test_auto_resumed_on_other_hardware_keeps_its_precision(tmp_path, monkeypatch):
     """`auto` is mixed_float16 on a GPU and float32 on a CPU. A run started on a GPU machine
     and resumed on a CPU one (or the reverse) failed to restore: the checkpoint holds the
     other precision's optimizer (LossScaleOptimizer variables). It keeps its precision."""
-    real = distribute.resolve_precision
-    monkeypatch.setattr(distribute, 'resolve_precision',  # the first session on a 'GPU'
+    real = precision.resolve_precision
+    monkeypatch.setattr(precision, 'resolve_precision',  # the first session on a 'GPU'
                         lambda p: 'mixed_float16' if p == 'auto' else real(p))
     data = make_data()
     first = run(make_exp(tmp_path, lr_boundaries=[6], steps=3), data)
     assert (first['precision'], first['steps']) == ('mixed_float16', 3)
-    monkeypatch.setattr(distribute, 'resolve_precision', real)  # resumed without one
+    monkeypatch.setattr(precision, 'resolve_precision', real)  # resumed without one
     second = run(make_exp(tmp_path, lr_boundaries=[6]), data)
     assert (second['status'], second['steps'], second['precision']) == ('finished', 6, 'mixed_float16')
     assert 'precision_fastest' not in second

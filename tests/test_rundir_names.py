@@ -19,14 +19,6 @@ NAMES = {rundir.SUMMARY, rundir.CONFIG, rundir.METRICS, rundir.FINAL_WEIGHTS, ru
 # Not checked: rundir.BEST, 'best', is also the --weights choice that names the best/
 # checkpoint (runner.inference.WEIGHTS), a word of the command line rather than a path.
 
-# Modules that still spell names, each with why; delete an entry when its module is done.
-KNOWN = {
-    # The training loop is being split up by another step of issue 20 (item 1); it takes
-    # its paths from RunDir there.
-    'train.py',
-}
-
-
 def docstrings(tree):
     """The constant nodes that are docstrings (of the module, classes and functions)."""
     out = set()
@@ -50,7 +42,7 @@ def spellings(source):
 def test_only_rundir_spells_the_run_directory_names():
     found = []
     for name in sorted(os.listdir(RUNNER)):
-        if name.endswith('.py') and name != 'rundir.py' and name not in KNOWN:
+        if name.endswith('.py') and name != 'rundir.py':
             with open(os.path.join(RUNNER, name), encoding='utf-8') as f:
                 found += [f'runner/{name}:{line}: {text!r}' for line, text in spellings(f.read())]
     assert not found, 'use runner.rundir (RunDir) instead:\n' + '\n'.join(found)

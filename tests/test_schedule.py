@@ -1,7 +1,8 @@
 """The learning-rate rule at and around every boundary."""
 import pytest
 
-from runner.schedule import lookahead_alpha, piecewise_lr
+from runner.averaging import lookahead_alpha
+from runner.schedule import piecewise_lr
 
 
 def lr(schedule, step):
