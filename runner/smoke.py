@@ -393,21 +393,39 @@ def _worker(conn, threads):
             conn.send(('fail', index, time.time() - start, failure_line(e)))
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Start a worker whole. The worker starts with SIGINT blocked (a signal mask survives
+    fork and exec) until _worker ignores it: a Ctrl-C to the process group in the second the
+    new interpreter takes to start killed it there with a traceback. This process's own
+    SIGINT or SIGTERM in that moment is held until the worker has its start-up data (the
+    KeyboardInterrupt raised in the middle of writing it left the worker reading half of it,
+    with a traceback), then raised as it would have been."""
+    held = []
+    stops = (signal.SIGINT, signal.SIGTERM)
+    try:
+        handlers = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in stops}
+    except ValueError:  # not the main thread: no handlers to hold
+        handlers = {}
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if held and callable(handlers.get(held[0])):
+        handlers[held[0]](held[0], None)
+
+
 class Worker:
     """A worker process, the parent's end of its pipe, and the test it runs (an index)."""
 
     def __init__(self, ctx, threads):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker, args=(child, threads), daemon=True)
-        # The worker starts with SIGINT blocked (a signal mask survives fork and exec) until
-        # _worker ignores it: a Ctrl-C to the process group during the second the new
-        # interpreter takes to start killed it there with a traceback. Here it waits, blocked,
-        # for the moment the process is started.
-        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with _signals_held():
             self.process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         child.close()
         self.index = None
 
