@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from runner.common import did_you_mean
+from runner.rundir import RunDir
 
 
 DISTRIBUTIONS = ('auto', 'none', 'mirrored', 'multi_worker', 'tpu')
@@ -902,7 +903,7 @@ def check_unique_run_names(experiments):
     of the outer one would carry the inner one away)."""
     seen = {}
     for exp in experiments:
-        key = os.path.realpath(os.path.join(exp.train_parameters.logdir, exp.run_name))
+        key = os.path.realpath(RunDir.of(exp))
         if key in seen:
             same = '' if seen[key].run_name == exp.run_name else f' (both are {key})'
             raise ConfigError(f"{exp.label}: train_parameters.run_name: '{exp.run_name}' is also "
