@@ -46,7 +46,7 @@ def no_data_env():
 
 def measure_one(name, path):
     """In this process: the phases of one smoke test, as JSON on stdout."""
-    from runner import cli, distribute, smoke
+    from runner import smoke
     from runner.config import load_experiments
     exp = next(e for e in load_experiments(path, [('dataset.data_dir', None)]) if e.run_name == name)
     smoke.prepare_process()

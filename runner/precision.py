@@ -53,35 +53,39 @@ def probe_precisions(exp, info, batch_size, steps=3):
     """Images per second of a plain SGD step of the experiment's model on random images,
     in float32 and in mixed_bfloat16: {policy: rate}. One step traces and warms up, the
     median of `steps` timed ones counts."""
-    rates = {}
     x = tf.random.uniform((batch_size, *info.image_shape), -1.0, 1.0, seed=0)
     y = tf.random.uniform((batch_size,), 0, info.num_classes, tf.int32, seed=0)
     try:
-        for policy in ('float32', 'mixed_bfloat16'):
-            set_policy(policy)
-            model = build_model(exp, info.image_shape, info.num_classes)
-            optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
-
-            @tf.function
-            def step():
-                with tf.GradientTape() as tape:
-                    logits = tf.cast(model(x, training=True), tf.float32)
-                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
-                return loss
-
-            float(step())
-            times = []
-            for _ in range(steps):
-                start = time.perf_counter()
-                float(step())
-                times.append(time.perf_counter() - start)
-            rates[policy] = batch_size / statistics.median(times)
-            del model, optimizer, step
+        # One policy at a time, each model freed when its measurement returns.
+        return {policy: _step_rate(exp, info, policy, x, y, steps)
+                for policy in ('float32', 'mixed_bfloat16')}
     finally:
         set_policy('float32')
-    return rates
+
+
+def _step_rate(exp, info, policy, x, y, steps):
+    """Images per second of the SGD step in `policy`: the median of `steps` timed steps
+    after one that traces and warms up."""
+    set_policy(policy)
+    model = build_model(exp, info.image_shape, info.num_classes)
+    optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    float(step())
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        float(step())
+        times.append(time.perf_counter() - start)
+    return int(x.shape[0]) / statistics.median(times)
 
 
 def choose_precision(exp, info, strategy, previous_precision=None):
