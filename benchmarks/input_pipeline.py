@@ -9,7 +9,7 @@ streaming a dataset larger than the cache budget.
 The dataset is an image folder (<dir>/train/<class>/<image>.jpg) of ImageNet-like JPEGs:
 sides of 300-500 px, aspect ratios 3:4 to 4:3, quality 90, CIFAR-10 pictures from
 ../shared upscaled with grain added (about 90 kB a file, as ImageNet's photographs), or grain alone
-where ../shared is absent. The pipeline is the runner's own (runner.data.train_input,
+where ../shared is absent. The pipeline is the runner's own (runner.data.loader.train_input,
 imagenet style, streamed because the dataset is larger than --budget-mb).
 
 Per core: the pipeline runs once on a private thread pool of one thread, once on one of
@@ -128,20 +128,20 @@ def main():
 
 def run(a, root, cores, model, load_before):
     import tensorflow as tf
-    from runner import data as data_lib
-    from runner.config import DatasetConfig
+    from runner.data import loader as data_loader, source as data_source, splits as data_splits
+    from runner.config.schema import DatasetConfig
 
     cfg = DatasetConfig(image_folder=root, image_size=[a.size, a.size], preprocessing='imagenet',
                         cache_budget_mb=a.budget_mb, mean_std='imagenet')
     rss_start = RssSampler.now()
-    data = data_lib.load(cfg)
+    data = data_loader.load(cfg)
     rss_loaded = RssSampler.now()
-    n = data_lib.size(data.train)
-    items = data_lib.listing(cfg, 'train')
-    decoded_mb = data_lib.estimate_bytes(items, data.prep) / 2 ** 20
+    n = data_splits.size(data.train)
+    items = data_source.listing(cfg, 'train')
+    decoded_mb = data_splits.estimate_bytes(items, data.prep) / 2 ** 20
     files_mb = sum(os.path.getsize(p) for p in items.paths) / 2 ** 20
     print(f'{n} training images, {files_mb:.0f} MB of JPEG, about {decoded_mb:.0f} MB decoded; '
-          f'cache budget {a.budget_mb} MB: {"held in memory" if data_lib.cached(data.train) else "streamed"}')
+          f'cache budget {a.budget_mb} MB: {"held in memory" if data_splits.cached(data.train) else "streamed"}')
     print(f'{cores} CPU cores ({model}); load average before: {load_before[0]:.1f}', flush=True)
 
     sampler = RssSampler()
@@ -152,7 +152,7 @@ def run(a, root, cores, model, load_before):
         opts = tf.data.Options()
         opts.threading.private_threadpool_size = threads
         opts.threading.max_intra_op_parallelism = 1
-        ds = data_lib.train_input(data, cfg, a.batch, seed=0, start_batch=start_batch).with_options(opts)
+        ds = data_loader.train_input(data, cfg, a.batch, seed=0, start_batch=start_batch).with_options(opts)
         it = iter(ds)
         for _ in range(a.warmup):
             next(it)

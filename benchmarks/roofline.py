@@ -19,7 +19,7 @@ needs per image, and how much of it the runner's train step gets.
 3. The floor of a step: each conv layer's training FLOPs at the rate measured for its own
    shapes, summed: the time the step would take if nothing but its convolutions ran, at the
    speed oneDNN runs them in isolation.
-4. The runner's step (runner.train.Trainer on random CIFAR-shaped data, the pipeline of
+4. The runner's step (runner.training.session.Trainer on random CIFAR-shaped data, the pipeline of
    train_throughput.py): images/s, achieved FLOP/s, and that as a fraction of the peak and of
    the floor. And: minutes for 9.9 epochs of CIFAR-10 (airbench94's budget) and 8 epochs
    (airbench94_muon's) at the peak, at the floor and at the measured step.
@@ -156,16 +156,16 @@ def step_rate(model_name, batch, precision, steps, profile_dir=None, model_param
     with profile_dir, those steps run under the TensorFlow profiler, its trace written there."""
     import keras
     import tensorflow as tf
-    from runner import data as data_lib
-    from runner import precision as precision_lib
-    from runner.config import experiment_from_dict
-    from runner.train import Trainer
+    from runner.data import info as data_info, loader as data_loader, splits as data_splits
+    from runner.training import precision as precision_lib
+    from runner.config.expand import experiment_from_dict
+    from runner.training.trainer import Trainer
     exp = experiment_from_dict({'model': model_name, 'model_parameters': model_parameters or {},
                                 'train_parameters': {
         'batch_size': batch, 'precision': precision, 'lr_values': [0.01], 'lr_boundaries': [10 ** 6]}})
-    info = data_lib.DataInfo('random', (32, 32, 3), 10)
-    train = data_lib.synthetic(info, max(4 * batch, 5000), seed=0)
-    data = data_lib.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    info = data_info.DataInfo('random', (32, 32, 3), 10)
+    train = data_splits.synthetic(info, max(4 * batch, 5000), seed=0)
+    data = data_loader.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     precision_lib.set_policy(precision)
     try:
         keras.utils.set_random_seed(0)
@@ -227,7 +227,7 @@ def main():
                         'precision into LOGDIR (tensorboard --logdir LOGDIR, Profile tab) and print '
                         'the op types that take the time')
     a = p.parse_args()
-    from runner.config import parse_overrides
+    from runner.config.expand import parse_overrides
     model_parameters = dict(parse_overrides(a.model_parameter))
     if a.profile:
         name, prec = a.models.split(',')[0], a.precisions.split(',')[0]
@@ -241,8 +241,8 @@ def main():
         return
 
     import runner
-    from runner import distribute
-    from runner.config import experiment_from_dict
+    from runner.training import distribute
+    from runner.config.expand import experiment_from_dict
     from runner.registry import build_model
     import keras
     import tensorflow as tf

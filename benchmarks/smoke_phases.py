@@ -46,8 +46,8 @@ def no_data_env():
 
 def measure_one(name, path):
     """In this process: the phases of one smoke test, as JSON on stdout."""
-    from runner import smoke
-    from runner.config import load_experiments
+    from runner.queue import smoke
+    from runner.config.expand import load_experiments
     exp = next(e for e in load_experiments(path, [('dataset.data_dir', None)]) if e.run_name == name)
     smoke.prepare_process()
     phases = smoke.Phases(echo=True)
@@ -84,7 +84,9 @@ def shipped_files():
 def goals(files, jobs):
     """The smoke run of `files` as the command runs it (validation first), cold (nothing
     remembered) and again with nothing changed; seconds of each."""
-    from runner import cli, distribute, smoke
+    from runner import cli
+    from runner.queue import smoke
+    from runner.training import distribute
     os.environ['TFDS_DATA_DIR'] = no_data_env()['TFDS_DATA_DIR']
     logdir = tempfile.mkdtemp(prefix='smoke-goals-')
     overrides = [('dataset.data_dir', None), ('train_parameters.logdir', logdir)]

@@ -1,4 +1,4 @@
-"""What TensorBoard's extras cost a run (runner/tboard.py; docs/tensorboard.md): the run
+"""What TensorBoard's extras cost a run (runner/training/tboard.py; docs/tensorboard.md): the run
 overview (HParams session and declaration, config.yaml as text, the first-step grid of
 augmented images) written at each session start and end, and the confusion matrix of each
 evaluation (counted in the evaluation step, drawn and written as an image), against the
@@ -39,13 +39,15 @@ def main():
     import runner  # noqa: F401  (sets the CPU-kernel switch before TensorFlow loads)
     import numpy as np
     import tensorflow as tf
-    from runner import data as data_lib
-    from runner import distribute, tboard, train
-    from runner.config import dump_yaml, load_experiments, parse_overrides
+    from runner.data import loader as data_loader, splits as data_splits
+    from runner.training import distribute, tboard
+    from runner.training.trainer import Trainer
+    from runner.config.expand import load_experiments, parse_overrides
+    from runner.config.yaml_io import dump_yaml
     overrides = parse_overrides([f'dataset.data_dir={a.data_dir}'] if a.data_dir else [])
     exp = load_experiments(a.file, overrides)[0]
-    data = data_lib.load(exp.dataset)
-    trainer = train.Trainer(exp, data, distribute.strategy_for('none'))
+    data = data_loader.load(exp.dataset)
+    trainer = Trainer(exp, data, distribute.strategy_for('none'))
     trainer.start_input()
     for _ in range(3):  # trace and warm up
         trainer.train_step(trainer.iterator)
@@ -73,7 +75,7 @@ def main():
             draw = timed(lambda: (tboard.log_confusion('test/confusion_matrix', matrix,
                                                        data.info.class_names, 0), writer.flush()))
     # Counting: the confusion matrix op of the evaluation step, over one test split.
-    n = data_lib.size(data.test)
+    n = data_splits.size(data.test)
     labels = tf.constant(np.random.default_rng(0).integers(0, data.info.num_classes, n), tf.int32)
     count = tf.function(lambda y: tf.math.confusion_matrix(y, y, data.info.num_classes, dtype=tf.float32))
     count(labels)

@@ -41,7 +41,7 @@ def machine():
     """One line naming the CPU, its widest vector instructions, its cores, whether
     TensorFlow runs its oneDNN kernels, and the load when the benchmark started."""
     import runner  # first: it sets TensorFlow's CPU-kernel switch before TensorFlow loads
-    from runner.distribute import cpu_description
+    from runner.training.distribute import cpu_description
     load = ', '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
     kernels = 'on' if runner.onednn_enabled() else 'off'
     return f'{cpu_description()}, no GPU in use, oneDNN kernels {kernels}; load average {load}'
@@ -78,7 +78,7 @@ def main():
 
     print(f'machine: {machine()}', flush=True)
     from runner import cli, rundir
-    from runner.config import load_experiments, parse_overrides
+    from runner.config.expand import load_experiments, parse_overrides
     experiments = load_experiments(a.recipe, parse_overrides(a.overrides))
     names = a.only.split(',') if a.only else [e.run_name for e in experiments]
     import tensorflow as tf

@@ -43,16 +43,18 @@ def main():
     # The runner first: it sets TensorFlow's CPU-kernel switch before TensorFlow loads, so
     # every contender runs on the kernels a training run gets.
     import runner
-    from runner import data as data_lib
-    from runner import precision
-    from runner.config import experiment_from_dict
+    from runner.data import (info as data_info,
+                             loader as data_loader,
+                             pipeline as data_pipeline,
+                             splits as data_splits)
+    from runner.training import precision
+    from runner.config.expand import experiment_from_dict
     from runner.registry import build_model
-    from runner.train import Trainer
+    from runner.training.trainer import Trainer
     import keras
-    import numpy as np
     import tensorflow as tf
 
-    from runner.config import parse_overrides
+    from runner.config.expand import parse_overrides
 
     def experiment(model_parameters=None):
         return experiment_from_dict({'model': a.model, 'model_parameters': model_parameters or {},
@@ -60,15 +62,15 @@ def main():
             'batch_size': a.batch, 'precision': a.precision, 'jit_compile': a.jit,
             'lr_values': [0.01], 'lr_boundaries': [10 ** 6]}})
     exp = experiment()
-    info = data_lib.DataInfo('random', (32, 32, 3), 10)
-    train = data_lib.synthetic(info, 50000 // 4, seed=0)
-    data = data_lib.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    info = data_info.DataInfo('random', (32, 32, 3), 10)
+    train = data_splits.synthetic(info, 50000 // 4, seed=0)
+    data = data_loader.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     print(f'{a.model}, batch {a.batch}, {a.precision}{", XLA" if a.jit else ""}, '
           f'{a.steps} timed steps after {a.warmup} warm-up; {os.cpu_count()} CPU cores; '
           f'oneDNN kernels {"on" if runner.onednn_enabled() else "off"}', flush=True)
 
     def pipeline():
-        return data_lib.train_dataset(train, a.batch, 0, data.mean, data.std)
+        return data_pipeline.train_dataset(train, a.batch, 0, data.mean, data.std)
 
     # Each contender is a function that runs k steps; they take turns in rounds and the
     # median round is reported, so a change in background load hits all of them alike.

@@ -8,7 +8,7 @@ import sys
 def keys_main(argv):
     """The YAML reference; `--markdown` prints the table docs/configuration.md holds,
     `--update-docs` (or its old name `--update-readme`) writes it there."""
-    from runner.config import reference
+    from runner.config.reference import reference
     rows = reference()
     table = ('| key | type | default | allowed | on resume | meaning |\n'
              '| --- | --- | --- | --- | --- | --- |\n') + ''.join(
@@ -48,17 +48,17 @@ COMMANDS = {
     'train': ('train the experiments of YAML files (run_experiments.py)', None),
     'keys': ('print every experiment-file key with its type, default and meaning', keys_main),
     'evaluate': ('error, per-class accuracy and confusion matrix of runs (TTA, ensembles)',
-                 _command('runner.evaluate')),
-    'predict': ('the top classes of image files by a trained run', _command('runner.predict')),
-    'export': ('write a TensorFlow SavedModel (preprocessing inside) of a run', _command('runner.export')),
+                 _command('runner.commands.evaluate')),
+    'predict': ('the top classes of image files by a trained run', _command('runner.commands.predict')),
+    'export': ('write a TensorFlow SavedModel (preprocessing inside) of a run', _command('runner.commands.export')),
     'report': ('a Markdown table and learning-curve pictures of every run under a log directory',
-               _command('runner.report')),
+               _command('runner.commands.report')),
     'stats': ('per-channel mean and std, image count and size range of a training split',
-              _command('runner.stats')),
+              _command('runner.commands.stats')),
     'submit': ('submit the experiments as one Slurm job array (submit slurm FILE ...)',
-               _command('runner.slurm')),
+               _command('runner.queue.slurm')),
     'status': ('one line per run under a log directory: running, finished, step, error, host, job',
-               _command('runner.status')),
+               _command('runner.queue.status')),
 }
 
 

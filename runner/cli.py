@@ -14,7 +14,7 @@ import sys
 
 from runner import rundir
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
-from runner.distribute import quiet_tensorflow
+from runner.training.distribute import quiet_tensorflow
 from runner.rundir import RunDir
 
 def build_parser():
@@ -79,7 +79,9 @@ def load_all(files, overrides, only=()):
 
     Every problem of every file at once: a ConfigError of all of them (config.collect_errors),
     whose `passed` holds the experiments without one, for validation to check further."""
-    from runner.config import ConfigError, check_unique_run_names, collect_errors, join_errors, load_experiments
+    from runner.config.checks import check_unique_run_names
+    from runner.config.errors import ConfigError, collect_errors, join_errors
+    from runner.config.expand import load_experiments
     problems = []
 
     def every(check):
@@ -120,7 +122,7 @@ def load_all(files, overrides, only=()):
 
 
 def select(experiments, only):
-    from runner.config import ConfigError
+    from runner.config.errors import ConfigError
     if not only:
         return experiments
     names = [n.strip() for item in only for n in item.split(',') if n.strip()]
@@ -161,8 +163,10 @@ def check_resumable(exp):
     it changed but has no checkpoint yet (a run that failed or diverged before its first
     save): nothing would be lost by starting it over, so it is."""
     import yaml
-    from runner import checkpoints
-    from runner.config import ConfigError, Experiment, recorded_value, resumable
+    from runner.training import checkpoints
+    from runner.config.errors import ConfigError
+    from runner.config.reference import recorded_value, resumable
+    from runner.config.schema import Experiment
     run_dir = RunDir.of(exp)
     path = run_dir.config
     if not os.path.exists(path) or rundir.damaged(run_dir):
@@ -202,16 +206,16 @@ def validate(experiments, restarting=(), need_data=True):
     """Everything that can be checked before the first step; one ConfigError naming every
     problem of every experiment (config.collect_errors)."""
     import keras
-    from runner import data as data_lib
-    from runner.config import ConfigError, collect_errors
+    from runner.data import info as data_info, source as data_source
+    from runner.config.errors import ConfigError, collect_errors
     from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
 
     def check(exp):
         try:
             try:
-                info = data_lib.describe(exp.dataset)
-                data_lib.check_sizes(exp.dataset, info, exp.train_parameters.batch_size)
-            except data_lib.DataUnavailable as e:
+                info = data_info.describe(exp.dataset)
+                data_info.check_sizes(exp.dataset, info, exp.train_parameters.batch_size)
+            except data_source.DataUnavailable as e:
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
             params = count_trainable(model)
@@ -221,10 +225,10 @@ def validate(experiments, restarting=(), need_data=True):
                                      exp.train_parameters.init_skip_mismatch)
             del model
             keras.backend.clear_session()
-            ready = data_lib.data_ready(exp.dataset)
+            ready = data_source.data_ready(exp.dataset)
             if need_data and not ready:
                 cfg = exp.dataset
-                raise ConfigError(data_lib.not_prepared_message(cfg, data_lib.tfds_builder(cfg)))
+                raise ConfigError(data_source.not_prepared_message(cfg, data_source.tfds_builder(cfg)))
             start_over = exp.run_name not in restarting and check_resumable(exp)
         except ConfigError as e:
             raise ConfigError(f'{exp.label}: {e}') from None
@@ -235,7 +239,7 @@ def validate(experiments, restarting=(), need_data=True):
 
 
 def print_list(checked):
-    from runner import runlock
+    from runner.queue import runlock
     rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
     for c in checked:
         held = runlock.holder(RunDir.of(c.exp))
@@ -250,7 +254,8 @@ def claim(exp):
     """The RunLock this process holds while it trains `exp` (held or not), or None for a
     worker of a multi-worker run other than the chief: it writes to its own scratch
     directory, and the chief's claim stands for the whole cluster."""
-    from runner import distribute, runlock
+    from runner.queue import runlock
+    from runner.training import distribute
     tp = exp.train_parameters
     if distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief():
         return None
@@ -262,7 +267,7 @@ def claim(exp):
 def held_elsewhere(exp):
     """'<run>: running in <holder>; skipped' and its result entry, for a run whose lock
     another live process holds."""
-    from runner import runlock
+    from runner.queue import runlock
     who = runlock.describe(runlock.holder(RunDir.of(exp))) or 'another process'
     print(f'{exp.run_name}: running in {who}; skipped', flush=True)
     return {'run_name': exp.run_name, 'status': 'running', 'held_by': who}
@@ -285,7 +290,7 @@ def _table(rows):
 def train_all(checked, fail_fast):
     """Train each run this process can claim; a run another live process holds is skipped
     (see the module docstring for what that means for the exit status)."""
-    from runner import train
+    from runner.training import checkpoints
     results = []
     for c in checked:
         exp = c.exp
@@ -294,7 +299,7 @@ def train_all(checked, fail_fast):
         if previous:
             results.append(previous)
             continue
-        problem = rundir.check_writable(exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+        problem = rundir.check_writable(exp.train_parameters.logdir, checkpoints.checkpoint_bytes(c.params),
                                         run_dir)
         lock = None
         if not problem:
@@ -338,25 +343,25 @@ def train_all(checked, fail_fast):
 
 def train_one(c, run_dir):
     """Train one claimed run (its RunDir); its summary, whatever happens."""
-    from runner import data as data_lib
-    from runner import train
+    from runner.data import source as data_source
+    from runner.training import failures, session
     import keras
     exp = c.exp
     verb = 'resuming' if os.path.isdir(run_dir.checkpoints) else 'starting'
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:
-        summary = train.run(exp)
+        summary = session.run(exp)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
         # there is no step to finish: the last checkpoint stands and is resumed from.
-        summary = train.record_failure(
+        summary = failures.record_failure(
             exp, KeyboardInterrupt('stopped outside the training steps (loading data or '
                                    'evaluating); the last checkpoint is kept'), status='interrupted')
-    except data_lib.DataUnavailable as e:
-        summary = train.record_failure(exp, e)
+    except data_source.DataUnavailable as e:
+        summary = failures.record_failure(exp, e)
     except Exception as e:  # one experiment's failure does not stop the others
-        summary = train.record_failure(exp, e)
+        summary = failures.record_failure(exp, e)
         where = summary.get('not_recorded') or f'traceback in {run_dir.error_log}'
         print(f'{exp.run_name}: failed: {summary["error"]} ({where})', file=sys.stderr, flush=True)
     if summary['status'] != 'interrupted':
@@ -395,7 +400,7 @@ def print_results(results):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # SIGTERM (a job scheduler's stop) as Ctrl-C: inside the training steps both checkpoint
-    # and stop at the step's end (train.StopRequest), elsewhere both end the command cleanly.
+    # and stop at the step's end (signals.StopRequest), elsewhere both end the command cleanly.
     # SIGINT too: a process started in the background of a script (`cmd &`, CI, `timeout -s
     # INT` run from one) inherits SIGINT ignored, which Python leaves ignored; a Ctrl-C or
     # `kill -INT` before the training loop installs its own handler was then lost, and the
@@ -423,7 +428,7 @@ def main(argv=None):
 def _main(args):
     """The command's steps: load and check everything (nothing is written before all passed),
     then --list, or the smoke run, then move aside what starts over, then train."""
-    from runner.config import ConfigError
+    from runner.config.errors import ConfigError
     try:
         checked, restarting = checked_share(args)
     except ConfigError as e:
@@ -455,8 +460,8 @@ def _main(args):
 def checked_share(args):
     """(this process's share of the validated runs, the run names --restart stands for);
     a ConfigError of every problem of every experiment otherwise."""
-    from runner.config import ConfigError, join_errors
-    from runner.shares import select_indices
+    from runner.config.errors import ConfigError, join_errors
+    from runner.queue.shares import select_indices
     experiments, load_error = load_selected(args)
     restarting = restarted_runs(args.restart, experiments)
     need_data = not (args.smoke or args.list)
@@ -480,7 +485,8 @@ def checked_share(args):
 def load_selected(args):
     """(the experiments --only selects with --set and --logdir applied, the ConfigError of the
     files' mistakes or None): the experiments without a mistake are kept for validation."""
-    from runner.config import ConfigError, parse_overrides
+    from runner.config.errors import ConfigError
+    from runner.config.expand import parse_overrides
     overrides = parse_overrides(args.overrides)
     if args.logdir:
         overrides.append(('train_parameters.logdir', args.logdir))
@@ -496,8 +502,9 @@ def restarted_runs(names, experiments):
     """The run names the --restart NAMEs stand for (a name also stands for the runs it
     expanded into, as with --only); a ConfigError for a name that is no selected run's or
     a run that another live process trains."""
-    from runner import runlock
-    from runner.config import ConfigError, run_name_problem
+    from runner.queue import runlock
+    from runner.config.checks import run_name_problem
+    from runner.config.errors import ConfigError
     restarting = set()
     for arg in names:
         name = arg.rstrip('/')
@@ -518,9 +525,9 @@ def restarted_runs(names, experiments):
 
 def unwritable(checked):
     """'<experiment>: <why>' for the first run whose logdir cannot take it, or None."""
-    from runner import train
+    from runner.training import checkpoints
     for c in checked:
-        problem = rundir.check_writable(c.exp.train_parameters.logdir, train.checkpoint_bytes(c.params),
+        problem = rundir.check_writable(c.exp.train_parameters.logdir, checkpoints.checkpoint_bytes(c.params),
                                         RunDir.of(c.exp))
         if problem:
             return f'{c.exp.label}: {problem}'
@@ -530,7 +537,7 @@ def unwritable(checked):
 def start_over(checked, restarting):
     """Move aside the run directories of the runs --restart names and of those whose settings
     changed before their first checkpoint; an exit status if that failed, else None."""
-    from runner import runlock
+    from runner.queue import runlock
     for c in checked:
         run_dir = RunDir.of(c.exp)
         restart = c.exp.run_name in restarting and os.path.exists(run_dir)
@@ -559,7 +566,7 @@ def start_over(checked, restarting):
 
 def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='trained'):
     """The smoke run of `checked`; its failures listed on stderr. True if any failed."""
-    from runner import smoke
+    from runner.queue import smoke
     failures = smoke.run_smoke(checked, every=every, restarting=restarting, jobs=jobs)
     if failures:
         print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was {nothing}:',
@@ -570,7 +577,7 @@ def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='traine
 
 
 def locked_restart(exp):
-    from runner import runlock
+    from runner.queue import runlock
     who = runlock.describe(runlock.holder(RunDir.of(exp))) or 'another process'
     return f"--restart {exp.run_name}: the run is training in {who}; stop it first"
 

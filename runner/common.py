@@ -33,7 +33,7 @@ def did_you_mean(name, known, prefix=''):
 
 
 def add_run_options(parser, weights, data_dir_help=MOVED_DATA_HELP):
-    """The --weights (one of `weights`, runner.inference.WEIGHTS; the first is the default) and
+    """The --weights (one of `weights`, runner.commands.inference.WEIGHTS; the first is the default) and
     --data-dir options of the commands that read a trained run (evaluate, predict, export)."""
     parser.add_argument('--weights', choices=weights, default=weights[0], help=WEIGHTS_HELP)
     parser.add_argument('--data-dir', metavar='DIR', help=data_dir_help)

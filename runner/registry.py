@@ -14,7 +14,7 @@ import traceback
 import warnings
 
 from runner.common import did_you_mean, first_line
-from runner.config import ConfigError
+from runner.config.errors import ConfigError
 from runner.rundir import FINAL_WEIGHTS, RunDir
 
 ZOO_PACKAGE = 'models'

@@ -5,17 +5,17 @@
     summary.json         status and headline numbers, rewritten at every evaluation
     metrics.jsonl        one JSON object per logged step (train) or evaluation (eval)
     events.out.tfevents  TensorBoard scalars and confusion matrices
-    events.out.tfevents.0.overview  the HParams session, config text, input images (runner.tboard)
+    events.out.tfevents.0.overview  the HParams session, config text, input images (runner.training.tboard)
     checkpoints/         tf.train.CheckpointManager: model, optimizer, step, data position
     best/                weights with the best evaluation error
     final.weights.h5     weights at the end of training
     error.log            the traceback of a failed run
     data_info.json       image shape and class names, for predict and export without the data
-    checkpoints-unreadable/  damaged checkpoints a resume moved aside (runner.checkpoints)
-    .lock                the lock of the process training the run (runner.runlock)
-    eval-*.json          results of `python -m runner evaluate` (runner.evaluate names them)
+    checkpoints-unreadable/  damaged checkpoints a resume moved aside (runner.training.checkpoints)
+    .lock                the lock of the process training the run (runner.queue.runlock)
+    eval-*.json          results of `python -m runner evaluate` (runner.commands.evaluate names them)
     slurm.json, slurm.out  the Slurm array task a run was submitted as, and what it printed
-                         (runner.slurm)
+                         (runner.queue.slurm)
 
 docs/runs.md describes them, and what happens when writing them fails.
 """
@@ -45,7 +45,7 @@ ERROR_LOG = 'error.log'
 DATA_INFO = 'data_info.json'     # shape and class names, so predict and export work without the data
 LOCK = '.lock'
 OVERVIEW = 'events.out.tfevents.0.overview'  # '0': sorts before the run's timed event files
-SUBMIT_RECORD = 'slurm.json'     # the array job and task a run was submitted as (runner.slurm)
+SUBMIT_RECORD = 'slurm.json'     # the array job and task a run was submitted as (runner.queue.slurm)
 SLURM_OUTPUT = 'slurm.out'       # what a run's Slurm tasks printed, every allocation appended
 # In logdir, beside the runs: the scratch directories of a multi-worker run's other workers.
 WORKERS = '.workers'
@@ -105,7 +105,7 @@ class RunDir(os.PathLike):
     slurm_output = property(lambda self: self._join(SLURM_OUTPUT))
 
     def eval_file(self, stem):
-        """An after-training evaluation's result file, `<stem>.json` (runner.evaluate names it)."""
+        """An after-training evaluation's result file, `<stem>.json` (runner.commands.evaluate names it)."""
         return self._join(stem + '.json')
 
 

@@ -88,7 +88,7 @@ def read_png(path):
 
 def test_tta_views_are_the_image_its_mirror_and_crops_of_the_padded_image():
     import tensorflow as tf
-    from runner.tta import tta_views
+    from runner.training.tta import tta_views
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     (none,) = tta_views(tf.constant(x), 'none')
     np.testing.assert_array_equal(none, x)
@@ -117,7 +117,7 @@ def test_tta_views_are_the_image_its_mirror_and_crops_of_the_padded_image():
 
 @pytest.mark.parametrize('tta', ['none', 'flip', 'flip_translate', '10crop'])
 def test_evaluate_each_tta_equals_the_manual_average(trained, tta, capsys):
-    from runner import evaluate, inference
+    from runner.commands import evaluate, inference
     run_dir = trained['runs'][0]
     assert evaluate.main([run_dir, '--tta', tta]) == 0
     out = capsys.readouterr().out
@@ -155,7 +155,7 @@ def test_evaluate_each_tta_equals_the_manual_average(trained, tta, capsys):
 
 
 def test_evaluate_last_weights_and_a_limit(trained, capsys):
-    from runner import evaluate
+    from runner.commands import evaluate
     run_dir = trained['runs'][1]
     assert evaluate.main([run_dir, '--weights', 'last']) == 0
     capsys.readouterr()
@@ -168,7 +168,7 @@ def test_evaluate_last_weights_and_a_limit(trained, capsys):
 
 
 def test_ensemble_probabilities_are_the_mean_of_the_runs(trained, tmp_path, capsys):
-    from runner import evaluate
+    from runner.commands import evaluate
     runs = trained['runs']
     results = evaluate.evaluate_runs(runs, tta='flip', write=False)
     assert len(results) == 3
@@ -191,7 +191,7 @@ def test_ensemble_probabilities_are_the_mean_of_the_runs(trained, tmp_path, caps
 
 
 def test_missing_weights_and_bad_directories_are_one_line_errors(trained, tmp_path, capsys):
-    from runner import evaluate
+    from runner.commands import evaluate
     run = tmp_path / 'copy'
     shutil.copytree(trained['runs'][0], run)
     shutil.rmtree(run / 'best')
@@ -210,7 +210,7 @@ def test_missing_weights_and_bad_directories_are_one_line_errors(trained, tmp_pa
 
 def test_evaluate_batch_size_below_one_is_a_one_line_error(trained, capsys):
     """--batch-size -4 ended in a traceback and 0 silently meant the default."""
-    from runner import evaluate
+    from runner.commands import evaluate
     run_dir = trained['runs'][0]
     for bad in ('-4', '0'):
         line = one_line_error(capsys, evaluate.main([run_dir, '--batch-size', bad]), 2)
@@ -245,7 +245,7 @@ def write_images(d, image_folder):
 
 def test_predict_images_of_any_kind_with_one_line_per_broken_file(trained, tmp_path, capsys):
     import tensorflow as tf
-    from runner import evaluate, inference, predict
+    from runner.commands import evaluate, inference, predict
     run_dir = trained['runs'][0]
     f = write_images(tmp_path, trained['images'])
     cifar = sorted(glob.glob(os.path.join(CIFAR_JPEG, 'test', '*', '000[0-1].jpg')))[:3]
@@ -306,7 +306,7 @@ LOAD_EXPORT = textwrap.dedent("""
 
 
 def test_export_in_a_fresh_process_gives_predicts_probabilities(trained, tmp_path, capsys):
-    from runner import export, inference, predict
+    from runner.commands import export, inference, predict
     run_dir = trained['runs'][0]
     out_dir = tmp_path / 'exported'
     assert export.main([run_dir, str(out_dir)]) == 0
@@ -345,7 +345,7 @@ def test_export_in_a_fresh_process_gives_predicts_probabilities(trained, tmp_pat
 def test_export_force_replaces_only_an_earlier_export(trained, tmp_path, capsys):
     """--force once ran rmtree on OUT_DIR whatever it was: the run directory itself, or the
     log directory holding it."""
-    from runner import export
+    from runner.commands import export
     logdir = tmp_path / 'logs'
     shutil.copytree(trained['logdir'], logdir)
     run_dir = logdir / 'grp' / 'seed0'
@@ -391,7 +391,8 @@ CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
 def test_class_names_of_unprepared_tfds_data_come_from_the_cache(cifar10_tfds_dir, tmp_path, capsys):
     """With the data not prepared here (--data-dir elsewhere), TFDS still describes cifar10,
     but with the names "0".."9": they were exported as labels and replaced the good cache."""
-    from runner import cli, export, inference
+    from runner import cli
+    from runner.commands import export, inference
     path = tmp_path / 'tf.yaml'
     path.write_text(TFDS_RUN.format(data_dir=cifar10_tfds_dir, logdir=tmp_path / 'logs'))
     assert cli.main([str(path), '--no-smoke']) == 0
@@ -453,7 +454,7 @@ def add_fake_run(logdir):
 
 
 def test_report_table_groups_repeats_and_draws_readable_pictures(trained, tmp_path, capsys):
-    from runner import report
+    from runner.commands import report
     logdir = tmp_path / 'logs'
     shutil.copytree(trained['logdir'], logdir)
     add_fake_run(str(logdir))
@@ -516,7 +517,7 @@ def set_summary(run_dir, **changes):
 def test_report_names_runs_by_their_path_so_two_log_trees_stay_apart(trained, tmp_path, capsys):
     """Two copies of a log tree under one LOGDIR gave every name twice, one group of four
     and pictures overwriting each other."""
-    from runner import report
+    from runner.commands import report
     top = tmp_path / 'top'
     shutil.copytree(trained['logdir'], top / 'logs')
     shutil.copytree(trained['logdir'], top / 'archive')
@@ -541,7 +542,7 @@ def test_report_names_runs_by_their_path_so_two_log_trees_stay_apart(trained, tm
 
 def test_report_mean_of_repeats_is_over_the_finished_ones(trained, tmp_path, capsys):
     """The mean ± std row averaged running, diverged and failed seeds with the finished."""
-    from runner import report
+    from runner.commands import report
     logdir = tmp_path / 'logs'
     shutil.copytree(trained['logdir'], logdir)
     grp = logdir / 'grp'
@@ -566,7 +567,7 @@ def test_report_mean_of_repeats_is_over_the_finished_ones(trained, tmp_path, cap
 def test_report_finds_a_run_named_best(trained, tmp_path, capsys):
     """`best` (like `checkpoints`) is skipped only inside a run directory, where it holds
     weights; a run of that name directly under LOGDIR is a run."""
-    from runner import report
+    from runner.commands import report
     logdir = tmp_path / 'logs'
     shutil.copytree(trained['logdir'], logdir)
     shutil.copytree(logdir / 'grp' / 'seed0', logdir / 'best')

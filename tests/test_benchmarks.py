@@ -8,7 +8,7 @@ import sys
 
 from conftest import ROOT, subprocess_env
 import runner
-from runner import distribute
+from runner.training import distribute
 
 
 def test_train_throughput_runs_every_contender_and_names_the_kernels():

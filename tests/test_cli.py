@@ -11,7 +11,10 @@ import yaml
 
 from conftest import ROOT, SHARED
 import runner
-from runner import cli, distribute, rundir, smoke, train
+from runner import cli, rundir
+from runner.queue import smoke
+from runner.training import distribute, session
+from runner.training.trainer import Trainer
 
 TINY = """
 module: tiny_models
@@ -125,25 +128,25 @@ def test_session_throughput_pools_the_sessions_on_the_current_machine():
                 {'start_step': 50, 'machine': a}]
     rates = [(10, 1.0), (20, 100.0), (30, 110.0), (40, 5.0), (50, 900.0), (60, 7.0), (70, 120.0),
              (80, 130.0)]
-    assert train.session_throughput(sessions, rates, 80) == 115.0  # of 100, 110, 120, 130
+    assert session.session_throughput(sessions, rates, 80) == 115.0  # of 100, 110, 120, 130
     assert [(s['end_step'], s['train_images_per_second']) for s in sessions] == \
         [(30, 105.0), (50, 900.0), (80, 125.0)]
     # A session with no logged interval yet
-    assert train.session_throughput([{'start_step': 0, 'machine': a}], [], 3) is None
+    assert session.session_throughput([{'start_step': 0, 'machine': a}], [], 3) is None
 
 
 def test_sessions_so_far_drops_what_a_resume_trains_again():
     a, b, c = {'cpu': 'A'}, {'cpu': 'B'}, {'cpu': 'C'}
-    assert train.sessions_so_far({}, None, a) == [{'start_step': 0, 'machine': a}]
+    assert session.sessions_so_far({}, None, a) == [{'start_step': 0, 'machine': a}]
     previous = {'machine': b, 'sessions': [{'start_step': 0, 'machine': a, 'end_step': 40},
                                            {'start_step': 40, 'machine': b, 'end_step': 45}]}
     # Resumed from the checkpoint of step 40: the session begun there kept nothing.
-    assert train.sessions_so_far(previous, 40, c) == [{'start_step': 0, 'machine': a},
+    assert session.sessions_so_far(previous, 40, c) == [{'start_step': 0, 'machine': a},
                                                       {'start_step': 40, 'machine': c}]
-    assert train.sessions_so_far(previous, 44, c)[1:] == [{'start_step': 40, 'machine': b},
+    assert session.sessions_so_far(previous, 44, c)[1:] == [{'start_step': 40, 'machine': b},
                                                           {'start_step': 44, 'machine': c}]
     # A run from before sessions were recorded: one session on its recorded machine
-    assert train.sessions_so_far({'machine': b}, 20, c) == [{'start_step': 0, 'machine': b},
+    assert session.sessions_so_far({'machine': b}, 20, c) == [{'start_step': 0, 'machine': b},
                                                             {'start_step': 20, 'machine': c}]
 
 
@@ -254,9 +257,8 @@ def test_a_stop_outside_the_steps_marks_the_run_interrupted(tmp_path, image_fold
     # as interrupted before training starts, exit status 1, and the next experiment not
     # started. (The stop is acted on once the load returns, not raised inside TensorFlow.)
     import signal
-    from runner import data as data_lib
-    from runner import train
-    real_load = data_lib.load
+    from runner.data import loader as data_loader
+    real_load = data_loader.load
 
     def load_then_signal(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, signum))
@@ -264,11 +266,11 @@ def test_a_stop_outside_the_steps_marks_the_run_interrupted(tmp_path, image_fold
 
     def no_training(*args, **kwargs):
         raise AssertionError('a step was trained after the stop')
-    monkeypatch.setattr(train.Trainer, 'train_step', no_training)
+    monkeypatch.setattr(Trainer, 'train_step', no_training)
 
     path = tmp_path / 'e.yaml'
     path.write_text(tiny(image_folder, tmp_path / 'logs') + '---\n' + tiny(image_folder, tmp_path / 'logs', 'second'))
-    monkeypatch.setattr(data_lib, 'load', load_then_signal)
+    monkeypatch.setattr(data_loader, 'load', load_then_signal)
     # Ctrl-C at a terminal: Python's own SIGINT handler. A process started in the background
     # of a script (CI, nohup) inherits SIGINT ignored, and Python then leaves it ignored.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -388,7 +390,7 @@ def test_validation_reports_every_problem_of_every_experiment_at_once(tmp_path, 
 
 
 def test_validation_stops_listing_problems_at_a_limit(tmp_path, capsys):
-    from runner.config import MAX_ERRORS
+    from runner.config.errors import MAX_ERRORS
     path = tmp_path / 'many.yaml'
     path.write_text('---\n'.join(f'model: m{i}\ntrain_parameters: {{run_name: r{i}, bad_key: 1}}\n'
                                  for i in range(MAX_ERRORS + 5)))
@@ -484,9 +486,9 @@ def test_a_grid_experiment_trains_each_point_with_its_own_settings(tmp_path, ima
 def test_a_progress_line_comes_early_whatever_log_interval_is(tmp_path, image_folder, capsys,
                                                               monkeypatch):
     """With log_interval: 400 a big model would print nothing for minutes: the first line of
-    a session comes after train.FIRST_LINE_SECONDS (here 0, so at the first step), printed
+    a session comes after session.FIRST_LINE_SECONDS (here 0, so at the first step), printed
     only, so the logged history keeps its log_interval grid."""
-    monkeypatch.setattr(train, 'FIRST_LINE_SECONDS', 0)
+    monkeypatch.setattr(session, 'FIRST_LINE_SECONDS', 0)
     path = tmp_path / 'e.yaml'
     path.write_text(tiny(image_folder, tmp_path / 'logs').replace('log_interval: 5', 'log_interval: 20'))
     assert cli.main([str(path), '--no-smoke']) == 0

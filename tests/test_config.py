@@ -8,8 +8,10 @@ import textwrap
 import pytest
 
 from runner import cli
-from runner.config import (ConfigError, DatasetConfig, Experiment, experiment_from_dict, load_experiments,
-                           parse_overrides, reference)
+from runner.config.errors import ConfigError
+from runner.config.expand import experiment_from_dict, load_experiments, parse_overrides
+from runner.config.reference import reference
+from runner.config.schema import DatasetConfig, Experiment
 
 GOOD = """
 module: tiny_models
@@ -347,7 +349,7 @@ def _schema_rows(predicate):
 def test_every_range_and_choice_of_the_schema_is_enforced_naming_its_key():
     """Each key's range and choices come from its field's metadata: a value outside them is
     refused in one line naming the key, the value and what is allowed."""
-    from runner.config import schema_field
+    from runner.config.reference import schema_field
     ranged = _schema_rows(lambda r: schema_field(r.key).metadata.get('within'))
     chosen = _schema_rows(lambda r: schema_field(r.key).metadata.get('choices'))
     assert {'train_parameters.momentum', 'dataset.validation_fraction', 'train_parameters.lr_values',
@@ -429,8 +431,8 @@ def test_a_resume_accepts_a_change_of_exactly_the_keys_the_schema_marks(tmp_path
     A config.yaml of an older run, with null for the defaults the schema now spells out,
     loads as the same experiment and resumes."""
     import yaml
-    from runner import inference
-    from runner.config import resumable
+    from runner.commands import inference
+    from runner.config.reference import resumable
     assert {r.key for r in reference() if r.resumable and r.type != 'section'} == RESUMABLE
     path, logdir = write(tmp_path, GOOD, image_folder)
     assert cli.main([path, '--no-smoke', '--set', 'train_parameters.steps=1']) == 0

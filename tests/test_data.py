@@ -7,19 +7,25 @@ import pytest
 import tensorflow as tf
 
 from conftest import CIFAR_JPEG, make_image_folder
-from runner import data as data_lib
-from runner.config import DatasetConfig
+from runner.data import (info as data_info,
+                         loader as data_loader,
+                         pipeline as data_pipeline,
+                         source as data_source,
+                         splits as data_splits,
+                         stats as data_stats,
+                         transforms as data_transforms)
+from runner.config.schema import DatasetConfig
 
 
 def split(n=64, size=8, classes=4, seed=0):
     rng = np.random.default_rng(seed)
-    return data_lib.Split('train', rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+    return data_splits.Split('train', rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
                           (np.arange(n) % classes).astype(np.int32))
 
 
 def test_augmentation_is_a_flip_and_a_shifted_window_of_the_padded_image():
     images = tf.constant(np.random.default_rng(1).normal(size=(16, 8, 8, 3)), tf.float32)
-    out = data_lib.augment_batch(images, tf.constant([3, 7], tf.int64), flip=True, crop_padding=2).numpy()
+    out = data_transforms.augment_batch(images, tf.constant([3, 7], tf.int64), flip=True, crop_padding=2).numpy()
     assert out.shape == images.shape
     padded = np.pad(images.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)])
     seen_flip, seen_shift = set(), set()
@@ -34,13 +40,13 @@ def test_augmentation_is_a_flip_and_a_shifted_window_of_the_padded_image():
 
 def test_augmentation_off_is_the_identity():
     images = tf.random.normal((4, 8, 8, 3))
-    out = data_lib.augment_batch(images, tf.constant([0, 0], tf.int64), flip=False, crop_padding=0)
+    out = data_transforms.augment_batch(images, tf.constant([0, 0], tf.int64), flip=False, crop_padding=0)
     np.testing.assert_array_equal(out.numpy(), images.numpy())
 
 
 def test_train_dataset_shapes_dtypes_and_epochs():
     s = split(n=64)
-    ds = data_lib.train_dataset(s, 16, seed=1, mean=[0.5], std=[0.25], flip=False, crop_padding=0)
+    ds = data_pipeline.train_dataset(s, 16, seed=1, mean=[0.5], std=[0.25], flip=False, crop_padding=0)
     batches = list(ds.take(8).as_numpy_iterator())  # two epochs of 4 batches
     x, y = batches[0]
     assert x.shape == (16, 8, 8, 3) and x.dtype == np.float32 and y.dtype == np.int32
@@ -57,20 +63,20 @@ def test_train_dataset_shapes_dtypes_and_epochs():
 
 def test_train_dataset_is_reproducible_from_its_seed():
     s = split()
-    take = lambda seed: [b[0] for b in data_lib.train_dataset(s, 16, seed, [0.5], [0.25]).take(3).as_numpy_iterator()]
+    take = lambda seed: [b[0] for b in data_pipeline.train_dataset(s, 16, seed, [0.5], [0.25]).take(3).as_numpy_iterator()]
     a, b, c = take(5), take(5), take(6)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
 def test_batch_larger_than_the_data_is_a_clear_error():
-    with pytest.raises(data_lib.DataUnavailable, match='larger than the 64 training images'):
-        data_lib.train_dataset(split(n=64), 128, 0, [0.5], [0.25])
+    with pytest.raises(data_source.DataUnavailable, match='larger than the 64 training images'):
+        data_pipeline.train_dataset(split(n=64), 128, 0, [0.5], [0.25])
 
 
 def test_eval_dataset_is_everything_once_in_order_unaugmented():
     s = split(n=50)
-    batches = list(data_lib.eval_dataset(s, 16, [0.0], [1.0]).as_numpy_iterator())
+    batches = list(data_pipeline.eval_dataset(s, 16, [0.0], [1.0]).as_numpy_iterator())
     assert [len(b[1]) for b in batches] == [16, 16, 16, 2]
     x = np.concatenate([b[0] for b in batches])
     np.testing.assert_allclose(x, s.images / 255.0, atol=1e-6)
@@ -81,7 +87,7 @@ def test_channel_stats_on_known_images():
     images = np.zeros((10, 4, 4, 3), np.uint8)
     images[:5, ..., 0] = 255  # channel 0: half 1.0, half 0.0 -> mean 0.5, std 0.5
     images[..., 1] = 51       # channel 1: constant 0.2
-    mean, std = data_lib.channel_stats(images)
+    mean, std = data_stats.channel_stats(images)
     assert mean == pytest.approx([0.5, 0.2, 0.0], abs=1e-6)
     assert std[0] == pytest.approx(0.5, abs=1e-6) and std[1] == pytest.approx(0.0, abs=1e-5)
 
@@ -89,11 +95,11 @@ def test_channel_stats_on_known_images():
 def test_validation_hold_out_is_disjoint_fixed_and_sized():
     s = split(n=100)
     s.images[:, 0, 0, 0] = np.arange(100)  # tag each image
-    train, val = data_lib.hold_out(s, 0.2)
+    train, val = data_splits.hold_out(s, 0.2)
     assert len(val.labels) == 20 and len(train.labels) == 80 and val.name == 'validation'
     tags_t, tags_v = set(train.images[:, 0, 0, 0]), set(val.images[:, 0, 0, 0])
     assert not tags_t & tags_v and len(tags_t | tags_v) == 100
-    again = data_lib.hold_out(s, 0.2)[1]
+    again = data_splits.hold_out(s, 0.2)[1]
     np.testing.assert_array_equal(again.images, val.images)
 
 
@@ -101,7 +107,7 @@ def test_tfds_path_with_mock_data():
     import tensorflow_datasets as tfds
     cfg = DatasetConfig(name='cifar10', download=True)
     with tfds.testing.mock_data(num_examples=40):
-        data = data_lib.load(cfg)
+        data = data_loader.load(cfg)
     assert data.info.image_shape == (32, 32, 3) and data.info.num_classes == 10
     assert data.train.images.shape == (40, 32, 32, 3) and data.train.images.dtype == np.uint8
     assert data.test.labels.dtype == np.int32 and data.eval is data.test
@@ -110,14 +116,14 @@ def test_tfds_path_with_mock_data():
 
 def test_tfds_not_prepared_and_no_download_is_one_clear_line(tmp_path):
     cfg = DatasetConfig(name='cifar10', data_dir=str(tmp_path))
-    with pytest.raises(data_lib.DataUnavailable) as e:
-        data_lib.load(cfg)
+    with pytest.raises(data_source.DataUnavailable) as e:
+        data_loader.load(cfg)
     assert "'cifar10' is not prepared in" in str(e.value) and '\n' not in str(e.value)
 
 
 def test_synthetic_stand_in_when_data_is_absent(tmp_path):
     cfg = DatasetConfig(name='cifar100', data_dir=str(tmp_path))
-    data = data_lib.load(cfg, limit=16, allow_synthetic=True)
+    data = data_loader.load(cfg, limit=16, allow_synthetic=True)
     assert data.train.images.shape == (16, 32, 32, 3) and data.info.num_classes == 100
     assert 'synthetic' in data.info.description
 
@@ -129,7 +135,7 @@ def test_image_folder_with_greyscale_alpha_and_other_sizes(tmp_path):
     (tmp_path / 'f' / 'train' / 'class0' / 'grey.png').write_bytes(grey)
     (tmp_path / 'f' / 'train' / 'class1' / 'rgba.png').write_bytes(rgba)
     cfg = DatasetConfig(image_folder=root, image_size=[12, 12], validation_fraction=0.25)
-    data = data_lib.load(cfg)
+    data = data_loader.load(cfg)
     assert data.info.image_shape == (12, 12, 3) and data.info.class_names == ['class0', 'class1']
     assert data.train.images.shape[1:] == (12, 12, 3)
     assert len(data.train.labels) + len(data.eval.labels) == 14 and data.eval.name == 'validation'
@@ -139,35 +145,35 @@ def test_image_folder_with_greyscale_alpha_and_other_sizes(tmp_path):
 def test_image_folder_of_varying_sizes_needs_image_size(tmp_path):
     root = make_image_folder(tmp_path / 'f', splits=(('train', 2), ('test', 1)), classes=2, size=12)
     cfg = DatasetConfig(image_folder=root)
-    assert data_lib.describe(cfg).image_shape == (12, 12, 3)
+    assert data_info.describe(cfg).image_shape == (12, 12, 3)
     cfg = DatasetConfig(image_folder=root, train_split='nope')
-    with pytest.raises(data_lib.DataUnavailable, match="no split folder 'nope'"):
-        data_lib.describe(cfg)
+    with pytest.raises(data_source.DataUnavailable, match="no split folder 'nope'"):
+        data_info.describe(cfg)
 
 
 @pytest.mark.skipif(not os.path.isdir(CIFAR_JPEG), reason='../shared/datasets/cifar10-jpeg is absent')
 def test_image_folder_on_the_cifar10_jpeg_copy():
     cfg = DatasetConfig(image_folder=CIFAR_JPEG)
-    info = data_lib.describe(cfg)
+    info = data_info.describe(cfg)
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10
     assert info.class_names[:3] == ['airplane', 'automobile', 'bird']
-    data = data_lib.load(cfg, info, limit=200)
+    data = data_loader.load(cfg, info, limit=200)
     assert data.train.images.shape == (200, 32, 32, 3) and data.train.images.dtype == np.uint8
     assert len(set(data.train.labels.tolist())) > 5  # the file order is shuffled across classes
-    again = data_lib.load(cfg, info, limit=200)
+    again = data_loader.load(cfg, info, limit=200)
     np.testing.assert_array_equal(again.train.labels, data.train.labels)
 
 
-AIRBENCH_AUGMENTATION = data_lib.Prep('cifar', None, flip=True, crop_padding=2, alternate_flips=True,
+AIRBENCH_AUGMENTATION = data_info.Prep('cifar', None, flip=True, crop_padding=2, alternate_flips=True,
                                       crop_padding_mode='reflect')
 
 
 @pytest.mark.parametrize('prep', [None, AIRBENCH_AUGMENTATION], ids=['default', 'airbench'])
 def test_train_dataset_resumes_exactly_at_any_batch(prep):
     s = split(n=40)  # batches of 16 run across epoch ends
-    full = [b for b in data_lib.train_dataset(s, 16, 3, [0.5], [0.25], prep=prep).take(12).as_numpy_iterator()]
+    full = [b for b in data_pipeline.train_dataset(s, 16, 3, [0.5], [0.25], prep=prep).take(12).as_numpy_iterator()]
     for start in (1, 2, 5, 7):
-        resumed = data_lib.train_dataset(s, 16, 3, [0.5], [0.25], start_batch=start, prep=prep)
+        resumed = data_pipeline.train_dataset(s, 16, 3, [0.5], [0.25], start_batch=start, prep=prep)
         for want, got in zip(full[start:], resumed.take(12 - start).as_numpy_iterator()):
             np.testing.assert_array_equal(want[0], got[0])
             np.testing.assert_array_equal(want[1], got[1])
@@ -175,7 +181,7 @@ def test_train_dataset_resumes_exactly_at_any_batch(prep):
 
 def test_reflect_padding_crops_windows_of_the_mirrored_border():
     images = tf.constant(np.random.default_rng(2).normal(size=(16, 8, 8, 3)), tf.float32)
-    out = data_lib.augment_batch(images, tf.constant([5, 1], tf.int64), flip=False, crop_padding=2,
+    out = data_transforms.augment_batch(images, tf.constant([5, 1], tf.int64), flip=False, crop_padding=2,
                                  crop_padding_mode='reflect').numpy()
     padded = np.pad(images.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)], mode='reflect')
     shifts = set()
@@ -193,8 +199,8 @@ def mirrored_by_epoch(s, seed, epochs, batch):
     """[epoch, image] -> was it mirrored, from a pipeline without crops whose labels are the
     image indices and whose outputs are the raw pixel values."""
     n = len(s.labels)
-    prep = data_lib.Prep('cifar', None, flip=True, crop_padding=0, alternate_flips=True)
-    ds = data_lib.train_dataset(s, batch, seed=seed, mean=[0.0], std=[1 / 255], prep=prep)
+    prep = data_info.Prep('cifar', None, flip=True, crop_padding=0, alternate_flips=True)
+    ds = data_pipeline.train_dataset(s, batch, seed=seed, mean=[0.0], std=[1 / 255], prep=prep)
     batches = list(ds.take(epochs * n // batch).as_numpy_iterator())
     images = np.concatenate([b[0] for b in batches]).round().astype(np.int64)
     labels = np.concatenate([b[1] for b in batches])
@@ -223,24 +229,24 @@ def test_a_streamed_batch_of_only_unreadable_files_is_recorded(tmp_path):
     still be recorded as unreadable, and the other batches come through whole."""
     root = make_image_folder(tmp_path / 'imgs', splits=(('train', 4), ('test', 3)), classes=3)
     cfg = DatasetConfig(image_folder=root, cache_budget_mb=0, mean=[0.5] * 3, std=[0.25] * 3)
-    test = data_lib.load(cfg).test
-    assert not data_lib.cached(test)
+    test = data_loader.load(cfg).test
+    assert not data_splits.cached(test)
     keys = [test.listing.key(i) for i in range(len(test.listing))]
 
     def spoil(*paths):
         for path in paths:
             with open(path, 'wb') as f:
                 f.write(b'not an image')
-        return data_lib.load(cfg)
+        return data_loader.load(cfg)
 
     # The last of 9 files alone in the last batch of 4.
     data = spoil(keys[8])
-    sizes = [int(x.shape[0]) for x, _ in data_lib.eval_input(data, data.test, 4)]
+    sizes = [int(x.shape[0]) for x, _ in data_loader.eval_input(data, data.test, 4)]
     assert sizes == [4, 4], sizes
     assert list(data.test.unreadable.keys) == [keys[8]]
     # The whole middle batch of 3 unreadable: the batches before and after come through.
     data = spoil(*keys[3:6])
-    sizes = [int(x.shape[0]) for x, _ in data_lib.eval_input(data, data.test, 3)]
+    sizes = [int(x.shape[0]) for x, _ in data_loader.eval_input(data, data.test, 3)]
     assert sizes == [3, 2], sizes
     assert sorted(data.test.unreadable.keys) == sorted(keys[3:6] + keys[8:])
 
@@ -253,13 +259,13 @@ def test_a_tfds_slice_split_with_a_smoke_limit_reads_the_real_data(cifar10_tfds_
     cfg = DatasetConfig(name='cifar10', data_dir=cifar10_tfds_dir, train_split='train[:2%]',
                         test_split='test[10:30]', cache_budget_mb=budget, mean=[0.5] * 3,
                         std=[0.25] * 3)
-    data = data_lib.load(cfg, limit=12, allow_synthetic=True)
+    data = data_loader.load(cfg, limit=12, allow_synthetic=True)
     assert 'synthetic' not in data.info.description, data.info.description
-    assert data_lib.size(data.train) == 12 and data_lib.size(data.test) == 12
+    assert data_splits.size(data.train) == 12 and data_splits.size(data.test) == 12
     import tensorflow_datasets as tfds
     want = [int(y) for _, y in tfds.load('cifar10', split='test[10:22]', data_dir=cifar10_tfds_dir,
                                          as_supervised=True, shuffle_files=False)]
-    got = [int(y) for _, ys in data_lib.eval_input(data, data.test, 5) for y in ys]
+    got = [int(y) for _, ys in data_loader.eval_input(data, data.test, 5) for y in ys]
     assert got == want
 
 
@@ -268,12 +274,12 @@ def test_normalize_false_reads_no_statistics(tmp_path, monkeypatch, capsys):
     images computes them (on a streamed ImageNet that pass takes minutes)."""
     root = make_image_folder(tmp_path / 'imgs', splits=(('train', 6), ('test', 2)), classes=2)
     calls = []
-    monkeypatch.setattr(data_lib, 'split_stats', lambda *a, **k: calls.append(a) or ([0.4] * 3, [0.2] * 3))
-    data = data_lib.load(DatasetConfig(image_folder=root, normalize=False, cache_budget_mb=0,
+    monkeypatch.setattr(data_loader, 'split_stats', lambda *a, **k: calls.append(a) or ([0.4] * 3, [0.2] * 3))
+    data = data_loader.load(DatasetConfig(image_folder=root, normalize=False, cache_budget_mb=0,
                                        stats_sample=5))
     assert calls == [] and (data.mean, data.std) == ([0.0], [1.0])
     assert 'computing mean and std' not in capsys.readouterr().err
-    data_lib.load(DatasetConfig(image_folder=root, cache_budget_mb=0, stats_sample=5))
+    data_loader.load(DatasetConfig(image_folder=root, cache_budget_mb=0, stats_sample=5))
     assert len(calls) == 1, 'with normalisation the statistics are computed'
 
 
@@ -288,6 +294,6 @@ def test_image_size_is_judged_from_images_spread_over_the_split(tmp_path):
             for i, (h, w) in enumerate(shapes):
                 img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
                 (root / split / cls / f'{i}.png').write_bytes(tf.io.encode_png(img).numpy())
-    info = data_lib.describe(DatasetConfig(image_folder=str(root)))
+    info = data_info.describe(DatasetConfig(image_folder=str(root)))
     assert info.preprocessing == 'imagenet'
     assert info.image_shape == (224, 224, 3), info

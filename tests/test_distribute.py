@@ -124,13 +124,13 @@ def test_two_workers_on_loopback_train_checkpoint_and_finish(tmp_path, image_fol
 @pytest.mark.parametrize('index, writes_chief_dir', [(0, True), (1, False)])
 def test_only_the_chief_records_a_failure_in_the_run_directory(tmp_path, monkeypatch, index,
                                                                writes_chief_dir):
-    from runner import train
-    from runner.config import experiment_from_dict
+    from runner.training import failures
+    from runner.config.expand import experiment_from_dict
     monkeypatch.setenv('TF_CONFIG', json.dumps({
         'cluster': {'worker': ['127.0.0.1:1', '127.0.0.1:2']}, 'task': {'type': 'worker', 'index': index}}))
     exp = experiment_from_dict({'model': 'cifar_resnet20', 'train_parameters': {
         'logdir': str(tmp_path), 'run_name': 'r', 'distribution': 'multi_worker'}})
-    summary = train.record_failure(exp, RuntimeError('out of memory'))
+    summary = failures.record_failure(exp, RuntimeError('out of memory'))
     assert summary['status'] == 'failed' and 'out of memory' in summary['error']
     chief_log = tmp_path / 'r' / 'error.log'
     worker_log = tmp_path / '.workers' / 'r' / f'worker{index}' / 'error.log'
@@ -144,13 +144,14 @@ def test_only_the_chief_records_a_failure_in_the_run_directory(tmp_path, monkeyp
 SKIPPED_STEP = TWO_CPUS.split('from runner.cli')[0] + """
 sys.path.insert(0, 'tests')
 import keras
-from runner import distribute, precision, train
+from runner.training import distribute, precision, failures
+from runner.training.trainer import Trainer
 from test_fast import make_data, make_exp
 exp = make_exp(sys.argv[1], precision='mixed_float16', distribution='mirrored')
 keras.backend.clear_session()
 precision.set_policy('mixed_float16')
 strategy = distribute.strategy_for('mirrored')
-trainer = train.Trainer(exp, make_data(), strategy, 'mixed_float16')
+trainer = Trainer(exp, make_data(), strategy, 'mixed_float16')
 trainer.start_input()
 steps = []
 for scale in (1024.0, 3e38, 1024.0):  # the middle one overflows: that step is skipped

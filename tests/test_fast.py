@@ -14,9 +14,12 @@ import tensorflow as tf
 
 from conftest import ROOT, flip_translate_probabilities, flip_translate_views, subprocess_env
 from models import fast
-from runner import data as data_lib
-from runner import rundir, train
-from runner.config import ConfigError, experiment_from_dict, load_experiments
+from runner.data import info as data_info, loader as data_loader, splits as data_splits
+from runner import rundir
+from runner.training import session
+from runner.training.trainer import Trainer
+from runner.config.errors import ConfigError
+from runner.config.expand import experiment_from_dict, load_experiments
 
 
 def asymmetric_cnn(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4):
@@ -36,9 +39,9 @@ def normalized_cnn(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4):
 
 
 def make_data(n=48, seed=0):
-    info = data_lib.DataInfo('random', (32, 32, 3), 10)
-    split = data_lib.synthetic(info, n, seed=seed)
-    return data_lib.Data(info, split, split, split, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    info = data_info.DataInfo('random', (32, 32, 3), 10)
+    split = data_splits.synthetic(info, n, seed=seed)
+    return data_loader.Data(info, split, split, split, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 
 
 def make_exp(tmp_path, model='tiny_cnn', module='tiny_models', model_parameters=None,
@@ -53,21 +56,21 @@ def make_exp(tmp_path, model='tiny_cnn', module='tiny_models', model_parameters=
 
 def train_images(data, n):
     """The first n training images as the runner adapts layers to them (un-augmented)."""
-    return np.concatenate([x.numpy() for x, _ in data_lib.eval_input(data, data.train, 16)])[:n]
+    return np.concatenate([x.numpy() for x, _ in data_loader.eval_input(data, data.train, 16)])[:n]
 
 
 def make_trainer(exp, data):
     # Fresh layer names (conv2d, conv2d_1, ...) in every model: weights files match by name.
     keras.backend.clear_session()
     keras.utils.set_random_seed(exp.train_parameters.seed)
-    trainer = train.Trainer(exp, data, tf.distribute.get_strategy())
+    trainer = Trainer(exp, data, tf.distribute.get_strategy())
     trainer.start_input()
     return trainer
 
 
 def run(exp, data):
     keras.backend.clear_session()
-    return train.run(exp, data=data, quiet=True)
+    return session.run(exp, data=data, quiet=True)
 
 
 def values(variables):
@@ -325,7 +328,7 @@ def test_tta_combines_its_views_as_the_papers_do(tmp_path, tta):
     got, without = flipped.evaluate(data.test), plain.evaluate(data.test)
 
     probs, labels = [], []
-    for images, y in data_lib.eval_input(data, data.test, 16):
+    for images, y in data_loader.eval_input(data, data.test, 16):
         views = numpy_views(images, tta)
         assert len(views) == {'flip': 2, 'flip_translate': 6}[tta]
         if tta == 'flip_translate':
@@ -356,7 +359,7 @@ def test_run_records_say_which_views_and_weights_they_measured(tmp_path):
 
 
 def test_translated_views_shift_by_one_pixel_with_reflected_edges():
-    from runner.tta import tta_views
+    from runner.training.tta import tta_views
     x = tf.reshape(tf.range(2 * 4 * 5 * 1, dtype=tf.float32), (2, 4, 5, 1))
     views = [np.array(v) for v in tta_views(x, 'flip_translate')]
     x = np.array(x)

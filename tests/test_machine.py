@@ -10,7 +10,7 @@ import pytest
 
 from conftest import subprocess_env
 import runner
-from runner import distribute
+from runner.training import distribute
 
 AVX2_EPYC = 'model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n'
 BF16_XEON = ('model name\t: Intel(R) Xeon(R) Processor\n'

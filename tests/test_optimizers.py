@@ -11,8 +11,9 @@ import yaml
 
 from conftest import make_image_folder, one_line_error
 from runner import cli
-from runner.config import ConfigError, experiment_from_dict
-from runner.optimizers import KernelMuon, build_optimizer
+from runner.config.errors import ConfigError
+from runner.config.expand import experiment_from_dict
+from runner.training.optimizers import KernelMuon, build_optimizer
 
 TOTAL = 24  # steps of each run; the resumed one stops at half
 # Per optimizer: train_parameters beyond the shared ones. The muon_sgd case is
@@ -235,7 +236,7 @@ def test_muon_leaves_a_frozen_kernel_alone():
 def test_muon_takes_airbench94s_conv_filters():
     """On cifar_airbench94, Muon takes the six 3x3 conv filters: not the frozen whitening
     kernel, not the classifier."""
-    from runner.optimizers import muon_variables
+    from runner.training.optimizers import muon_variables
     from runner.registry import build_model
     model = build_model(experiment_from_dict({'model': 'cifar_airbench94'}), (32, 32, 3), 10)
     assert [v.path for v in muon_variables(model)] == [

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from runner import distribute, precision, rundir, train
+from runner import rundir
+from runner.training import distribute, precision
+from runner.training.trainer import Trainer
 from test_fast import make_data, make_exp, run
 
 
@@ -65,7 +67,7 @@ def test_fastest_follows_the_probe(tmp_path, monkeypatch, bf16_rate, expected):
 
 
 def test_probe_times_the_model_in_both_precisions():
-    from runner.config import experiment_from_dict
+    from runner.config.expand import experiment_from_dict
     exp = experiment_from_dict({'model': 'tiny_cnn', 'module': 'tiny_models'})
     rates = precision.probe_precisions(exp, make_data().info, 8, steps=2)
     assert set(rates) == {'float32', 'mixed_bfloat16'} and all(r > 0 for r in rates.values())
@@ -112,7 +114,7 @@ def test_a_step_skipped_by_loss_scaling_still_counts(tmp_path):
     keras.backend.clear_session()  # (which resets the dtype policy, so before setting it)
     precision.set_policy('mixed_float16')
     try:
-        trainer = train.Trainer(exp, data, tf.distribute.get_strategy(), 'mixed_float16')
+        trainer = Trainer(exp, data, tf.distribute.get_strategy(), 'mixed_float16')
         trainer.start_input()
         trainer.train_step(trainer.iterator)
         assert trainer.step == 1

@@ -75,7 +75,7 @@ def test_index_and_shard_select_runs_in_file_order(images, tmp_path, capsys):
 
 
 def status_lines(capsys, logdir):
-    from runner import status
+    from runner.queue import status
     capsys.readouterr()
     assert status.main([str(logdir)]) == 0
     out = capsys.readouterr().out
@@ -90,7 +90,7 @@ def test_status_shows_each_run_as_it_is(images, tmp_path, capsys):
     interrupted (summary says running but no process holds it: killed), and a directory that
     is not a log directory is one line, exit 2. It imports no TensorFlow."""
     import socket
-    from runner import runlock
+    from runner.queue import runlock
     logdir = tmp_path / 'logs'
     path = write_yaml(
         tmp_path / 's.yaml',
@@ -130,7 +130,7 @@ def test_status_shows_each_run_as_it_is(images, tmp_path, capsys):
     r = subprocess.run([sys.executable, '-c', code, str(logdir)], capture_output=True, text=True,
                        env=subprocess_env(), cwd=ROOT, timeout=60)
     assert r.returncode == 0 and 'finished' in r.stdout, r.stdout + r.stderr
-    from runner import status
+    from runner.queue import status
     one_line_error(capsys, status.main([str(tmp_path / 'nowhere')]), 2, 'nowhere')
 
 
@@ -139,7 +139,7 @@ def test_submit_dry_run_prints_the_job_script_of_the_unfinished_runs(images, tmp
     (run 1 is), at most --max-parallel at once, requeue, the stop signal half a one-minute
     limit before it, append mode, the resources asked for, and each task's command: the same
     files, --only, --set and --logdir, plus --index K --no-smoke. A wrong option is one line."""
-    from runner import slurm
+    from runner.queue import slurm
     path, logdir = three_runs(images, tmp_path)
     rc, out, err = run_cli(capsys, path, '--no-smoke', '--index', '1')
     assert rc == 0, out + err

@@ -575,8 +575,8 @@ def test_a_failed_evaluation_keeps_the_steps_before_it(images, tmp_path, capsys,
     """An evaluation that raises (here: out of memory at eval_batch_size) fails the run, but
     the steps since the last checkpoint are saved first: the same command resumes from the
     evaluation's step, not from the checkpoint before it."""
-    from runner import train
-    evaluate = train.Trainer.evaluate
+    from runner.training.trainer import Trainer
+    evaluate = Trainer.evaluate
     failed = []
 
     def out_of_memory_once(self, split, max_batches=None, **kwargs):
@@ -584,7 +584,7 @@ def test_a_failed_evaluation_keeps_the_steps_before_it(images, tmp_path, capsys,
             failed.append(self.step)
             raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')
         return evaluate(self, split, max_batches, **kwargs)
-    monkeypatch.setattr(train.Trainer, 'evaluate', out_of_memory_once)
+    monkeypatch.setattr(Trainer, 'evaluate', out_of_memory_once)
     logdir = tmp_path / 'logs'
     path = write_yaml(tmp_path / 'oom.yaml', experiment(images, logdir, 'oom', lr_values=[0.05],
                                                         lr_boundaries=[20], val_interval=15,

@@ -17,7 +17,7 @@ NAMES = {rundir.SUMMARY, rundir.CONFIG, rundir.METRICS, rundir.FINAL_WEIGHTS, ru
          rundir.UNREADABLE, rundir.ERROR_LOG, rundir.DATA_INFO, rundir.LOCK, rundir.OVERVIEW,
          rundir.SUBMIT_RECORD, rundir.SLURM_OUTPUT, rundir.WORKERS}
 # Not checked: rundir.BEST, 'best', is also the --weights choice that names the best/
-# checkpoint (runner.inference.WEIGHTS), a word of the command line rather than a path.
+# checkpoint (runner.commands.inference.WEIGHTS), a word of the command line rather than a path.
 
 def docstrings(tree):
     """The constant nodes that are docstrings (of the module, classes and functions)."""

@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 from conftest import subprocess_env
-from runner.runlock import RunLock, holder
+from runner.queue.runlock import RunLock, holder
 
 HOLD = """
 import sys, time
-from runner.runlock import RunLock
+from runner.queue.runlock import RunLock
 lock = RunLock(sys.argv[1])
 print('held' if lock.acquire() else 'taken', flush=True)
 time.sleep(120)

@@ -1,8 +1,8 @@
 """The learning-rate rule at and around every boundary."""
 import pytest
 
-from runner.averaging import lookahead_alpha
-from runner.schedule import piecewise_lr
+from runner.training.averaging import lookahead_alpha
+from runner.training.schedule import piecewise_lr
 
 
 def lr(schedule, step):
@@ -52,7 +52,7 @@ def test_schedule_round_trips_through_keras_serialisation():
 
 
 def test_linear_decay_after_warmup():
-    from runner.schedule import make_lr_schedule
+    from runner.training.schedule import make_lr_schedule
     # Up to the peak over the warm-up, then a straight line from it to 0, as cosine does.
     s = make_lr_schedule('linear', [0.4], [1100], warmup_steps=100)
     assert lr(s, 0) == pytest.approx(0.4 / 100)
@@ -66,7 +66,7 @@ def test_linear_decay_after_warmup():
 
 
 def test_cosine_decay_after_warmup():
-    from runner.schedule import make_lr_schedule
+    from runner.training.schedule import make_lr_schedule
     s = make_lr_schedule('cosine', [0.4], [1100], warmup_steps=100)
     assert lr(s, 0) == pytest.approx(0.0) and lr(s, 50) == pytest.approx(0.2)
     assert lr(s, 100) == pytest.approx(0.4)
@@ -90,7 +90,7 @@ def test_lookahead_alpha_grows_with_the_cube_of_progress_and_is_one_at_the_end()
 def test_piecewise_linear_at_and_between_its_knots():
     """airbench94's schedule for 476 steps at peak 1.5: 0.2x the peak at step 0, the peak at
     23% of the steps (109), 0.07x at the end; after the end the last value holds."""
-    from runner.schedule import make_lr_schedule
+    from runner.training.schedule import make_lr_schedule
     s = make_lr_schedule('piecewise_linear', [0.3, 1.5, 0.105], [0, 109, 476])
     for step, expected in {0: 0.3, 1: 0.3 + 1.2 / 109, 54: 0.3 + 1.2 * 54 / 109, 108: 0.3 + 1.2 * 108 / 109,
                            109: 1.5, 110: 1.5 - 1.395 / 367, 300: 1.5 - 1.395 * 191 / 367, 476: 0.105,
@@ -104,7 +104,7 @@ def test_piecewise_linear_at_and_between_its_knots():
 
 
 def test_piecewise_linear_needs_two_knots():
-    from runner.schedule import PiecewiseLinear
+    from runner.training.schedule import PiecewiseLinear
     with pytest.raises(ValueError):
         PiecewiseLinear([0], [0.1])
     with pytest.raises(ValueError):
@@ -117,7 +117,7 @@ def keras_round_trip(schedule):
 
 
 def test_report_marks_the_inner_knots_of_a_piecewise_linear_schedule():
-    from runner import report
+    from runner.commands import report
     run = {'metrics': [], 'config': {'train_parameters': {
         'lr_schedule': 'piecewise_linear', 'lr_values': [0.3, 1.5, 0.105], 'lr_boundaries': [0, 109, 476]}}}
     assert report.lr_changes(run) == [(109, 1.5, 'lr 1.5')]

@@ -82,7 +82,7 @@ def task_output(run_dir):
 
 
 def status_rows(capsys, logdir):
-    from runner import status
+    from runner.queue import status
     capsys.readouterr()
     assert status.main([str(logdir)]) == 0
     out = capsys.readouterr().out

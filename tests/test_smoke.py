@@ -1,4 +1,4 @@
-"""The smoke run (runner/smoke.py): passes remembered under a key and invalidated by what
+"""The smoke run (runner/queue/smoke.py): passes remembered under a key and invalidated by what
 changes a test, shared keys tested once, failures in parallel workers reported in file
 order while the others finish, SIGTERM and Ctrl-C stopping it at once, no smoke run where
 nothing is left to train, no re-test of an interrupted run's resume, no retracing warning."""
@@ -14,8 +14,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, subprocess_env
-from runner import cli, distribute, smoke, train
-from runner.config import load_experiments
+from runner import cli
+from runner.queue import smoke
+from runner.training import distribute, session, signals
+from runner.training.trainer import Trainer
+from runner.config.expand import load_experiments
 
 # A user's model module, written per test (its file's contents are part of the key).
 MODELS = '''
@@ -175,15 +178,15 @@ def test_no_smoke_run_when_finished_and_no_retest_of_an_interrupted_runs_resume(
     exp, = load_experiments(path)
     # An interrupted run, stopped as a Ctrl-C during its first step stops it: at the end of
     # that step, with a checkpoint.
-    stop = train.StopRequest()
-    first_step = train.Trainer.train_step
+    stop = signals.StopRequest()
+    first_step = Trainer.train_step
 
     def step_then_ctrl_c(trainer, iterator):
         first_step(trainer, iterator)
         stop.signal = signal.SIGINT
-    monkeypatch.setattr(train.Trainer, 'train_step', step_then_ctrl_c)
-    assert train.run(exp, quiet=True, stop=stop)['status'] == 'interrupted'
-    monkeypatch.setattr(train.Trainer, 'train_step', first_step)
+    monkeypatch.setattr(Trainer, 'train_step', step_then_ctrl_c)
+    assert session.run(exp, quiet=True, stop=stop)['status'] == 'interrupted'
+    monkeypatch.setattr(Trainer, 'train_step', first_step)
     assert cli.main([path]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert 'skip  r: resuming an interrupted run' in out and '0 to test' in out, out

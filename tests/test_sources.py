@@ -19,10 +19,14 @@ import pytest
 import tensorflow as tf
 
 from conftest import CIFAR_JPEG, ROOT, one_line_error, subprocess_env
-from runner import data as data_lib
-from runner import data_info, data_pipeline
-from runner import sources
-from runner.config import DatasetConfig
+from runner.data import (info as data_info,
+                         loader as data_loader,
+                         pipeline as data_pipeline,
+                         source as data_source,
+                         splits as data_splits,
+                         transforms as data_transforms)
+from runner.data import listings as sources
+from runner.config.schema import DatasetConfig
 
 PIL = pytest.importorskip('PIL.Image')  # installed with matplotlib, a dependency
 needs_cifar = pytest.mark.skipif(not os.path.isdir(CIFAR_JPEG),
@@ -83,7 +87,7 @@ def imagenet_folder(tmp_path_factory):
 
 def tf_pixels(path):
     """The file decoded as the pipeline decodes it (TensorFlow), uint8 [h, w, 3]."""
-    return data_lib.decode(tf.io.read_file(path)).numpy()
+    return data_transforms.decode(tf.io.read_file(path)).numpy()
 
 
 def numpy_stats(images):
@@ -148,13 +152,13 @@ def write_lists(root, sizes, tmp_path, extra_label=None):
 def test_list_files_read_the_same_images_and_labels_as_the_folder(imagenet_folder, tmp_path):
     root, sizes = imagenet_folder
     cfg = DatasetConfig(**write_lists(root, sizes, tmp_path), image_size=[MODEL_SIZE] * 2)
-    info = data_lib.describe(cfg)
+    info = data_info.describe(cfg)
     assert info.class_names == list(CLASSES) and info.num_classes == 3
     assert info.preprocessing == 'imagenet' and info.image_shape == (MODEL_SIZE, MODEL_SIZE, 3)
-    items = data_lib.listing(cfg, 'train')
+    items = data_source.listing(cfg, 'train')
     assert [os.path.relpath(p, root) for p in items.paths] == readable(sizes)
-    data = data_lib.load(cfg, info)
-    assert isinstance(data.train, data_lib.Ragged)  # whole images of varying size, in memory
+    data = data_loader.load(cfg, info)
+    assert isinstance(data.train, data_splits.Ragged)  # whole images of varying size, in memory
     want = [tf_pixels(os.path.join(root, rel)) for rel in readable(sizes)]
     assert len(data.train.images) == len(want)
     for got, exp in zip(data.train.images, want):
@@ -170,11 +174,11 @@ def test_cached_and_streamed_give_the_same_batches(imagenet_folder, tmp_path):
     for budget in (None, 0):
         cfg = DatasetConfig(**lists, image_size=[MODEL_SIZE] * 2, cache_budget_mb=budget,
                             mean_std='imagenet')
-        data = data_lib.load(cfg)
-        assert data_lib.cached(data.train) == (budget is None)
-        batches[budget] = list(data_lib.train_input(data, cfg, 8, seed=4, start_batch=3)
+        data = data_loader.load(cfg)
+        assert data_splits.cached(data.train) == (budget is None)
+        batches[budget] = list(data_loader.train_input(data, cfg, 8, seed=4, start_batch=3)
                                .take(2).as_numpy_iterator())
-        batches[budget] += list(data_lib.eval_input(data, data.test, 8).as_numpy_iterator())
+        batches[budget] += list(data_loader.eval_input(data, data.test, 8).as_numpy_iterator())
     for (xa, ya), (xb, yb) in zip(batches[None], batches[0]):
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_allclose(xa, xb, atol=1e-6)
@@ -187,11 +191,11 @@ def test_a_tfds_dataset_streamed_gives_the_batches_it_gives_from_memory(cifar10_
     for budget in (None, 0):
         cfg = DatasetConfig(name='cifar10', data_dir=cifar10_tfds_dir, cache_budget_mb=budget,
                             mean_std='cifar10', **augmentation)
-        data = data_lib.load(cfg, limit=64)
-        assert data_lib.cached(data.train) == (budget is None) and data_lib.size(data.train) == 64
-        batches[budget] = list(data_lib.train_input(data, cfg, 16, seed=1, start_batch=2)
+        data = data_loader.load(cfg, limit=64)
+        assert data_splits.cached(data.train) == (budget is None) and data_splits.size(data.train) == 64
+        batches[budget] = list(data_loader.train_input(data, cfg, 16, seed=1, start_batch=2)
                                .take(2).as_numpy_iterator())
-        batches[budget] += list(data_lib.eval_input(data, data.test, 16).as_numpy_iterator())
+        batches[budget] += list(data_loader.eval_input(data, data.test, 16).as_numpy_iterator())
     assert len(batches[0]) == 6
     for (xa, ya), (xb, yb) in zip(batches[None], batches[0]):
         np.testing.assert_array_equal(ya, yb)
@@ -226,7 +230,7 @@ def test_tfrecord_round_trip(imagenet_folder, tmp_path, monkeypatch):
     files = write_tfrecords(root, sizes, str(tmp_path / 'rec'))
     cfg = DatasetConfig(tfrecord_train=files['train'], tfrecord_test=files['test'], num_classes=3,
                         label_offset=-1, image_size=[MODEL_SIZE] * 2)
-    items = data_lib.listing(cfg, 'train')
+    items = data_source.listing(cfg, 'train')
     # every record, read alone at its byte offset: the file's bytes and its label
     parse = {'image/filename': tf.io.FixedLenFeature([], tf.string),
              'image/encoded': tf.io.FixedLenFeature([], tf.string)}
@@ -244,8 +248,8 @@ def test_tfrecord_round_trip(imagenet_folder, tmp_path, monkeypatch):
         assert int(label) == CLASSES.index(rel.split('/')[1])
     # through the pipeline, cached and streamed: the images the files hold
     for budget in (None, 0):
-        data = data_lib.load(dataclasses_replace(cfg, cache_budget_mb=budget, mean_std='imagenet'))
-        assert data_lib.cached(data.train) == (budget is None)
+        data = data_loader.load(dataclasses_replace(cfg, cache_budget_mb=budget, mean_std='imagenet'))
+        assert data_splits.cached(data.train) == (budget is None)
         ids = np.arange(len(items))
         x, y = _decode_items(data.train, ids)
         for k in (0, 9, len(ids) - 1):
@@ -260,7 +264,7 @@ def dataclasses_replace(cfg, **kw):
 
 def _decode_items(split, ids):
     """Images and labels of a cached or streamed split by listing position."""
-    if data_lib.cached(split):
+    if data_splits.cached(split):
         return [split.images[i] for i in ids], split.labels[ids]
     load = data_pipeline.item_loader(split)
     out = [load(tf.constant(i, tf.int64)) for i in ids]
@@ -275,21 +279,21 @@ def test_imagenet_style_crops_shapes_and_values():
     img = tf.constant(rng.integers(40, 200, (80, 120, 3), dtype=np.uint8))
     size = (56, 56)
     # evaluation: short side to 56 / 0.875 = 64, then the central 56 x 56
-    out = data_lib.center_crop(img, size).numpy()
+    out = data_transforms.center_crop(img, size).numpy()
     resized = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(img, (64, 96), antialias=True)), 0, 255),
                       tf.uint8).numpy()
     np.testing.assert_array_equal(out, resized[4:60, 20:76])
     # training: a window of 8%-100% of the area, aspect 3/4-4/3, resized; reproducible
-    crops = [data_lib.random_resized_crop(img, size, tf.constant([s, 1], tf.int64)).numpy()
+    crops = [data_transforms.random_resized_crop(img, size, tf.constant([s, 1], tf.int64)).numpy()
              for s in range(12)]
     assert all(c.shape == (56, 56, 3) and c.dtype == np.uint8 for c in crops)
     assert all(c.min() >= 40 - 1 and c.max() <= 200 + 1 for c in crops)  # antialiased, not beyond
     assert len({c.tobytes() for c in crops}) == 12
     np.testing.assert_array_equal(
-        crops[3], data_lib.random_resized_crop(img, size, tf.constant([3, 1], tf.int64)).numpy())
+        crops[3], data_transforms.random_resized_crop(img, size, tf.constant([3, 1], tf.int64)).numpy())
     # a smooth gradient shows the window's scale: zoomed-in crops span less of it
     ramp = tf.constant(np.tile(np.linspace(0, 255, 120)[None, :, None], (80, 1, 3)).astype(np.uint8))
-    spans = [np.ptp(data_lib.random_resized_crop(ramp, size, tf.constant([s, 2], tf.int64)).numpy()[..., 0]
+    spans = [np.ptp(data_transforms.random_resized_crop(ramp, size, tf.constant([s, 2], tf.int64)).numpy()[..., 0]
                     .astype(int)) for s in range(20)]
     assert min(spans) < 120 < max(spans)
 
@@ -297,16 +301,16 @@ def test_imagenet_style_crops_shapes_and_values():
 def test_ten_crop_is_the_corners_and_centre_of_the_resized_image_and_mirrors():
     img = tf.constant(np.random.default_rng(1).integers(0, 256, (70, 100, 3), dtype=np.uint8))
     size = (48, 48)
-    resized = data_lib.resize_short_side(img, size).numpy()
+    resized = data_transforms.resize_short_side(img, size).numpy()
     assert resized.shape == (55, 78, 3)  # 48 / 0.875 = 54.9 -> 55; 100 * 54.9 / 70 -> 78
-    views = data_lib.ten_crop(tf.constant(resized), size).numpy()
+    views = data_transforms.ten_crop(tf.constant(resized), size).numpy()
     r = resized
     want = [r[:48, :48], r[:48, -48:], r[-48:, :48], r[-48:, -48:], r[3:51, 15:63]]
     want += [v[:, ::-1] for v in want]
     assert views.shape == (10, 48, 48, 3)
     for got, exp in zip(views, want):
         np.testing.assert_array_equal(got, exp)
-    np.testing.assert_array_equal(views[4], data_lib.center_crop(img, size).numpy())
+    np.testing.assert_array_equal(views[4], data_transforms.center_crop(img, size).numpy())
 
 
 @needs_cifar
@@ -317,17 +321,17 @@ def test_train_and_eval_batches_of_each_style(imagenet_folder, style):
     mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
     cfg = DatasetConfig(image_folder=root, image_size=[size, size], preprocessing=style,
                         mean=mean, std=std, cache_budget_mb=0)
-    data = data_lib.load(cfg)
-    assert data.info.preprocessing == style and not data_lib.cached(data.train)
+    data = data_loader.load(cfg)
+    assert data.info.preprocessing == style and not data_splits.cached(data.train)
     lo = (0 - np.array(mean)) / std - 1e-5
     hi = (1 - np.array(mean)) / std + 1e-5
-    x, y = next(iter(data_lib.train_input(data, cfg, 8, seed=0)))
+    x, y = next(iter(data_loader.train_input(data, cfg, 8, seed=0)))
     assert x.shape[1:] == (size, size, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
     assert 7 <= x.shape[0] <= 8  # one short where an unreadable file was drawn
     # every value a normalised pixel (the cifar style's zero padding, 0, is the mean colour)
     assert (x.numpy() >= lo).all() and (x.numpy() <= hi).all()
     assert set(y.numpy()) <= {0, 1, 2}
-    batches = list(data_lib.eval_input(data, data.test, 5))
+    batches = list(data_loader.eval_input(data, data.test, 5))
     assert [b[0].shape[0] for b in batches] == [5, 5, 2]
     for xb, _ in batches:
         assert xb.shape[1:] == (size, size, 3)
@@ -342,8 +346,8 @@ def test_train_and_eval_batches_of_each_style(imagenet_folder, style):
 def test_bad_files_are_skipped_counted_and_named_never_stopping(imagenet_folder, budget, capsys):
     root, sizes = imagenet_folder
     cfg = DatasetConfig(image_folder=root, image_size=[MODEL_SIZE] * 2, cache_budget_mb=budget)
-    data = data_lib.load(cfg)  # computes mean and std: reads every training file
-    assert data_lib.cached(data.train) == (budget is None)
+    data = data_loader.load(cfg)  # computes mean and std: reads every training file
+    assert data_splits.cached(data.train) == (budget is None)
     warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning: data:')]
     assert len(warnings) == 1, warnings
     assert '2 unreadable image file(s) skipped' in warnings[0]
@@ -355,12 +359,12 @@ def test_bad_files_are_skipped_counted_and_named_never_stopping(imagenet_folder,
     np.testing.assert_allclose(data.std, std, atol=2e-6)
     # One epoch of training batches of 2: every readable image once; a batch that drew a
     # bad file (streamed) is one image short.
-    n = data_lib.size(data.train)
+    n = data_splits.size(data.train)
     assert n == (38 if budget is None else 40)
-    counts = [len(y) for _, y in data_lib.train_input(data, cfg, 2, seed=3).take(n // 2)]
+    counts = [len(y) for _, y in data_loader.train_input(data, cfg, 2, seed=3).take(n // 2)]
     assert sum(counts) == 38 and min(counts) >= 1
     assert len(data.train.unreadable) == 2
-    assert data_lib.unreadable_report(data) is None, 'nothing new to report'
+    assert data_loader.unreadable_report(data) is None, 'nothing new to report'
 
 
 def test_label_outside_the_class_range_is_one_line_before_training(imagenet_folder, tmp_path, capsys):
@@ -386,7 +390,7 @@ def test_label_outside_the_class_range_is_one_line_before_training(imagenet_fold
 # python -m runner stats
 
 def run_stats(capsys, *argv):
-    from runner import stats
+    from runner.commands import stats
     code = stats.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
@@ -474,9 +478,9 @@ def test_stats_of_an_experiment_file_are_what_training_computes(imagenet_folder,
     [listed], _ = stats_json(capsys, path, '--experiment', 'listed_batch_size-16')
     assert listed['experiments'] == ['listed_batch_size-16']
     assert dict(listed, experiments=None) == dict(results[1], experiments=None)
-    from runner.config import load_experiments
+    from runner.config.expand import load_experiments
     for r, exp in zip(results, load_experiments(str(path))[:2]):
-        data = data_lib.load(exp.dataset)
+        data = data_loader.load(exp.dataset)
         np.testing.assert_allclose(r['mean'], data.mean, atol=1e-6)
         np.testing.assert_allclose(r['std'], data.std, atol=1e-6)
     # cifar style: resized to the model size first, so not the whole images' statistics
@@ -522,8 +526,12 @@ def test_stats_errors_are_one_line_exit_2(argv, needle, tmp_path, capsys):
 # would not do, Linux carries it across exec from the parent (pytest, gigabytes by then).
 MEMORY_SCRIPT = """
 import json, sys
-from runner import data as data_lib
-from runner.config import DatasetConfig
+from runner.data import (info as data_info,
+                         loader as data_loader,
+                         source as data_source,
+                         splits as data_splits,
+                         transforms as data_transforms)
+from runner.config.schema import DatasetConfig
 
 def peak_mb():
     with open('/proc/self/status') as f:
@@ -533,10 +541,10 @@ out = []
 for budget in [int(b) for b in sys.argv[2:]]:  # 0: streamed; else cached, after the streamed run
     cfg = DatasetConfig(image_folder=sys.argv[1], image_size=[64, 64], preprocessing='imagenet',
                         cache_budget_mb=budget, mean_std='imagenet')
-    data = data_lib.load(cfg)
-    n = data_lib.size(data.train)
-    seen = sum(len(y) for _, y in data_lib.train_input(data, cfg, 20, seed=0).take(n // 20))
-    out.append({'cached': data_lib.cached(data.train), 'images': seen,
+    data = data_loader.load(cfg)
+    n = data_splits.size(data.train)
+    seen = sum(len(y) for _, y in data_loader.train_input(data, cfg, 20, seed=0).take(n // 20))
+    out.append({'cached': data_splits.cached(data.train), 'images': seen,
                 'peak_mb': peak_mb()})
 print(json.dumps(out))
 """
@@ -651,7 +659,7 @@ def test_a_few_training_steps_through_each_source(trained):
 def test_evaluate_10crop_of_an_imagenet_style_run(trained):
     """The ten views are the corners and centre of the image resized to a short side of
     48 / 0.875 = 55, and their mirrors: computed here by hand and run through the model."""
-    from runner import evaluate, inference
+    from runner.commands import evaluate, inference
     assert trained['proc'].returncode == 0, trained['proc'].stderr[-3000:]
     run_dir = str(trained['logs'] / 'folder')
     results = {tta: evaluate.evaluate_runs([run_dir], tta=tta, weights='last', write=False)[0]
@@ -659,7 +667,7 @@ def test_evaluate_10crop_of_an_imagenet_style_run(trained):
     r = results['10crop']
     assert r['examples'] == 12 and r['preprocessing'] == 'imagenet'
     run = inference.load_run(run_dir, 'last')
-    items = data_lib.listing(run.exp.dataset, 'test')
+    items = data_source.listing(run.exp.dataset, 'test')
     np.testing.assert_array_equal(r['labels'], items.labels)
     for k in (0, 5, 11):
         img = tf_pixels(items.paths[k])
@@ -672,7 +680,7 @@ def test_evaluate_10crop_of_an_imagenet_style_run(trained):
         cy, cx = (nh - s) // 2, (nw - s) // 2
         views = [big[:s, :s], big[:s, -s:], big[-s:, :s], big[-s:, -s:], big[cy:cy + s, cx:cx + s]]
         views = np.stack(views + [v[:, ::-1] for v in views])
-        x = data_lib.normalize(views, run.mean, run.std)
+        x = data_transforms.normalize(views, run.mean, run.std)
         probs = tf.nn.softmax(run.model(x, training=False), axis=-1).numpy()
         np.testing.assert_allclose(r['probabilities'][k], probs.mean(0), atol=1e-5)
         # without TTA: the centre view alone
@@ -683,24 +691,24 @@ def test_evaluate_10crop_of_an_imagenet_style_run(trained):
 def test_predict_of_an_imagenet_style_run_centre_crops_as_evaluation_does(trained):
     """predict reads a file as the evaluation pipeline does (short side to size/0.875, centre
     crop), not squashed to the model size: the same probabilities as evaluate."""
-    from runner import evaluate, inference, predict
+    from runner.commands import evaluate, inference, predict
     assert trained['proc'].returncode == 0, trained['proc'].stderr[-3000:]
     run_dir = str(trained['logs'] / 'folder')
     ev = evaluate.evaluate_runs([run_dir], tta='none', weights='last', write=False)[0]
     run = inference.load_run(run_dir, 'last')
     assert run.info.preprocessing == 'imagenet'
-    items = data_lib.listing(run.exp.dataset, 'test')
+    items = data_source.listing(run.exp.dataset, 'test')
     # images that are not square, where squashing and centre-cropping differ
     picks = [k for k in range(len(items)) if len(set(tf_pixels(items.paths[k]).shape[:2])) == 2][:3]
     assert picks
     read = predict.read_images([items.paths[k] for k in picks], run.image_size, run.info.preprocessing)
-    x = data_lib.normalize(np.stack([img for _, img, _ in read]), run.mean, run.std)
+    x = data_transforms.normalize(np.stack([img for _, img, _ in read]), run.mean, run.std)
     probs = tf.nn.softmax(run.model(x, training=False), axis=-1).numpy()
     np.testing.assert_allclose(probs, ev['probabilities'][picks], atol=1e-5)
 
 
 def test_relocate_dataset_keeps_the_layout_under_the_moved_folder():
-    from runner.inference import relocate_dataset
+    from runner.commands.inference import relocate_dataset
     lists = {'list_root': '/data/x/images', 'train_list': '/data/x/lists/train.txt',
              'test_list': '/data/x/lists/test.txt', 'class_names_file': '/data/x/lists/names.txt'}
     assert relocate_dataset(lists, '/mnt/x') == {
@@ -723,8 +731,8 @@ def test_evaluate_data_dir_finds_moved_lists_and_tfrecords(trained, name, tmp_pa
     """A run whose list files / TFRecords now live elsewhere: config.yaml names a folder that
     is gone, --data-dir the one that holds the same layout, and the evaluation is the same."""
     import yaml
-    from runner import evaluate
-    from runner.inference import relocate_dataset
+    from runner.commands import evaluate
+    from runner.commands.inference import relocate_dataset
     assert trained['proc'].returncode == 0, trained['proc'].stderr[-3000:]
     run_dir = str(trained['logs'] / name)
     before = evaluate.evaluate_runs([run_dir], weights='last', write=False)[0]
@@ -769,11 +777,11 @@ def test_a_list_or_names_file_that_is_not_text_is_one_line(tmp_path, capsys):
         with pytest.raises(sources.SourceError, match=f"^dataset.class_names_file: '{f}' is not a text file$"):
             sources.read_class_names(str(f))
     # the stats command: one error line, exit status 2, no traceback
-    from runner import stats
+    from runner.commands import stats
     exp = _tiny_experiment(tmp_path, {'train_list': str(png), 'test_list': str(png)})
     one_line_error(capsys, stats.main([str(exp)]), 2, 'dataset.train_list', str(png), 'is not a text file')
     (tmp_path / 'names.png').write_bytes(png.read_bytes())
-    with pytest.raises(data_lib.DataUnavailable, match='dataset.class_names_file: .* is not a text file'):
+    with pytest.raises(data_source.DataUnavailable, match='dataset.class_names_file: .* is not a text file'):
         data_info.resolve_info(DatasetConfig(class_names_file=str(tmp_path / 'names.png')), 'x', None, None, [(4, 4)])
 
 
@@ -864,7 +872,7 @@ def test_a_wrong_tfrecord_image_key_is_named(tmp_path, monkeypatch, capsys):
     with pytest.raises(sources.SourceError, match="no bytes feature 'image/class/label'"):
         sources.tfrecord_listing(str(tmp_path / 'train-*'), 'tfrecord_train', 'train',
                                  image_key='image/class/label')
-    from runner import stats
+    from runner.commands import stats
     exp = _tiny_experiment(tmp_path, {'tfrecord_train': str(tmp_path / 'train-*'), 'num_classes': 2,
                                       'tfrecord_test': str(tmp_path / 'test-*'),
                                       'tfrecord_image_key': 'image/jpeg'})
@@ -880,15 +888,15 @@ def test_a_wrong_tfrecord_image_key_is_named(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize('budget', [None, 0], ids=['cached', 'streamed'])
 def test_stats_hold_out_the_validation_images_as_training_does(budget, tmp_path, capsys):
     from conftest import make_image_folder
-    from runner.config import load_experiments
+    from runner.config.expand import load_experiments
     root = make_image_folder(tmp_path / 'imgs', splits=(('train', 10), ('test', 1)), classes=2, size=8)
     dataset = {'image_folder': root, 'validation_fraction': 0.25, 'stats_sample': 0}
     if budget is not None:
         dataset['cache_budget_mb'] = budget
     exp = _tiny_experiment(tmp_path, dataset)
     [r], _ = stats_json(capsys, exp)
-    data = data_lib.load(load_experiments(str(exp))[0].dataset)
-    assert data_lib.cached(data.train) == (budget is None) and data_lib.size(data.train) == 15
+    data = data_loader.load(load_experiments(str(exp))[0].dataset)
+    assert data_splits.cached(data.train) == (budget is None) and data_splits.size(data.train) == 15
     np.testing.assert_allclose(r['mean'], data.mean, atol=1.5e-6)
     np.testing.assert_allclose(r['std'], data.std, atol=1.5e-6)
     assert r['images'] == r['listed'] == 15 and r['held_out'] == 5

@@ -29,7 +29,7 @@ def experiment(images, logdir, run_name, steps=30, **train):
 
 
 def assert_trained_once(run_dir, steps):
-    """One event file of training (beside runner.tboard's overview, which every session
+    """One event file of training (beside runner.training.tboard's overview, which every session
     rewrites), every logged step once and in order, finished at `steps`."""
     from runner import rundir
     trained = set(glob.glob(os.path.join(run_dir, 'events.out.tfevents.*'))) - {rundir.RunDir(run_dir).overview}
@@ -59,7 +59,7 @@ def test_two_processes_on_one_queue_never_train_a_run_twice(images, tmp_path, ca
         assert rc == 0, err
         assert re.search(rf'^0 +a .*running in \S+ pid {a.proc.pid}$', out, re.M), out
         assert re.search(r'^1 +b .* -$', out, re.M), out
-        from runner import report
+        from runner.commands import report
         runs, _ = report.find_runs(str(logdir))
         assert [r['status'] for r in runs if r['name'] == 'a'] == ['running'], runs
 

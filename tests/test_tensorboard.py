@@ -242,7 +242,7 @@ def session_status(run_dir):
                                            ('finished', 'STATUS_SUCCESS')])
 def test_a_session_end_status_replaces_the_last_one(tb_runs, tmp_path, status, shown):
     import shutil
-    from runner import tboard
+    from runner.training import tboard
     run_dir = tmp_path / 'run'
     shutil.copytree(os.path.join(tb_runs['logdir'], 'lists'), run_dir)
     tboard.set_status(str(run_dir), status)
@@ -250,14 +250,14 @@ def test_a_session_end_status_replaces_the_last_one(tb_runs, tmp_path, status, s
 
 
 def test_a_run_failing_in_the_cli_shows_failure_in_hparams(tb_runs, tmp_path):
-    """train.record_failure, as the command line calls it for an exception, sets the status."""
+    """failures.record_failure, as the command line calls it for an exception, sets the status."""
     import shutil
-    from runner import train
-    from runner.config import experiment_from_dict
+    from runner.training import failures
+    from runner.config.expand import experiment_from_dict
     shutil.copytree(os.path.join(tb_runs['logdir'], 'lists'), tmp_path / 'lists')
     exp = experiment_from_dict({'model': 'tiny_cnn', 'module': 'tiny_models',
                                 'train_parameters': {'logdir': str(tmp_path), 'run_name': 'lists'}})
-    train.record_failure(exp, RuntimeError('out of memory'))
+    failures.record_failure(exp, RuntimeError('out of memory'))
     assert session_status(str(tmp_path / 'lists'))['end'] == ['STATUS_FAILURE']
 
 
@@ -267,7 +267,7 @@ def test_runs_starting_at_once_all_have_their_values_declared(tmp_path):
     import threading
     from tensorboard.plugins.hparams import metadata
     import tensorflow as tf
-    from runner import tboard
+    from runner.training import tboard
     threads = [threading.Thread(target=tboard.declare_experiment, args=(str(tmp_path), {'seed': k, 'model': 'm'}))
                for k in range(8)]
     for t in threads:
