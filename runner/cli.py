@@ -70,6 +70,13 @@ class Checked:
     note: str = ''
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
     queue_index: int = 0  # its position among the selected runs: --index, --shard, --list
+    num_classes: int = 10  # of its data, for the size of what it writes (checkpoints.run_bytes)
+
+    @property
+    def disk_bytes(self):
+        """About how much the run writes: what its log directory must have free."""
+        from runner.training import checkpoints
+        return checkpoints.run_bytes(self.exp, self.params, self.num_classes)
 
 
 def load_all(files, overrides, only=()):
@@ -234,7 +241,7 @@ def validate(experiments, restarting=(), need_data=True):
             raise ConfigError(f'{exp.label}: {e}') from None
         shape = 'x'.join(str(d) for d in info.image_shape)
         return Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
-                       ready, start_over=start_over)
+                       ready, start_over=start_over, num_classes=info.num_classes)
     return collect_errors(experiments, check)
 
 
@@ -290,7 +297,6 @@ def _table(rows):
 def train_all(checked, fail_fast):
     """Train each run this process can claim; a run another live process holds is skipped
     (see the module docstring for what that means for the exit status)."""
-    from runner.training import checkpoints
     results = []
     for c in checked:
         exp = c.exp
@@ -299,7 +305,7 @@ def train_all(checked, fail_fast):
         if previous:
             results.append(previous)
             continue
-        problem = rundir.check_writable(exp.train_parameters.logdir, checkpoints.checkpoint_bytes(c.params),
+        problem = rundir.check_writable(exp.train_parameters.logdir, c.disk_bytes,
                                         run_dir)
         lock = None
         if not problem:
@@ -467,7 +473,9 @@ def checked_share(args):
     need_data = not (args.smoke or args.list)
     if load_error:
         # Mistakes in the files: the experiments without one are validated too, so that
-        # every problem is reported in this one round.
+        # every problem is reported in this one round (without TensorFlow when none is left).
+        if not experiments:
+            raise load_error
         quiet_tensorflow([])
         try:
             validate(experiments, restarting, need_data=need_data)
@@ -525,9 +533,8 @@ def restarted_runs(names, experiments):
 
 def unwritable(checked):
     """'<experiment>: <why>' for the first run whose logdir cannot take it, or None."""
-    from runner.training import checkpoints
     for c in checked:
-        problem = rundir.check_writable(c.exp.train_parameters.logdir, checkpoints.checkpoint_bytes(c.params),
+        problem = rundir.check_writable(c.exp.train_parameters.logdir, c.disk_bytes,
                                         RunDir.of(c.exp))
         if problem:
             return f'{c.exp.label}: {problem}'

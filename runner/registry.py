@@ -60,8 +60,12 @@ def resolve_model_fn(exp):
             mod = importlib.import_module(exp.module)
         except ModuleNotFoundError as e:
             raise ConfigError(f"module: cannot import '{exp.module}' ({e})") from None
+        except SystemExit as e:  # sys.exit() at import: the command would end saying nothing
+            raise ConfigError(f"module: importing '{exp.module}' called sys.exit({e.code!r}); a "
+                              f"model module must not exit") from None
         except Exception as e:  # an error inside the user's module
-            raise ConfigError(f"module: importing '{exp.module}' failed: {type(e).__name__}: {e}") from None
+            raise ConfigError(f"module: importing '{exp.module}' failed: {type(e).__name__}: "
+                              f"{first_line(e)}") from None
         fn = getattr(mod, exp.model, None)
         if fn is None and exp.module.split('.')[0] == ZOO_PACKAGE:
             fn = getattr(mod, SEED_MODEL_NAMES.get(exp.model, ''), None)
@@ -164,7 +168,7 @@ def build_model(exp, input_shape, num_classes):
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model_parameters: '{exp.model}' cannot be built with these "
                           f"parameters: {first_line(e)}") from None
-    except Exception as e:  # a bug in a model function: say where, in one line
+    except (Exception, SystemExit) as e:  # a bug in a model function: say where, in one line
         tb = traceback.extract_tb(e.__traceback__)[-1]
         raise ConfigError(f"model: building '{exp.model}' raised {type(e).__name__}: {first_line(e)} "
                           f"({tb.filename}:{tb.lineno})") from None

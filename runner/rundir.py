@@ -24,7 +24,9 @@ import datetime
 import errno
 import glob
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 
@@ -47,6 +49,10 @@ LOCK = '.lock'
 OVERVIEW = 'events.out.tfevents.0.overview'  # '0': sorts before the run's timed event files
 SUBMIT_RECORD = 'slurm.json'     # the array job and task a run was submitted as (runner.queue.slurm)
 SLURM_OUTPUT = 'slurm.out'       # what a run's Slurm tasks printed, every allocation appended
+# A checkpoint's index file, as tf.train.CheckpointManager names it (its step is the number).
+_CHECKPOINT_INDEX = re.compile(r'.*-(\d+)\.index')
+# summary.json and config.yaml are read up to this many bytes (the runner's are a few KB).
+MAX_RECORD_BYTES = 1 << 20
 # In logdir, beside the runs: the scratch directories of a multi-worker run's other workers.
 WORKERS = '.workers'
 # Directories in a run directory that hold no run of their own (report walks the rest).
@@ -128,38 +134,81 @@ def write_atomic(path, text):
         raise
 
 
+# The keys of summary.json that the runner's readers (status, report, the results table, a
+# resume) use, with the types it writes them as: a summary.json with another type in one of
+# them is damaged, as one that is no JSON mapping is (a file edited by hand, another tool's).
+_NUMBER = (int, float)
+SUMMARY_TYPES = {
+    'status': str, 'run_name': str, 'model': str, 'error': str, 'eval_split': str,
+    'selection_split': str, 'precision': str, 'steps': int, 'total_steps': int, 'params': int,
+    'paper': dict, 'sessions': list, 'test_top1_accuracy': _NUMBER,
+    'best_test_top1_accuracy': _NUMBER, 'val_top1_accuracy': _NUMBER,
+    'train_images_per_second': _NUMBER, 'wall_seconds': _NUMBER,
+}
+
+
+def summary_problem(data):
+    """Why `data` (a summary.json as parsed) is not one the runner writes, or None."""
+    if not isinstance(data, dict):
+        return 'not a mapping of keys'
+    for key, types in SUMMARY_TYPES.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            return f"its '{key}' is {type(value).__name__} {str(value)[:40]!r}"
+    return None
+
+
 def damaged(run_dir):
     """'<path>: <why>' for a config.yaml or summary.json of the run that exists but does not
-    read as a mapping (a file edited by hand, a copy cut short), or None. Such a run cannot be
-    resumed or compared with its experiment; the runner writes both files atomically, so
-    it never leaves them so itself."""
+    read as the runner writes it (not a mapping; for summary.json, a key of another type):
+    a file edited by hand, a copy cut short, another tool's. Such a run cannot be resumed or
+    compared with its experiment; the runner writes both files atomically, so it never
+    leaves them so itself."""
     import yaml
     for name, parse in ((CONFIG, yaml.safe_load), (SUMMARY, json.loads)):
         path = os.path.join(run_dir, name)
         try:
             with open(path, encoding='utf-8') as f:
-                data = parse(f.read())
+                data = parse(f.read(MAX_RECORD_BYTES))
         except FileNotFoundError:
             continue
-        except (OSError, ValueError, yaml.YAMLError) as e:
+        except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:
             reason = e.strerror if isinstance(e, OSError) else first_line(e)
             return f'{path}: cannot be read ({reason})'
-        if not isinstance(data, dict):
-            return f'{path}: cannot be read (not a mapping of keys)'
+        problem = summary_problem(data) if name == SUMMARY else (
+            None if isinstance(data, dict) else 'not a mapping of keys')
+        if problem:
+            return f'{path}: cannot be read ({problem})'
     return None
 
 
 def read_summary(run_dir):
+    """The run's summary, or None when it has none or a damaged one (see `damaged`)."""
     try:
-        with open(RunDir(run_dir).summary) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with open(RunDir(run_dir).summary, encoding='utf-8') as f:
+            data = json.loads(f.read(MAX_RECORD_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
+    return None if summary_problem(data) else data
 
 
 def is_finished(summary, total_steps):
     """Whether a run's summary (or None) says it trained all of `total_steps`."""
     return bool(summary) and summary.get('status') == 'finished' and summary.get('steps', 0) >= total_steps
+
+
+def newest_checkpoint_step(run_dir):
+    """The step of the newest checkpoint file in the run's checkpoints/ (its name, `ckpt-<step>.index`;
+    no TensorFlow), or None. What a run has trained when its summary.json is lost or damaged."""
+    try:
+        names = os.listdir(RunDir(run_dir).checkpoints)
+    except OSError:
+        return None
+    steps = [int(m[1]) for m in map(_CHECKPOINT_INDEX.fullmatch, names) if m]
+    return max(steps, default=None)
 
 
 def write_summary(run_dir, summary):
@@ -188,32 +237,46 @@ def append_metrics(run_dir, record):
 
 
 def read_metrics(run_dir):
-    out = []
+    """The records of metrics.jsonl: each line that is a JSON mapping, in order."""
+    return read_metrics_counted(run_dir)[0]
+
+
+def read_metrics_counted(run_dir):
+    """(the records of metrics.jsonl, how many of its lines are not a record): a line cut short
+    by a kill, or damage (bytes that are no UTF-8, JSON that is no mapping) are left out."""
+    records, bad = [], 0
     try:
-        with open(RunDir(run_dir).metrics) as f:
+        with open(RunDir(run_dir).metrics, 'rb') as f:
             for line in f:
                 try:
-                    out.append(json.loads(line))
-                except ValueError:  # a line cut short by a kill
-                    pass
+                    record = json.loads(line)
+                except (ValueError, RecursionError):
+                    record = None
+                if isinstance(record, dict):
+                    records.append(record)
+                elif line.strip():
+                    bad += 1
     except OSError:
         pass
-    return out
+    return records, bad
 
 
 def truncate_history(run_dir, step):
-    """Drop everything logged after `step`, the step a resumed run restarts from.
+    """Drop everything logged after `step`, the step a resumed run restarts from, and every line
+    of metrics.jsonl that is not a record; returns how many such lines were dropped.
 
     The steps between the last checkpoint and a kill are trained again after resume;
     without this, TensorBoard and metrics.jsonl would show them twice.
     """
-    records = [r for r in read_metrics(run_dir) if r.get('step', 0) <= step]
+    records, bad = read_metrics_counted(run_dir)
+    records = [r for r in records if not isinstance(r.get('step'), _NUMBER) or r['step'] <= step]
     write_atomic(RunDir(run_dir).metrics, ''.join(json.dumps(r) + '\n' for r in records))
     for path in sorted(glob.glob(os.path.join(run_dir, 'events.out.tfevents.*'))):
         if path.endswith('.tmp'):
             os.remove(path)
             continue
         _truncate_event_file(path, step)
+    return bad
 
 
 def _truncate_event_file(path, step):
@@ -255,12 +318,41 @@ def remove_partial_checkpoints(run_dir):
         shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
+def link_out_of(logdir, run_dir):
+    """The first symbolic link that leads out of `logdir` on the way from it to `run_dir`, or
+    at or anywhere inside `run_dir` (a link that stays inside logdir is fine), or None. The
+    runner writes a run only inside its logdir: through such a link it would write elsewhere."""
+    base = os.path.realpath(logdir)
+
+    def leads_out(path):
+        target = os.path.realpath(path)
+        return os.path.islink(path) and target != base and not target.startswith(base + os.sep)
+    path = logdir
+    for part in os.path.relpath(run_dir, logdir).split(os.sep):
+        path = os.path.join(path, part)
+        if leads_out(path):
+            return path
+    for root, dirs, files in os.walk(run_dir):  # which does not follow links
+        for name in sorted(dirs + files):
+            if leads_out(os.path.join(root, name)):
+                return os.path.join(root, name)
+    return None
+
+
 def check_writable(logdir, need_bytes, run_dir=None):
     """One clear line if the log directory, or the run directory in it when that exists
-    already (a resume), cannot take a run; None if they can."""
+    already (a resume), cannot take a run of `need_bytes`; None if they can. Creates nothing: a
+    log directory not made yet is judged by the nearest directory above it that exists."""
+    if run_dir is not None:
+        link = link_out_of(logdir, run_dir)
+        if link:
+            return (f"{link} is a symbolic link to {os.path.realpath(link)}, out of the log "
+                    f"directory; a run is written only inside logdir")
+    existing = os.path.abspath(logdir)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(logdir, exist_ok=True)
-        _probe(logdir)
+        _probe(existing)
     except OSError as e:
         return f"train_parameters.logdir: cannot write to '{logdir}': {e.strerror}"
     for path in (run_dir, run_dir and RunDir(run_dir).checkpoints):
@@ -269,10 +361,11 @@ def check_writable(logdir, need_bytes, run_dir=None):
                 _probe(path)
             except OSError as e:
                 return f"cannot write to the run directory '{path}': {e.strerror}"
-    free = shutil.disk_usage(logdir).free
+    free = shutil.disk_usage(existing).free
     if free < need_bytes:
-        return (f"train_parameters.logdir: '{logdir}' has {free / 2**20:.0f} MiB free, a run "
-                f"needs about {need_bytes / 2**20:.0f} MiB for its checkpoints")
+        return (f"train_parameters.logdir: '{logdir}' has {free / 2**20:.1f} MiB free, a run "
+                f"needs about {need_bytes / 2**20:.1f} MiB (its checkpoints and logs, with a "
+                f"margin)")
     return None
 
 

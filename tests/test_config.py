@@ -396,7 +396,7 @@ def test_the_reference_shows_choices_ranges_and_what_may_change_on_resume(capsys
     assert rows['key'][3:5] == ['allowed', 'on resume']
     assert rows['train_parameters.momentum'][3:5] == ['[0, 1)', '']
     assert rows['train_parameters.batch_size'][3:5] == ['>= 1', '']
-    assert rows['train_parameters.steps'][3:5] == ['>= 1', 'may change']
+    assert rows['train_parameters.steps'][3:5] == ['[1, 1000000000]', 'may change']
     assert rows['train_parameters.optimizer'][3] == 'sgd, adamw, lion, lamb, muon'
     assert rows['dataset.std'][3] == 'each > 0'
     assert rows['dataset.cache_budget_mb'][1:3] == ['integer', '`2048`']

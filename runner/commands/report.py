@@ -48,10 +48,10 @@ def build_parser():
 
 def _read_yaml(path):
     try:
-        with open(path) as f:
-            d = yaml.safe_load(f)
+        with open(path, encoding='utf-8') as f:
+            d = yaml.safe_load(f.read(rundir.MAX_RECORD_BYTES))
         return d if isinstance(d, dict) else {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
         return {}
 
 
@@ -90,12 +90,41 @@ def find_runs(logdir):
     return runs, superseded
 
 
+def _typed(mapping, types):
+    """The items of `mapping` (if it is one) whose values have the types the runner writes
+    ({key: type or tuple of types}; bools are not numbers): what a damaged file still says."""
+    if not isinstance(mapping, dict):
+        return {}
+    return {k: v for k, v in mapping.items() if k in types and isinstance(v, types[k])
+            and not isinstance(v, bool) and not (isinstance(v, float) and not math.isfinite(v))}
+
+
+NUMBER = (int, float)
+PAPER_TYPES = {'top1_error': NUMBER, 'source': str}
+SCHEDULE_TYPES = {'lr_values': list, 'lr_boundaries': list, 'lr_schedule': str, 'warmup_steps': int,
+                  'steps': int}
+METRIC_TYPES = {'kind': str, 'step': int, 'error': NUMBER, 'top1_error': NUMBER, 'lr': NUMBER}
+
+
+def _schedule(config):
+    """train_parameters of a run's config.yaml as far as the curves read it, with the
+    values of wrong types (a file edited by hand) left out."""
+    tp = _typed(config.get('train_parameters'), SCHEDULE_TYPES)
+    for key in ('lr_values', 'lr_boundaries'):
+        if key in tp and not all(isinstance(v, NUMBER) and not isinstance(v, bool) and math.isfinite(v)
+                                 for v in tp[key]):
+            del tp[key]
+    return tp
+
+
 def load_run_record(run_dir, name, summary=None):
-    summary = summary if summary is not None else (rundir.read_summary(run_dir) or {})
-    config = _read_yaml(RunDir(run_dir).config)
-    metrics = rundir.read_metrics(run_dir)
-    paper = dict(config.get('paper') or {})
-    paper.update({k: v for k, v in (summary.get('paper') or {}).items() if v is not None})
+    damage = rundir.damaged(run_dir)
+    summary = {} if damage else summary if summary is not None else (rundir.read_summary(run_dir) or {})
+    config = {} if damage else _read_yaml(RunDir(run_dir).config)
+    config = dict(config, train_parameters=_schedule(config), paper=_typed(config.get('paper'), PAPER_TYPES))
+    metrics = [_typed(m, METRIC_TYPES) for m in rundir.read_metrics(run_dir)]
+    paper = dict(config['paper'])
+    paper.update({k: v for k, v in _typed(summary.get('paper'), PAPER_TYPES).items() if v is not None})
 
     def err(key):
         v = summary.get(key)
@@ -103,7 +132,7 @@ def load_run_record(run_dir, name, summary=None):
     tp = config.get('train_parameters') or {}
     return {
         'dir': run_dir, 'name': name, 'summary': summary, 'config': config, 'metrics': metrics,
-        'model': summary.get('model') or config.get('model') or '?',
+        'model': summary.get('model') or (config['model'] if isinstance(config.get('model'), str) else '?'),
         'params': summary.get('params'),
         'steps': summary.get('steps'),
         'total_steps': summary.get('total_steps') or tp.get('steps') or (tp.get('lr_boundaries') or [None])[-1],
@@ -115,8 +144,9 @@ def load_run_record(run_dir, name, summary=None):
         'images_per_second': summary.get('train_images_per_second'),
         'wall_seconds': summary.get('wall_seconds'),
         # A run whose lock a live process holds is training now, whatever its summary says.
-        'status': 'running' if runlock.holder(run_dir) is not None else summary.get('status') or '?',
-        'error': summary.get('error'),
+        'status': ('running' if runlock.holder(run_dir) is not None else 'damaged' if damage
+                   else summary.get('status') or '?'),
+        'error': damage or summary.get('error'),
     }
 
 

@@ -9,9 +9,15 @@ import re
 from runner.common import did_you_mean
 from runner.config.errors import ConfigError
 from runner.config.convert import SECTIONS, unknown_key
-from runner.config.schema import (OPTIMIZER_DEFAULTS, Experiment, TrainConfig, default_of, nullable,
-                                  schema_fields, uses_sgd)
-from runner.rundir import RunDir
+from runner.config.schema import (MAX_STEPS, OPTIMIZER_DEFAULTS, Experiment, TrainConfig, default_of,
+                                  nullable, schema_fields, uses_sgd)
+from runner.rundir import RunDir, link_out_of
+
+# A run name, in UTF-8 bytes: its last part with `.restarted-<time>` (--restart) stays within the
+# 255 bytes a file name may have (NAME_MAX), and report's `curve-<name>.png` too.
+MAX_RUN_NAME_BYTES = 200
+# A run directory's absolute path, in bytes: room within PATH_MAX (4096) for the run's own files.
+MAX_RUN_DIR_BYTES = 3800
 
 
 def check_values(exp):
@@ -21,9 +27,9 @@ def check_values(exp):
     tp, ds = exp.train_parameters, exp.dataset
     _check_schedule(tp)
     for name, step in tp.freeze_after.items():
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEPS:
             raise ConfigError(f'train_parameters.freeze_after.{name}: expected a step (an integer '
-                              f'from 0), got {step!r}')
+                              f'from 0 to {MAX_STEPS}), got {step!r}')
     _check_optimizer(tp)
     _check_dataset(ds)
     problem = run_name_problem(exp.run_name)
@@ -120,6 +126,8 @@ def run_name_problem(name):
                 "empty part, not absolute)")
     if any(part.startswith('.') for part in name.split('/')):
         return "has a part that is '.', '..' or starts with '.'; a run name is a name, not a path"
+    if len(name.encode()) > MAX_RUN_NAME_BYTES:
+        return f'is longer than {MAX_RUN_NAME_BYTES} bytes (a file name may have 255)'
     return None
 
 
@@ -181,6 +189,7 @@ def check_unique_run_names(experiments):
     of the outer one would carry the inner one away)."""
     seen = {}
     for exp in experiments:
+        run_dir_problem(exp)
         key = os.path.realpath(RunDir.of(exp))
         if key in seen:
             same = '' if seen[key].run_name == exp.run_name else f' (both are {key})'
@@ -193,3 +202,20 @@ def check_unique_run_names(experiments):
                                   f"'{first.run_name}' of {first.label}: one run directory would "
                                   f"hold the other ({inner})")
         seen[key] = exp
+
+
+def run_dir_problem(exp):
+    """A run directory the runner must not write: one whose path is too long for the file system,
+    or one that a symbolic link leads out of logdir (the run directory, a directory on the way
+    to it, or anything in it), whose files would land elsewhere and whose runs status and report
+    of logdir would not see. ConfigError naming the run."""
+    run_dir = RunDir.of(exp)
+    size = len(os.fsencode(os.path.abspath(run_dir)))
+    if size > MAX_RUN_DIR_BYTES:
+        raise ConfigError(f'{exp.label}: train_parameters.logdir: the run directory\'s path is '
+                          f'{size} bytes long, more than {MAX_RUN_DIR_BYTES}')
+    link = link_out_of(exp.train_parameters.logdir, run_dir)
+    if link:
+        raise ConfigError(f"{exp.label}: train_parameters.run_name: {link} is a symbolic link to "
+                          f"{os.path.realpath(link)}, out of the log directory; a run is written "
+                          f"only inside logdir (remove the link, or set logdir there)")

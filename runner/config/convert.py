@@ -8,13 +8,21 @@ from typing import Any, Dict, List, Union
 
 from runner.common import did_you_mean
 from runner.config.errors import ConfigError
-from runner.config.schema import (DatasetConfig, PaperConfig, TrainConfig, schema_fields, type_name)
+from runner.config.schema import (MAX_INTEGER, DatasetConfig, PaperConfig, TrainConfig, schema_fields,
+                                  type_name)
+
+# An error line quotes at most this much of a wrong value (a list of a thousand items is
+# still one readable line).
+SHOWN_CHARS = 60
 
 
 def describe_value(value):
     if value is None:
         return 'null'
-    return f'{type(value).__name__} {value!r}'
+    shown = repr(value)
+    if len(shown) > SHOWN_CHARS:
+        shown = shown[:SHOWN_CHARS - 3] + '...'
+    return f'{type(value).__name__} {shown}'
 
 
 def convert(value, tp, key):
@@ -45,10 +53,13 @@ def convert(value, tp, key):
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INTEGER:
+                raise ConfigError(f'{key}: must be between -{MAX_INTEGER} and {MAX_INTEGER} (an '
+                                  f'int32), got {describe_value(value)[4:]}')
+            return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):

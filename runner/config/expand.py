@@ -8,7 +8,7 @@ import re
 from runner.config.checks import check_keys, check_values
 from runner.config.convert import build, describe_value
 from runner.config.errors import ConfigError, collect_errors
-from runner.config.schema import Experiment
+from runner.config.schema import MAX_RUNS_PER_DOCUMENT, Experiment
 from runner.config.yaml_io import parse_yaml, read_text, yaml_value
 
 
@@ -86,6 +86,12 @@ def expand(data, overrides=()):
                           f"(--set 'grid={{{swept[0]}: [...]}}')")
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ConfigError(f'repeats: expected a whole number of at least 1, got {describe_value(repeats)}')
+    runs = repeats
+    for values in grid.values():
+        runs *= len(values)
+    if runs > MAX_RUNS_PER_DOCUMENT:
+        raise ConfigError(f'{"grid" if grid else "repeats"}: expands into {runs:,} runs, more than '
+                          f'{MAX_RUNS_PER_DOCUMENT:,} (grid x repeats of one document); split the sweep')
     if not grid and repeats == 1:
         return [data]
     tp = data.get('train_parameters') if isinstance(data.get('train_parameters'), dict) else {}

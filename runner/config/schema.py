@@ -53,6 +53,16 @@ OPTIMIZER_DEFAULTS = {
 # Decoupled weight decay (w -= lr * weight_decay * w) when weight_decay is null: Keras's default.
 DECOUPLED_WEIGHT_DECAY = {'adamw': 0.004, 'lion': 0.0, 'lamb': 0.0, 'muon': 0.004}
 
+# Limits, refused at validation instead of failing hours later (docs/runs.md, "Limits"):
+# a step count or step number (a billion steps is years of training; a larger number is a
+# typo), any other integer key (TensorFlow sizes are int32), and the runs one document may
+# expand into through grid x repeats.
+MAX_STEPS = 10**9
+STEP_RANGE = f'[1, {MAX_STEPS}]'     # an interval or a step count
+STEP_NUMBER = f'[0, {MAX_STEPS}]'    # a step number, 0 the start
+MAX_INTEGER = 2**31 - 1
+MAX_RUNS_PER_DOCUMENT = 1000
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -76,14 +86,20 @@ class Interval:
         if self.high == math.inf:
             if self.low == 0:
                 return 'be positive' if self.low_open else 'not be negative'
-            return f"be {'greater than' if self.low_open else 'at least'} {self.low:g}"
-        return f"be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"be {'greater than' if self.low_open else 'at least'} {_number(self.low)}"
+        return (f"be in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
 
     def __str__(self):
         """As the reference shows it: '> 0', '>= 1', '[0, 1)'."""
         if self.high == math.inf:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
         return self.rule().removeprefix('be in ')
+
+
+def _number(x):
+    """A bound as written: 1000000000 rather than 1e+09, 0.5 and 1e-07 as %g writes them."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f'{x:g}'
 
 
 def _doc(text, *, choices=None, within=None, resumable=False, null_is_default=False, **kw):
@@ -194,10 +210,10 @@ class TrainConfig:
     logdir: str = _doc('Directory that holds one sub-directory per run.', resumable=True, default='logs')
     run_name: Optional[str] = _doc(
         'Name of the run directory and TensorBoard run (default: the model name).', default=None)
-    log_interval: int = _doc('Steps between training-metric logs.', within='[1, inf)', resumable=True, default=400)
-    val_interval: int = _doc('Steps between evaluations (and checkpoints).', within='[1, inf)', resumable=True, default=4000)
+    log_interval: int = _doc('Steps between training-metric logs.', within=STEP_RANGE, resumable=True, default=400)
+    val_interval: int = _doc('Steps between evaluations (and checkpoints).', within=STEP_RANGE, resumable=True, default=4000)
     checkpoint_interval: int = _doc(
-        'Steps between checkpoints (also saved at every evaluation and at the end).', within='[1, inf)', resumable=True, default=1000)
+        'Steps between checkpoints (also saved at every evaluation and at the end).', within=STEP_RANGE, resumable=True, default=1000)
     keep_checkpoints: int = _doc('How many recent checkpoints to keep.', within='[1, inf)', resumable=True, default=3)
     batch_size: int = _doc('Global training batch size.', within='[1, inf)', default=128)
     eval_batch_size: int = _doc('Batch size for evaluation.', within='[1, inf)', resumable=True, default=500)
@@ -206,14 +222,15 @@ class TrainConfig:
     lr_boundaries: List[int] = _doc(
         'End step of each piece (steps; same length as lr_values); the last one is the total '
         'number of training steps. For piecewise_linear, the step of each knot, the first 0.',
-        default_factory=lambda: [400, 32000, 48000, 64000])
+        within=STEP_NUMBER, default_factory=lambda: [400, 32000, 48000, 64000])
     lr_schedule: str = _doc(
         'piecewise (lr_values between lr_boundaries), linear or cosine (warm-up, then from '
         'lr_values[0] down to 0 at the last boundary; give one value and one boundary), or '
         'piecewise_linear (lr_values[i] at step lr_boundaries[i], straight lines between).',
         choices=LR_SCHEDULES, default='piecewise')
     warmup_steps: int = _doc(
-        'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', within='[0, inf)', default=0)
+        'Linear warm-up from 0 to the scheduled rate over this many steps (0 = none).', within=STEP_NUMBER,
+        default=0)
     optimizer: str = _doc(
         'sgd (momentum SGD, weight decay as L2 in the loss), adamw, lion, lamb (decoupled weight '
         'decay) or muon (orthogonalised momentum on the convolution and hidden dense kernels, '
@@ -279,7 +296,7 @@ class TrainConfig:
         'move towards the trained ones, slow += (1 - alpha) * (trained - slow), and the trained ones '
         'are set to them; alpha = lookahead_decay**interval * (step / last lr_boundary)**3, and at '
         'the last lr_boundary the run ends on the slow weights. null = off; airbench uses 5.',
-        within='[1, inf)', default=None)
+        within=STEP_RANGE, default=None)
     lookahead_decay: float = _doc(
         'Per-step decay of Lookahead at the end of training (see lookahead_interval); airbench 0.95.',
         within='(0, 1]', default=0.95)
@@ -292,8 +309,9 @@ class TrainConfig:
         'views 1/8).', choices=EVAL_TTA, default='none')
     steps: Optional[int] = _doc(
         'Stop after this many steps whatever the schedule says (null = last lr_boundary).',
-        within='[1, inf)', resumable=True, default=None)
-    seed: int = _doc('Seed for weights, shuffling and augmentation.', default=0)
+        within=STEP_RANGE, resumable=True, default=None)
+    seed: int = _doc('Seed for weights, shuffling and augmentation.',
+                     within=f'[0, {MAX_INTEGER}]', default=0)
     init_weights: Optional[str] = _doc(
         'Start from these weights (fine-tuning): a run directory (its final.weights.h5, else its '
         'latest checkpoint) or a .weights.h5 file. Only for a fresh run, not on resume.', resumable=True, default=None)

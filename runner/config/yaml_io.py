@@ -41,15 +41,47 @@ _Loader.add_implicit_resolver(
     list('-+0123456789.'))
 
 
+# Limits of what a file (or a --set value) stands for once its aliases are expanded: a few lines
+# of anchors and aliases can stand for billions of values (a "billion laughs") that copying,
+# printing or walking the document would build, and an alias inside itself for an endless one.
+# An experiment has about a hundred values; docs/runs.md states these.
+MAX_VALUES = 100_000   # values (scalars, lists, mappings), every use of an alias counted again
+MAX_DEPTH = 20         # lists and mappings inside each other
+
+
+def size_problem(documents):
+    """Why these parsed documents are too large or too deep once their aliases are expanded,
+    or None. The walk stops at the first limit it passes, so it takes at most MAX_VALUES steps
+    whatever the documents stand for."""
+    count, stack = 0, [(d, 1) for d in documents]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return (f'more than {MAX_VALUES:,} values once its aliases are expanded (an experiment '
+                    f'has about a hundred)')
+        if depth > MAX_DEPTH:
+            return f'lists or mappings nested more than {MAX_DEPTH} deep'
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 def parse_yaml(text, source='<string>'):
     try:
-        return list(yaml.load_all(text, Loader=_Loader))
+        documents = list(yaml.load_all(text, Loader=_Loader))
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise ConfigError(f'{source}: lists or mappings nested more than {MAX_DEPTH} deep') from None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f'{source}:{mark.line + 1}:{mark.column + 1}' if mark else source
         problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
         kind = 'YAML error' if isinstance(e, yaml.constructor.ConstructorError) else 'YAML syntax error'
         raise ConfigError(f'{where}: {kind}: {problem}') from None
+    problem = size_problem(documents)
+    if problem:
+        raise ConfigError(f'{source}: {problem}')
+    return documents
 
 
 def yaml_value(text):

@@ -106,9 +106,10 @@ def holder(run_dir):
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                return json.loads(os.pread(fd, 4096, 0).decode() or '{}')
+                record = json.loads(os.pread(fd, 4096, 0).decode() or '{}')
             except (OSError, ValueError):
                 return {}
+            return record if isinstance(record, dict) else {}  # damaged: held all the same
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

@@ -106,10 +106,46 @@ def time_seconds(text):
     return a * 60         # M
 
 
+# A control character (a newline above all) in a value that goes into the job script would end
+# its line there and start a shell line of its own.
+CONTROL = re.compile(r'[\x00-\x1f\x7f\x85\u2028\u2029]')
+# What an #SBATCH value may hold unquoted; anything else is double-quoted, as sbatch reads it.
+PLAIN_VALUE = re.compile(r'[\w@%:/.,=+-]*')
+
+
+def refuse_control(what, values):
+    """ConfigError naming `what` when one of `values` holds a control character."""
+    from runner.config.errors import ConfigError
+    for value in values:
+        if value is not None and CONTROL.search(value):
+            raise ConfigError(f'{what}: {value!r} holds a control character (a newline?), which would '
+                              f'start a line of its own in the job script')
+
+
+def sbatch_value(value):
+    """An #SBATCH option's value as sbatch reads it back whole: a space or a quote inside double
+    quotes, with \\ and \\" escaped (sbatch(1) splits an #SBATCH line at spaces)."""
+    if PLAIN_VALUE.fullmatch(value):
+        return value
+    return '"' + value.replace('\\', '\\\\').replace('"', '\\"') + '"'
+
+
+def check_command_line(args):
+    """Every value of the command line that reaches the job script, and the directory it
+    runs in: no control characters (ConfigError)."""
+    for name in ('partition', 'account', 'qos', 'mem_per_run', 'time', 'logdir'):
+        refuse_control(f"--{name.replace('_', '-')}", [getattr(args, name)])
+    for name, values in (('--sbatch', args.sbatch), ('--set', args.overrides), ('--only', args.only),
+                         ('FILE', args.files)):
+        refuse_control(name, values)
+    refuse_control('the current directory', [os.getcwd()])
+
+
 def sbatch_options(args):
     """The #SBATCH options from the command line (the array and signal aside); ConfigError
     names the option that is wrong."""
     from runner.config.errors import ConfigError
+    check_command_line(args)
     opts = [('ntasks', '1')]
     for name, flag in (('gpus_per_run', 'gres'), ('cpus_per_run', 'cpus-per-task'),
                        ('max_parallel', None), ('signal_lead', None)):
@@ -176,7 +212,9 @@ def train_command(args):
 
 
 def job_script(args, pending, options, jobs_dir):
-    """The batch script: `pending` is [(index, run_name, run_dir)]."""
+    """The batch script: `pending` is [(index, run_name, run_dir)]. ConfigError for a run
+    directory (its logdir) with a control character."""
+    refuse_control('train_parameters.logdir', [jobs_dir] + [d for _, _, d in pending])
     lead = signal_lead(args)
     header = [('job-name', 'convnet-runner'),
               ('array', array_spec([k for k, _, _ in pending], args.max_parallel)),
@@ -187,7 +225,7 @@ def job_script(args, pending, options, jobs_dir):
     lines = ['#!/bin/bash',
              '# Made by `python -m runner submit slurm` (convnet-runner): array task K trains',
              '# run K of `run_experiments.py --list` with the same files, --only and --set.']
-    lines += [f'#SBATCH --{k}' + (f'={v}' if v is not None else '') for k, v in header]
+    lines += [f'#SBATCH --{k}' + (f'={sbatch_value(v)}' if v is not None else '') for k, v in header]
     dirs = ' '.join(f'[{k}]={shlex.quote(d)}' for k, _, d in pending)
     names = ' '.join(f'[{k}]={shlex.quote(n)}' for k, n, _ in pending)
     cmd = ' '.join(shlex.quote(c) for c in train_command(args))
@@ -244,7 +282,7 @@ def validated(args):
     """The checked experiments (cli.Checked) to submit: they validate and their log
     directories can take them. ConfigError names the first problem."""
     from runner import cli, rundir
-    from runner.training import distribute, checkpoints
+    from runner.training import distribute
     from runner.config.errors import ConfigError
     from runner.config.expand import parse_overrides
     overrides = parse_overrides(args.overrides)
@@ -254,7 +292,7 @@ def validated(args):
     distribute.quiet_tensorflow()
     checked = cli.validate(experiments)
     for c in checked:
-        problem = rundir.check_writable(c.exp.train_parameters.logdir, checkpoints.checkpoint_bytes(c.params),
+        problem = rundir.check_writable(c.exp.train_parameters.logdir, c.disk_bytes,
                                         RunDir.of(c.exp))
         if problem:
             raise ConfigError(f'{c.exp.label}: {problem}')
@@ -321,32 +359,39 @@ def engine_answer(argv):
     return None
 
 
+def pending_runs(checked):
+    """(the absolute run directories of `checked`, [(index, run name, run directory)] of
+    those not finished)."""
+    from runner import rundir
+    run_dirs = [os.path.abspath(RunDir.of(c.exp)) for c in checked]
+    return run_dirs, [(k, c.exp.run_name, run_dirs[k]) for k, c in enumerate(checked)
+                      if not rundir.is_finished(rundir.read_summary(run_dirs[k]), c.exp.total_steps)]
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     answer = engine_answer(argv)
     if answer is not None:
         return answer
     args = build_parser().parse_args(argv[1:])
-    from runner import cli, rundir
+    from runner import cli
     from runner.config.errors import ConfigError
     try:
         options = sbatch_options(args)
         checked = validated(args)
+        run_dirs, pending = pending_runs(checked)
+        jobs_dir = os.path.join(os.path.abspath(checked[pending[0][0]].exp.train_parameters.logdir),
+                                JOBS_DIR) if pending else None
+        script = job_script(args, pending, options, jobs_dir) if pending else None
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_USAGE
 
-    run_dirs = [os.path.abspath(RunDir.of(c.exp)) for c in checked]
-    pending = [(k, c.exp.run_name, run_dirs[k]) for k, c in enumerate(checked)
-               if not rundir.is_finished(rundir.read_summary(run_dirs[k]), c.exp.total_steps)]
     if not pending:
         print(f'all {len(checked)} run(s) are finished; nothing to submit')
         if args.wait:
             cli.print_results(results_of(checked, run_dirs)[0])
         return EXIT_OK
-    jobs_dir = os.path.join(os.path.abspath(checked[pending[0][0]].exp.train_parameters.logdir),
-                            JOBS_DIR)
-    script = job_script(args, pending, options, jobs_dir)
     if args.dry_run:
         print(script, end='')
         return EXIT_OK

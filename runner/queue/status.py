@@ -39,11 +39,13 @@ def find_runs(logdir):
 
 
 def _read_json(path):
+    """A JSON mapping the runner wrote (a lock or submit record), or None (absent, damaged)."""
     try:
-        with open(path) as f:
-            return json.loads(f.read() or 'null')
-    except (OSError, ValueError):
+        with open(path, encoding='utf-8') as f:
+            data = json.loads(f.read(rundir.MAX_RECORD_BYTES) or 'null')
+    except (OSError, ValueError, RecursionError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _slurm_text(record):
@@ -70,15 +72,27 @@ def _error_text(summary):
     return '-'
 
 
-def run_status(run_dir):
-    """(status, steps, error, host, slurm, message) of one run directory."""
-    summary = rundir.read_summary(run_dir) or {}
+def run_status(run_dir, name='<run>'):
+    """(status, steps, error, host, slurm, message) of one run directory. A run whose
+    summary.json is lost or damaged is told by its checkpoints: how far it trained."""
+    damage = rundir.damaged(run_dir)
+    summary = {} if damage else rundir.read_summary(run_dir) or {}
     holder = runlock.holder(run_dir)
     # The lock file keeps the record of its last holder after the lock is released.
     last = holder or _read_json(RunDir(run_dir).lock) or {}
     submitted = _read_json(RunDir(run_dir).submit_record) or {}
+    checkpoint = rundir.newest_checkpoint_step(run_dir) if not summary else None
+    message = ''
     if holder is not None:
         status = 'running'
+    elif damage:
+        status = 'damaged'
+        message = damage + (f'; its newest checkpoint is at step {checkpoint}' if checkpoint is not None
+                            else '') + f'; --restart {name} starts the run over (the old one is kept)'
+    elif not summary and checkpoint is not None:
+        status = 'interrupted'
+        message = (f'no {rundir.SUMMARY}; its newest checkpoint is at step {checkpoint} (a full disk, '
+                   f'a kill?); the same command resumes it')
     elif not summary:
         status = 'not started'
     elif summary.get('status') == 'running':
@@ -86,18 +100,19 @@ def run_status(run_dir):
     else:
         status = summary.get('status', '?')
     steps = (f"{summary.get('steps', 0)}/{summary['total_steps']}" if 'total_steps' in summary
-             else '-')
+             else f'{checkpoint}/?' if checkpoint is not None else '-')
     slurm_job = _slurm_text(holder) or _slurm_text(submitted if status == 'not started' else last) \
         or _slurm_text(submitted)
-    message = summary.get('error', '') if status in ('failed', 'diverged', 'interrupted') else ''
+    if status in ('failed', 'diverged', 'interrupted') and summary:
+        message = summary.get('error', '')
     if status == 'interrupted' and summary.get('status') == 'running':
         message = f"its process ended at step {summary.get('steps', 0)} without saying why " \
                   f"(killed?); the same command resumes it from its last checkpoint"
-    return status, steps, _error_text(summary), last.get('host', '-') if last else '-', \
-        slurm_job or '-', message
+    return status, steps, _error_text(summary), str(last.get('host', '-')), slurm_job or '-', message
 
 
 def table(rows):
+    rows = [[str(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ['  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
 
@@ -119,7 +134,7 @@ def main(argv=None):
     messages = []
     for run_dir in runs:
         name = os.path.relpath(run_dir, args.logdir)
-        status, steps, error, host, job, message = run_status(run_dir)
+        status, steps, error, host, job, message = run_status(run_dir, name)
         rows.append((name, status, steps, error, host, job))
         if message:
             messages.append(f'  {name}: {message}')

@@ -136,12 +136,12 @@ class Session:
         if self.latest:
             trainer.checkpoint.restore(self.latest).assert_existing_objects_matched()
             self.resumed_from = trainer.step
-            rundir.truncate_history(self.dir, self.resumed_from)
+            self.dropped_lines(rundir.truncate_history(self.dir, self.resumed_from))
             # A finished run extended with more steps: its old final weights are not final now.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.dir.final_weights)
             return
-        rundir.truncate_history(self.dir, 0)
+        self.dropped_lines(rundir.truncate_history(self.dir, 0))
         if tp.init_weights:
             source = load_initial_weights(trainer.model, tp.init_weights, tp.init_skip_mismatch)
             trainer.reset_averages()
@@ -150,6 +150,13 @@ class Session:
             adapted = trainer.adapt_layers()
             if adapted:
                 self.say(f'adapted {", ".join(adapted)} to {tp.adapt_examples} training images')
+
+    def dropped_lines(self, count):
+        """Say so when metrics.jsonl had lines that are no record (damage): they were dropped,
+        the good records kept."""
+        if count:
+            print(f'{self.exp.run_name}: {self.dir.metrics}: dropped {count} damaged line(s) '
+                  f'(not a JSON record); kept the others', file=sys.stderr, flush=True)
 
     def resolved_config(self):
         """The experiment with every default filled in, as config.yaml records it."""
