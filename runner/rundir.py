@@ -13,6 +13,7 @@
     data_info.json       image shape and class names, for predict and export without the data
     checkpoints-unreadable/  damaged checkpoints a resume moved aside (runner.training.checkpoints)
     .lock                the lock of the process training the run (runner.queue.runlock)
+    .tmp/                Python's temporary files while the run trains (autograph's modules)
     eval-*.json          results of `python -m runner evaluate` (runner.commands.evaluate names them)
     slurm.json, slurm.out  the Slurm array task a run was submitted as, and what it printed
                          (runner.queue.slurm)
@@ -46,6 +47,7 @@ UNREADABLE = 'checkpoints-unreadable'
 ERROR_LOG = 'error.log'
 DATA_INFO = 'data_info.json'     # shape and class names, so predict and export work without the data
 LOCK = '.lock'
+SCRATCH = '.tmp'                 # Python's temporary files while the run trains (autograph's modules)
 OVERVIEW = 'events.out.tfevents.0.overview'  # '0': sorts before the run's timed event files
 SUBMIT_RECORD = 'slurm.json'     # the array job and task a run was submitted as (runner.queue.slurm)
 SLURM_OUTPUT = 'slurm.out'       # what a run's Slurm tasks printed, every allocation appended
@@ -106,6 +108,7 @@ class RunDir(os.PathLike):
     error_log = property(lambda self: self._join(ERROR_LOG))
     data_info = property(lambda self: self._join(DATA_INFO))
     lock = property(lambda self: self._join(LOCK))
+    scratch = property(lambda self: self._join(SCRATCH))
     overview = property(lambda self: self._join(OVERVIEW))
     submit_record = property(lambda self: self._join(SUBMIT_RECORD))
     slurm_output = property(lambda self: self._join(SLURM_OUTPUT))
@@ -299,6 +302,23 @@ def _truncate_event_file(path, step):
         for raw in kept:
             w.write(raw)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def temporary_files_in(run_dir):
+    """Python's temporary files in the run's scratch directory (RunDir.scratch) for the time of
+    the block. TensorFlow's autograph writes a module per traced function to the temporary
+    directory and removes them only when the process exits cleanly, so a killed run left them
+    in $TMPDIR for good; here they stay under the run, and its next start clears them."""
+    scratch = RunDir(run_dir).scratch
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed process's
+    os.makedirs(scratch, exist_ok=True)
+    before, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = before
+        shutil.rmtree(scratch, ignore_errors=True)  # loaded modules need not their files
 
 
 def move_aside(run_dir):

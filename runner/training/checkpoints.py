@@ -13,6 +13,7 @@ The weights a checkpoint holds are only saved when finite (see `all_finite`): a 
 named "last good" after a divergence is one to go back to.
 """
 import glob
+import logging
 import os
 import re
 
@@ -114,7 +115,14 @@ def _rewrite_state(ckpt_dir, prefixes):
     # Names relative to the directory, as the manager writes them: a run directory moved
     # elsewhere (--restart, a copied logdir) still finds its checkpoints.
     oldest_first = [os.path.basename(p) for p in reversed(prefixes)]
-    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, oldest_first[-1], oldest_first)
+    # The v1 function is the one API that writes the state file; its deprecation notice (three
+    # lines, once per process) would follow the one line that said why, so it is held back.
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel(logging.ERROR)
+    try:
+        tf.compat.v1.train.update_checkpoint_state(ckpt_dir, oldest_first[-1], oldest_first)
+    finally:
+        logger.setLevel(level)
 
 
 def present(ckpt_dir):

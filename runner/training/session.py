@@ -55,8 +55,11 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     # the run acts on where it is safe (StopRequest.stop_before_training, the steps'
     # boundaries, an evaluation's batches).
     stop = stop if stop is not None else StopRequest()
+    tp = exp.train_parameters
+    # Another worker of a multi-worker run leaves the run directory to the chief.
+    own = not (distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief())
     try:
-        with stop:
+        with stop, (rundir.temporary_files_in(rundir.RunDir.of(exp)) if own else contextlib.nullcontext()):
             session = open_run(exp, data, quiet, max_eval_batches, stop)
             stop.training = True
             stop.stop_before_training()
