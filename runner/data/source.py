@@ -7,6 +7,7 @@ TFDS: https://www.tensorflow.org/datasets/api_docs/python/tfds/builder (builders
 `download_and_prepare`, `manual_dir`).
 """
 import os
+import tempfile
 
 from runner.data import listings
 from runner.common import did_you_mean, first_line
@@ -50,11 +51,18 @@ def tfds_builder(cfg):
     if source_kind(cfg) != 'tfds':
         return _NotTfds(cfg)
     tfds = tfds_module()
+    # A builder of a dataset not prepared makes a temporary directory for metadata from GCS
+    # (DatasetInfo.initialize_from_bucket) and never removes it: one more in $TMPDIR at every
+    # validation. It is made in one of ours, removed here.
+    before = tempfile.tempdir
     try:
-        return tfds.builder(cfg.name, data_dir=cfg.data_dir)
+        with tempfile.TemporaryDirectory(prefix='tfds-builder-') as tempfile.tempdir:
+            return tfds.builder(cfg.name, data_dir=cfg.data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         hint = did_you_mean(cfg.name, tfds.list_builders())
         raise DataUnavailable(f"dataset.name: '{cfg.name}' is not a TensorFlow Datasets name{hint}") from None
+    finally:
+        tempfile.tempdir = before
 
 
 def data_ready(cfg):
