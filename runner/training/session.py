@@ -28,8 +28,7 @@ import time
 import keras
 import tensorflow as tf
 
-import runner
-from runner import rundir
+from runner import compat, rundir
 from runner.config.yaml_io import dump_yaml
 from runner.data import loader as data_loader
 from runner.data.info import write_data_info
@@ -193,7 +192,7 @@ class Session:
     def first_summary(self, previous, resolved, policy, fastest_why):
         """summary.json at the start of this session; a resumed run keeps its earlier results."""
         exp, trainer, tp = self.exp, self.trainer, self.tp
-        machine = {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
+        machine = {'cpu': distribute.cpu_description(), 'onednn': compat.onednn_enabled(),
                    'gpus': len(tf.config.list_logical_devices('GPU'))}
         resumed = self.resumed_from is not None
         summary = {

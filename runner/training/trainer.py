@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from runner import compat
 from runner.data import loader as data_loader
 from runner.data.source import DataUnavailable
 from runner.training import averaging, tta
@@ -76,7 +77,7 @@ class Trainer:
         self.params = count_trainable(self.model)
         # Batch-norm offsets whose gradient is scaled (airbench's bias_scaler): with SGD, a
         # gradient m times larger is a learning rate m times larger for that variable.
-        self.lr_boosted = ({layer.beta.path for layer in self.model._flatten_layers(include_self=False)
+        self.lr_boosted = ({layer.beta.path for layer in compat.all_layers(self.model)
                             if isinstance(layer, keras.layers.BatchNormalization) and layer.center}
                            if tp.bn_bias_lr_multiplier != 1 else set())
         # Training sums since the last log; reset after every log.
@@ -235,7 +236,7 @@ class Trainer:
         """Fit every layer that has an ``adapt(images)`` method (Keras' Normalization, the
         patch whitening of models/fast.py) to the first `adapt_examples` training images,
         un-augmented and normalised, as they reach that layer. Names of the layers adapted."""
-        targets = [layer for layer in self.model._flatten_layers(include_self=False)
+        targets = [layer for layer in compat.all_layers(self.model)
                    if callable(getattr(layer, 'adapt', None))]
         if not targets:
             return []
