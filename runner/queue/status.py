@@ -13,7 +13,7 @@ import os
 import sys
 
 from runner import rundir
-from runner.common import EXIT_CONFIG, EXIT_OK
+from runner.common import EXIT_CONFIG, EXIT_OK, text_table
 from runner.queue import runlock
 from runner.rundir import RunDir
 
@@ -96,11 +96,6 @@ def run_status(run_dir):
         slurm_job or '-', message
 
 
-def table(rows):
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ['  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m runner status',
                                 description='One line per run under LOGDIR: status, step of '
@@ -122,5 +117,5 @@ def main(argv=None):
         rows.append((name, status, steps, error, host, job))
         if message:
             messages.append(f'  {name}: {message}')
-    print('\n'.join(table(rows) + messages))
+    print('\n'.join([text_table(rows)] + messages))
     return EXIT_OK
