@@ -71,9 +71,10 @@ def open_run(exp, data, quiet, max_eval_batches, stop):
     data = data or data_loader.load(exp.dataset)
     stop.stop_before_training()
     resuming = checkpoints.present(home.checkpoints)
-    policy, why = precision.choose_precision(exp, data.info, strategy,
-                                             previous.get('precision') if resuming else None)
     quiet = quiet or not chief
+    policy, why = precision.choose_precision(exp, data.info, strategy,
+                                             previous.get('precision') if resuming else None,
+                                             say=None if quiet else lambda line: print(line, flush=True))
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
     precision.set_policy(policy)
