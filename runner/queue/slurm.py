@@ -34,10 +34,10 @@ import shlex
 import subprocess
 import sys
 
+from runner import rundir
+from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from runner.rundir import SLURM_OUTPUT, SUMMARY, RunDir
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-JOBS_DIR = 'slurm-jobs'          # under the log directory: the scripts submitted, Slurm's own output
 # Seconds before the time limit at which the batch shell is told to stop (at most half the
 # limit): time for the step under way, a checkpoint and the requeue, with room for Slurm
 # sending the signal up to 60 s early (sbatch(1), --signal).
@@ -269,9 +269,8 @@ def write_records(pending, job_id):
     stamp = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
     for k, _, run_dir in pending:
         os.makedirs(run_dir, exist_ok=True)
-        with open(RunDir(run_dir).submit_record, 'w') as f:
-            json.dump({'array_job_id': job_id, 'array_task_id': k, 'submitted': stamp}, f)
-            f.write('\n')
+        rundir.write_atomic(RunDir(run_dir).submit_record, json.dumps(
+            {'array_job_id': job_id, 'array_task_id': k, 'submitted': stamp}) + '\n')
 
 
 class SbatchError(Exception):
@@ -355,14 +354,13 @@ def engine_answer(argv):
         engine = argv[0] if argv else ''
         print(f"error: submit: unknown engine '{engine}'; the one there is: "
               f"python -m runner submit slurm FILE ...", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     return None
 
 
 def pending_runs(checked):
     """(the absolute run directories of `checked`, [(index, run name, run directory)] of
     those not finished)."""
-    from runner import rundir
     run_dirs = [os.path.abspath(RunDir.of(c.exp)) for c in checked]
     return run_dirs, [(k, c.exp.run_name, run_dirs[k]) for k, c in enumerate(checked)
                       if not rundir.is_finished(rundir.read_summary(run_dirs[k]), c.exp.total_steps)]
@@ -381,11 +379,11 @@ def main(argv=None):
         checked = validated(args)
         run_dirs, pending = pending_runs(checked)
         jobs_dir = os.path.join(os.path.abspath(checked[pending[0][0]].exp.train_parameters.logdir),
-                                JOBS_DIR) if pending else None
+                                rundir.SLURM_JOBS_DIR) if pending else None
         script = job_script(args, pending, options, jobs_dir) if pending else None
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
 
     if not pending:
         print(f'all {len(checked)} run(s) are finished; nothing to submit')
@@ -403,7 +401,7 @@ def main(argv=None):
         proc, job_id, script_path = submit(args, script, jobs_dir)
     except SbatchError as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     write_records(pending, job_id)
     print(f'submitted Slurm job array {job_id}: {len(pending)} task(s), script {script_path}')
     for k, name, run_dir in pending:
