@@ -100,3 +100,23 @@ def markdown_table(header, rows, padded=False):
     widths = [max(len(c) for c in col) for col in zip(header, *rows)]
     line = lambda cells: '| ' + ' | '.join(c.ljust(w) for c, w in zip(cells, widths)) + ' |'
     return '\n'.join([line(header), line(['-' * w for w in widths])] + [line(r) for r in rows])
+
+
+def size_problem(documents, max_values, max_depth):
+    """Why parsed YAML or JSON `documents` hold more than `max_values` values or nest deeper than
+    `max_depth` once their aliases are expanded (an alias is one object used again, so an
+    alias bomb stands for billions of values in a few lines, and an alias inside itself for
+    endless ones), or None. The walk stops at the first limit passed: at most `max_values`
+    steps, whatever the documents stand for."""
+    count, stack = 0, [(d, 1) for d in documents]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > max_values:
+            return (f'more than {max_values:,} values once its aliases are expanded (an experiment '
+                    f'has about a hundred)')
+        if depth > max_depth:
+            return f'lists or mappings nested more than {max_depth} deep'
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return None

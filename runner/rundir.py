@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 
-from runner.common import first_line
+from runner.common import first_line, size_problem
 
 # TensorFlow is imported where it is used (the event files), so that reading a run
 # (`python -m runner status`) stays a fraction of a second.
@@ -55,6 +55,7 @@ SLURM_OUTPUT = 'slurm.out'       # what a run's Slurm tasks printed, every alloc
 _CHECKPOINT_INDEX = re.compile(r'.*-(\d+)\.index')
 # summary.json and config.yaml are read up to this many bytes (the runner's are a few KB).
 MAX_RECORD_BYTES = 1 << 20
+RECORD_VALUES, RECORD_DEPTH = 100_000, 20  # as an experiment file's (runner.config.yaml_io)
 # In logdir, beside the runs: the scratch directories of a multi-worker run's other workers.
 WORKERS = '.workers'
 # Directories in a run directory that hold no run of their own (report walks the rest).
@@ -183,6 +184,8 @@ def damaged(run_dir):
             return f'{path}: cannot be read ({reason})'
         problem = summary_problem(data) if name == SUMMARY else (
             None if isinstance(data, dict) else 'not a mapping of keys')
+        # A config.yaml is compared key by key with its experiment: not one of a billion.
+        problem = problem or size_problem([data], RECORD_VALUES, RECORD_DEPTH)
         if problem:
             return f'{path}: cannot be read ({problem})'
     return None

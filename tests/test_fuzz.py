@@ -100,8 +100,8 @@ SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-2**70, 2**70),
     st.sampled_from([2**31 - 1, 2**31, 10**9 + 1, 10**30, -1, 0, 1]),
     st.floats(allow_nan=True, allow_infinity=True), TEXT)
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                      | st.dictionaries(TEXT, inner, max_size=4), max_leaves=10)
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, min_size=1, max_size=4)
+                      | st.dictionaries(TEXT, inner, min_size=1, max_size=4), max_leaves=10)
 ODD_NAMES = st.one_of(TEXT, st.sampled_from([
     '../up', '/absolute', 'a' * 201, 'é' * 101, 'ok/seed0', '.hidden', 'a//b', 'a\nb', 'a b',
     'r' * 200, 'x/' * 60 + 'y', 'con', 'NUL', '-rf', '\u202e' + 'txt.exe']))
@@ -145,7 +145,8 @@ RAW = {  # YAML that safe_dump cannot write, put where a mutation left PLACEHOLD
     'recursive': st.just('&r [*r, *r]'),
     'deep': st.integers(15, 3000).map(lambda n: '[' * n + ']' * n),
     'merge': st.just('{<<: {a: 1}, b: 2}'),
-    'tag': st.sampled_from(['!!python/object:os.system x', '!!binary aGk=', '!!set {a, b}', '!!timestamp 2001-12-14']),
+    'tag': st.sampled_from(['!!python/object:os.system x', '!!binary aGk=', '!!set {a, b}',
+                            '!!timestamp 2001-12-14']),
 }
 PLACEHOLDER = 'PLACEHOLDER_VALUE'
 
@@ -184,7 +185,7 @@ def experiment_file(draw, images):
     if draw(st.integers(0, 3)) == 0:
         at = draw(st.integers(0, len(data)))
         data = data[:at] + draw(st.sampled_from([b'\x00', b'\x07', b'\r', b'\x1b[2J', b'\xff', b'\xc3',
-                                                 b'\t', b'\xef\xbb\xbf', b'\u2028'])) + data[at:]
+                                                 b'\t', b'\xef\xbb\xbf', '\u2028'.encode()])) + data[at:]
     return data
 
 
@@ -257,11 +258,11 @@ TARGETS = ['r/summary.json', 'r/config.yaml', 'r/metrics.jsonl', 'r/.lock', 'r/s
            'r/data_info.json', 'r/checkpoints', 'r/checkpoints/checkpoint', 'r/checkpoints/ckpt-20.index',
            'r', 'g', 'g/seed0/summary.json', 'g/seed1/config.yaml', 'g/seed1/metrics.jsonl']
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | TEXT,
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                    lambda inner: st.lists(inner, min_size=1, max_size=3) | st.dictionaries(
                         st.sampled_from(['status', 'steps', 'total_steps', 'error', 'model', 'paper',
                                          'test_top1_accuracy', 'wall_seconds', 'kind', 'step', 'lr',
                                          'host', 'pid', 'top1_error', 'params', 'x']) | TEXT,
-                        inner, max_size=5), max_leaves=8)
+                        inner, min_size=1, max_size=5), max_leaves=8)
 DAMAGE = st.one_of(
     st.tuples(st.just('truncate'), st.floats(0, 1)),
     st.tuples(st.just('empty')),

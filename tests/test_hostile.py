@@ -109,7 +109,8 @@ def test_a_bomb_given_with_set_and_a_grid_of_too_many_runs(tmp_path, image_folde
     result = run([RUNNER, path, '--list', '--set', f'paper.source={bomb()}'], tmp_path)
     assert 'more than 100,000 values' in error_lines(result, 2)[0]
     grid = dict(experiment(image_folder, 'g'),
-                grid={'train_parameters.seed': list(range(20)), 'train_parameters.batch_size': list(range(1, 21)),
+                grid={'train_parameters.seed': list(range(20)),
+                      'train_parameters.batch_size': list(range(1, 21)),
                       'train_parameters.eval_batch_size': list(range(1, 21))})
     result = run([RUNNER, write(tmp_path / 'g.yaml', grid), '--list'], tmp_path)
     assert 'grid: expands into 8,000 runs, more than 1,000' in error_lines(result, 2)[0]
@@ -217,8 +218,10 @@ QUEUE_DISK = '16m'  # a tiny run writes well under 1 MiB; the old check wanted 6
 
 @pytest.fixture(scope='module')
 def queue(image_folder, tmp_path_factory):
-    """Two runs on a 16 MiB tmpfs: `a` trains its 20 steps, `b` is SIGKILLed once it has logged
-    step 25 of 1000 (its checkpoints of steps 10 and 20 saved); then a's summary.json becomes `[1]`, a line of bytes is put into b's
+    """Three runs on a 16 MiB tmpfs: `a` and `bomb` train their 20 steps, `b` is SIGKILLed once
+    it has logged step 25 of 1000 (its checkpoints of steps 10 and 20 saved); then a's
+    summary.json becomes
+    `[1]`, an alias bomb is added to bomb's config.yaml, a line of bytes is put into b's
     metrics.jsonl and b's newest checkpoint loses its index, and the same command runs again
     to 40 steps. The children's $TMPDIR is a directory of their own."""
     if os.geteuid() != 0:
@@ -232,11 +235,14 @@ def queue(image_folder, tmp_path_factory):
     subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={QUEUE_DISK}', 'none', str(logdir)], check=True)
     try:
         path = write(root / 'q.yaml', experiment(image_folder, 'a', logdir=str(logdir)),
+                     experiment(image_folder, 'bomb', logdir=str(logdir)),
                      experiment(image_folder, 'b', logdir=str(logdir), lr_boundaries=[1000]))
         first = kill_at(path, root, tmpdir, 'b step 25/1000')
         leftovers = os.listdir(tmpdir)
         with open(logdir / 'a' / 'summary.json', 'w') as f:
             f.write('[1]\n')
+        with open(logdir / 'bomb' / 'config.yaml', 'a') as f:
+            f.write(f'paper: {{source: {bomb()}}}\n')
         metrics_path = logdir / 'b' / 'metrics.jsonl'
         lines = metrics_path.read_bytes().splitlines(keepends=True)
         metrics_path.write_bytes(b''.join(lines[:2] + [b'\xff\xfe\x00\x9c binary\n'] + lines[2:]))
@@ -289,8 +295,9 @@ def test_a_killed_run_leaves_no_autograph_files_in_tmpdir(queue):
 
 def test_a_damaged_summary_is_one_line_and_the_queue_goes_on(queue):
     second, logdir = queue['second'], queue['logdir']
-    (line,) = error_lines(second, 1)
-    assert f"{logdir}/a/summary.json: cannot be read (not a mapping of keys); --restart a" in line, line
+    a, bomb_line = error_lines(second, 1, count=2)
+    assert f"{logdir}/a/summary.json: cannot be read (not a mapping of keys); --restart a" in a, a
+    assert f"{logdir}/bomb/config.yaml: cannot be read (more than 100,000 values" in bomb_line, bomb_line
     summary = json.loads((logdir / 'b' / 'summary.json').read_text())
     assert summary['status'] == 'finished' and summary['steps'] == 40
 

@@ -4,6 +4,7 @@ import re
 
 import yaml
 
+from runner.common import size_problem as common_size_problem
 from runner.config.errors import ConfigError
 
 
@@ -44,27 +45,15 @@ _Loader.add_implicit_resolver(
 # Limits of what a file (or a --set value) stands for once its aliases are expanded: a few lines
 # of anchors and aliases can stand for billions of values (a "billion laughs") that copying,
 # printing or walking the document would build, and an alias inside itself for an endless one.
-# An experiment has about a hundred values; docs/runs.md states these.
+# An experiment has about a hundred values; docs/runs.md states these (common.size_problem).
 MAX_VALUES = 100_000   # values (scalars, lists, mappings), every use of an alias counted again
 MAX_DEPTH = 20         # lists and mappings inside each other
 
 
 def size_problem(documents):
     """Why these parsed documents are too large or too deep once their aliases are expanded,
-    or None. The walk stops at the first limit it passes, so it takes at most MAX_VALUES steps
-    whatever the documents stand for."""
-    count, stack = 0, [(d, 1) for d in documents]
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            return (f'more than {MAX_VALUES:,} values once its aliases are expanded (an experiment '
-                    f'has about a hundred)')
-        if depth > MAX_DEPTH:
-            return f'lists or mappings nested more than {MAX_DEPTH} deep'
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        stack.extend((child, depth + 1) for child in children)
-    return None
+    or None."""
+    return common_size_problem(documents, MAX_VALUES, MAX_DEPTH)
 
 
 def parse_yaml(text, source='<string>'):
