@@ -23,6 +23,7 @@ probability 1/2. The geometric operations fill uncovered pixels with grey (128),
 tensorflow/models' and timm's implementations do, and sample the nearest pixel, as PIL's
 default in the authors' code.
 """
+import functools
 import math
 
 import keras
@@ -39,7 +40,7 @@ MAX_ROTATE_DEGREES = 30.0     # AutoAugment Table 6: [-30, 30] degrees
 MAX_SHEAR = 0.3               # [-0.3, 0.3]
 MAX_TRANSLATE = 10 / 32       # the authors' CIFAR code: 10 pixels of 32 (ImageNet: 150 of 331)
 MAX_ENHANCE = 0.9             # Color, Contrast, Brightness, Sharpness: factor in [0.1, 1.9]
-POSTERIZE_BITS = (8, 4)       # [4, 8] bits: level 0 keeps 8, level 10 keeps 4
+POSTERIZE_BITS = (8, 4)       # Table 6's [4, 8] bits: level 0 keeps 8, level 10 keeps 4
 
 # (operation, probability, level) pairs of the AutoAugment paper's appendix: CIFAR-10
 # (Table 7, the 25 sub-policies of the five best policies) and ImageNet (Table 9).
@@ -76,8 +77,12 @@ POLICIES = {
     ),
 }
 
-_auto_contrast = keras.layers.AutoContrast(value_range=(0, 255))
-_equalize = keras.layers.Equalization(value_range=(0, 255))
+
+
+@functools.cache
+def _keras_op(name):
+    """Keras' AutoContrast or Equalization layer on [0, 255] images, made once when first used."""
+    return getattr(keras.layers, name)(value_range=(0, 255))
 
 
 def _grey(x):
@@ -139,9 +144,9 @@ def apply_op(name, x, level, sign):
     if name == 'Identity':
         return x
     if name == 'AutoContrast':
-        return _auto_contrast(x)
+        return _keras_op('AutoContrast')(x)
     if name == 'Equalize':
-        return _equalize(x)
+        return _keras_op('Equalization')(x)
     if name == 'Invert':
         return 255.0 - x
     if name == 'Solarize':  # pixels at or above the threshold inverted; level 0: none
