@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -148,7 +150,8 @@ EVERY = {  # every key of docs/techniques.md's regularisers, on at once
 
 def experiment(images, logdir, name, dataset=None, model='tiny_cnn', model_parameters=None, **train):
     tp = dict(logdir=str(logdir), run_name=name, batch_size=16, lr_values=[0.05],
-              lr_boundaries=[STEPS], log_interval=5, val_interval=10, checkpoint_interval=5, **train)
+              lr_boundaries=[STEPS], log_interval=5, val_interval=10, checkpoint_interval=5)
+    tp.update(train)
     return {'module': None if model.startswith('cifar_') else 'tiny_models', 'model': model,
             'model_parameters': model_parameters or {},
             'dataset': {'image_folder': images, **(dataset or {})}, 'train_parameters': tp}
@@ -251,3 +254,37 @@ def test_tensorboard_shows_the_augmented_inputs_and_their_mixed_labels(trained):
         assert 'train/input_labels' in tags['every'] and 'train/input_labels' not in tags.get('aa_sd', [])
     finally:
         board.close()
+
+
+# ---------------------------------------------------------------------------
+# Exact resume after a SIGKILL
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_exact_with_mixing_and_randaugment(images, tmp_path):
+    """mixup, CutMix (both, on 80% of batches), RandAugment, Cutout and random erasing in the
+    input, stochastic depth in a ResNet-8, two batches per update: killed with SIGKILL part-way
+    and run again, the run ends with the uninterrupted run's weights and logged losses, bit
+    for bit: every random draw comes from (seed, batch), or from the checkpointed dropout
+    generators, and the data restarts at batch step x 2."""
+    from test_resilience import Child, assert_same_weights, metrics, run_child, train_records
+    total = 40
+    exp = experiment(images, tmp_path / 'logs', 'ref', dict(EVERY['dataset'], mix_prob=0.8),
+                     model='cifar_resnet', model_parameters={'depth': 8, 'drop_path_rate': 0.2},
+                     deterministic=True, gradient_accumulation_steps=2, checkpoint_interval=1,
+                     val_interval=20)
+    exp['train_parameters']['lr_boundaries'] = [total]
+    reference = Child([write(tmp_path / 'ref.yaml', exp), '--no-smoke'], tmp_path / 'ref-err.txt')
+    exp['train_parameters']['run_name'] = 'killed'
+    path = write(tmp_path / 'killed.yaml', exp)
+    child = Child([path, '--no-smoke'], tmp_path / 'killed-err.txt')
+    assert child.wait_for(r'^killed step (1[05]|2\d)/40: loss', timeout=400), child.stdout + child.stderr
+    time.sleep(0.2)
+    child.kill(signal.SIGKILL)
+    killed_at = json.load(open(tmp_path / 'logs' / 'killed' / 'summary.json'))['steps']
+    assert 0 < killed_at < total, killed_at
+    rc, resumed = run_child([path, '--no-smoke'], tmp_path / 'resumed-err.txt', timeout=400)
+    assert rc == 0 and 'resuming from' in resumed.stdout, resumed.stdout + resumed.stderr
+    assert reference.finish(timeout=400) == 0, reference.stdout + reference.stderr
+    ref_dir, run_dir = tmp_path / 'logs' / 'ref', tmp_path / 'logs' / 'killed'
+    assert_same_weights(run_dir / 'final.weights.h5', ref_dir / 'final.weights.h5')
+    assert train_records(metrics(run_dir)) == train_records(metrics(ref_dir))
