@@ -55,6 +55,17 @@ Choices the papers leave open:
   (``decay_all``), BN's and the classifier bias too, as their authors' Torch
   trainers do (``optim.sgd`` over ``model:getParameters()``); the He et al. and
   SE networks, trained in Caffe, decay conv and dense kernels only.
+- PreAct ResNet-18 is mixup's CIFAR network (facebookresearch/mixup-cifar10
+  models/resnet.py, after kuangliu/pytorch-cifar): a 3x3 conv-BN-ReLU stem of 64, four
+  stages of two pre-activation basic units 64/128/256/512 wide, 1x1 projections where the
+  shape changes, no BN-ReLU after the last stage, and weight decay 1e-4 on every weight
+  (PyTorch SGD's weight_decay in their train.py): 11,171,274 trainable parameters,
+  kuangliu's 11,171,146 and the stem's BN.
+- Stochastic depth (Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic
+  Depth", 2016, arXiv:1603.09382): every model takes ``drop_path_rate``, the drop
+  probability of the last residual unit; unit l of L drops its branch with l / L of it
+  (the paper's linear decay rule), per image, scaling kept branches by 1 / (1 - p) as
+  timm's drop_path (the paper drops per mini-batch and rescales at test time instead).
 - SE-ResNet-50's gate (two biased dense layers, reduction 16) rescales the
   residual branch before the addition (Hu et al., Fig. 3), adding 2.53M to
   ResNet-50's 25.56M.
@@ -311,12 +322,7 @@ def cifar_WRN_40_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, d
 
 def cifar_preact_resnet18(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
                           decay_all=True, drop_path_rate=0.0):
-    """PreAct ResNet-18 of mixup's CIFAR experiments (Zhang et al. 2018, arXiv:1710.09412;
-    facebookresearch/mixup-cifar10 models/resnet.py, after kuangliu/pytorch-cifar): a 3x3
-    conv-BN-ReLU stem of 64, four stages of two pre-activation basic units 64/128/256/512
-    wide, 1x1 projections where the shape changes, no BN-ReLU after the last stage;
-    11,171,274 trainable parameters (kuangliu's 11,171,146 and the stem's BN). Weight decay
-    1e-4 on every weight, as PyTorch SGD's weight_decay in the authors' train.py."""
+    """PreAct ResNet-18 of mixup's CIFAR code (Zhang et al. 2018, 11.2M)."""
     stages = [(2, 64 * 2 ** i, None, 1 if i == 0 else 2) for i in range(4)]
     return _resnet("cifar_preact_resnet18", input_shape, num_classes, weight_decay, stages=stages,
                    stem="cifar", stem_width=64, preact=True, shortcut_type="B", bottleneck=False,
