@@ -288,3 +288,20 @@ def test_sigkill_and_resume_is_bit_exact_with_mixing_and_randaugment(images, tmp
     ref_dir, run_dir = tmp_path / 'logs' / 'ref', tmp_path / 'logs' / 'killed'
     assert_same_weights(run_dir / 'final.weights.h5', ref_dir / 'final.weights.h5')
     assert train_records(metrics(run_dir)) == train_records(metrics(ref_dir))
+
+
+@pytest.mark.parametrize('where, key, value, needle', [
+    ('dataset', 'autoaugment', 'svhn', 'dataset.autoaugment'),
+    ('dataset', 'random_erasing_area', [0.5, 0.1], 'dataset.random_erasing_area'),
+    ('dataset', 'mixup_alpha', -1, 'dataset.mixup_alpha'),
+    ('dataset', 'mix_prob', 1.5, 'dataset.mix_prob'),
+    ('train_parameters', 'gradient_accumulation_steps', 0, 'train_parameters.gradient_accumulation_steps'),
+    ('train_parameters', 'clip_grad_norm', 0, 'train_parameters.clip_grad_norm'),
+    ('model_parameters', 'drop_path_rate', 1.5, 'drop_path_rate'),
+])
+def test_a_wrong_value_is_one_line(images, tmp_path, capsys, where, key, value, needle):
+    exp = experiment(images, tmp_path / 'logs', 'bad', model='cifar_resnet',
+                     model_parameters={'depth': 8})
+    (exp['model_parameters'] if where == 'model_parameters' else exp[where])[key] = value
+    one_line_error(capsys, cli.main([write(tmp_path / 'bad.yaml', exp), '--no-smoke']), 2, needle)
+    assert not (tmp_path / 'logs' / 'bad').exists()

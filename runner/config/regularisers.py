@@ -42,6 +42,10 @@ class Regularisers:
         """Whether an AutoAugment or RandAugment policy is on."""
         return bool(self.autoaugment) or self.randaugment_ops > 0
 
+    def __bool__(self):
+        """Whether any is on (all off: the input is exactly what it was without them)."""
+        return bool(self.names())
+
     def names(self):
         """The techniques on, in words, in the order they are applied."""
         out = []
