@@ -305,3 +305,26 @@ def test_a_wrong_value_is_one_line(images, tmp_path, capsys, where, key, value, 
     (exp['model_parameters'] if where == 'model_parameters' else exp[where])[key] = value
     one_line_error(capsys, cli.main([write(tmp_path / 'bad.yaml', exp), '--no-smoke']), 2, needle)
     assert not (tmp_path / 'logs' / 'bad').exists()
+
+
+def test_clipping_and_accumulation_update_once_per_step_with_the_steps_rate():
+    """Two batches' gradients averaged, clipped to norm 1, applied once at the schedule's
+    rate for that update (0.1, then 0.01 from update 1): Keras alone would read the rate at
+    its batch count."""
+    import keras
+    from runner.config.schema import TrainConfig
+    from runner.training.optimizers import build_optimizer
+    from runner.training.schedule import make_lr_schedule
+    tp = TrainConfig(clip_grad_norm=1.0, gradient_accumulation_steps=2, momentum=0.0,
+                     lr_values=[0.1, 0.01], lr_boundaries=[1, 10])
+    v = keras.Variable(np.zeros(4, np.float32))
+    opt = build_optimizer(tp, None, make_lr_schedule('piecewise', tp.lr_values, tp.lr_boundaries))
+    opt.build([v])
+    after = []
+    for g in ([6., 8., 0., 0.], [0., 0., 0., 0.]) * 2:
+        opt.apply_gradients([(tf.constant(g), v)])
+        after.append(v.numpy().copy())
+    np.testing.assert_allclose(after[0], 0)  # the first batch only accumulates
+    np.testing.assert_allclose(after[1], [-0.06, -0.08, 0, 0], rtol=1e-5)
+    np.testing.assert_allclose(after[3], [-0.066, -0.088, 0, 0], rtol=1e-5)
+    assert int(opt.iterations) == 2
