@@ -167,9 +167,9 @@ class Trainer:
         # Frozen weights get no gradient, so the backward pass also skips whatever only
         # they needed (airbench's frozen whitening bias: the first conv's input gradient).
         variables = [v for v in self.model.trainable_variables if v.path not in frozen]
-        # Persistent when BN offsets are boosted: their decay's gradient is taken apart.
         # Mixed targets (mixup, CutMix) come as float [batch, classes], others as class ids.
         targets = labels if labels.dtype.is_floating else tf.one_hot(labels, num_classes)
+        # Persistent when BN offsets are boosted: their decay's gradient is taken apart.
         with tf.GradientTape(persistent=bool(self.lr_boosted)) as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
             per_example = self.loss_fn(targets, logits)
