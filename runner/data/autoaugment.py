@@ -3,8 +3,8 @@ from a stateless seed, so a batch is a function of (run seed, batch number).
 
 Papers:
 - Cubuk, Zoph, Mane, Vasudevan, Le, "AutoAugment: Learning Augmentation Strategies from
-  Data", CVPR 2019, arXiv:1805.09501: the operations and their ranges (Table 6 of the
-  appendix), the CIFAR-10 policy (25 sub-policies) and the ImageNet policy (Table 9).
+  Data", CVPR 2019, arXiv:1805.09501: the operations and their ranges, the CIFAR-10
+  policy (25 sub-policies) and the ImageNet policy, from the tables of its appendix.
 - Cubuk, Zoph, Shlens, Le, "RandAugment: Practical automated data augmentation with a
   reduced search space", NeurIPS 2020, arXiv:1909.13719: N operations drawn uniformly from
   14, each at the one magnitude M.
@@ -36,14 +36,15 @@ OPS = ('Identity', 'AutoContrast', 'Equalize', 'Rotate', 'Solarize', 'Color', 'P
 RANDAUGMENT_OPS = OPS[:14]
 MAX_LEVEL = 10.0
 FILL = 128.0                  # grey, for pixels a geometric operation uncovers
-MAX_ROTATE_DEGREES = 30.0     # AutoAugment Table 6: [-30, 30] degrees
+MAX_ROTATE_DEGREES = 30.0     # AutoAugment's appendix: [-30, 30] degrees
 MAX_SHEAR = 0.3               # [-0.3, 0.3]
 MAX_TRANSLATE = 10 / 32       # the authors' CIFAR code: 10 pixels of 32 (ImageNet: 150 of 331)
 MAX_ENHANCE = 0.9             # Color, Contrast, Brightness, Sharpness: factor in [0.1, 1.9]
-POSTERIZE_BITS = (8, 4)       # Table 6's [4, 8] bits: level 0 keeps 8, level 10 keeps 4
+POSTERIZE_BITS = (8, 4)       # the appendix's [4, 8] bits: level 0 keeps 8, level 10 keeps 4
 
-# (operation, probability, level) pairs of the AutoAugment paper's appendix: CIFAR-10
-# (Table 7, the 25 sub-policies of the five best policies) and ImageNet (Table 9).
+# (operation, probability, level) pairs of the AutoAugment paper's appendix: CIFAR-10 (the
+# 25 sub-policies of its five best policies) and ImageNet; the same tables as torchvision's
+# and DeepVoltaire/AutoAugment's.
 POLICIES = {
     'cifar10': (
         (('Invert', 0.1, 7), ('Contrast', 0.2, 6)), (('Rotate', 0.7, 2), ('TranslateX', 0.3, 9)),
