@@ -328,7 +328,7 @@ def print_results(results):
         if best != '-':
             best += f" ({s.get('selection_split', 'test')}-selected)"
         rate = s.get('train_images_per_second')
-        status = s.get('status', '?') + (f" in {s['held_by']}" if s.get('held_by') else '')
+        status = (s.get('status') or '?') + (f" in {s['held_by']}" if s.get('held_by') else '')
         rows.append((s.get('run_name', '?'), status, str(s.get('steps', '-')),
                      err('test_top1_accuracy'), best, f'{rate:.0f}' if rate else '-',
                      f"{s['wall_seconds'] / 60:.1f} min" if s.get('wall_seconds') else '-'))

@@ -33,7 +33,7 @@ import yaml
 from conftest import ROOT, subprocess_env
 
 hypothesis = pytest.importorskip('hypothesis')
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 RUNNER = os.path.join(ROOT, 'run_experiments.py')
 TIMEOUT_S = 300                    # TensorFlow's start on a busy machine included
@@ -317,6 +317,7 @@ def test_damaged_run_directories(fuzz_images, tmp_path_factory):
     @budget(10)
     @given(damages=st.lists(st.tuples(st.sampled_from(TARGETS), DAMAGE), min_size=1, max_size=3),
            command=st.sampled_from(['status', 'report']))
+    @example(damages=[('r/summary.json', ('json', {'status': None}))], command='status')  # found
     def case(damages, command):
         case_dir = fresh_case(tmp_path_factory)
         logdir = os.path.join(case_dir, 'logs')

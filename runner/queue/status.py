@@ -97,7 +97,7 @@ def run_status(run_dir, name='<run>'):
     elif summary.get('status') == 'running':
         status = 'interrupted'  # its process died without a word (SIGKILL, a lost node)
     else:
-        status = summary.get('status', '?')
+        status = summary.get('status') or '?'  # null: the runner never writes it
     steps = (f"{summary.get('steps', 0)}/{summary['total_steps']}" if 'total_steps' in summary
              else f'{checkpoint}/?' if checkpoint is not None else '-')
     slurm_job = _slurm_text(holder) or _slurm_text(submitted if status == 'not started' else last) \
@@ -128,7 +128,7 @@ def main(argv=None):
     for run_dir in runs:
         name = os.path.relpath(run_dir, args.logdir)
         status, steps, error, host, job, message = run_status(run_dir, name)
-        rows.append((name, status, steps, error, host, job))
+        rows.append(tuple(str(v) for v in (name, status, steps, error, host, job)))
         if message:
             messages.append(f'  {name}: {message}')
     print('\n'.join([text_table(rows)] + messages))
