@@ -73,7 +73,8 @@ def main(argv=None):
     if name == 'train':
         from runner.cli import main as train_main
         return train_main(rest)
-    return COMMANDS[name][1](rest)
+    from runner.common import output_to
+    return output_to(COMMANDS[name][1], rest)
 
 
 if __name__ == '__main__':

@@ -79,6 +79,16 @@ def resolve_model_fn(exp):
     return zoo[exp.model][1]
 
 
+def canonical_names(exp):
+    """(model name, model_parameters) of an experiment in this project's spellings: the seed
+    runner's `WRN_40_4` and `shortcut_mode` as `cifar_WRN_40_4` and `shortcut_type`, so that
+    --list and TensorBoard's HParams put a seed file's runs beside this project's."""
+    fn = resolve_model_fn(exp)
+    seed_name = SEED_MODEL_NAMES.get(exp.model)
+    name = seed_name if seed_name and getattr(fn, '__name__', None) == seed_name else exp.model
+    return name, _renamed(inspect.signature(fn), exp.model_parameters)
+
+
 def _renamed(sig, model_parameters):
     """model_parameters with the seed runner's spellings (shortcut_mode) under this
     project's names where the function takes those."""

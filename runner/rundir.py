@@ -3,6 +3,7 @@
 <logdir>/<run_name>/
     config.yaml          the fully resolved experiment (defaults filled in, data statistics)
     summary.json         status and headline numbers, rewritten at every evaluation
+    progress.json        the step a training process has reached, rewritten every few seconds
     metrics.jsonl        one JSON object per logged step (train) or evaluation (eval)
     events.out.tfevents  TensorBoard scalars and confusion matrices
     events.out.tfevents.0.overview  the HParams session, config text, input images (runner.training.tboard)
@@ -35,6 +36,7 @@ from runner.common import first_line
 
 # The names in a run directory (the layout above). Other modules reach them through RunDir.
 SUMMARY = 'summary.json'
+PROGRESS = 'progress.json'
 CONFIG = 'config.yaml'
 METRICS = 'metrics.jsonl'
 FINAL_WEIGHTS = 'final.weights.h5'
@@ -91,6 +93,7 @@ class RunDir(os.PathLike):
         return os.path.join(self.path, name)
 
     summary = property(lambda self: self._join(SUMMARY))
+    progress = property(lambda self: self._join(PROGRESS))
     config = property(lambda self: self._join(CONFIG))
     metrics = property(lambda self: self._join(METRICS))
     final_weights = property(lambda self: self._join(FINAL_WEIGHTS))
@@ -164,6 +167,25 @@ def is_finished(summary, total_steps):
 
 def write_summary(run_dir, summary):
     write_atomic(RunDir(run_dir).summary, json.dumps(summary, indent=2, sort_keys=False) + '\n')
+
+
+def write_progress(run_dir, step, total_steps):
+    """The step the training process has reached, for `status` while it trains (summary.json
+    waits for the next checkpoint). Atomic (a reader sees the old record or the new one),
+    not synced to disk: a record of a few seconds' standing needs no fsync."""
+    path = RunDir(run_dir).progress
+    with open(path + '.tmp', 'w') as f:
+        json.dump({'steps': step, 'total_steps': total_steps}, f)
+    os.replace(path + '.tmp', path)
+
+
+def read_progress(run_dir):
+    """progress.json ({'steps', 'total_steps'}), or None."""
+    try:
+        with open(RunDir(run_dir).progress) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def append_metrics(run_dir, record):
