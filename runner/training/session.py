@@ -79,12 +79,14 @@ def open_run(exp, data, quiet, max_eval_batches, stop):
     home = rundir.RunDir.of(exp)
     previous = rundir.read_summary(home) or {}
     set_op_determinism(tp.deterministic)
+    quiet = quiet or not chief
+    if data is None and not quiet:  # minutes for a large dataset: say so before they pass
+        print(f'{exp.run_name}: reading the data', flush=True)
     data = data or data_loader.load(exp.dataset)
     stop.stop_before_training()
     resuming = checkpoints.present(home.checkpoints)
     policy, why = precision.choose_precision(exp, data.info, strategy,
                                              previous.get('precision') if resuming else None)
-    quiet = quiet or not chief
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
     precision.set_policy(policy)
@@ -241,6 +243,9 @@ class Session:
             # so the logged history keeps its log_interval grid.
             first_line_due = self.last_log_time + FIRST_LINE_SECONDS
             start = trainer.step
+            if not self.quiet:
+                self.progress.log(start, f'training; the first step also builds the step function '
+                                         f'(a progress line follows within {FIRST_LINE_SECONDS} s)')
             while trainer.step < total:
                 trainer.train_step(trainer.iterator)
                 step = trainer.step
@@ -490,6 +495,9 @@ class Session:
             tboard.log_confusion('test/confusion_matrix', trainer.confusion,
                                  self.data.info.class_names, trainer.step)
         self.writer.flush()
+        if int(trainer.best_step.numpy()) == trainer.step:  # the best are the final weights
+            self.summary['best_test_top1_accuracy'] = self.summary['test_top1_accuracy']
+            return
         last_weights = [v.numpy() for v in trainer.model.weights]
         if self.best_manager.latest_checkpoint:
             tf.train.Checkpoint(model=trainer.model).restore(self.best_manager.latest_checkpoint)
