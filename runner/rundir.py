@@ -112,16 +112,18 @@ class RunDir(os.PathLike):
         return self._join(stem + '.json')
 
 
-def write_atomic(path, text):
-    """Write via a temporary file and rename, so readers never see half a file. On a full
-    disk or a refused write the old file stands, no temporary file is left, and the OSError
-    (which names the path) is raised."""
+def write_atomic(path, text, sync=True):
+    """Write via a temporary file and rename, so readers never see half a file (`sync`: on
+    disk before the rename, as a record that must survive a crash needs). On a full disk or
+    a refused write the old file stands, no temporary file is left, and the OSError (which
+    names the path) is raised."""
     tmp = f'{path}.tmp'
     try:
         with open(tmp, 'w') as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -171,12 +173,12 @@ def write_summary(run_dir, summary):
 
 def write_progress(run_dir, step, total_steps):
     """The step the training process has reached, for `status` while it trains (summary.json
-    waits for the next checkpoint). Atomic (a reader sees the old record or the new one),
-    not synced to disk: a record of a few seconds' standing needs no fsync."""
-    path = RunDir(run_dir).progress
-    with open(path + '.tmp', 'w') as f:
-        json.dump({'steps': step, 'total_steps': total_steps}, f)
-    os.replace(path + '.tmp', path)
+    waits for the next checkpoint). Not synced to disk: a record of a few seconds' standing
+    needs no fsync. A record that cannot be written is skipped: a full disk is the
+    checkpoint's to report, not this record's."""
+    with contextlib.suppress(OSError):
+        write_atomic(RunDir(run_dir).progress, json.dumps({'steps': step, 'total_steps': total_steps}),
+                     sync=False)
 
 
 def read_progress(run_dir):
@@ -260,12 +262,23 @@ def _truncate_event_file(path, step):
     os.replace(tmp, path)
 
 
+# `--restart` keeps an old run as <run>.restarted-<time>: no longer a run of the queue.
+MOVED_ASIDE = '.restarted-'
+# Under the log directory: the Slurm job scripts submitted and Slurm's own output.
+SLURM_JOBS_DIR = 'slurm-jobs'
+
+
+def moved_aside(path):
+    """Is this directory an old run that `--restart` moved aside?"""
+    return MOVED_ASIDE in os.path.basename(os.path.normpath(path))
+
+
 def move_aside(run_dir):
     """`--restart`: keep the old run under a timestamped name; never delete it."""
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    target, n = f'{run_dir}.restarted-{stamp}', 1
+    target, n = f'{run_dir}{MOVED_ASIDE}{stamp}', 1
     while os.path.exists(target):  # two restarts within a second
-        target, n = f'{run_dir}.restarted-{stamp}-{n}', n + 1
+        target, n = f'{run_dir}{MOVED_ASIDE}{stamp}-{n}', n + 1
     os.rename(run_dir, target)  # refuses to overwrite, unlike shutil.move
     return target
 

@@ -11,7 +11,7 @@ from runner import cli
 from runner.config.errors import ConfigError
 from runner.config.expand import experiment_from_dict, load_experiments, parse_overrides
 from runner.config.reference import reference
-from runner.config.schema import DatasetConfig, Experiment
+from runner.config.schema import DatasetConfig
 
 GOOD = """
 module: tiny_models
