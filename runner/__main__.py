@@ -78,4 +78,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from runner.common import end_process
+    end_process(main())

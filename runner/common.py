@@ -4,6 +4,7 @@ error, "did you mean" hints, the options of the commands that read a trained run
 No TensorFlow here, and no import of another runner module: any module may use it.
 """
 import difflib
+import gc
 import os
 import re
 import sys
@@ -37,6 +38,15 @@ def output_to(main, argv):
 TF_DECORATIONS = re.compile(r'^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$')
 # Lines of a TensorFlow op error that are context, not the cause.
 TF_CONTEXT = ('Graph execution error', 'Detected at node', 'File "', 'Stack trace')
+
+
+def end_process(code):
+    """Exit with `code` once a command's work is done and written. gc.freeze() first: the
+    collection at interpreter exit would otherwise walk TensorFlow's objects, and an input
+    pipeline abandoned by a stopped evaluation has its threads joined there one by one
+    (20 s and more after a Ctrl-C on a busy machine) for nothing the command still needs."""
+    gc.freeze()
+    sys.exit(code)
 
 
 def first_line(error):

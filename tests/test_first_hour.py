@@ -145,14 +145,13 @@ def test_every_command_is_as_quiet_as_train(slow_run):
 
 
 def test_list_names_the_seed_runners_models_and_parameters_as_this_project_does(tmp_path, image_folder):
-    """The seed's `module: Models.Resnets`, `WRN_16_4` and `shortcut_mode`: --list says
-    cifar_WRN_16_4, the name the model has here (HParams: test_tensorboard)."""
+    """The seed's `module: Models.Resnets` and `WRN_16_4`: --list says cifar_WRN_16_4, the name
+    the model has here (its parameters' names in HParams: test_tensorboard)."""
     logdir = tmp_path / 'logs'
     seed = {'module': 'Models.Resnets', 'dataset': {'image_folder': image_folder},
             'train_parameters': {'logdir': str(logdir), 'batch_size': 8}}
-    path = write(tmp_path / 'seed.yaml', dict(seed, model='WRN_16_4'),
-                 dict(seed, model='cifar_resnet20', model_parameters={'shortcut_mode': 'A'}))
+    path = write(tmp_path / 'seed.yaml', dict(seed, model='WRN_16_4'))
     done = run([path, '--list'])
     assert done.returncode == 0, done.stderr
     models = [line.split()[2] for line in done.stdout.splitlines()[1:]]
-    assert models == ['cifar_WRN_16_4', 'cifar_resnet20'], done.stdout
+    assert models == ['cifar_WRN_16_4'], done.stdout
