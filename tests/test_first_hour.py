@@ -70,6 +70,7 @@ def test_a_missing_file_is_said_once_and_before_tensorflow_is_imported(tmp_path)
     assert not (tmp_path / 'x').exists()
 
 
+@pytest.mark.slow
 def test_list_into_a_pipe_that_head_closes_is_a_success(tmp_path, image_folder):
     """`--list | head -1` of a file of three runs: the header line, nothing on stderr, and the
     runner's own exit status 0 (1 would say a run failed)."""
@@ -82,6 +83,7 @@ def test_list_into_a_pipe_that_head_closes_is_a_success(tmp_path, image_folder):
     assert lines[1:] == ['status 0'] and done.stderr == '', (done.stdout, done.stderr)
 
 
+@pytest.mark.slow
 def test_status_shows_the_step_of_a_run_before_its_first_checkpoint(tmp_path, image_folder):
     """`python -m runner status` while a run trains, before it has saved anything: the run is
     running at the step it has reached, not `-`."""
@@ -123,6 +125,7 @@ def slow_run(tmp_path_factory, image_folder):
     return {'file': path, 'logdir': logdir, 'images': image_folder, 'stdout': done.stdout}
 
 
+@pytest.mark.slow
 def test_a_slow_run_on_image_files_says_its_speed(slow_run):
     """The progress lines and the results table give the images/s, 0.5, not 0."""
     out = slow_run['stdout']
@@ -133,6 +136,7 @@ def test_a_slow_run_on_image_files_says_its_speed(slow_run):
     assert 0.3 < float(row[-3]) < 0.6, table
 
 
+@pytest.mark.slow
 def test_every_command_is_as_quiet_as_train(slow_run):
     """submit slurm --dry-run (which validates, importing TensorFlow), stats, status and
     report print none of TensorFlow's C++ start-up lines."""
@@ -144,6 +148,7 @@ def test_every_command_is_as_quiet_as_train(slow_run):
         assert done.stdout.strip(), args
 
 
+@pytest.mark.slow
 def test_list_names_the_seed_runners_models_and_parameters_as_this_project_does(tmp_path, image_folder):
     """The seed's `module: Models.Resnets` and `WRN_16_4`: --list says cifar_WRN_16_4, the name
     the model has here (its parameters' names in HParams: test_tensorboard)."""

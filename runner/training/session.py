@@ -403,6 +403,7 @@ class Session:
         if status:
             summary['status'] = status
         rundir.write_summary(self.dir, summary)
+        rundir.write_progress(self.dir, step, self.exp.total_steps)  # never behind the summary
 
     def last_words(self):
         """A second Ctrl-C exits at once: the summary says so, with the checkpoint a resume
