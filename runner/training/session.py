@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from runner import compat, rundir
 from runner.common import rate_text
+from runner.config.regularisers import Regularisers, describe as describe_regularisers
 from runner.config.yaml_io import dump_yaml
 from runner.data import loader as data_loader
 from runner.data.info import write_data_info
@@ -79,7 +80,8 @@ def open_run(exp, data, quiet, max_eval_batches, stop):
     stop.stop_before_training()
     resuming = checkpoints.present(home.checkpoints)
     policy, why = precision.choose_precision(exp, data.info, strategy,
-                                             previous.get('precision') if resuming else None)
+                                             previous.get('precision') if resuming else None,
+                                             say=None if quiet else lambda line: print(line, flush=True))
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
     precision.set_policy(policy)
@@ -111,6 +113,9 @@ class Session:
         self.prefix = 'val' if self.eval_split == 'validation' else 'test'
         self.latest = self.resumed_from = None
         self.last_eval = (None, None)  # (step, metrics) of this session's latest evaluation
+        # With mixup or CutMix the training error is against mixed labels: the log says so.
+        self.mixed = Regularisers.of(self.exp.dataset).mixing
+        self.error_name = 'mixed-label error' if self.mixed else 'error'
         self.summary = {}
 
     def say(self, line):
@@ -175,9 +180,10 @@ class Session:
         self.writer = tf.summary.create_file_writer(str(self.dir))
         if self.chief:
             # The first batch's images on a fresh run; a resumed run's dataset starts later.
-            grid = tboard.first_step_images(trainer.train_ds, data) if self.resumed_from is None else None
+            grid, labels = (tboard.first_step_inputs(trainer.train_ds, data) if self.resumed_from is None
+                            else (None, None))
             tboard.write_overview(str(self.dir), exp, tboard.hparam_values(exp, resolved, trainer.params, policy),
-                                  config_text, grid)
+                                  config_text, grid, labels=labels)
         self.progress = Progress(exp.run_name, exp.total_steps, trainer.step, self.quiet)
         rundir.write_progress(self.dir, trainer.step, exp.total_steps)  # `status` shows it from now
         self.progress_due = time.time() + PROGRESS_SECONDS
@@ -187,6 +193,11 @@ class Session:
         # (step, images/s) of every logged interval so far (history before a resume included).
         self.rates = [(r['step'], r['images_per_second']) for r in rundir.read_metrics(self.dir)
                       if r.get('kind') == 'train']
+        regularisers = describe_regularisers(resolved)
+        if regularisers:
+            self.say(f'regularisers: {", ".join(regularisers)}' + (
+                '; the training error is against the mixed labels (an image counts 1 minus its '
+                'label\'s share of the predicted class)' if self.mixed else ''))
         techniques = ([f'{tp.eval_tta} TTA'] if tp.eval_tta != 'none' else []) + (
             [f'weights: {trainer.evaluated_weights}'] if trainer.ema or trainer.lookahead else [])
         self.how = f' ({", ".join(techniques)})' if techniques else ''
@@ -306,7 +317,7 @@ class Session:
     def log_so_far(self, step):
         """The session's first progress line, before the first log interval is complete."""
         m = self.trainer.read_train_metrics(reset=False)
-        self.progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} (so far; '
+        self.progress.log(step, f'loss {m["loss"]:.4f} {self.error_name} {m["error"]:.2%} (so far; '
                                 f'logged every {self.tp.log_interval} steps)')
 
     def log(self, step):
@@ -314,7 +325,7 @@ class Session:
         trainer, tp = self.trainer, self.tp
         m = trainer.read_train_metrics()
         # Images per second of training alone: evaluation and checkpoint time left out.
-        rate = ((step - self.last_log_step) * tp.batch_size
+        rate = ((step - self.last_log_step) * tp.batch_size * tp.gradient_accumulation_steps
                 / max(time.time() - self.last_log_time - self.overhead, 1e-9))
         self.rates.append((step, rate))
         lr = float(trainer.schedule(step - 1))
@@ -326,7 +337,7 @@ class Session:
         rundir.append_metrics(self.dir, {'step': step, 'kind': 'train', 'lr': lr,
                                          'images_per_second': rate, **m,
                                          'wall_seconds': round(self.wall_seconds(), 2)})
-        self.progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} lr {lr:g} '
+        self.progress.log(step, f'loss {m["loss"]:.4f} {self.error_name} {m["error"]:.2%} lr {lr:g} '
                                 f'{rate_text(rate)} img/s',
                           postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate_text(rate)} img/s')
         self.last_log_step, self.last_log_time, self.overhead = step, time.time(), 0.0
