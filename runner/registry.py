@@ -1,29 +1,27 @@
 """Finding and building the model an experiment names.
 
-`module` is optional for this project's own models: the function is looked up in
-every module of the `models` package. Any importable module works too (a file of
-the user's own on the Python path, e.g. `module: my_models`).
+`module` is optional for this project's own models: the function is found by name in the
+zoo's registry (models.zoo). Any importable module works too (a file of the user's own on
+the Python path, e.g. `module: my_models`), its function found by name as always.
 """
 import importlib
 import importlib.util
 import inspect
 import math
 import os
-import pkgutil
 import traceback
 import warnings
 
+from models import zoo
 from runner.common import did_you_mean, first_line
 from runner.config.errors import ConfigError
 from runner.rundir import FINAL_WEIGHTS, RunDir
 
 ZOO_PACKAGE = 'models'
 
-# The seed runner's spellings (001_bba23ab2ea219f51.txt), so its experiment files run with
-# only the module name changed: model names, and model_parameters keys.
-SEED_MODEL_NAMES = {f'WRN_{d}_{w}': f'cifar_WRN_{d}_{w}' for d, w in ((16, 4), (16, 8), (28, 10), (40, 4))}
-SEED_PARAMETER_NAMES = {'shortcut_mode': 'shortcut_type'}
-SEED_PACKAGE = 'Models'  # the seed's `module: 'Models.Resnets'`
+# The seed runner's `module: 'Models.Resnets'` (its model and parameter names are aliases in
+# models.zoo, so its experiment files run as written).
+SEED_PACKAGE = 'Models'
 
 
 def seed_module(module):
@@ -38,24 +36,9 @@ def seed_module(module):
         return True
 
 
-def zoo_functions():
-    """{name: (module_name, function)} for every public model function in the zoo."""
-    pkg = importlib.import_module(ZOO_PACKAGE)
-    found = {}
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.name.startswith('_') or info.name == 'layers':
-            continue
-        mod = importlib.import_module(f'{ZOO_PACKAGE}.{info.name}')
-        for name, fn in vars(mod).items():
-            if (inspect.isfunction(fn) and not name.startswith('_') and fn.__module__ == mod.__name__
-                    and 'num_classes' in inspect.signature(fn).parameters):
-                found[name] = (mod.__name__, fn)
-    return found
-
-
 def resolve_model_fn(exp):
     """The model function of an experiment; ConfigError naming module/model if it cannot be found."""
-    if exp.module and not seed_module(exp.module):
+    if exp.module and exp.module != ZOO_PACKAGE and not seed_module(exp.module):
         try:
             mod = importlib.import_module(exp.module)
         except ModuleNotFoundError as e:
@@ -64,19 +47,17 @@ def resolve_model_fn(exp):
             raise ConfigError(f"module: importing '{exp.module}' failed: {type(e).__name__}: {e}") from None
         fn = getattr(mod, exp.model, None)
         if fn is None and exp.module.split('.')[0] == ZOO_PACKAGE:
-            fn = getattr(mod, SEED_MODEL_NAMES.get(exp.model, ''), None)
+            fn = getattr(mod, zoo.canonical_name(exp.model), None)
         if not callable(fn):
             names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith('_')]
             hint = did_you_mean(exp.model, names)
             raise ConfigError(f"model: '{exp.model}' is not a function of module '{exp.module}'{hint}")
         return fn
-    zoo = zoo_functions()
-    if exp.model not in zoo and exp.model in SEED_MODEL_NAMES:
-        return zoo[SEED_MODEL_NAMES[exp.model]][1]
-    if exp.model not in zoo:
-        raise ConfigError(f"model: '{exp.model}' is not a model of this project{did_you_mean(exp.model, zoo)}; "
-                          f"set 'module' to use a model of your own")
-    return zoo[exp.model][1]
+    fn = zoo.model_function(exp.model)
+    if fn is None:
+        raise ConfigError(f"model: '{exp.model}' is not a model of this project"
+                          f"{did_you_mean(exp.model, zoo.default_cfgs)}; set 'module' to use a model of your own")
+    return fn
 
 
 def _renamed(sig, model_parameters):
@@ -84,7 +65,7 @@ def _renamed(sig, model_parameters):
     project's names where the function takes those."""
     out = {}
     for key, value in model_parameters.items():
-        new = SEED_PARAMETER_NAMES.get(key)
+        new = zoo.SEED_OPTION_NAMES.get(key)
         out[new if new and key not in sig.parameters and new in sig.parameters else key] = value
     return out
 
