@@ -274,6 +274,10 @@ def _millions(n):
     return f'{n / 1e6:.2f}M'
 
 
+def _decay(value):
+    return f'{value:.0e}'.replace('e-0', 'e-')
+
+
 def _error(value, note=''):
     if value is None:
         return '—'
@@ -304,18 +308,21 @@ def table_rows():
             named[0][1].family,
             _joined(['x'.join(map(str, c.input_size[:2])) for _, c in named]),
             _joined([_millions(c.params[0] if c.num_classes == 10 else c.params[1]) for _, c in named]),
+            _joined([_decay(c.weight_decay) for _, c in named]),
             _joined([c.paper or '—' for _, c in named]),
             _joined([_error(c.paper_error, c.paper_note) for _, c in named]),
             _joined([_result_cell(c) for _, c in named])))
         for name, cfg in named:
             for v in cfg.variants:
                 rows.append((f'`{name}` (`{v.parameters}`)', cfg.family,
-                             'x'.join(map(str, cfg.input_size[:2])), _millions(v.params or cfg.params[0]), v.paper, _error(v.paper_error), '—'))
+                             'x'.join(map(str, cfg.input_size[:2])), _millions(v.params or cfg.params[0]),
+                             _decay(cfg.weight_decay), v.paper, _error(v.paper_error), '—'))
     return rows
 
 
 def markdown_table():
-    head = ('model', 'module', 'input', 'params', 'paper', 'paper error (%)', 'this project (%)')
+    head = ('model', 'module', 'input', 'params', 'weight decay', 'paper', 'paper error (%)',
+            'this project (%)')
     lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
     lines += ['| ' + ' | '.join(row) + ' |' for row in table_rows()]
     return '\n'.join(lines) + '\n'
