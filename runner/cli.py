@@ -225,6 +225,11 @@ def validate(experiments, restarting=(), need_data=True):
                                      exp.train_parameters.init_skip_mismatch)
             del model
             keras.backend.clear_session()
+            if need_data:
+                try:
+                    data_source.download_if_needed(exp.dataset)
+                except data_source.DataUnavailable as e:
+                    raise ConfigError(str(e)) from None
             ready = data_source.data_ready(exp.dataset)
             if need_data and not ready:
                 cfg = exp.dataset

@@ -112,8 +112,9 @@ class DatasetConfig:
     data_dir: Optional[str] = _doc(
         'Where TFDS keeps prepared datasets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
         resumable=True, default=None)
-    download: bool = _doc('Let TFDS download and prepare the dataset if it is not in data_dir.',
-                          resumable=True, default=False)
+    download: bool = _doc(
+        'Let TFDS download and prepare the dataset once if it is not in data_dir (before the smoke run); '
+        'false: only a prepared copy is read.', resumable=True, default=True)
     train_split: str = _doc('Split to train on (TFDS split syntax, e.g. "train[:90%]").',
                             default='train')
     test_split: str = _doc('Split the reported test error comes from.', default='test')

@@ -57,8 +57,21 @@ def tfds_builder(cfg):
         raise DataUnavailable(f"dataset.name: '{cfg.name}' is not a TensorFlow Datasets name{hint}") from None
 
 
+def download_if_needed(cfg):
+    """With download on, TFDS downloads and prepares a dataset it can fetch by itself that is not
+    here yet (once, before the smoke run); DataUnavailable in one line if it cannot."""
+    if source_kind(cfg) != 'tfds' or not cfg.download:
+        return
+    b = tfds_builder(cfg)
+    if not b.is_prepared() and not getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+        host = unreachable_host(b)
+        if host:
+            raise DataUnavailable(offline_message(cfg, b, host))
+        prepared_builder(cfg)
+
+
 def data_ready(cfg):
-    """Is the experiment's data on this machine (or may TFDS download it)?"""
+    """Is the experiment's data on this machine (or may TFDS prepare it from its archives)?"""
     if source_kind(cfg) != 'tfds':
         return True  # describe() has listed the files
     b = tfds_builder(cfg)
@@ -67,7 +80,7 @@ def data_ready(cfg):
     if getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
         # Preparing needs the archives the user puts in manual_dir, network or not.
         return cfg.download and _has_manual_files(cfg, b)
-    return cfg.download
+    return False
 
 
 def _has_manual_files(cfg, builder):
@@ -101,6 +114,33 @@ def not_prepared_message(cfg, builder):
     return (f"dataset: '{cfg.name}' is not prepared in {builder.data_dir} and download is off. "
             f"Point dataset.data_dir (or TFDS_DATA_DIR) at a prepared copy, set dataset.download: true "
             f"where there is network, or use dataset.image_folder")
+
+
+def unreachable_host(builder):
+    """The host of the dataset's homepage (for CIFAR its download host too) when it cannot be
+    reached within seconds, else None: offline, TFDS would retry its download for minutes
+    before failing. Behind a proxy nothing is probed (TFDS's requests go through it)."""
+    import socket
+    import urllib.parse
+    import urllib.request
+    host = urllib.parse.urlparse(builder.info.homepage or '').hostname
+    if not host or urllib.request.getproxies():
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        return host
+    return None
+
+
+def offline_message(cfg, builder, host):
+    """The one line for a dataset that is neither here nor downloadable now: both ways out."""
+    tool = (' (for CIFAR-10 the offline quick start\'s make_tfds_cifar10.py builds one)'
+            if cfg.name == 'cifar10' else '')
+    return (f"dataset: '{cfg.name}' is not prepared in {builder.data_dir} and cannot be downloaded "
+            f"now ({host} is unreachable). With network access, run again and TFDS downloads it "
+            f"once; offline, point dataset.data_dir (or TFDS_DATA_DIR) at a prepared copy{tool}, "
+            f"or use dataset.image_folder")
 
 
 def prepared_builder(cfg):
