@@ -76,7 +76,8 @@ def _row(family, row, **common):
 
 _RESNET_OPTIONS = (('block_type', 'original'), ('shortcut_type', 'A'))
 _resnet = _row('resnet', 'cifar_resnet', paper='He et al. 2015', options=_RESNET_OPTIONS,
-               # with option-A shortcuts the two unit types have the same weights
+               # with option-A shortcuts the unit types have the same weights: v1's BNs follow the
+               # stem and every conv, v2's precede every conv and follow the last: equal widths
                count_neutral=COUNT_NEUTRAL + ('block_type',))
 _preact = _row('resnet', 'preact', paper='He et al. 2016',
                options=(('block_type', 'preactivated'), ('shortcut_type', 'B')))

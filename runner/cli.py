@@ -215,6 +215,8 @@ def validate(experiments, restarting=(), need_data=True):
             try:
                 info = data_info.describe(exp.dataset)
                 data_info.check_sizes(exp.dataset, info, exp.train_parameters.batch_size)
+                if need_data:  # with download on, TFDS fetches the data now, before the smoke run
+                    data_source.download_if_needed(exp.dataset)
             except data_source.DataUnavailable as e:
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
@@ -225,11 +227,6 @@ def validate(experiments, restarting=(), need_data=True):
                                      exp.train_parameters.init_skip_mismatch)
             del model
             keras.backend.clear_session()
-            if need_data:
-                try:
-                    data_source.download_if_needed(exp.dataset)
-                except data_source.DataUnavailable as e:
-                    raise ConfigError(str(e)) from None
             ready = data_source.data_ready(exp.dataset)
             if need_data and not ready:
                 cfg = exp.dataset
@@ -241,6 +238,15 @@ def validate(experiments, restarting=(), need_data=True):
         return Checked(exp, params, f'{info.description} ({shape}, {info.num_classes} classes)',
                        ready, start_over=start_over)
     return collect_errors(experiments, check)
+
+
+def listed(experiments, restarting):
+    """--list's rows: counted without TensorFlow where the registry can tell, else built."""
+    from runner.registry import count_from_registry
+    quick = [count_from_registry(exp) for exp in experiments]
+    rest = [exp for exp, q in zip(experiments, quick) if q is None]
+    built = iter(quiet_tensorflow() or validate(rest, restarting, need_data=False) if rest else ())
+    return [Checked(exp, *q, data_ready=False) if q else next(built) for exp, q in zip(experiments, quick)]
 
 
 def print_list(checked):
@@ -480,8 +486,11 @@ def checked_share(args):
             raise join_errors(load_error, more) from None
         raise load_error
     share = select_indices(len(experiments), args.index, args.shard)
-    quiet_tensorflow([] if args.list else [experiments[k] for k in share])
-    checked = validate(experiments, restarting, need_data=need_data)
+    if args.list:
+        checked = listed(experiments, restarting)
+    else:
+        quiet_tensorflow([experiments[k] for k in share])
+        checked = validate(experiments, restarting, need_data=need_data)
     for k, c in enumerate(checked):
         c.queue_index = k
     return [checked[k] for k in share], restarting

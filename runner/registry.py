@@ -154,6 +154,26 @@ def build_model(exp, input_shape, num_classes):
     return model
 
 
+def count_from_registry(exp):
+    """(trainable parameters, dataset description) of an experiment from the zoo's registry and
+    TFDS's metadata, without building the model or importing TensorFlow (--list); None where
+    only building it can tell (a model of the user's, an option that changes the weights, a
+    model sized by its arguments) or the data must be looked at (files, see input_from_metadata)."""
+    cfg = zoo.default_cfgs.get(zoo.canonical_name(exp.model))
+    if cfg is None or exp.module not in (None, ZOO_PACKAGE, f'{ZOO_PACKAGE}.{cfg.family}') \
+            and not seed_module(exp.module):
+        return None  # a model of the user's, or not a model at all: validation says which
+    from runner.data.source import input_from_metadata
+    found = input_from_metadata(exp.dataset)
+    if found is None:
+        return None
+    shape, classes, description = found
+    params = zoo.trainable_params(exp.model, classes, shape, exp.model_parameters)
+    if params is None:
+        return None
+    return params, f"{description} ({'x'.join(map(str, shape))}, {classes} classes)"
+
+
 def count_trainable(model):
     """Trainable parameters (batch-norm moving statistics excluded, unlike count_params())."""
     return int(sum(math.prod(v.shape) for v in model.trainable_weights))

@@ -124,3 +124,25 @@ def test_seed_names_and_every_cfg_is_consistent():
             assert (cfg.params[1] - cfg.params[0]) % 990 == 0, f'{name}: a count is not affine in the classes'
         for r in cfg.results:
             assert os.path.exists(os.path.join(ROOT, r.recipe)), r.recipe
+
+
+def test_list_of_every_shipped_file_reads_the_registry_without_tensorflow(tmp_path):
+    """`--list` of every shipped experiment file counts from the registry and TFDS's metadata:
+    one process lists them all (no data here) and never imports TensorFlow or Keras, which
+    building the models took minutes for (ResNet-1001, the ImageNet nets)."""
+    files = [os.path.join(ROOT, 'experiments.yaml')] + sorted(
+        os.path.join(ROOT, 'experiments', f) for f in os.listdir(os.path.join(ROOT, 'experiments')))
+    code = ('import sys; from runner import cli\n'
+            f'for f in {files!r}:\n'
+            '    assert cli.main([f, "--list", "--set", "dataset.data_dir=null"]) == 0, f\n'
+            'assert "tensorflow" not in sys.modules and "keras" not in sys.modules')
+    out = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, 'PYTHONPATH': ROOT,
+                                           'TFDS_DATA_DIR': str(tmp_path / 'no-data')})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'cifar_resnet1001  10.33M (10,327,706)  tfds cifar10 (32x32x3, 10 classes)' in out.stdout
+    assert 'tfds imagenet2012 (224x224x3, 1000 classes)' in out.stdout
+    for f in files:
+        for doc in yaml.safe_load_all(open(f)):
+            if doc:
+                assert f" {(doc.get('train_parameters') or {}).get('run_name') or doc['model']} " in out.stdout

@@ -8,8 +8,10 @@ TFDS: https://www.tensorflow.org/datasets/api_docs/python/tfds/builder (builders
 """
 import os
 
-from runner.data import listings
 from runner.common import did_you_mean, first_line
+
+# The model input of images of varying size (imagenet preprocessing) without dataset.image_size.
+DEFAULT_IMAGENET_SIZE = (224, 224)
 
 
 class DataUnavailable(Exception):
@@ -55,6 +57,31 @@ def tfds_builder(cfg):
     except tfds.core.registered.DatasetNotFoundError:
         hint = did_you_mean(cfg.name, tfds.list_builders())
         raise DataUnavailable(f"dataset.name: '{cfg.name}' is not a TensorFlow Datasets name{hint}") from None
+
+
+def input_from_metadata(cfg):
+    """(model input shape, class count, description) of a TFDS dataset from TFDS's metadata,
+    without TensorFlow (tensorflow_datasets imports it only to read data), as describe gives
+    them; None where describe must look at more (files, a class-names file, a name TFDS does
+    not know, a num_classes to check against the data's)."""
+    if source_kind(cfg) != 'tfds' or cfg.class_names_file or cfg.num_classes:
+        return None
+    try:
+        features = tfds_builder(cfg).info.features
+    except DataUnavailable:
+        return None
+    if 'label' not in features or 'image' not in features:
+        return None
+    native = tuple(features['image'].shape)[:2]
+    if cfg.image_size:
+        size = tuple(cfg.image_size)
+    elif None not in native:
+        size = native
+    elif cfg.preprocessing in ('auto', 'imagenet'):
+        size = DEFAULT_IMAGENET_SIZE
+    else:
+        return None
+    return size + (3,), int(features['label'].num_classes), f'tfds {cfg.name}'
 
 
 def download_if_needed(cfg):
@@ -187,6 +214,7 @@ def _which(cfg, split):
 
 def listing(cfg, split, limit=None):
     """The items of a split, nothing decoded (every source; TFDS must be prepared)."""
+    from runner.data import listings  # imports TensorFlow: only here, so --list needs none
     kind = source_kind(cfg)
     offset = getattr(cfg, 'label_offset', None) or 0
     try:
