@@ -13,8 +13,10 @@ from conftest import ROOT
 # Required though nothing here imports it: tensorflow-datasets imports it when it prepares a
 # dataset (downloads, the offline CIFAR-10 tool) and declares it only for Python < 3.9.
 FOR_TFDS = {'importlib-resources'}
-# The project's own top-level packages and modules, and what the tests import from their folder.
-OWN = {'runner', 'models', 'conftest', 'tiny_models', 'slurm_cluster', 'test_resilience', 'test_fast'}
+# The project's own top-level packages, and the modules of the folders the tests and benchmarks
+# import from each other.
+OWN = {'runner', 'models'} | {name[:-3] for folder in ('tests', 'benchmarks')
+                              for name in os.listdir(os.path.join(ROOT, folder)) if name.endswith('.py')}
 
 
 def imported_top_levels(folder):
