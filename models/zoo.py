@@ -66,6 +66,11 @@ class ModelCfg:
     def num_classes(self):
         return 1000 if self.input_size == IMAGENET else 10
 
+    @property
+    def native_params(self):
+        """The trainable count at the native input size and class count."""
+        return self.params[0 if self.num_classes == 10 else 1]
+
 
 def _row(family, row, **common):
     """A cfg factory for the models of one README row (common fields given once)."""
@@ -218,7 +223,7 @@ def _variant(name, spec):
         return spec.build(name, **bound.arguments)
     build.__name__ = build.__qualname__ = name
     build.__module__ = type(spec).__module__
-    build.__doc__ = f'{cfg.title} ({cfg.paper or "this project"}, {cfg.params[0] / 1e6:.2f}M).'
+    build.__doc__ = f'{cfg.title} ({cfg.paper or "this project"}, {cfg.native_params / 1e6:.2f}M).'
     build.__signature__ = signature
     return build
 
@@ -308,7 +313,7 @@ def table_rows():
             ' / '.join(f'`{n}`' for n, _ in named) + (f' ({", ".join(family_fns)})' if family_fns else ''),
             named[0][1].family,
             _joined(['x'.join(map(str, c.input_size[:2])) for _, c in named]),
-            _joined([_millions(c.params[0] if c.num_classes == 10 else c.params[1]) for _, c in named]),
+            _joined([_millions(c.native_params) for _, c in named]),
             _joined([_decay(c.weight_decay) for _, c in named]),
             _joined([c.paper or '—' for _, c in named]),
             _joined([_error(c.paper_error, c.paper_note) for _, c in named]),
@@ -316,7 +321,7 @@ def table_rows():
         for name, cfg in named:
             for v in cfg.variants:
                 rows.append((f'`{name}` (`{v.parameters}`)', cfg.family,
-                             'x'.join(map(str, cfg.input_size[:2])), _millions(v.params or cfg.params[0]),
+                             'x'.join(map(str, cfg.input_size[:2])), _millions(v.params or cfg.native_params),
                              _decay(cfg.weight_decay), v.paper, _error(v.paper_error), '—'))
     return rows
 

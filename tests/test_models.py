@@ -48,7 +48,7 @@ MODEL_FNS = discover_model_functions()
 # Zagoruyko's PyTorch count, DenseNet-BC-190 Huang's, ResNet-50 torchvision's, ResNet-50 v2
 # Keras applications'.
 CFGS = zoo.default_cfgs
-EXACT_PARAMS = {n: c.params[0 if c.num_classes == 10 else 1] for n, c in CFGS.items() if c.params}
+EXACT_PARAMS = {n: c.native_params for n, c in CFGS.items() if c.params}
 
 # Functions that need family arguments: an example call and its exact count.
 GENERIC_BUILDERS = {
