@@ -17,9 +17,10 @@ import sys
 from typing import Optional
 
 CIFAR, IMAGENET = (32, 32, 3), (224, 224, 3)
-# Options that change no trainable weight: dropout has none, fused_norm computes the same
-# batch norm, decay_all only adds regularisers (models/layers.py).
-COUNT_NEUTRAL = ('dropout', 'fused_norm', 'decay_all')
+# Options that change no trainable weight: dropout and stochastic depth's drop_path_rate have
+# none, fused_norm computes the same batch norm, decay_all only adds regularisers (models/layers.py).
+COUNT_NEUTRAL = ('dropout', 'drop_path_rate', 'fused_norm', 'decay_all')
+_DROP_PATH = (('drop_path_rate', 0.0),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +35,8 @@ class Result:
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A paper figure for the model with other parameters than its defaults."""
-    parameters: str     # as in model_parameters, e.g. 'block_type: preactivated'
+    """A paper figure for the model with other parameters or another recipe than its own."""
+    parameters: str     # what differs, as the table shows it: '`block_type: preactivated`', '+ Cutout'
     paper: str
     paper_error: float
     params: Optional[int] = None  # trainable weights at the native size, when they differ
@@ -79,18 +80,18 @@ def _row(family, row, **common):
     return cfg
 
 
-_RESNET_OPTIONS = (('block_type', 'original'), ('shortcut_type', 'A'))
+_RESNET_OPTIONS = (('block_type', 'original'), ('shortcut_type', 'A')) + _DROP_PATH
 _resnet = _row('resnet', 'cifar_resnet', paper='He et al. 2015', options=_RESNET_OPTIONS,
                # with option-A shortcuts the unit types have the same weights: v1's BNs follow the
                # stem and every conv, v2's precede every conv and follow the last: equal widths
                count_neutral=COUNT_NEUTRAL + ('block_type',))
 _preact = _row('resnet', 'preact', paper='He et al. 2016',
-               options=(('block_type', 'preactivated'), ('shortcut_type', 'B')))
+               options=(('block_type', 'preactivated'), ('shortcut_type', 'B')) + _DROP_PATH)
 _wrn = _row('resnet', 'wrn', paper='Zagoruyko & Komodakis 2016', weight_decay=5e-4,
-            options=(('dropout', 0.0), ('decay_all', True)))
+            options=(('dropout', 0.0), ('decay_all', True)) + _DROP_PATH)
 _resnext = _row('resnet', 'resnext', paper='Xie et al. 2017', weight_decay=5e-4,
-                options=(('decay_all', True),))
-_imagenet = _row('resnet', 'imagenet_resnet', input_size=IMAGENET)
+                options=(('decay_all', True),) + _DROP_PATH)
+_imagenet = _row('resnet', 'imagenet_resnet', input_size=IMAGENET, options=_DROP_PATH)
 _densenet = _row('densenet', 'densenet', paper='Huang et al. 2017',
                  options=(('dropout', 0.0), ('decay_all', True)))
 _vgg = _row('vgg', 'vgg', paper='seed 001', weight_decay=5e-4)
@@ -112,7 +113,8 @@ default_cfgs = {
     'cifar_resnet110': _resnet(
         'ResNet-110 for CIFAR', params=(1_727_962, 1_792_312), paper_error=6.43,
         paper_note='best run; mean 6.61',
-        variants=(Variant('block_type: preactivated', 'He et al. 2016', 6.37),)),
+        variants=(Variant('`block_type: preactivated`', 'He et al. 2016', 6.37),
+                  Variant('+ stochastic depth, `drop_path_rate: 0.5`', 'Huang et al. 2016', 5.25))),
     'cifar_resnet164': _preact('ResNet-164, pre-activation bottleneck units',
                                params=(1_703_258, 1_957_688), paper_error=5.46),
     'cifar_resnet1001': _preact('ResNet-1001, pre-activation bottleneck units',
@@ -122,9 +124,16 @@ default_cfgs = {
     'cifar_WRN_16_8': _wrn('WRN-16-8', params=(10_961_370, 11_469_240), paper_error=4.27,
                            aliases=('WRN_16_8',)),
     'cifar_WRN_28_10': _wrn('WRN-28-10', params=(36_479_194, 37_113_784), paper_error=3.89,
-                            paper_note='dropout 0.3', aliases=('WRN_28_10',)),
+                            paper_note='dropout 0.3', aliases=('WRN_28_10',),
+                            variants=(Variant('+ Cutout', 'DeVries & Taylor 2017', 3.08),
+                                      Variant('+ AutoAugment', 'Cubuk et al. 2019', 2.6),
+                                      Variant('+ RandAugment', 'Cubuk et al. 2020', 2.7))),
     'cifar_WRN_40_4': _wrn('WRN-40-4', params=(8_949_210, 9_203_640), paper_error=4.53,
                            aliases=('WRN_40_4',)),
+    'cifar_preact_resnet18': ModelCfg(
+        'resnet', "PreAct ResNet-18 of mixup's CIFAR code", params=(11_171_274, 11_679_144),
+        options=(('decay_all', True),) + _DROP_PATH, paper='Zhang et al. 2018', paper_error=4.2,
+        paper_note='with mixup, `mixup_alpha: 1`', row='preact_resnet18'),
     'cifar_resnext': _resnext('CIFAR ResNeXt-depth (cardinality x base_width d)', params=None,
                               required=('depth', 'cardinality', 'base_width')),
     'cifar_resnext29_8x64d': _resnext('ResNeXt-29 8x64d for CIFAR', params=(34_426_698, 35_441_448),
@@ -320,7 +329,7 @@ def table_rows():
             _joined([_result_cell(c) for _, c in named])))
         for name, cfg in named:
             for v in cfg.variants:
-                rows.append((f'`{name}` (`{v.parameters}`)', cfg.family,
+                rows.append((f'`{name}` ({v.parameters})', cfg.family,
                              'x'.join(map(str, cfg.input_size[:2])), _millions(v.params or cfg.native_params),
                              _decay(cfg.weight_decay), v.paper, _error(v.paper_error), '—'))
     return rows

@@ -90,6 +90,7 @@ PAPER_PARAMS = {
     "cifar_resnet110": (1.7, 1, "weights"),
     "cifar_resnet164": (1.7, 1, "weights"),
     "cifar_resnet1001": (10.2, 1, "weights"),
+    "cifar_preact_resnet18": None,
     "cifar_WRN_16_4": None,
     "cifar_WRN_16_8": (11.0, 1, "all"),
     "cifar_WRN_28_10": (36.5, 1, "all"),
