@@ -161,6 +161,8 @@ def validate(experiments, restarting=(), need_data=True):
             try:
                 info = data_info.describe(exp.dataset)
                 data_info.check_sizes(exp.dataset, info, exp.train_parameters.batch_size)
+                if need_data:  # with download on, TFDS fetches the data now, before the smoke run
+                    data_source.download_if_needed(exp.dataset)
             except data_source.DataUnavailable as e:
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
@@ -184,14 +186,23 @@ def validate(experiments, restarting=(), need_data=True):
     return collect_errors(experiments, check)
 
 
+def listed(experiments, restarting):
+    """--list's rows: counted without TensorFlow where the registry can tell, else built."""
+    from runner.registry import count_from_registry
+    quick = [count_from_registry(exp) for exp in experiments]
+    rest = [exp for exp, q in zip(experiments, quick) if q is None]
+    built = iter(quiet_tensorflow() or validate(rest, restarting, need_data=False) if rest else ())
+    return [Checked(exp, *q, data_ready=False) if q else next(built) for exp, q in zip(experiments, quick)]
+
+
 def print_list(checked):
     from runner.queue import runlock
-    from runner.registry import canonical_names
+    from runner.registry import canonical_model_name
     rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
     for c in checked:
         held = runlock.holder(RunDir.of(c.exp))
         status = f'running in {runlock.describe(held)}' if held is not None else '-'
-        rows.append((str(c.queue_index), c.exp.run_name, canonical_names(c.exp)[0],
+        rows.append((str(c.queue_index), c.exp.run_name, canonical_model_name(c.exp),
                      f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
                      status))
     _table(rows)
@@ -420,8 +431,11 @@ def checked_share(args):
             raise join_errors(load_error, more) from None
         raise load_error
     share = select_indices(len(experiments), args.index, args.shard)
-    quiet_tensorflow([] if args.list else [experiments[k] for k in share])
-    checked = validate(experiments, restarting, need_data=need_data)
+    if args.list:
+        checked = listed(experiments, restarting)
+    else:
+        quiet_tensorflow([experiments[k] for k in share])
+        checked = validate(experiments, restarting, need_data=need_data)
     for k, c in enumerate(checked):
         c.queue_index = k
     return [checked[k] for k in share], restarting

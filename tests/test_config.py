@@ -140,8 +140,9 @@ def test_missing_image_folder(capsys, tmp_path):
     assert_config_error(capsys, tmp_path, GOOD, "dataset.image_folder: '/nonexistent' is not a directory")
 
 
-def test_dataset_not_prepared_offline(capsys, tmp_path):
-    text = GOOD.replace('dataset: {image_folder: IMAGES}', f'dataset: {{name: cifar10, data_dir: {tmp_path}/empty}}')
+def test_dataset_not_prepared_and_download_off(capsys, tmp_path):
+    text = GOOD.replace('dataset: {image_folder: IMAGES}',
+                        f'dataset: {{name: cifar10, data_dir: {tmp_path}/empty, download: false}}')
     line = assert_config_error(capsys, tmp_path, text, "'cifar10' is not prepared", 'dataset.data_dir',
                                'TFDS_DATA_DIR', 'image_folder')
     assert f'{tmp_path}/empty' in line

@@ -25,7 +25,7 @@ import tensorflow as tf
 from runner.config.regularisers import describe as describe_regularisers
 from runner.data import source as data_source
 from runner import rundir
-from runner.registry import canonical_names
+from runner.registry import canonical_model_name, canonical_parameters
 from runner.rundir import RunDir
 
 # Event files TensorBoard reads (any name holding 'tfevents'); '0' sorts them before the
@@ -76,7 +76,8 @@ def hparam_values(exp, resolved, params, policy):
     """{name: value} of the HParams dashboard, each of its own type (ints as ints); a setting
     that is off or absent is left out rather than given a value of another type."""
     tp, ds = resolved['train_parameters'], resolved['dataset']
-    model, model_parameters = canonical_names(exp)  # the seed's spellings in the same columns
+    # The seed runner's spellings in the same rows and columns as this project's.
+    model, model_parameters = canonical_model_name(exp), canonical_parameters(exp)
     values = {
         'model': model, 'params': int(params), 'dataset': dataset_source(exp.dataset),
         'validation_fraction': float(ds['validation_fraction'] or 0.0), 'steps': int(exp.total_steps),
