@@ -3,6 +3,7 @@
 <logdir>/<run_name>/
     config.yaml          the fully resolved experiment (defaults filled in, data statistics)
     summary.json         status and headline numbers, rewritten at every evaluation
+    progress.json        the step a training process has reached, rewritten every few seconds
     metrics.jsonl        one JSON object per logged step (train) or evaluation (eval)
     events.out.tfevents  TensorBoard scalars and confusion matrices
     events.out.tfevents.0.overview  the HParams session, config text, input images (runner.training.tboard)
@@ -37,6 +38,7 @@ from runner.common import first_line, size_problem
 
 # The names in a run directory (the layout above). Other modules reach them through RunDir.
 SUMMARY = 'summary.json'
+PROGRESS = 'progress.json'
 CONFIG = 'config.yaml'
 METRICS = 'metrics.jsonl'
 FINAL_WEIGHTS = 'final.weights.h5'
@@ -99,6 +101,7 @@ class RunDir(os.PathLike):
         return os.path.join(self.path, name)
 
     summary = property(lambda self: self._join(SUMMARY))
+    progress = property(lambda self: self._join(PROGRESS))
     config = property(lambda self: self._join(CONFIG))
     metrics = property(lambda self: self._join(METRICS))
     final_weights = property(lambda self: self._join(FINAL_WEIGHTS))
@@ -118,16 +121,18 @@ class RunDir(os.PathLike):
         return self._join(stem + '.json')
 
 
-def write_atomic(path, text):
-    """Write via a temporary file and rename, so readers never see half a file. On a full
-    disk or a refused write the old file stands, no temporary file is left, and the OSError
-    (which names the path) is raised."""
+def write_atomic(path, text, sync=True):
+    """Write via a temporary file and rename, so readers never see half a file (`sync`: on
+    disk before the rename, as a record that must survive a crash needs). On a full disk or
+    a refused write the old file stands, no temporary file is left, and the OSError (which
+    names the path) is raised."""
     tmp = f'{path}.tmp'
     try:
         with open(tmp, 'w') as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -217,6 +222,29 @@ def newest_checkpoint_step(run_dir):
 
 def write_summary(run_dir, summary):
     write_atomic(RunDir(run_dir).summary, json.dumps(summary, indent=2, sort_keys=False) + '\n')
+
+
+def write_progress(run_dir, step, total_steps):
+    """The step the training process has reached, for `status` while it trains (summary.json
+    waits for the next checkpoint). Not synced to disk: a record of a few seconds' standing
+    needs no fsync. A record that cannot be written is skipped: a full disk is the
+    checkpoint's to report, not this record's."""
+    with contextlib.suppress(OSError):
+        write_atomic(RunDir(run_dir).progress, json.dumps({'steps': step, 'total_steps': total_steps}),
+                     sync=False)
+
+
+def read_progress(run_dir):
+    """progress.json ({'steps', 'total_steps'}), or None (absent, or damaged: not two whole
+    numbers)."""
+    try:
+        with open(RunDir(run_dir).progress, encoding='utf-8') as f:
+            data = json.loads(f.read(MAX_RECORD_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    whole = isinstance(data, dict) and all(
+        isinstance(data.get(k), int) and not isinstance(data.get(k), bool) for k in ('steps', 'total_steps'))
+    return data if whole else None
 
 
 def append_metrics(run_dir, record):
@@ -369,6 +397,33 @@ def link_out_of(logdir, run_dir):
             if leads_out(os.path.join(root, name)):
                 return os.path.join(root, name)
     return None
+
+
+# What a run writes, for the free-space check before it starts (docs/runs.md, "Limits"). Each
+# checkpoint holds float32 copies of the weights, of at most two optimizer slots (Adam's
+# moments; SGD keeps one) and of an average (EMA or Lookahead); keep_checkpoints of them are
+# kept, and the next is written before the oldest goes. best/ and final.weights.h5 hold the
+# weights once each. A training log is a line of metrics.jsonl and a few TensorBoard scalars;
+# an evaluation adds a confusion matrix (a picture and a table of num_classes**2 counts); the
+# overview holds the config and one picture of the first batch.
+COPIES_PER_CHECKPOINT = 4
+LOG_BYTES = 2 * 2**10
+CONFUSION_BYTES_PER_CELL = 8
+OVERVIEW_BYTES = 2 * 2**20
+DISK_MARGIN = 1.5  # the estimate is multiplied by this
+
+
+def run_bytes(exp, params, num_classes):
+    """About how many bytes a whole run of `exp` writes (`params` trainable parameters), with
+    DISK_MARGIN: what its log directory must have free when it starts."""
+    tp = exp.train_parameters
+    weights = 4 * params
+    saved = ((tp.keep_checkpoints + 1) * COPIES_PER_CHECKPOINT + 2) * weights
+    steps = exp.total_steps
+    evaluations = steps // tp.val_interval + 1
+    logs = (steps // tp.log_interval * LOG_BYTES + OVERVIEW_BYTES
+            + evaluations * (LOG_BYTES + CONFUSION_BYTES_PER_CELL * num_classes ** 2))
+    return int(DISK_MARGIN * (saved + logs))
 
 
 def check_writable(logdir, need_bytes, run_dir=None):

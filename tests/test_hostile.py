@@ -349,7 +349,7 @@ def test_a_run_too_large_for_the_disk_is_refused_with_its_estimate(tmp_path):
     small for a tiny run; a disk without that much free is refused in one line that gives it."""
     from runner.config.schema import Experiment
     from runner.rundir import check_writable
-    from runner.training.checkpoints import run_bytes
+    from runner.rundir import run_bytes
     exp = Experiment(model='m')
     assert run_bytes(exp, 1_000_000, 10) > 4 * 4 * 1_000_000 * (exp.train_parameters.keep_checkpoints + 1)
     tiny = Experiment(model='m')

@@ -140,30 +140,3 @@ def all_finite(variables):
 @tf.function(reduce_retracing=True)
 def _all_finite(tensors):
     return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
-
-
-# What a run writes, for the free-space check before it starts (docs/runs.md, "Limits"). Each
-# checkpoint holds float32 copies of the weights, of at most two optimizer slots (Adam's
-# moments; SGD keeps one) and of an average (EMA or Lookahead); keep_checkpoints of them are
-# kept, and the next is written before the oldest goes. best/ and final.weights.h5 hold the
-# weights once each. A training log is a line of metrics.jsonl and a few TensorBoard scalars;
-# an evaluation adds a confusion matrix (a picture and a table of num_classes**2 counts); the
-# overview holds the config and one picture of the first batch.
-COPIES_PER_CHECKPOINT = 4
-LOG_BYTES = 2 * 2**10
-CONFUSION_BYTES_PER_CELL = 8
-OVERVIEW_BYTES = 2 * 2**20
-DISK_MARGIN = 1.5  # the estimate is multiplied by this
-
-
-def run_bytes(exp, params, num_classes):
-    """About how many bytes a whole run of `exp` writes (`params` trainable parameters), with
-    DISK_MARGIN: what its log directory must have free when it starts."""
-    tp = exp.train_parameters
-    weights = 4 * params
-    saved = ((tp.keep_checkpoints + 1) * COPIES_PER_CHECKPOINT + 2) * weights
-    steps = exp.total_steps
-    evaluations = steps // tp.val_interval + 1
-    logs = (steps // tp.log_interval * LOG_BYTES + OVERVIEW_BYTES
-            + evaluations * (LOG_BYTES + CONFUSION_BYTES_PER_CELL * num_classes ** 2))
-    return int(DISK_MARGIN * (saved + logs))
