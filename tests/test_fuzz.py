@@ -203,6 +203,7 @@ def fuzz_images(image_folder):
 def test_experiment_files(fuzz_images, tmp_path_factory):
     @budget(8)
     @given(data=experiment_file(fuzz_images), command=st.sampled_from(sorted(COMMANDS)))
+    @example(data=b'grid: {model: [null]}\nmodel: [&a [lol], [*a]]\n', command='list')  # found
     def case(data, command):
         case_dir = fresh_case(tmp_path_factory)
         path = os.path.join(case_dir, 'e.yaml')

@@ -152,6 +152,9 @@ def expand(data, overrides=()):
         return [data]
     tp = data.get('train_parameters') if isinstance(data.get('train_parameters'), dict) else {}
     base = tp.get('run_name') or data.get('model') or 'run'
+    if not isinstance(base, str):  # the runs' names are made from it
+        key = 'train_parameters.run_name' if tp.get('run_name') else 'model'
+        raise ConfigError(f'{key}: expected string, got {describe_value(base)}')
     base_seed = tp.get('seed', 0) if isinstance(tp.get('seed', 0), int) else 0
     docs = []
     for combo in itertools.product(*grid.values()):
