@@ -13,7 +13,7 @@ import signal
 import sys
 
 from runner import rundir
-from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
+from runner.common import DONE, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
 from runner.training.distribute import quiet_tensorflow
 from runner.rundir import RunDir
 
@@ -70,6 +70,7 @@ class Checked:
     note: str = ''
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
     queue_index: int = 0  # its position among the selected runs: --index, --shard, --list
+    corners: list = dataclasses.field(default_factory=list)  # a search's: what the smoke run tries
 
 
 def load_all(files, overrides, only=()):
@@ -209,8 +210,11 @@ def validate(experiments, restarting=(), need_data=True):
     from runner.data import info as data_info, source as data_source
     from runner.config.errors import ConfigError, collect_errors
     from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
+    from runner.search.run import checked_search, is_search
 
     def check(exp):
+        if is_search(exp):  # checked at the corners of its space
+            return checked_search(exp, check)
         try:
             try:
                 info = data_info.describe(exp.dataset)
@@ -241,9 +245,10 @@ def validate(experiments, restarting=(), need_data=True):
 def print_list(checked):
     from runner.queue import runlock
     rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
+    from runner.search.run import is_search, progress_text
     for c in checked:
         held = runlock.holder(RunDir.of(c.exp))
-        status = f'running in {runlock.describe(held)}' if held is not None else '-'
+        status = progress_text(c.exp) if is_search(c.exp) else f'running in {runlock.describe(held)}' if held else '-'
         rows.append((str(c.queue_index), c.exp.run_name, c.exp.model,
                      f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
                      status))
@@ -290,11 +295,17 @@ def _table(rows):
 def train_all(checked, fail_fast):
     """Train each run this process can claim; a run another live process holds is skipped
     (see the module docstring for what that means for the exit status)."""
+    from runner.search.run import is_search, run_search
     from runner.training import checkpoints
     results = []
     for c in checked:
         exp = c.exp
         run_dir = RunDir.of(exp)
+        if is_search(exp):  # trains trials of the study until it has none left for this process
+            results += run_search(exp, lambda e: validate([e])[0], train_one)
+            if results and results[-1]['status'] == 'interrupted':
+                break
+            continue
         previous = finished_before(exp)
         if previous:
             results.append(previous)
@@ -336,12 +347,12 @@ def train_all(checked, fail_fast):
         results.append(summary)
         if summary['status'] == 'interrupted':
             break  # the person asked to stop: do not start the next experiment
-        if summary['status'] != 'finished' and fail_fast:
+        if summary['status'] not in DONE and fail_fast:
             break
     return results
 
 
-def train_one(c, run_dir):
+def train_one(c, run_dir, on_evaluation=None):
     """Train one claimed run (its RunDir); its summary, whatever happens."""
     from runner.data import source as data_source
     from runner.training import failures, session
@@ -351,7 +362,7 @@ def train_one(c, run_dir):
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:
-        summary = session.run(exp)
+        summary = session.run(exp, on_evaluation=on_evaluation)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
         # there is no step to finish: the last checkpoint stands and is resumed from.
@@ -393,7 +404,7 @@ def print_results(results):
     print()
     _table(rows)
     for s in results:
-        if s.get('status') not in ('finished', None) and s.get('error'):
+        if s.get('status') not in DONE + (None,) and s.get('error'):
             print(f"  {s['run_name']}: {s['error']}")
 
 
@@ -454,7 +465,7 @@ def _main(args):
     results = train_all(checked, args.fail_fast)
     print_results(results)
     # A run held by another live process is that process's to answer for.
-    return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+    return EXIT_OK if all(s.get('status') in DONE or s.get('held_by') for s in results) else EXIT_FAILED
 
 
 def checked_share(args):
@@ -567,7 +578,9 @@ def start_over(checked, restarting):
 def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='trained'):
     """The smoke run of `checked`; its failures listed on stderr. True if any failed."""
     from runner.queue import smoke
-    failures = smoke.run_smoke(checked, every=every, restarting=restarting, jobs=jobs)
+    # A search is smoke-tested at the corners of its space that change what is built.
+    tried = [corner for c in checked for corner in (c.corners or [c])]
+    failures = smoke.run_smoke(tried, every=every, restarting=restarting, jobs=jobs)
     if failures:
         print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was {nothing}:',
               file=sys.stderr)

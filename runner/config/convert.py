@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Union
 
 from runner.common import did_you_mean
 from runner.config.errors import ConfigError
-from runner.config.schema import (DatasetConfig, PaperConfig, TrainConfig, schema_fields, type_name)
+from runner.config.schema import (DatasetConfig, PaperConfig, SearchConfig, TrainConfig, schema_fields,
+                                  type_name)
 
 
 def describe_value(value):
@@ -89,4 +90,5 @@ def build(cls, data, prefix=''):
     return cls(**kwargs)
 
 
-SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper': PaperConfig}
+SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper': PaperConfig,
+            'search': SearchConfig}

@@ -5,7 +5,7 @@ import itertools
 import re
 
 
-from runner.config.checks import check_keys, check_values
+from runner.config.checks import check_keys, check_search_sweep, check_values
 from runner.config.convert import build, describe_value
 from runner.config.errors import ConfigError, collect_errors
 from runner.config.schema import Experiment
@@ -86,6 +86,7 @@ def expand(data, overrides=()):
                           f"(--set 'grid={{{swept[0]}: [...]}}')")
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ConfigError(f'repeats: expected a whole number of at least 1, got {describe_value(repeats)}')
+    check_search_sweep(data.get('search'), grid, repeats)
     if not grid and repeats == 1:
         return [data]
     tp = data.get('train_parameters') if isinstance(data.get('train_parameters'), dict) else {}
