@@ -345,3 +345,23 @@ def test_a_seeded_sampler_samples_the_same_values_again(tmp_path, sampler):
     first = _sampled(tmp_path / 'a', 0, sampler)
     assert _sampled(tmp_path / 'b', 0, sampler) == first
     assert _sampled(tmp_path / 'c', 1, sampler) != first
+
+
+# ---------------------------------------------------------------------------
+# 8. the smoke run at the corners
+
+def test_a_search_is_smoke_tested_at_the_corners_that_change_the_model(images, tmp_path, capsys):
+    """The smoke run tries each end of a model parameter's range (here width 4 and 8) with the
+    other keys at their largest, once each, not once per trial; the passes are remembered, so
+    the search's own smoke run before its trials tests nothing again."""
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 's.yaml', search_doc(images, logdir, trials=1, steps=4))
+    rc, out, err = run_cli(capsys, path, '--smoke', '--smoke-jobs', '1')
+    assert rc == 0, out + err
+    assert 'smoke test: 2 experiment(s), 2 to test' in out, out
+    assert re.search(r'^  ok    s \(', out, re.M) and re.search(r'^  ok    s/corner1 \(', out, re.M), out
+    assert not os.path.exists(logdir / 's' / 'trial0')  # --smoke trains nothing
+    rc, out, err = run_cli(capsys, path)
+    assert rc == 0 and 'smoke test: 2 experiment(s), 0 to test' in out, out + err
+    assert out.count('skip  ') == 2 and 'passed before' in out, out
+    assert starts(out) == ['s/trial0']
