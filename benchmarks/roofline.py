@@ -240,7 +240,7 @@ def main():
             print(f'  {op:32s} {share:6.1%} {ms:10.1f} ms')
         return
 
-    import runner
+    import runner.compat
     from runner.training import distribute
     from runner.config.expand import experiment_from_dict
     from runner.registry import build_model
@@ -250,7 +250,7 @@ def main():
     precisions = a.precisions.split(',')
     dtypes = {'float32': tf.float32, 'bfloat16': tf.bfloat16}
     print(f'{distribute.cpu_description()}; TensorFlow {tf.__version__}; oneDNN kernels '
-          f'{"on" if runner.onednn_enabled() else "off"}; intra-op threads '
+          f'{"on" if runner.compat.onednn_enabled() else "off"}; intra-op threads '
           f'{tf.config.threading.get_intra_op_parallelism_threads() or "default"}; '
           f'load average {os.getloadavg()[0]:.2f} at start', flush=True)
 

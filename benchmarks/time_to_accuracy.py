@@ -40,10 +40,10 @@ CIFAR10_TRAIN_IMAGES = 50000
 def machine():
     """One line naming the CPU, its widest vector instructions, its cores, whether
     TensorFlow runs its oneDNN kernels, and the load when the benchmark started."""
-    import runner  # first: it sets TensorFlow's CPU-kernel switch before TensorFlow loads
+    import runner.compat  # first: it sets TensorFlow's CPU-kernel switch before TensorFlow loads
     from runner.training.distribute import cpu_description
     load = ', '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
-    kernels = 'on' if runner.onednn_enabled() else 'off'
+    kernels = 'on' if runner.compat.onednn_enabled() else 'off'
     return f'{cpu_description()}, no GPU in use, oneDNN kernels {kernels}; load average {load}'
 
 

@@ -42,7 +42,7 @@ def main():
 
     # The runner first: it sets TensorFlow's CPU-kernel switch before TensorFlow loads, so
     # every contender runs on the kernels a training run gets.
-    import runner
+    import runner.compat
     from runner.data import (info as data_info,
                              loader as data_loader,
                              pipeline as data_pipeline,
@@ -67,7 +67,7 @@ def main():
     data = data_loader.Data(info, train, train, train, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     print(f'{a.model}, batch {a.batch}, {a.precision}{", XLA" if a.jit else ""}, '
           f'{a.steps} timed steps after {a.warmup} warm-up; {os.cpu_count()} CPU cores; '
-          f'oneDNN kernels {"on" if runner.onednn_enabled() else "off"}', flush=True)
+          f'oneDNN kernels {"on" if runner.compat.onednn_enabled() else "off"}', flush=True)
 
     def pipeline():
         return data_pipeline.train_dataset(train, a.batch, 0, data.mean, data.std)

@@ -21,6 +21,8 @@ import sys
 import keras
 from keras import layers, ops
 
+from runner.compat import all_layers
+
 
 def l2(weight_decay):
     """Return the kernel regulariser for an SGD weight-decay coefficient, or None for 0."""
@@ -42,7 +44,7 @@ def decay_every_weight(model, weight_decay):
     if reg is None:
         return model
     attrs = {"gamma": "gamma_regularizer", "beta": "beta_regularizer", "bias": "bias_regularizer"}
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         for attr, reg_attr in attrs.items():
             variable = getattr(layer, attr, None)
             if isinstance(variable, keras.Variable) and variable.trainable and variable.regularizer is None:

@@ -20,10 +20,3 @@ if on_x86():
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 
-def onednn_enabled():
-    """Whether TensorFlow in this process runs its oneDNN CPU kernels (None: cannot tell)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None

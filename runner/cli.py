@@ -355,10 +355,10 @@ def train_all(checked, fail_fast):
 def train_one(c, run_dir, on_evaluation=None):
     """Train one claimed run (its RunDir); its summary, whatever happens."""
     from runner.data import source as data_source
-    from runner.training import failures, session
+    from runner.training import checkpoints, failures, session
     import keras
     exp = c.exp
-    verb = 'resuming' if os.path.isdir(run_dir.checkpoints) else 'starting'
+    verb = 'resuming' if checkpoints.present(run_dir.checkpoints) else 'starting'
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:

@@ -13,6 +13,7 @@ import pkgutil
 import traceback
 import warnings
 
+from runner import compat
 from runner.common import did_you_mean, first_line
 from runner.config.errors import ConfigError
 from runner.rundir import FINAL_WEIGHTS, RunDir
@@ -181,20 +182,17 @@ def count_trainable(model):
 def weight_mismatches(model, path):
     """(layer, variable index, expected shape, found shape or None) for every weight of
     `model` that the Keras weights file at `path` does not fit, in layer order."""
-    import h5py
+    saved = compat.saved_weight_shapes(path)
     out = []
-    with h5py.File(path, 'r') as f:
-        saved = f.get('layers')
-        if saved is None:
-            return out
-        for layer in model.layers:
-            group = saved.get(layer.name)
-            stored = group.get('vars') if group is not None else None
-            for i, v in enumerate(layer.weights):
-                have = stored.get(str(i)) if stored is not None else None
-                if have is None or tuple(have.shape) != tuple(v.shape):
-                    out.append((layer.name, i, tuple(v.shape), None if have is None else tuple(have.shape)))
-                    break
+    if not saved:
+        return out
+    for layer in model.layers:
+        stored = saved.get(layer.name, [])
+        for i, v in enumerate(layer.weights):
+            have = stored[i] if i < len(stored) else None
+            if have != tuple(v.shape):
+                out.append((layer.name, i, tuple(v.shape), have))
+                break
     return out
 
 
@@ -244,7 +242,7 @@ def load_initial_weights(model, source, skip_mismatch=False):
 def freeze_schedule(model, freeze_after):
     """train_parameters.freeze_after ({layer name: step}) as [(step, paths of the layer's
     trainable weights)]; ConfigError for a layer the model does not have."""
-    layers = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+    layers = {layer.name: layer for layer in compat.all_layers(model)}
     out = []
     for name, step in freeze_after.items():
         if name not in layers:

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SHARED
-import runner
-from runner import cli, rundir
+from runner import cli, compat, rundir
 from runner.queue import smoke
 from runner.training import distribute, session
 from runner.training.trainer import Trainer
@@ -61,7 +60,7 @@ def test_train_a_run_end_to_end(tmp_path, image_folder, capsys):
         assert key in s, key
     assert s['status'] == 'finished' and s['steps'] == 20 and s['eval_split'] == 'test'
     # what the speeds were measured on
-    assert s['machine'] == {'cpu': distribute.cpu_description(), 'onednn': runner.onednn_enabled(),
+    assert s['machine'] == {'cpu': distribute.cpu_description(), 'onednn': compat.onednn_enabled(),
                             'gpus': 0}
     # The colour classes are easy: five seeds reached 0.75-1.0 (30-40 of 40 test images,
     # chance 0.25); a margin of two images below the lowest.

@@ -11,7 +11,7 @@ from runner import cli
 from runner.config.errors import ConfigError
 from runner.config.expand import experiment_from_dict, load_experiments, parse_overrides
 from runner.config.reference import reference
-from runner.config.schema import DatasetConfig, Experiment
+from runner.config.schema import DatasetConfig
 
 GOOD = """
 module: tiny_models
@@ -467,3 +467,13 @@ def test_a_resume_accepts_a_change_of_exactly_the_keys_the_schema_marks(tmp_path
     _, old = inference.load_experiment(str(logdir / 'good'))
     assert old.dataset == DatasetConfig(**recorded['dataset'])
     assert cli.main([path, '--no-smoke', '--set', 'train_parameters.steps=2']) == 0
+
+
+def test_image_keys_are_keys_of_the_dataset_section():
+    """IMAGE_KEYS (which images a split read has; evaluate and stats share data by them)
+    names real dataset keys, and the ones that say which labels and files are read."""
+    import dataclasses
+    from runner.config.schema import IMAGE_KEYS
+    fields = {f.name for f in dataclasses.fields(DatasetConfig)}
+    assert set(IMAGE_KEYS) <= fields
+    assert {'tfrecord_label_key', 'label_offset', 'test_list', 'image_size'} <= set(IMAGE_KEYS)

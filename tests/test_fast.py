@@ -647,9 +647,9 @@ train_parameters:
 def test_deterministic_is_one_experiments_setting(tmp_path):
     # Op determinism is a process-wide switch: an experiment without `deterministic: true`
     # that runs after one with it must not inherit it.
-    from tensorflow.python.framework import config as tf_config
+    from runner import compat
     data = make_data()
     run(make_exp(tmp_path / 'a', deterministic=True, lr_boundaries=[1]), data)
-    assert tf_config.is_op_determinism_enabled()
+    assert compat.op_determinism_enabled()
     run(make_exp(tmp_path / 'b', lr_boundaries=[1]), data)
-    assert not tf_config.is_op_determinism_enabled()
+    assert not compat.op_determinism_enabled()

@@ -41,8 +41,8 @@ def child_onednn(**env):
     """(TF_ENABLE_ONEDNN_OPTS, whether TensorFlow runs oneDNN) in a new process that imports
     the runner, then TensorFlow."""
     base = {k: v for k, v in subprocess_env().items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
-    code = ('import os, runner, tensorflow\n'
-            'print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), runner.onednn_enabled())')
+    code = ('import os, runner, runner.compat, tensorflow\n'
+            'print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), runner.compat.onednn_enabled())')
     out = subprocess.run([sys.executable, '-c', code], env={**base, **env}, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     return out.split()[-2:]

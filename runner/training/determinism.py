@@ -1,15 +1,7 @@
 """The op-determinism switch, per run (train_parameters.deterministic)."""
-
 import tensorflow as tf
 
-
-
-def _disable_op_determinism():
-    """The inverse of tf.config.experimental.enable_op_determinism, which TensorFlow's public
-    API lacks; its internal module has had it since the switch was added (TF 2.9)."""
-    from tensorflow.python.framework import config as tf_config
-    if getattr(tf_config, 'is_op_determinism_enabled', lambda: False)():
-        tf_config.disable_op_determinism()
+from runner import compat
 
 
 def set_op_determinism(on):
@@ -18,4 +10,4 @@ def set_op_determinism(on):
     if on:
         tf.config.experimental.enable_op_determinism()
     else:
-        _disable_op_determinism()
+        compat.disable_op_determinism()

@@ -25,6 +25,7 @@ import math
 import keras
 import tensorflow as tf
 
+from runner import compat
 from runner.config.schema import DECOUPLED_WEIGHT_DECAY, optimizer_setting, uses_sgd
 
 
@@ -58,7 +59,7 @@ class KernelMuon(keras.optimizers.Muon):
         self.uses_muon = [v.path in self.muon_paths for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.uses_muon[self._get_variable_index(variable)]:
+        if self.uses_muon[compat.variable_index(self, variable)]:
             self._kernel_muon_step(gradient, variable, learning_rate)
         elif self.other == 'adamw':
             super().update_step(gradient, variable, learning_rate)
@@ -66,7 +67,7 @@ class KernelMuon(keras.optimizers.Muon):
             self._sgd_step(gradient, variable, learning_rate * self.adam_lr_ratio)
 
     def _kernel_muon_step(self, gradient, variable, lr):
-        m = self.momentums[self._get_variable_index(variable)]
+        m = self.momentums[compat.variable_index(self, variable)]
         gradient = tf.cast(gradient, variable.dtype)
         # m = momentum * m + g, Nesterov: g + momentum * m (Keras Muon's and airbench's).
         self.assign_add(m, gradient + m * (self.momentum - 1))
@@ -81,7 +82,7 @@ class KernelMuon(keras.optimizers.Muon):
 
     def _sgd_step(self, gradient, variable, lr):
         # keras.optimizers.SGD's update, momentum and Nesterov as there.
-        m = self.momentums[self._get_variable_index(variable)]
+        m = self.momentums[compat.variable_index(self, variable)]
         lr = tf.cast(lr, variable.dtype)
         gradient = tf.cast(gradient, variable.dtype)
         self.assign(m, m * self.sgd_momentum - gradient * lr)
