@@ -50,6 +50,19 @@ def load_study(logdir, storage=None):
     return optuna.load_study(study_name='s', storage=storage)
 
 
+def hparams(run_dir):
+    """The HParams values of a run's session, by TensorBoard's own parser."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import metadata
+    from runner.rundir import RunDir
+    for raw in tf.data.TFRecordDataset(RunDir(run_dir).overview).as_numpy_iterator():
+        for v in tf.compat.v1.Event.FromString(raw).summary.value:
+            if v.tag == metadata.SESSION_START_INFO_TAG:
+                info = metadata.parse_session_start_info_plugin_data(v.metadata.plugin_data.content)
+                return {k: getattr(h, h.WhichOneof('kind')) for k, h in info.hparams.items()}
+    return {}
+
+
 def starts(text):
     """The trial runs a process's output says it started or resumed."""
     return re.findall(r'^(s/trial\d+): (?:starting|resuming) \(', text, re.M)
@@ -167,6 +180,11 @@ def test_a_lagging_trial_is_pruned_and_that_is_not_a_failure(images, tmp_path, c
     assert re.search(rf'^s/trial1\s+pruned\s+{k}/16', capsys.readouterr().out, re.M)
     study = load_study(logdir)
     assert [t.state.name for t in study.trials] == ['COMPLETE', 'PRUNED']
+    # TensorBoard: the sampled value among the trial's HParams; its session neither a success
+    # nor a failure (HParams has no word for pruned).
+    assert hparams(run)[lr] == 0.0
+    from test_tensorboard import session_status
+    assert session_status(str(run))['end'] == ['STATUS_UNKNOWN']
     # --list: the search as one line, its budget and the trials done.
     rc, out, err = run_cli(capsys, path, '--list', '--set', 'search.trials=2')
     assert rc == 0 and re.search(r'^0\s+s\s+tiny_cnn .* search: 2/2 trials done \(1 pruned\)$', out, re.M), out
