@@ -337,7 +337,7 @@ class PaperConfig:
 @dataclass
 class SearchConfig:
     trials: int = _doc('Trials of the whole study, across every process that shares it.',
-                       within='[1, inf)', resumable=True, default=20)
+                       within='[1, inf)', default=20)
     sampler: str = _doc(
         "Optuna's sampler, seeded from train_parameters.seed: tpe (Bergstra et al. 2011), random "
         'or cmaes (Hansen 2016; {choices} keys sampled at random). Every point of a grid: `grid`.',
@@ -353,7 +353,7 @@ class SearchConfig:
     storage: Optional[str] = _doc(
         "Where the study is: null = Optuna's journal file <logdir>/<run_name>/study.journal (safe "
         'on NFS and Lustre); or a database URL, e.g. postgresql://user@host:5432/db (pip install '
-        '"convnet-runner[postgres]"). See docs/search.md.', resumable=True, default=None)
+        '"convnet-runner[postgres]"). See docs/search.md.', default=None)
     space: Dict[str, Any] = _doc(
         'What to search: {dotted key: {low, high, log, step} or {choices: [..]}}, keys as --set '
         'names them, an item of a list by its index (train_parameters.lr_values[0]). Integers '
