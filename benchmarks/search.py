@@ -34,14 +34,17 @@ def run_process(cmd, env, out):
     """Run one process; record (time of its first trial's start, exit time, trials it trained)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
-    first, trials = None, []
+    first, trials, errors = None, [], []
     for line in proc.stdout:
+        if line.startswith('error:'):
+            errors.append(line.strip())
         m = re.match(r'^(\S+/trial\d+): (starting|resuming) \(', line)
         if m:
             first = first or time.monotonic()
             trials.append(m.group(1))
     proc.wait()
-    out.append({'first': first, 'end': time.monotonic(), 'trials': trials, 'rc': proc.returncode})
+    out.append({'first': first, 'end': time.monotonic(), 'trials': trials, 'rc': proc.returncode,
+                'errors': errors})
 
 
 def search(files, sets, processes, logdir):
@@ -50,7 +53,7 @@ def search(files, sets, processes, logdir):
            '--logdir', logdir]
     for s in sets:
         cmd += ['--set', s]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
     records = []
     threads = [threading.Thread(target=run_process, args=(cmd, env, records)) for _ in range(processes)]
     for t in threads:
@@ -109,7 +112,7 @@ def main(argv=None):
               f'of each process\'s wall time; {steps} steps trained, {pruned} trials pruned, best '
               f'validation top-1 error {"-" if best is None else f"{100 * best:.2f}%"}'
               + ('' if all(r['rc'] == 0 for r in records) else
-                 f'; exit statuses {[r["rc"] for r in records]}'))
+                 f'; exit statuses {[r["rc"] for r in records]}: {" ".join(e for r in records for e in r["errors"][:1])}'))
     (_, with_steps, with_best, _), (_, without_steps, without_best, _) = rows
     if without_steps:
         print(f'median pruner against none: {without_steps - with_steps} steps saved '
