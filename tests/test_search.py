@@ -383,3 +383,22 @@ def test_a_search_is_smoke_tested_at_the_corners_that_change_the_model(images, t
     assert rc == 0 and 'smoke test: 2 experiment(s), 0 to test' in out, out + err
     assert out.count('skip  ') == 2 and 'passed before' in out, out
     assert starts(out) == ['s/trial0']
+
+
+def test_submit_slurm_gives_a_search_one_task_per_trial(images, tmp_path, capsys):
+    """`submit slurm --dry-run` of a plain run and a search of 3 trials: the run is task 0, the
+    search task 1 and the further tasks 2 and 3, each mapped to the search's index 1; the
+    script is valid bash."""
+    from runner.queue import slurm
+    logdir = tmp_path / 'logs'
+    plain = search_doc(images, logdir)
+    plain.pop('search')
+    plain['train_parameters']['run_name'] = 'plain'
+    path = write_yaml(tmp_path / 'q.yaml', plain, search_doc(images, logdir, trials=3))
+    assert slurm.main(['slurm', path, '--dry-run', '--max-parallel', '2']) == 0
+    script, err = capsys.readouterr()
+    assert '#SBATCH --array=0-3%2' in script.splitlines(), script
+    assert 'INDEX=([0]=0 [1]=1 [2]=1 [3]=1)' in script.splitlines(), script
+    assert re.search(r'--no-smoke --index "\$\{INDEX\[\$SLURM_ARRAY_TASK_ID\]\}" &$', script, re.M), script
+    assert f"[3]={logdir / 's'}" in script, script
+    assert subprocess.run(['bash', '-n'], input=script, text=True).returncode == 0
