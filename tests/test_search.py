@@ -402,3 +402,19 @@ def test_submit_slurm_gives_a_search_one_task_per_trial(images, tmp_path, capsys
     assert re.search(r'--no-smoke --index "\$\{INDEX\[\$SLURM_ARRAY_TASK_ID\]\}" &$', script, re.M), script
     assert f"[3]={logdir / 's'}" in script, script
     assert subprocess.run(['bash', '-n'], input=script, text=True).returncode == 0
+
+
+def test_a_search_submitted_to_slurm_trains_each_trial_once(slurm, images, tmp_path):
+    """On a real Slurm: `submit slurm --wait` of a search of 3 trials, at most 2 tasks at once.
+    Every trial trained once, complete in the study; --wait's table lists the trials and the
+    exit status is 0."""
+    from test_slurm import Submission
+    logdir = tmp_path / 'logs'
+    path = write_yaml(tmp_path / 's.yaml', search_doc(images, logdir, trials=3, steps=4))
+    sub = Submission(tmp_path, path, '--max-parallel', '2', '--cpus-per-run', '1', '--mem-per-run', '1G',
+                     '--no-smoke')
+    assert sub.finish() == 0, sub.out
+    assert len(re.findall(r'^s/trial\d+ +finished ', sub.out, re.M)) == 3, sub.out
+    assert [t.state.name for t in load_study(logdir).trials] == ['COMPLETE'] * 3
+    for k in range(3):
+        assert len(summary(logdir / 's' / f'trial{k}')['sessions']) == 1

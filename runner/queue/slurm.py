@@ -311,11 +311,21 @@ def submit(args, script, jobs_dir):
 
 
 def results_of(checked, run_dirs):
-    """The summaries of the runs (a stand-in for a run not started), and whether all finished."""
+    """The summaries of the runs (a stand-in for a run not started; a search's trials), and
+    whether all finished (a search: every trial of its budget finished or pruned)."""
     from runner import rundir
-    results = [rundir.read_summary(d) or {'run_name': c.exp.run_name, 'status': 'not started'}
-               for c, d in zip(checked, run_dirs)]
-    return results, all(rundir.is_finished(s, c.exp.total_steps) for s, c in zip(results, checked))
+    from runner.search.run import is_search, trial_summaries
+    results, done = [], True
+    for c, d in zip(checked, run_dirs):
+        if is_search(c.exp):
+            trials, ended = trial_summaries(c.exp)
+            results += trials
+            done = done and ended
+            continue
+        s = rundir.read_summary(d) or {'run_name': c.exp.run_name, 'status': 'not started'}
+        results.append(s)
+        done = done and rundir.is_finished(s, c.exp.total_steps)
+    return results, done
 
 
 def wait_for(proc, job_id, checked, run_dirs):

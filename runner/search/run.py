@@ -11,9 +11,12 @@ pruner stops ends `pruned`. The test error is recorded as the trial's user attri
 `test_top1_error`, never told to the study.
 """
 import dataclasses
+import os
+import re
 import sys
 
 from runner import rundir
+from runner.common import DONE
 from runner.config.errors import ConfigError
 from runner.rundir import RunDir
 from runner.search import space, study as study_lib
@@ -118,3 +121,14 @@ def _train_trial(run, claim, check_run, train_run):
         print(f'{run.run_name}: pruned at step {summary.get("steps")} (its validation error lags '
               f'the other trials\' at that step); its checkpoint is kept', flush=True)
     return summary
+
+
+def trial_summaries(exp):
+    """The summaries of the search's trials found in its directory, by trial number, and
+    whether every trial of its budget has ended finished or pruned (`submit slurm --wait`)."""
+    base = RunDir.of(exp)
+    names = os.listdir(base) if os.path.isdir(base) else []
+    numbers = sorted(int(n[len('trial'):]) for n in names if re.fullmatch(r'trial\d+', n))
+    found = [rundir.read_summary(os.path.join(base, f'trial{k}')) for k in numbers]
+    found = [s for s in found if s]
+    return found, sum(s.get('status') in DONE for s in found) >= exp.search.trials
