@@ -21,9 +21,6 @@ from runner.config.errors import ConfigError
 from runner.rundir import RunDir
 from runner.search import space, study as study_lib
 
-# summary.json's status -> what the study is told (absent: nothing; the trial stays RUNNING and
-# the next process resumes it).
-TOLD = {'finished': 'COMPLETE', 'pruned': 'PRUNED', 'failed': 'FAIL', 'diverged': 'FAIL'}
 
 
 def is_search(exp):
