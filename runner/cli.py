@@ -1,6 +1,7 @@
 """`python run_experiments.py`: validate every experiment, smoke-test them, then train them in turn.
 
-Exit status: 0 every run this process was responsible for finished (or was skipped as
+Exit status: 0 every run this process was responsible for finished or was pruned by its
+search (runner.search; a search is one entry of the queue that trains trials) (or was skipped as
 already finished, or as being trained by another live process holding its lock: processes
 sharing one queue each answer for the runs they trained), 1 a run failed, diverged, was
 interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran).
