@@ -2,6 +2,7 @@
 downward, no module over 600 lines, no function over 60. Read from the source with `ast`, so
 nothing is imported."""
 import ast
+import os
 
 from test_imports import import_graph, runner_modules
 
@@ -63,3 +64,13 @@ def test_the_layers_are_ordered_as_the_architecture_page_draws_them():
     # train command beside the queue, the commands after training above both.
     assert layer_of('runner.config.schema') < layer_of('runner.training.tta')
     assert layer_of('runner.queue.smoke') == layer_of('runner.cli') < layer_of('runner.commands.report')
+
+
+def test_every_package_is_a_regular_package():
+    """setup.cfg's `packages = find:` installs only folders with an __init__.py: a folder of
+    modules without one works from the checkout and is missing from a wheel."""
+    runner_dir = os.path.dirname(runner_modules()['runner'])
+    missing = [root for root, _, files in os.walk(runner_dir)
+               if any(f.endswith('.py') for f in files) and '__init__.py' not in files
+               and '__pycache__' not in root]
+    assert missing == []
