@@ -15,7 +15,7 @@ import sys
 
 from runner import rundir
 from runner.queue import resume
-from runner.common import DONE, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
+from runner.common import DONE, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, output_to, rate_text, text_table
 from runner.training.distribute import quiet_tensorflow
 from runner.rundir import RunDir
 
@@ -85,12 +85,19 @@ def load_all(files, overrides, only=()):
     from runner.config.checks import check_unique_run_names
     from runner.config.errors import ConfigError, collect_errors, join_errors
     from runner.config.expand import load_experiments
+    from runner.config.yaml_io import read_text
+    try:
+        # A file that cannot be read is said at once and alone: the command names a wrong
+        # file, and nothing else is worth checking (TensorFlow's import included) until then.
+        collect_errors(files, read_text)
+    except ConfigError as e:
+        raise join_errors(e) from None  # nothing `passed`: nothing is checked further
     problems = []
 
-    def every(check):
+    def every(check, paths=files):
         """The experiments of every file that `check(path)` loads; a file's problems are kept."""
         try:
-            return [e for exps in collect_errors(files, check) for e in exps]
+            return [e for exps in collect_errors(paths, check) for e in exps]
         except ConfigError as e:
             problems.append(e)
             return e.passed
@@ -108,8 +115,11 @@ def load_all(files, overrides, only=()):
         for e in chosen:
             group = runs[(e.source, e.index)]
             picked.setdefault((e.source, e.index), set()).add(next(n for n, x in enumerate(group) if x is e))
+        # Only the files with a chosen document: the others' problems are said already.
+        with_picked = [path for path in files if any(source == path for source, _ in picked)]
         loaded = every(lambda path: load_experiments(path, overrides,
-                                                     {i for source, i in picked if source == path}))
+                                                     {i for source, i in picked if source == path}),
+                       with_picked)
         chosen = []
         for (source, i), group in itertools.groupby(loaded, key=lambda e: (e.source, e.index)):
             keep = picked[(source, i)]
@@ -156,6 +166,8 @@ def validate(experiments, restarting=(), need_data=True):
             try:
                 info = data_info.describe(exp.dataset)
                 data_info.check_sizes(exp.dataset, info, exp.train_parameters.batch_size)
+                if need_data:  # with download on, TFDS fetches the data now, before the smoke run
+                    data_source.download_if_needed(exp.dataset)
             except data_source.DataUnavailable as e:
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
@@ -179,14 +191,24 @@ def validate(experiments, restarting=(), need_data=True):
     return collect_errors(experiments, check)
 
 
+def listed(experiments, restarting):
+    """--list's rows: counted without TensorFlow where the registry can tell, else built."""
+    from runner.registry import count_from_registry
+    quick = [count_from_registry(exp) for exp in experiments]
+    rest = [exp for exp, q in zip(experiments, quick) if q is None]
+    built = iter(quiet_tensorflow() or validate(rest, restarting, need_data=False) if rest else ())
+    return [Checked(exp, *q, data_ready=False) if q else next(built) for exp, q in zip(experiments, quick)]
+
+
 def print_list(checked):
     from runner.queue import runlock
+    from runner.registry import canonical_model_name
     rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
     from runner.search.run import is_search, progress_text
     for c in checked:
         held = runlock.holder(RunDir.of(c.exp))
         status = progress_text(c.exp) if is_search(c.exp) else f'running in {runlock.describe(held)}' if held else '-'
-        rows.append((str(c.queue_index), c.exp.run_name, c.exp.model,
+        rows.append((str(c.queue_index), c.exp.run_name, canonical_model_name(c.exp),
                      f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
                      status))
     _table(rows)
@@ -336,7 +358,7 @@ def print_results(results):
         rate = s.get('train_images_per_second')
         status = s.get('status', '?') + (f" in {s['held_by']}" if s.get('held_by') else '')
         rows.append((s.get('run_name', '?'), status, str(s.get('steps', '-')),
-                     err('test_top1_accuracy'), best, f'{rate:.0f}' if rate else '-',
+                     err('test_top1_accuracy'), best, rate_text(rate),
                      f"{s['wall_seconds'] / 60:.1f} min" if s.get('wall_seconds') else '-'))
     print()
     _table(rows)
@@ -359,13 +381,9 @@ def main(argv=None):
     except ValueError:  # not the main thread
         old_term = old_int = None
     try:
-        return _main(args)
+        return output_to(_main, args)
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr)
-        return EXIT_FAILED
-    except BrokenPipeError:
-        # `--list | head -1`: the reader has gone; end quietly, also at the flush on exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     finally:
         if old_term is not None:
@@ -413,6 +431,8 @@ def checked_share(args):
     experiments, load_error = load_selected(args)
     restarting = restarted_runs(args.restart, experiments)
     need_data = not (args.smoke or args.list)
+    if load_error and not experiments:
+        raise load_error  # nothing to validate further: no TensorFlow to wait for
     if load_error:
         # Mistakes in the files: the experiments without one are validated too, so that
         # every problem is reported in this one round.
@@ -423,8 +443,11 @@ def checked_share(args):
             raise join_errors(load_error, more) from None
         raise load_error
     share = select_indices(len(experiments), args.index, args.shard)
-    quiet_tensorflow([] if args.list else [experiments[k] for k in share])
-    checked = validate(experiments, restarting, need_data=need_data)
+    if args.list:
+        checked = listed(experiments, restarting)
+    else:
+        quiet_tensorflow([experiments[k] for k in share])
+        checked = validate(experiments, restarting, need_data=need_data)
     for k, c in enumerate(checked):
         c.queue_index = k
     return [checked[k] for k in share], restarting

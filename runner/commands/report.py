@@ -153,7 +153,7 @@ def fmt_time(s):
 
 
 def fmt_rate(r):
-    return '—' if r is None else f'{r:,.0f}'
+    return '—' if r is None else common.rate_text(r)
 
 
 def _split_label(split):
@@ -215,7 +215,7 @@ def group_row(name, members):
             '—' if not steps else (f'{min(steps):,}' if min(steps) == max(steps) else f'{min(steps):,}–{max(steps):,}'),
             _pct_pm([m['final_error'] for m in done]), best,
             fmt_pct(None if members[0]['paper_error'] is None else members[0]['paper_error'] / 100),
-            _mean_std([m['images_per_second'] for m in done], lambda v: f'{v:,.0f}'),
+            _mean_std([m['images_per_second'] for m in done], common.rate_text),
             _mean_std([m['wall_seconds'] for m in done], fmt_time),
             ', '.join(f'{n} {s}' for s, n in statuses.items())]
 

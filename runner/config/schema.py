@@ -115,8 +115,9 @@ class DatasetConfig:
     data_dir: Optional[str] = _doc(
         'Where TFDS keeps prepared datasets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
         resumable=True, default=None)
-    download: bool = _doc('Let TFDS download and prepare the dataset if it is not in data_dir.',
-                          resumable=True, default=False)
+    download: bool = _doc(
+        'Let TFDS download and prepare the dataset once if it is not in data_dir (before the smoke run); '
+        'false: only a prepared copy is read.', resumable=True, default=True)
     train_split: str = _doc('Split to train on (TFDS split syntax, e.g. "train[:90%]").',
                             default='train')
     test_split: str = _doc('Split the reported test error comes from.', default='test')
@@ -301,7 +302,7 @@ class TrainConfig:
     weight_decay: Optional[float] = _doc(
         'sgd: weight decay passed to the model function (gradient += weight_decay * w on kernels; '
         'on every weight in models whose decay_all is on: WRN, ResNeXt, DenseNet, cifar_airbench94, '
-        'cifar_resnet9); null keeps the model\'s own default (1e-4 for most models). adamw, lion, '
+        'cifar_resnet9); null keeps the model\'s own default, its paper\'s (1e-4 or 5e-4: `python -m runner zoo`). adamw, lion, '
         'lamb, muon: decoupled, w -= lr * weight_decay * w each step on the same weights, nothing '
         'in the loss; null = 0.004 (adamw, muon) or 0 (lion, lamb). See docs/optimizers.md.',
         within='[0, inf)', default=None)

@@ -270,7 +270,7 @@ def validated(args):
     """The checked experiments (cli.Checked) to submit: they validate and their log
     directories can take them. ConfigError names the first problem."""
     from runner import cli, rundir
-    from runner.training import distribute, checkpoints
+    from runner.training import distribute
     from runner.config.errors import ConfigError
     from runner.config.expand import parse_overrides
     overrides = parse_overrides(args.overrides)
@@ -278,6 +278,7 @@ def validated(args):
         overrides.append(('train_parameters.logdir', args.logdir))
     experiments = cli.load_all(args.files, overrides, args.only)
     distribute.quiet_tensorflow()
+    from runner.training import checkpoints  # imports TensorFlow: after quiet_tensorflow
     checked = cli.validate(experiments)
     for c in checked:
         problem = rundir.check_writable(c.exp.train_parameters.logdir, checkpoints.checkpoint_bytes(c.params),
