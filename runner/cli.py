@@ -1,6 +1,7 @@
 """`python run_experiments.py`: validate every experiment, smoke-test them, then train them in turn.
 
-Exit status: 0 every run this process was responsible for finished (or was skipped as
+Exit status: 0 every run this process was responsible for finished or was pruned by its
+search (runner.search; a search is one entry of the queue that trains trials) (or was skipped as
 already finished, or as being trained by another live process holding its lock: processes
 sharing one queue each answer for the runs they trained), 1 a run failed, diverged, was
 interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran).
@@ -14,7 +15,7 @@ import sys
 
 from runner import rundir
 from runner.queue import resume
-from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, output_to, rate_text, text_table
+from runner.common import DONE, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, output_to, rate_text, text_table
 from runner.training.distribute import quiet_tensorflow
 from runner.rundir import RunDir
 
@@ -77,6 +78,7 @@ class Checked:
     def disk_bytes(self):
         """About how much the run writes: what its log directory must have free."""
         return rundir.run_bytes(self.exp, self.params, self.num_classes)
+    corners: list = dataclasses.field(default_factory=list)  # a search's: what the smoke run tries
 
 
 def load_all(files, overrides, only=()):
@@ -161,8 +163,11 @@ def validate(experiments, restarting=(), need_data=True):
     from runner.data import info as data_info, source as data_source
     from runner.config.errors import ConfigError, collect_errors
     from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
+    from runner.search.run import checked_search, is_search
 
     def check(exp):
+        if is_search(exp):  # checked at the corners of its space
+            return checked_search(exp, check)
         try:
             try:
                 info = data_info.describe(exp.dataset)
@@ -205,9 +210,10 @@ def print_list(checked):
     from runner.queue import runlock
     from runner.registry import canonical_model_name
     rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
+    from runner.search.run import is_search, progress_text
     for c in checked:
         held = runlock.holder(RunDir.of(c.exp))
-        status = f'running in {runlock.describe(held)}' if held is not None else '-'
+        status = progress_text(c.exp) if is_search(c.exp) else f'running in {runlock.describe(held)}' if held else '-'
         rows.append((str(c.queue_index), c.exp.run_name, canonical_model_name(c.exp),
                      f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
                      status))
@@ -254,10 +260,16 @@ def _table(rows):
 def train_all(checked, fail_fast):
     """Train each run this process can claim; a run another live process holds is skipped
     (see the module docstring for what that means for the exit status)."""
+    from runner.search.run import is_search, run_search
     results = []
     for c in checked:
         exp = c.exp
         run_dir = RunDir.of(exp)
+        if is_search(exp):  # trains trials of the study until it has none left for this process
+            results += run_search(exp, lambda e: validate([e])[0], train_one)
+            if results and results[-1]['status'] == 'interrupted':
+                break
+            continue
         previous = finished_before(exp)
         if previous:
             results.append(previous)
@@ -299,12 +311,12 @@ def train_all(checked, fail_fast):
         results.append(summary)
         if summary['status'] == 'interrupted':
             break  # the person asked to stop: do not start the next experiment
-        if summary['status'] != 'finished' and fail_fast:
+        if summary['status'] not in DONE and fail_fast:
             break
     return results
 
 
-def train_one(c, run_dir):
+def train_one(c, run_dir, on_evaluation=None):
     """Train one claimed run (its RunDir); its summary, whatever happens."""
     from runner.data import source as data_source
     from runner.training import checkpoints, failures, session
@@ -314,7 +326,7 @@ def train_one(c, run_dir):
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:
-        summary = session.run(exp)
+        summary = session.run(exp, on_evaluation=on_evaluation)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
         # there is no step to finish: the last checkpoint stands and is resumed from.
@@ -356,7 +368,7 @@ def print_results(results):
     print()
     _table(rows)
     for s in results:
-        if s.get('status') not in ('finished', None) and s.get('error'):
+        if s.get('status') not in DONE + (None,) and s.get('error'):
             print(f"  {s['run_name']}: {s['error']}")
 
 
@@ -413,7 +425,7 @@ def _main(args):
     results = train_all(checked, args.fail_fast)
     print_results(results)
     # A run held by another live process is that process's to answer for.
-    return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+    return EXIT_OK if all(s.get('status') in DONE or s.get('held_by') for s in results) else EXIT_FAILED
 
 
 def checked_share(args):
@@ -532,7 +544,9 @@ def start_over(checked, restarting):
 def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='trained'):
     """The smoke run of `checked`; its failures listed on stderr. True if any failed."""
     from runner.queue import smoke
-    failures = smoke.run_smoke(checked, every=every, restarting=restarting, jobs=jobs)
+    # A search is smoke-tested at the corners of its space that change what is built.
+    tried = [corner for c in checked for corner in (c.corners or [c])]
+    failures = smoke.run_smoke(tried, every=every, restarting=restarting, jobs=jobs)
     if failures:
         print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was {nothing}:',
               file=sys.stderr)

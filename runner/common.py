@@ -14,6 +14,8 @@ import sys
 # 2 a user error, nothing done: a wrong file, option, directory or experiment (argparse's
 # own usage errors are 2 as well).
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# How a run may end without failing: trained to the end, or stopped by a search's pruner.
+DONE = ('finished', 'pruned')
 
 WEIGHTS_HELP = ('best: the best/ checkpoint (default); last: final.weights.h5, or the latest '
                 'checkpoint of an unfinished run')

@@ -19,6 +19,11 @@
     slurm.json, slurm.out  the Slurm array task a run was submitted as, and what it printed
                          (runner.queue.slurm)
 
+<logdir>/<run_name>/ of a search (runner.search) is no run itself:
+    study.journal        the Optuna study (when search.storage is null)
+    .search.lock         taken for the instant a process claims a trial
+    trial<k>/            the run of trial k, laid out as above
+
 docs/runs.md describes them, and what happens when writing them fails.
 """
 import contextlib
@@ -57,6 +62,9 @@ _CHECKPOINT_INDEX = re.compile(r'.*-(\d+)\.index')
 # summary.json and config.yaml are read up to this many bytes (the runner's are a few KB).
 MAX_RECORD_BYTES = 1 << 20
 RECORD_VALUES, RECORD_DEPTH = 100_000, 20  # as an experiment file's (runner.config.yaml_io)
+# In the directory of a search (<logdir>/<run_name>, its trials' runs below it: runner.search).
+STUDY_JOURNAL = 'study.journal'  # the Optuna study when search.storage is null
+SEARCH_LOCK = '.search.lock'     # held for the instant a process claims a trial
 # In logdir, beside the runs: the scratch directories of a multi-worker run's other workers.
 WORKERS = '.workers'
 # Directories in a run directory that hold no run of their own (report walks the rest).
@@ -115,6 +123,8 @@ class RunDir(os.PathLike):
     overview = property(lambda self: self._join(OVERVIEW))
     submit_record = property(lambda self: self._join(SUBMIT_RECORD))
     slurm_output = property(lambda self: self._join(SLURM_OUTPUT))
+    study_journal = property(lambda self: self._join(STUDY_JOURNAL))
+    search_lock = property(lambda self: self._join(SEARCH_LOCK))
 
     def eval_file(self, stem):
         """An after-training evaluation's result file, `<stem>.json` (runner.commands.evaluate names it)."""

@@ -9,8 +9,8 @@ import re
 from runner.common import did_you_mean
 from runner.config.errors import ConfigError, join_errors, problems_of
 from runner.config.convert import SECTIONS, unknown_key
-from runner.config.schema import (MAX_STEPS, OPTIMIZER_DEFAULTS, Experiment, TrainConfig, default_of,
-                                  nullable, schema_fields, uses_sgd)
+from runner.config.schema import (MAX_STEPS, OPTIMIZER_DEFAULTS, Experiment, SearchConfig, TrainConfig,
+                                  default_of, nullable, schema_fields, uses_sgd)
 from runner.rundir import RunDir, link_out_of
 
 # A run name, in UTF-8 bytes: its last part with `.restarted-<time>` (--restart) stays within the
@@ -30,6 +30,7 @@ def check_values(exp, across=True):
     if across and not problems:
         problems += problems_of([_check_schedule, _check_freeze, _check_optimizer], lambda c: c(tp))
         problems += problems_of([exp.dataset], _check_dataset)
+        problems += problems_of([exp], _check_search)
     if problems:
         raise join_errors(*problems)  # every problem of the experiment, not the first
 
@@ -139,6 +140,34 @@ def _check_dataset(ds):
     if ds.tfrecord_train and not ds.num_classes and not ds.class_names_file:
         raise ConfigError('dataset.num_classes: TFRecords need the number of classes (or '
                           'dataset.class_names_file)')
+
+
+def _check_search(exp):
+    """The search section as a whole (its space is runner.search's to check): a space to
+    search, held-out data to tune on."""
+    search = exp.search
+    if not search.space:
+        if search != SearchConfig():
+            raise ConfigError('search.space: a search needs at least one key to search, e.g. '
+                              '{train_parameters.weight_decay: {low: 1.0e-5, high: 1.0e-3, log: true}}')
+        return
+    if not exp.dataset.validation_fraction:
+        raise ConfigError('search: needs held-out data to tune on; set dataset.validation_fraction '
+                          '(e.g. 0.1): a search never reads the test split to choose')
+
+
+def check_search_sweep(search, grid, repeats):
+    """A search with grid is a search per point of the grid; with repeats it means nothing
+    a search can keep (a trial is one run), and a key both swept and searched neither."""
+    space = search.get('space') if isinstance(search, dict) else None
+    if not isinstance(space, dict) or not space:
+        return
+    if repeats != 1:
+        raise ConfigError('repeats: not with search (a trial is one run, its seed '
+                          "train_parameters.seed); repeat the best trial's values afterwards instead")
+    both = next((k for k in grid if k in space), None)
+    if both is not None:
+        raise ConfigError(f'search.space.{both}: the grid sweeps this key too; search it or sweep it')
 
 
 def run_name_problem(name):

@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Union
 
 from runner.common import did_you_mean
 from runner.config.errors import ConfigError, join_errors, problems_of
-from runner.config.schema import (MAX_INTEGER, DatasetConfig, PaperConfig, TrainConfig, schema_fields,
-                                  type_name)
+from runner.config.schema import (MAX_INTEGER, DatasetConfig, PaperConfig, SearchConfig, TrainConfig,
+                                  schema_fields, type_name)
 
 # An error line quotes at most this much of a wrong value (a list of a thousand items is
 # still one readable line).
@@ -105,4 +105,5 @@ def build(cls, data, prefix=''):
     return cls(**kwargs)
 
 
-SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper': PaperConfig}
+SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper': PaperConfig,
+            'search': SearchConfig}

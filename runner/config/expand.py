@@ -8,7 +8,7 @@ import typing
 from typing import Dict
 
 
-from runner.config.checks import check_value, check_values, known_keys
+from runner.config.checks import check_search_sweep, check_value, check_values, known_keys
 from runner.config.convert import build, convert, describe_value, unknown_key
 from runner.config.errors import ConfigError, collect_errors, join_errors, problems_of
 from runner.config.schema import MAX_RUNS_PER_DOCUMENT, Experiment, schema_fields
@@ -148,6 +148,7 @@ def expand(data, overrides=()):
     if runs > MAX_RUNS_PER_DOCUMENT:
         raise ConfigError(f'{"grid" if grid else "repeats"}: expands into {runs:,} runs, more than '
                           f'{MAX_RUNS_PER_DOCUMENT:,} (grid x repeats of one document); split the sweep')
+    check_search_sweep(data.get('search'), grid, repeats)
     if not grid and repeats == 1:
         return [data]
     tp = data.get('train_parameters') if isinstance(data.get('train_parameters'), dict) else {}

@@ -26,7 +26,9 @@ def find_runs(logdir):
     """Run directories under `logdir` (run names may hold '/'), sorted by run name."""
     runs = []
     for path, dirs, files in os.walk(logdir):
-        if path != logdir and any(f in files for f in RUN_FILES):
+        # A search's directory (its claim lock) holds trials, not a run of its own, even
+        # where `submit slurm` left its task's record and output in it.
+        if path != logdir and rundir.SEARCH_LOCK not in files and any(f in files for f in RUN_FILES):
             runs.append(path)
             dirs[:] = []  # checkpoints/, best/: parts of this run
             continue

@@ -47,8 +47,10 @@ PROGRESS_SECONDS = 5
 # -- one run, top to bottom ---------------------------------------------------------------------
 
 
-def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
-    """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
+def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None, on_evaluation=None):
+    """Train one experiment to the end of its schedule (or resume it). Returns the summary.
+    `on_evaluation(step, metrics)`, called after each periodic evaluation, returns True to end
+    the run there, checkpointed, as `pruned` (a search's pruner: runner.search)."""
     # One stop request for the whole run, its setup too: from here a signal sets a flag that
     # the run acts on where it is safe (StopRequest.stop_before_training, the steps'
     # boundaries, an evaluation's batches).
@@ -59,6 +61,7 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     try:
         with stop, (rundir.temporary_files_in(rundir.RunDir.of(exp)) if own else contextlib.nullcontext()):
             session = open_run(exp, data, quiet, max_eval_batches, stop)
+            session.on_evaluation = on_evaluation
             stop.training = True
             stop.stop_before_training()
             return session.finish(session.train())
@@ -120,6 +123,7 @@ class Session:
         self.mixed = Regularisers.of(self.exp.dataset).mixing
         self.error_name = 'mixed-label error' if self.mixed else 'error'
         self.summary = {}
+        self.on_evaluation = None
 
     def say(self, line):
         if not self.quiet:
@@ -237,6 +241,8 @@ class Session:
             # Every accuracy in this summary and in metrics.jsonl is of these weights and views.
             'evaluated_weights': trainer.evaluated_weights, 'eval_tta': tp.eval_tta,
         }
+        if exp.trial_values:  # a trial of a search: the values sampled for it
+            summary['trial_values'] = exp.trial_values
         for key in ('test_top1_accuracy', 'test_top5_accuracy', 'best_test_top1_accuracy',
                     'val_top1_accuracy', 'best_val_top1_accuracy', 'best_step'):
             if resumed and key in previous:
@@ -247,7 +253,7 @@ class Session:
     def train(self):
         """Train from the current step to the end of the run, logging, evaluating and
         checkpointing on the way. None when every step is done, else why the steps ended
-        early: 'diverged' or 'interrupted'."""
+        early: 'diverged', 'interrupted' or 'pruned'."""
         trainer, tp, stop, total = self.trainer, self.tp, self.stop, self.exp.total_steps
         status = None
         with self.writer.as_default():
@@ -279,7 +285,9 @@ class Session:
                     self.log(step)
                 side_start = time.time()
                 if eval_now:
-                    self.evaluate_and_record(step)
+                    m = self.evaluate_and_record(step)
+                    if m is not None and self.on_evaluation and self.on_evaluation(step, m):
+                        status = 'pruned'  # checkpointed just below, as at any evaluation
                 if ckpt_now or stop:
                     # Events up to this step must be on disk before the checkpoint that a
                     # resume starts after; otherwise a kill loses them for good.
@@ -291,6 +299,8 @@ class Session:
                 self.overhead += time.time() - side_start
                 if stop:
                     status = 'interrupted'
+                    break
+                if status == 'pruned':
                     break
             self.progress.close()
             self.writer.flush()
@@ -362,9 +372,9 @@ class Session:
         self.writer.flush()
         best_before = (trainer.best_error.numpy(), trainer.best_step.numpy())
         try:
-            self.evaluate(step)
+            return self.evaluate(step)
         except EvaluationStopped:
-            pass
+            return None
         except Exception:
             trainer.best_error.assign(best_before[0])
             trainer.best_step.assign(best_before[1])

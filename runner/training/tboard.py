@@ -45,7 +45,10 @@ BEST_TAG = METRICS[2][0]
 # summary.json's status -> the HParams session status. An interrupted run is neither a
 # success nor a failure yet (running the command again resumes it): unknown.
 STATUS_NAMES = {'running': 'STATUS_RUNNING', 'finished': 'STATUS_SUCCESS', 'failed': 'STATUS_FAILURE',
-                'diverged': 'STATUS_FAILURE', 'interrupted': 'STATUS_UNKNOWN'}
+                'diverged': 'STATUS_FAILURE', 'interrupted': 'STATUS_UNKNOWN',
+                # A search's trial its pruner stopped: neither a success nor a failure, and the
+                # HParams statuses have no word for it (summary, status and report say pruned).
+                'pruned': 'STATUS_UNKNOWN'}
 
 INPUT_IMAGES = 16        # the first step's grid: 4 x 4 images
 INTEGER = 'an integer'
@@ -97,6 +100,8 @@ def hparam_values(exp, resolved, params, policy):
     }
     for key, value in model_parameters.items():
         values[f'model.{key}'] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    for key, value in exp.trial_values.items():  # a search's trial: the sampled values, as named
+        values[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return {k: v for k, v in values.items() if v is not None}
 
 
