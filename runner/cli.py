@@ -73,12 +73,12 @@ class Checked:
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
     queue_index: int = 0  # its position among the selected runs: --index, --shard, --list
     num_classes: int = 10  # of its data, for the size of what it writes (rundir.run_bytes)
+    corners: list = dataclasses.field(default_factory=list)  # a search's: what the smoke run tries
 
     @property
     def disk_bytes(self):
         """About how much the run writes: what its log directory must have free."""
         return rundir.run_bytes(self.exp, self.params, self.num_classes)
-    corners: list = dataclasses.field(default_factory=list)  # a search's: what the smoke run tries
 
 
 def load_all(files, overrides, only=()):
