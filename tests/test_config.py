@@ -230,10 +230,9 @@ def test_error_in_a_later_experiment_stops_everything(capsys, tmp_path, image_fo
 
 
 def test_set_override_is_validated(capsys, tmp_path, image_folder):
-    line = assert_config_error(capsys, tmp_path, GOOD, 'train_parameters.batch_sise',
-                               "did you mean 'train_parameters.batch_size'", image_folder=image_folder,
-                               extra=('--set', 'train_parameters.batch_sise=64'))
-    assert line
+    assert_config_error(capsys, tmp_path, GOOD, 'train_parameters.batch_sise',
+                        "did you mean 'train_parameters.batch_size'", image_folder=image_folder,
+                        extra=('--set', 'train_parameters.batch_sise=64'))
 
 
 def test_set_override_and_scientific_notation(tmp_path):
