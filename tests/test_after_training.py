@@ -243,6 +243,7 @@ def write_images(d, image_folder):
     return files
 
 
+@pytest.mark.needs('cifar10-jpeg')  # three CIFAR-10 photographs among the files
 def test_predict_images_of_any_kind_with_one_line_per_broken_file(trained, tmp_path, capsys):
     import tensorflow as tf
     from runner.commands import evaluate, inference, predict
@@ -388,6 +389,7 @@ train_parameters:
 CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 
 
+@pytest.mark.needs('cifar10-tfds')
 def test_class_names_of_unprepared_tfds_data_come_from_the_cache(cifar10_tfds_dir, tmp_path, capsys):
     """With the data not prepared here (--data-dir elsewhere), TFDS still describes cifar10,
     but with the names "0".."9": they were exported as labels and replaced the good cache."""

@@ -344,6 +344,7 @@ def seed_experiments_yaml():
 
 
 @pytest.mark.slow
+@pytest.mark.needs('seed-001')
 def test_the_seed_runners_experiments_yaml_runs_unchanged(tmp_path, capsys, monkeypatch):
     """Validation, --list and the smoke run of seed 001's file as the seed gives it: ResNet-110
     and WRN-40-4 (the heaviest smoke run of the tests; synthetic data, no TFDS copy here)."""
