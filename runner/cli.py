@@ -13,6 +13,7 @@ import signal
 import sys
 
 from runner import rundir
+from runner.queue import resume
 from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
 from runner.training.distribute import quiet_tensorflow
 from runner.rundir import RunDir
@@ -137,71 +138,6 @@ def select(experiments, only):
             if e.run_name in names or any(e.run_name.startswith(n + '/') for n in names)]
 
 
-def changed_keys(old, new, prefix=''):
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += changed_keys(a, b, f'{prefix}{key}.')
-        elif a != b:
-            out.append(prefix + key)
-    return out
-
-
-_ABSENT = object()
-
-
-def _get(d, dotted):
-    """The value at a dotted key of nested dicts, or _ABSENT."""
-    for part in dotted.split('.'):
-        d = d.get(part, _ABSENT) if isinstance(d, dict) else _ABSENT
-    return d
-
-
-def check_resumable(exp):
-    """A run directory started with different settings cannot be resumed from. True when
-    it changed but has no checkpoint yet (a run that failed or diverged before its first
-    save): nothing would be lost by starting it over, so it is."""
-    import yaml
-    from runner.training import checkpoints
-    from runner.config.errors import ConfigError
-    from runner.config.reference import recorded_value, resumable
-    from runner.config.schema import Experiment
-    run_dir = RunDir.of(exp)
-    path = run_dir.config
-    if not os.path.exists(path) or rundir.damaged(run_dir):
-        return False  # a damaged run is refused on its own when its turn comes (train_all)
-    with open(path) as f:
-        old = yaml.safe_load(f) or {}
-    new = exp.to_dict()
-    new['train_parameters']['run_name'] = exp.run_name
-    if old.get('model') == exp.model and old.get('module') == exp.module:
-        # Both sides with the model function's defaults as they are now: a default that
-        # changed since the run started shows as a change of the value its file records
-        # (a file from before the runner recorded defaults gets today's, as it always did).
-        from runner.registry import resolve_model_fn, resolved_model_parameters
-        fn = resolve_model_fn(exp)
-        new['model_parameters'] = resolved_model_parameters(fn, exp.model_parameters)
-        old['model_parameters'] = resolved_model_parameters(fn, old.get('model_parameters') or {})
-    for key in ('mean', 'std'):  # filled in from the data when the file left them null
-        if new['dataset'][key] is None:
-            new['dataset'][key] = old.get('dataset', {}).get(key)
-    # A key that an earlier version of the runner did not write is unchanged if the run
-    # now has that key's default, which is what the earlier version did; so is a null it
-    # wrote for a default the schema now spells out (config.recorded_value). Which keys may
-    # change on a resume is the schema's to say (config.resumable).
-    defaults = Experiment(model=exp.model).to_dict()
-    diff = [k for k in changed_keys(old, new) if not resumable(k)
-            and not (_get(old, k) is _ABSENT and _get(new, k) == _get(defaults, k))
-            and recorded_value(k, _get(old, k)) != _get(new, k)]
-    if not diff:
-        return False
-    if not checkpoints.present(run_dir.checkpoints):
-        return True
-    raise ConfigError(f"{', '.join(diff)}: changed since run '{exp.run_name}' started; use "
-                      f"--restart {exp.run_name} to start it over, or give it a new run_name")
-
-
 def validate(experiments, restarting=(), need_data=True):
     """Everything that can be checked before the first step; one ConfigError naming every
     problem of every experiment (config.collect_errors)."""
@@ -229,7 +165,7 @@ def validate(experiments, restarting=(), need_data=True):
             if need_data and not ready:
                 cfg = exp.dataset
                 raise ConfigError(data_source.not_prepared_message(cfg, data_source.tfds_builder(cfg)))
-            start_over = exp.run_name not in restarting and check_resumable(exp)
+            start_over = exp.run_name not in restarting and resume.check_resumable(exp)
         except ConfigError as e:
             raise ConfigError(f'{exp.label}: {e}') from None
         shape = 'x'.join(str(d) for d in info.image_shape)
@@ -344,10 +280,10 @@ def train_all(checked, fail_fast):
 def train_one(c, run_dir):
     """Train one claimed run (its RunDir); its summary, whatever happens."""
     from runner.data import source as data_source
-    from runner.training import failures, session
+    from runner.training import checkpoints, failures, session
     import keras
     exp = c.exp
-    verb = 'resuming' if os.path.isdir(run_dir.checkpoints) else 'starting'
+    verb = 'resuming' if checkpoints.present(run_dir.checkpoints) else 'starting'
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:

@@ -4,6 +4,7 @@ error, "did you mean" hints, the options of the commands that read a trained run
 No TensorFlow here, and no import of another runner module: any module may use it.
 """
 import difflib
+import re
 
 # Exit statuses of every command (run_experiments.py and `python -m runner ...`): 0 done;
 # 1 the work failed (a run failed or diverged, some input files could not be read);
@@ -16,12 +17,58 @@ WEIGHTS_HELP = ('best: the best/ checkpoint (default); last: final.weights.h5, o
 MOVED_DATA_HELP = 'where the data is now (only needed for the class names if the data moved)'
 
 
+# What TensorFlow wraps an op's message in: the function's node name and the op's name.
+TF_DECORATIONS = re.compile(r'^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$')
+# Lines of a TensorFlow op error that are context, not the cause.
+TF_CONTEXT = ('Graph execution error', 'Detected at node', 'File "', 'Stack trace')
+
+
 def first_line(error):
     """The first non-blank line of an exception's message (TensorFlow's op errors and TFDS's
     split errors run to many lines), or its type's name when it has none."""
     text = getattr(error, 'message', None) or str(error)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return TF_DECORATIONS.sub('', lines[0]) if lines else type(error).__name__
+
+
+def is_op_error(error):
+    """A TensorFlow op error (tf.errors.OpError), told without importing TensorFlow."""
+    return any(c.__name__ == 'OpError' and c.__module__.startswith('tensorflow')
+               for c in type(error).__mro__)
+
+
+ANSI_CODE = re.compile(r'\x1b\[[0-9;]*m')
+RAISED = re.compile(r'^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.*)$')
+KERAS_CALL = re.compile(r'^Exception encountered when calling (.*?)\.?$')
+
+
+def error_summary(error):
+    """'Type: what went wrong' in one line, naming the error raised inside where a
+    tf.function's trace ('in user code:' and its traceback) or Keras ('Exception encountered
+    when calling layer ...' and its arguments) wrapped it."""
+    name, lines = type(error).__name__, [ANSI_CODE.sub('', l).strip() for l in str(error).splitlines()]
+    lines = [l for l in lines if l]
+    if lines and lines[0] == 'in user code:':  # the error raised inside is the last one named
+        for i in range(len(lines) - 1, 0, -1):
+            m = RAISED.match(lines[i])
+            if m:
+                name, lines = m.group(1), [m.group(2)] + lines[i + 1:]
+                break
+    if lines and KERAS_CALL.match(lines[0]) and len(lines) > 1:
+        return f'{name}: {lines[1]} (in {KERAS_CALL.match(lines[0]).group(1)})'
+    if name != type(error).__name__:
+        return f'{name}: {lines[0]}'
+    return f'{name}: {error_line(error)}'
+
+
+def error_line(error):
+    """One line that says what went wrong. A TensorFlow op error raised in a tf.function
+    begins 'Graph execution error:' and carries its cause in a later line, the last."""
+    if not is_op_error(error):
+        return first_line(error)
+    lines = [l.strip() for l in error.message.splitlines() if l.strip() and not l.strip().startswith('[[')]
+    lines = [l for l in lines if not l.startswith(TF_CONTEXT)] or lines
+    return TF_DECORATIONS.sub('', lines[-1]) if lines else type(error).__name__
 
 
 def did_you_mean(name, known, prefix=''):

@@ -238,12 +238,23 @@ def _truncate_event_file(path, step):
     os.replace(tmp, path)
 
 
+# `--restart` keeps an old run as <run>.restarted-<time>: no longer a run of the queue.
+MOVED_ASIDE = '.restarted-'
+# Under the log directory: the Slurm job scripts submitted and Slurm's own output.
+SLURM_JOBS_DIR = 'slurm-jobs'
+
+
+def moved_aside(path):
+    """Is this directory an old run that `--restart` moved aside?"""
+    return MOVED_ASIDE in os.path.basename(os.path.normpath(path))
+
+
 def move_aside(run_dir):
     """`--restart`: keep the old run under a timestamped name; never delete it."""
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    target, n = f'{run_dir}.restarted-{stamp}', 1
+    target, n = f'{run_dir}{MOVED_ASIDE}{stamp}', 1
     while os.path.exists(target):  # two restarts within a second
-        target, n = f'{run_dir}.restarted-{stamp}-{n}', n + 1
+        target, n = f'{run_dir}{MOVED_ASIDE}{stamp}-{n}', n + 1
     os.rename(run_dir, target)  # refuses to overwrite, unlike shutil.move
     return target
 

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, SHARED
 from runner import cli, compat, rundir
-from runner.queue import smoke
+from runner.queue import resume, smoke
 from runner.training import distribute, session
 from runner.training.trainer import Trainer
 
@@ -231,11 +231,11 @@ def test_moved_data_does_not_block_a_resume(tmp_path, image_folder, key, old_val
     cfg[section][name] = old_value
     saved.write_text(yaml.safe_dump(cfg))
     exp, = cli.load_all([str(path)], [])
-    assert cli.check_resumable(exp) is False
+    assert resume.check_resumable(exp) is False
     cfg['train_parameters']['batch_size'] = 8  # while a real change is still refused
     saved.write_text(yaml.safe_dump(cfg))
     with pytest.raises(Exception, match='train_parameters.batch_size: changed since'):
-        cli.check_resumable(exp)
+        resume.check_resumable(exp)
 
 
 def test_restart_takes_the_name_of_a_repeats_group(tmp_path, image_folder, capsys):
@@ -482,14 +482,14 @@ def test_config_records_the_model_defaults_and_a_resume_sees_a_changed_default(t
     # tiny_cnn's default weight decay too: the file says which decay the run used.
     assert cfg['model_parameters'] == {'width': 8, 'dropout': 0.0, 'weight_decay': 1e-4}, cfg['model_parameters']
     exp, = cli.load_all([str(path)], [])
-    assert cli.check_resumable(exp) is False
+    assert resume.check_resumable(exp) is False
     cfg['model_parameters']['width'] = 16  # as if the function's default had been 16
     saved.write_text(yaml.safe_dump(cfg))
     with pytest.raises(Exception, match='model_parameters.width: changed since'):
-        cli.check_resumable(exp)
+        resume.check_resumable(exp)
     cfg['model_parameters'] = {}  # a run of an earlier version, which recorded no defaults
     saved.write_text(yaml.safe_dump(cfg))
-    assert cli.check_resumable(exp) is False
+    assert resume.check_resumable(exp) is False
     # train_parameters.weight_decay overrides the default: the file says that one, once.
     assert cli.main([str(path), '--no-smoke', '--set', 'train_parameters.steps=2', '--logdir',
                      str(tmp_path / 'wd'), '--set', 'train_parameters.weight_decay=5e-4']) == 0

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from runner import cli
+from runner.queue import resume
 from runner.config.errors import ConfigError
 from runner.config.expand import experiment_from_dict, load_experiments, parse_overrides
 from runner.config.reference import reference
@@ -438,7 +439,7 @@ def test_a_resume_accepts_a_change_of_exactly_the_keys_the_schema_marks(tmp_path
     saved = logdir / 'good' / 'config.yaml'
     recorded = yaml.safe_load(saved.read_text())
     exp, = cli.load_all([path], [])
-    assert cli.check_resumable(exp) is False
+    assert resume.check_resumable(exp) is False
     # mean and std are filled in from the data; model and module name the function
     # model_parameters: test_cli's test_config_records_the_model_defaults_...
     skip = {'dataset.mean', 'dataset.std', 'model', 'module', 'model_parameters'}
@@ -453,16 +454,26 @@ def test_a_resume_accepts_a_change_of_exactly_the_keys_the_schema_marks(tmp_path
         node[name] = _other(node[name])
         saved.write_text(yaml.safe_dump(cfg))
         if resumable(row.key):
-            assert cli.check_resumable(exp) is False, row.key
+            assert resume.check_resumable(exp) is False, row.key
         else:
             with pytest.raises(ConfigError, match=rf"^{re.escape(row.key)}(\.other)?: changed since run 'good'"):
-                cli.check_resumable(exp)
+                resume.check_resumable(exp)
     # an older run's record: null where the schema now has the value
     cfg = dict(recorded, dataset=dict(recorded['dataset'], preprocessing=None, cache_budget_mb=None,
                                       stats_sample=None, label_offset=None, tfrecord_image_key=None,
                                       tfrecord_label_key=None))
     saved.write_text(yaml.safe_dump(cfg))
-    assert cli.check_resumable(exp) is False
+    assert resume.check_resumable(exp) is False
     _, old = inference.load_experiment(str(logdir / 'good'))
     assert old.dataset == DatasetConfig(**recorded['dataset'])
     assert cli.main([path, '--no-smoke', '--set', 'train_parameters.steps=2']) == 0
+
+
+def test_image_keys_are_keys_of_the_dataset_section():
+    """IMAGE_KEYS (which images a split read has; evaluate and stats share data by them)
+    names real dataset keys, and the ones that say which labels and files are read."""
+    import dataclasses
+    from runner.config.schema import IMAGE_KEYS
+    fields = {f.name for f in dataclasses.fields(DatasetConfig)}
+    assert set(IMAGE_KEYS) <= fields
+    assert {'tfrecord_label_key', 'label_offset', 'test_list', 'image_size'} <= set(IMAGE_KEYS)

@@ -75,6 +75,34 @@ def test_probe_times_the_model_in_both_precisions():
     assert keras.mixed_precision.global_policy().name == 'float32'   # left as it was found
 
 
+def test_a_probe_is_remembered_per_machine_model_and_batch(tmp_path, monkeypatch):
+    """The second run of a model on this machine starts without timing it again: the rates
+    are read from <logdir>/.precision-probes. Another batch is another probe; a damaged record
+    is measured again. A cold probe says what it does before it starts."""
+    import tensorflow as tf
+    from runner.config.expand import experiment_from_dict
+    monkeypatch.setattr(distribute, 'cpu_has_bfloat16', lambda: True)
+    strategy = tf.distribute.get_strategy()
+
+    def exp(batch):
+        return experiment_from_dict({'model': 'tiny_cnn', 'module': 'tiny_models', 'train_parameters': {
+            'logdir': str(tmp_path), 'precision': 'fastest', 'batch_size': batch}})
+    said = []
+    policy, why = precision.choose_precision(exp(8), make_data().info, strategy, say=said.append)
+    assert len(said) == 1 and 'timing float32 and mixed_bfloat16' in said[0] and 'measured now' in why
+    files = list((tmp_path / precision.PROBES_DIR).iterdir())
+    assert len(files) == 1
+    again = precision.choose_precision(exp(8), make_data().info, strategy, say=said.append)
+    assert len(said) == 1   # nothing timed, nothing said
+    assert again[0] == policy and again[1].split(' (batch')[0] == why.split(' (batch')[0]
+    assert 'measured 20' in again[1]   # the date it was measured
+    precision.choose_precision(exp(16), make_data().info, strategy, say=said.append)
+    assert len(said) == 2 and len(list((tmp_path / precision.PROBES_DIR).iterdir())) == 2
+    files[0].write_text('{"images_per_second": ')   # torn
+    assert 'measured now' in precision.choose_precision(exp(8), make_data().info, strategy)[1]
+    assert json.loads(files[0].read_text())['images_per_second']['float32'] > 0
+
+
 def test_a_fastest_run_trains_as_the_precision_it_chose_and_keeps_it(tmp_path, monkeypatch):
     """With the real probe: the run records the measured rates, its losses are those of a
     run given the chosen precision outright (the probe's own models leave the start

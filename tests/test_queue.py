@@ -139,6 +139,7 @@ def test_submit_dry_run_prints_the_job_script_of_the_unfinished_runs(images, tmp
     (run 1 is), at most --max-parallel at once, requeue, the stop signal half a one-minute
     limit before it, append mode, the resources asked for, and each task's command: the same
     files, --only, --set and --logdir, plus --index K --no-smoke. A wrong option is one line."""
+    from runner import rundir
     from runner.queue import slurm
     path, logdir = three_runs(images, tmp_path)
     rc, out, err = run_cli(capsys, path, '--no-smoke', '--index', '1')
@@ -169,7 +170,7 @@ def test_submit_dry_run_prints_the_job_script_of_the_unfinished_runs(images, tmp
                  '#SBATCH --constraint=a100'):
         assert line in out.splitlines(), f'{line} missing:\n{out}'
     assert "--only a,b --set train_parameters.log_interval=1 --logdir " in out, out
-    assert not os.path.exists(os.path.join(logdir, slurm.JOBS_DIR))  # nothing submitted
+    assert not os.path.exists(os.path.join(logdir, rundir.SLURM_JOBS_DIR))  # nothing submitted
 
     one_line_error(capsys, slurm.main(['slurm', path, '--time', '5x']), 2, '--time', "'5x'")
     one_line_error(capsys, slurm.main(['slurm', path, '--sbatch', 'array=0-3']), 2, "'array'")

@@ -29,6 +29,7 @@ import numpy as np
 from runner.training import tta as tta_lib
 from runner.common import EXIT_CONFIG, EXIT_OK, add_run_options, first_line, markdown_table
 from runner.commands.inference import WEIGHTS, RunError
+from runner.config.schema import IMAGE_KEYS
 from runner.rundir import RunDir
 
 
@@ -108,10 +109,8 @@ def read_eval_split(run, split, limit=None, tta='none'):
 def _data_key(run, split, limit, tta):
     """Runs whose data is read the same way share one copy in memory."""
     ds = run.exp.dataset
-    return (ds.name, ds.image_folder, ds.data_dir, ds.train_list, ds.test_list, ds.list_root,
-            ds.tfrecord_train, ds.tfrecord_test, ds.label_offset, split, ds.train_split,
-            ds.test_split, ds.validation_fraction, tuple(run.info.image_shape),
-            run.info.preprocessing, tta == '10crop' and tta_lib.ten_crop_style(run), limit)
+    return (tuple(json.dumps(getattr(ds, k)) for k in IMAGE_KEYS) + (split, tuple(run.info.image_shape),
+            run.info.preprocessing, tta == '10crop' and tta_lib.ten_crop_style(run), limit))
 
 
 # ---------------------------------------------------------------------------

@@ -7,7 +7,6 @@ gets one error line and the others are still classified; the exit status is then
 """
 import argparse
 import json
-import re
 import sys
 
 import numpy as np
@@ -46,15 +45,9 @@ def read_images(paths, image_size, style='cifar'):
         try:
             out.append((path, prepare_image(data, image_size, style), None))
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError) as e:
-            msg = _clean(first_line(e)) or type(e).__name__
+            msg = first_line(e)
             out.append((path, None, f'not an image, or a damaged one ({msg})'))
     return out
-
-
-def _clean(text):
-    """The first line of TensorFlow's op error without its function-node and op decorations."""
-    text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', text)
-    return re.sub(r'\s*\[Op:\w+\]', '', text).strip()
 
 
 def predict_files(run, paths, batch_size=64):

@@ -71,7 +71,7 @@ def find_runs(logdir):
     for root, dirs, files in os.walk(logdir):
         in_run = SUMMARY in files
         dirs[:] = sorted(d for d in dirs if not d.startswith('.') and not (in_run and d in SKIP_DIRS))
-        if '.restarted-' in os.path.basename(root):
+        if rundir.moved_aside(root):
             superseded += SUMMARY in files
             dirs[:] = []
             continue
@@ -459,10 +459,7 @@ def write_report(logdir, out=None):
         pictures.append(plot_learning_curve(r, os.path.join(pic_dir, name)))
         lines += [f"### {r['name']}", '', f"![Learning curves of {r['name']}]({rel}/{name})", '']
     text = '\n'.join(lines).rstrip() + '\n'
-    tmp = out + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, out)
+    rundir.write_atomic(out, text)
     return out, pictures, runs, rows
 
 

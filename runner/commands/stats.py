@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from runner.config.schema import IMAGE_KEYS
 from runner.common import EXIT_CONFIG, EXIT_OK, did_you_mean, first_line
 
 
@@ -55,10 +56,6 @@ class Target:
     split: str = None         # the split to read; None = cfg.train_split
 
 
-# Dataset keys that change the pixels summed; experiments equal in these share one result.
-_PIXEL_KEYS = ('name', 'image_folder', 'data_dir', 'train_split', 'list_root', 'train_list',
-               'tfrecord_train', 'tfrecord_image_key', 'image_size', 'preprocessing',
-               'validation_fraction')
 
 
 def targets(arg, experiment=None, data_dir=None, split=None):
@@ -83,7 +80,7 @@ def targets(arg, experiment=None, data_dir=None, split=None):
             cfg = e.dataset
             if data_dir:
                 cfg = dataclasses.replace(cfg, data_dir=data_dir)
-            key = json.dumps([getattr(cfg, k) for k in _PIXEL_KEYS])
+            key = json.dumps([getattr(cfg, k) for k in IMAGE_KEYS])  # the same pixels summed: one result
             if key not in out:
                 out[key] = Target(cfg, [], True, split)
             out[key].experiments.append(e.run_name)

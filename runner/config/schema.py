@@ -189,6 +189,14 @@ class DatasetConfig:
         default=10000)
 
 
+# The dataset keys that decide which images, labels and pixels a split read has (not where
+# the data is stored once read, nor training's augmentation or normalisation): runs equal in
+# these read the same split, so `evaluate` shares one copy of it and `stats` one result.
+IMAGE_KEYS = ('name', 'image_folder', 'data_dir', 'train_split', 'test_split', 'validation_fraction',
+              'list_root', 'train_list', 'test_list', 'tfrecord_train', 'tfrecord_test',
+              'tfrecord_image_key', 'tfrecord_label_key', 'label_offset', 'image_size', 'preprocessing')
+
+
 @dataclass
 class TrainConfig:
     logdir: str = _doc('Directory that holds one sub-directory per run.', resumable=True, default='logs')

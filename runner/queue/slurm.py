@@ -34,10 +34,10 @@ import shlex
 import subprocess
 import sys
 
+from runner import rundir
+from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from runner.rundir import SLURM_OUTPUT, SUMMARY, RunDir
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-JOBS_DIR = 'slurm-jobs'          # under the log directory: the scripts submitted, Slurm's own output
 # Seconds before the time limit at which the batch shell is told to stop (at most half the
 # limit): time for the step under way, a checkpoint and the requeue, with room for Slurm
 # sending the signal up to 60 s early (sbatch(1), --signal).
@@ -231,9 +231,8 @@ def write_records(pending, job_id):
     stamp = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
     for k, _, run_dir in pending:
         os.makedirs(run_dir, exist_ok=True)
-        with open(RunDir(run_dir).submit_record, 'w') as f:
-            json.dump({'array_job_id': job_id, 'array_task_id': k, 'submitted': stamp}, f)
-            f.write('\n')
+        rundir.write_atomic(RunDir(run_dir).submit_record, json.dumps(
+            {'array_job_id': job_id, 'array_task_id': k, 'submitted': stamp}) + '\n')
 
 
 class SbatchError(Exception):
@@ -317,7 +316,7 @@ def engine_answer(argv):
         engine = argv[0] if argv else ''
         print(f"error: submit: unknown engine '{engine}'; the one there is: "
               f"python -m runner submit slurm FILE ...", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     return None
 
 
@@ -334,7 +333,7 @@ def main(argv=None):
         checked = validated(args)
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
 
     run_dirs = [os.path.abspath(RunDir.of(c.exp)) for c in checked]
     pending = [(k, c.exp.run_name, run_dirs[k]) for k, c in enumerate(checked)
@@ -345,7 +344,7 @@ def main(argv=None):
             cli.print_results(results_of(checked, run_dirs)[0])
         return EXIT_OK
     jobs_dir = os.path.join(os.path.abspath(checked[pending[0][0]].exp.train_parameters.logdir),
-                            JOBS_DIR)
+                            rundir.SLURM_JOBS_DIR)
     script = job_script(args, pending, options, jobs_dir)
     if args.dry_run:
         print(script, end='')
@@ -358,7 +357,7 @@ def main(argv=None):
         proc, job_id, script_path = submit(args, script, jobs_dir)
     except SbatchError as e:
         print(f'error: {e}', file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     write_records(pending, job_id)
     print(f'submitted Slurm job array {job_id}: {len(pending)} task(s), script {script_path}')
     for k, name, run_dir in pending:

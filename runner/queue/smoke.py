@@ -22,7 +22,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -31,6 +30,7 @@ import time
 
 import runner
 from runner import rundir  # no TensorFlow: a worker imports it quietly, first (see _worker)
+from runner.common import error_summary
 from runner.queue import runlock
 from runner.rundir import RunDir
 
@@ -165,31 +165,9 @@ def _smoke_test(exp, tmp, phases):
         precision.set_policy('float32')
 
 
-ANSI_CODE = re.compile(r'\x1b\[[0-9;]*m')
-RAISED = re.compile(r'^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.*)$')
-KERAS_CALL = re.compile(r'^Exception encountered when calling (.*?)\.?$')
-
-
 def failure_line(error):
-    """One line for a failed smoke test: what was raised, where a tf.function's trace
-    ('in user code:' and its traceback) or Keras ('Exception encountered when calling
-    layer ...' and its arguments) wrapped it."""
-    if isinstance(error, SmokeFailure):
-        return str(error)
-    from runner.training import failures
-    name, lines = type(error).__name__, [ANSI_CODE.sub('', l).strip() for l in str(error).splitlines()]
-    lines = [l for l in lines if l]
-    if lines and lines[0] == 'in user code:':  # the error raised inside is the last one named
-        for i in range(len(lines) - 1, 0, -1):
-            m = RAISED.match(lines[i])
-            if m:
-                name, lines = m.group(1), [m.group(2)] + lines[i + 1:]
-                break
-    if lines and KERAS_CALL.match(lines[0]) and len(lines) > 1:
-        return f'{name}: {lines[1]} (in {KERAS_CALL.match(lines[0]).group(1)})'
-    if name != type(error).__name__:
-        return f'{name}: {lines[0]}'
-    return f'{name}: {failures.error_message(error)}'
+    """One line for a failed smoke test (common.error_summary)."""
+    return str(error) if isinstance(error, SmokeFailure) else error_summary(error)
 
 
 # -- what is tested --------------------------------------------------------------
@@ -485,10 +463,7 @@ def _run_in_workers(todo, jobs, report):
                     except EOFError:
                         pass  # it died: its sentinel is ready too
                     else:
-                        if kind == 'ok':
-                            finish(todo[index], seconds, source=text)
-                        else:
-                            finish(todo[index], seconds, error=text)
+                        finish(todo[index], seconds, **{'source' if kind == 'ok' else 'error': text})
                         feed(w)
                         continue
                 if w.process.sentinel in ready or not w.process.is_alive():

@@ -13,14 +13,13 @@ import os
 import sys
 
 from runner import rundir
-from runner.queue import runlock, slurm
+from runner.common import EXIT_CONFIG, EXIT_OK, text_table
+from runner.queue import runlock
 from runner.rundir import RunDir
 
-EXIT_OK, EXIT_USAGE = 0, 2
 # What marks a directory as a run's (any one is enough): the runner's files, the lock every
 # process takes, the record `submit slurm` leaves for a run not started yet.
 RUN_FILES = (rundir.SUMMARY, rundir.CONFIG, rundir.LOCK, rundir.SUBMIT_RECORD)
-MOVED_ASIDE = '.restarted-'  # rundir.move_aside: an old run kept by --restart
 
 
 def find_runs(logdir):
@@ -33,7 +32,7 @@ def find_runs(logdir):
             continue
         # Not runs: old runs kept by --restart, the submitted scripts, hidden directories
         # (the scratch of multi-worker runs' other workers, `.workers/`).
-        dirs[:] = sorted(d for d in dirs if MOVED_ASIDE not in d and d != slurm.JOBS_DIR
+        dirs[:] = sorted(d for d in dirs if not rundir.moved_aside(d) and d != rundir.SLURM_JOBS_DIR
                          and not d.startswith('.'))
     return sorted(runs)
 
@@ -97,11 +96,6 @@ def run_status(run_dir):
         slurm_job or '-', message
 
 
-def table(rows):
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ['  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m runner status',
                                 description='One line per run under LOGDIR: status, step of '
@@ -110,7 +104,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not os.path.isdir(args.logdir):
         print(f"error: status: no log directory '{args.logdir}'", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     runs = find_runs(args.logdir)
     if not runs:
         print(f"{args.logdir}: no runs")
@@ -123,5 +117,5 @@ def main(argv=None):
         rows.append((name, status, steps, error, host, job))
         if message:
             messages.append(f'  {name}: {message}')
-    print('\n'.join(table(rows) + messages))
+    print('\n'.join([text_table(rows)] + messages))
     return EXIT_OK

@@ -18,6 +18,7 @@ import re
 
 import tensorflow as tf
 
+from runner.common import first_line
 from runner.rundir import RunDir
 
 _NUMBERED = re.compile(r'^(?P<prefix>.*-(?P<step>\d+))\.(index|data-\d+-of-\d+)$')
@@ -65,9 +66,7 @@ def unreadable_reason(prefix):
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except Exception as e:  # OpError (DataLoss, OutOfRange, NotFound), IndexError, ValueError
-        text = e.message if isinstance(e, tf.errors.OpError) else str(e)
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[0] if lines else type(e).__name__
+        return first_line(e)
     return None
 
 

@@ -1,27 +1,11 @@
 """A failed run recorded: the error as one line in the summary, the traceback in error.log."""
 import os
-import re
 import traceback
 
-import tensorflow as tf
 
 from runner import rundir
+from runner.common import error_summary
 from runner.training import distribute, tboard
-
-
-def error_message(error):
-    """One line that says what went wrong. A TensorFlow op error raised in a tf.function
-    begins 'Graph execution error:' and carries its cause in a later line."""
-    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith('[[')]
-    if isinstance(error, tf.errors.OpError):
-        lines = [l for l in lines if not l.startswith(('Graph execution error', 'Detected at node',
-                                                       'File "', 'Stack trace'))] or lines
-        if not lines:
-            return type(error).__name__
-        # An eager op's error wraps its message in the function's node name and the op's name.
-        return re.sub(r'^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$', '', lines[-1])
-    return lines[0] if lines else type(error).__name__
 
 
 def worker_dir(exp):
@@ -38,7 +22,7 @@ def record_failure(exp, error, status='failed'):
         run_dir = worker_dir(exp)
     summary = rundir.read_summary(run_dir) or {'run_name': exp.run_name, 'model': exp.model}
     summary['status'] = status
-    summary['error'] = f'{type(error).__name__}: {error_message(error)}'
+    summary['error'] = error_summary(error)
     # The failure may be a full disk or a directory gone read-only: what cannot be written is
     # said in the summary returned (`not_recorded`), never raised from here.
     try:

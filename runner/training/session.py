@@ -6,16 +6,10 @@ checkpoint to resume from, the run directory's records), `Session.train` (the st
 (the final evaluation, the final weights, the summary's status); nanoGPT's train.py
 (Karpathy 2022) is the model of a loop that fits on one screen.
 
-`Trainer` holds the model, the optimizer of train_parameters.optimizer (runner.training.optimizers)
-under the learning-rate schedule (runner.training.schedule: piecewise-constant, linear, cosine,
-piecewise-linear, with warm-up), and the step functions: a custom tf.function step
-(GradientTape, cross-entropy plus the model's regularisation losses) run under a
-tf.distribute strategy (runner.training.distribute) in the policy runner.training.precision chose, and the
-evaluation, with flip and translate test-time augmentation (`eval_tta`). The averages of the
-weights, an exponential moving average and Lookahead, are small objects of
-runner.training.averaging that the step updates. Checkpoints are tf.train.CheckpointManager's;
-resuming is the default: a run directory with a checkpoint continues from it, bit for bit
-as if never stopped. Every path of the run directory comes from runner.rundir.RunDir.
+The Trainer (runner.training.trainer) does the tensor work. Checkpoints are
+tf.train.CheckpointManager's; resuming is the default: a run directory with a checkpoint
+continues from it, bit for bit as if never stopped. Every path of the run directory comes
+from runner.rundir.RunDir.
 """
 import contextlib
 import os
@@ -77,9 +71,10 @@ def open_run(exp, data, quiet, max_eval_batches, stop):
     data = data or data_loader.load(exp.dataset)
     stop.stop_before_training()
     resuming = checkpoints.present(home.checkpoints)
-    policy, why = precision.choose_precision(exp, data.info, strategy,
-                                             previous.get('precision') if resuming else None)
     quiet = quiet or not chief
+    policy, why = precision.choose_precision(exp, data.info, strategy,
+                                             previous.get('precision') if resuming else None,
+                                             say=None if quiet else lambda line: print(line, flush=True))
     if why and not quiet:
         print(f'{exp.run_name}: precision {tp.precision}: {policy} ({why})', flush=True)
     precision.set_policy(policy)

@@ -1,21 +1,15 @@
-"""The training loop of one experiment, from data to a finished run directory.
+"""The Trainer: a run's model, its optimizer and its step functions, the part of training that
+touches tensors (runner.training.session drives it).
 
-`run` reads top to bottom: `open_run` (strategy, data, precision, the Trainer, the
-checkpoint to resume from, the run directory's records), `Session.train` (the steps, with
-`log`, `evaluate_and_record` and `save_checkpoint` on their intervals), `Session.finish`
-(the final evaluation, the final weights, the summary's status); nanoGPT's train.py
-(Karpathy 2022) is the model of a loop that fits on one screen.
-
-`Trainer` holds the model, the optimizer of train_parameters.optimizer (runner.training.optimizers)
-under the learning-rate schedule (runner.training.schedule: piecewise-constant, linear, cosine,
-piecewise-linear, with warm-up), and the step functions: a custom tf.function step
+It holds the model, the optimizer of train_parameters.optimizer (runner.training.optimizers)
+under the learning-rate schedule (runner.training.schedule: piecewise-constant, linear,
+cosine, piecewise-linear, with warm-up), and the step functions: a custom tf.function step
 (GradientTape, cross-entropy plus the model's regularisation losses) run under a
-tf.distribute strategy (runner.training.distribute) in the policy runner.training.precision chose, and the
-evaluation, with flip and translate test-time augmentation (`eval_tta`). The averages of the
-weights, an exponential moving average and Lookahead, are small objects of
-runner.training.averaging that the step updates. Checkpoints are tf.train.CheckpointManager's;
-resuming is the default: a run directory with a checkpoint continues from it, bit for bit
-as if never stopped. Every path of the run directory comes from runner.rundir.RunDir.
+tf.distribute strategy (runner.training.distribute) in the policy runner.training.precision
+chose, and the evaluation, with flip and translate test-time augmentation (`eval_tta`). The
+averages of the weights, an exponential moving average and Lookahead, are small objects of
+runner.training.averaging that the step updates. Its tf.train.Checkpoint holds everything a
+resume needs to go on bit for bit.
 """
 import contextlib
 import functools
