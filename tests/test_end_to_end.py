@@ -6,7 +6,6 @@ whole path from the YAML to the run directory and the terminal."""
 import dataclasses
 import json
 import math
-import os
 import re
 import subprocess
 import sys

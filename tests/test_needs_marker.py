@@ -28,6 +28,14 @@ def test_present():
     pass
 """
 
+SKIPPED_MODULE = """
+import pytest
+pytest.importorskip('a_package_nobody_declared')
+
+def test_never_collected():
+    pass
+"""
+
 UNMARKED_FIXTURE_USER = """
 def test_forgot_the_marker(cifar10_tfds_dir):
     pass
@@ -64,3 +72,8 @@ def test_a_marked_test_is_skipped_where_its_need_is_missing_and_fails_under_ci(t
 def test_a_test_using_a_data_fixture_without_the_marker_is_refused(tmp_path):
     code, out = pytest_run(tmp_path, UNMARKED_FIXTURE_USER, ci=False)
     assert code != 0 and "uses the fixture cifar10_tfds_dir: mark it @pytest.mark.needs('cifar10-tfds')" in out, out
+
+
+def test_a_module_skipped_at_collection_fails_under_ci(tmp_path):
+    code, out = pytest_run(tmp_path, SKIPPED_MODULE, ci=True)
+    assert code != 0 and "a test module skipped under CI=true: Skipped: could not import 'a_package_nobody_declared'" in out, out
