@@ -5,12 +5,18 @@ streaming a dataset larger than the cache budget.
     python benchmarks/input_pipeline.py                       # 1500 generated JPEGs, ~1-2 min
     python benchmarks/input_pipeline.py --images 20000 --dir /tmp/bench-jpegs   # kept for reruns
     python benchmarks/input_pipeline.py --dir /data/imagenet --no-generate       # a real folder
+    python benchmarks/input_pipeline.py --regularisers     # CIFAR-size: each regulariser's cost
 
 The dataset is an image folder (<dir>/train/<class>/<image>.jpg) of ImageNet-like JPEGs:
 sides of 300-500 px, aspect ratios 3:4 to 4:3, quality 90, CIFAR-10 pictures from
 ../shared upscaled with grain added (about 90 kB a file, as ImageNet's photographs), or grain alone
 where ../shared is absent. The pipeline is the runner's own (runner.data.loader.train_input,
 imagenet style, streamed because the dataset is larger than --budget-mb).
+
+With --regularisers: the cifar-style input of 32x32 images held in memory (random pixels: the
+cost does not depend on them), once plain (flips and crops) and once with each regulariser
+of docs/techniques.md at its paper's setting, with tf.data's own threads; images/s and
+images per CPU-second of each, to compare with a training step's images/s.
 
 Per core: the pipeline runs once on a private thread pool of one thread, once on one of
 every core; images per CPU-second is images / (user + system CPU time of the process),
@@ -107,9 +113,13 @@ def main():
     p.add_argument('--budget-mb', type=int, default=64,
                    help='dataset.cache_budget_mb (default 64: smaller than the generated dataset, '
                         'so it is streamed)')
+    p.add_argument('--regularisers', action='store_true',
+                   help='time each regulariser on CIFAR-size images instead (--batch 128 suits)')
     a = p.parse_args()
 
     cores, model = machine()
+    if a.regularisers:
+        return regularisers(a, cores, model)
     load_before = os.getloadavg()
     tmp = None
     root = a.dir
@@ -184,6 +194,47 @@ def run(a, root, cores, model, load_before):
           f'steady (median of the second half) {statistics.median(half):.0f} MB; '
           f'process peak (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB')
     print(f'load average after: {load_after[0]:.1f}')
+
+
+# Each regulariser at its paper's CIFAR setting (docs/techniques.md), as dataset keys.
+REGULARISERS = (
+    ('flips and crops only', {}),
+    ('Cutout 16', {'cutout_size': 16}),
+    ('random erasing p=0.5', {'random_erasing_prob': 0.5}),
+    ('AutoAugment cifar10', {'autoaugment': 'cifar10'}),
+    ('RandAugment N=3 M=5', {'randaugment_ops': 3, 'randaugment_magnitude': 5}),
+    ('mixup alpha=1', {'mixup_alpha': 1.0}),
+    ('CutMix alpha=1', {'cutmix_alpha': 1.0}),
+)
+
+
+def regularisers(a, cores, model):
+    """Images per second of the cifar-style training input with each regulariser."""
+    from runner.config.schema import DatasetConfig
+    from runner.data import loader as data_loader
+    from runner.data.info import DataInfo, Prep
+    from runner.data.splits import synthetic
+    info = DataInfo('random 32x32 images', (32, 32, 3), 10)
+    train = synthetic(info, max(a.images, a.batch), seed=0)
+    data = data_loader.Data(info, train, train, train, [0.5] * 3, [0.25] * 3, Prep('cifar', (32, 32)))
+    print(f'{cores} CPU cores ({model}); load average before: {os.getloadavg()[0]:.1f}')
+    print(f'\ncifar-style training input, 32x32, batch {a.batch}, {a.batches} batches after '
+          f'{a.warmup} warm-up, in memory, tf.data\'s own threads')
+    print('| regulariser | images/s | CPU cores busy | images per CPU-second |')
+    print('| --- | --- | --- | --- |')
+    for name, keys in REGULARISERS:
+        cfg = DatasetConfig(**keys)
+        it = iter(data_loader.train_input(data, cfg, a.batch, seed=0))
+        for _ in range(a.warmup):
+            next(it)
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        for _ in range(a.batches):
+            next(it)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        images = a.batches * a.batch
+        print(f'| {name} | {images / wall:.0f} | {cpu / wall:.2f} | {images / cpu:.0f} |', flush=True)
+        del it
+    print(f'load average after: {os.getloadavg()[0]:.1f}')
 
 
 if __name__ == '__main__':

@@ -19,7 +19,8 @@ from .densenet import (densenet, densenet40_k12, densenet_bc100_k12, densenet_bc
                        densenet_bc250_k24)
 from .fast import cifar_airbench94, cifar_resnet9
 from .nin import nin_bn
-from .resnet import (cifar_resnet, cifar_resnet20, cifar_resnet32, cifar_resnet44,
+from .resnet import (cifar_preact_resnet18,
+                     cifar_resnet, cifar_resnet20, cifar_resnet32, cifar_resnet44,
                      cifar_resnet56, cifar_resnet110, cifar_resnet164, cifar_resnet1001,
                      cifar_resnext, cifar_resnext29_8x64d, cifar_resnext29_16x64d,
                      cifar_wide_resnet, cifar_WRN_16_4, cifar_WRN_16_8, cifar_WRN_28_10,
@@ -32,6 +33,7 @@ __all__ = [
     "densenet_bc250_k24",
     "cifar_airbench94", "cifar_resnet9",
     "nin_bn",
+    "cifar_preact_resnet18",
     "cifar_resnet", "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56",
     "cifar_resnet110", "cifar_resnet164", "cifar_resnet1001",
     "cifar_resnext", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d",

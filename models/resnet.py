@@ -55,6 +55,17 @@ Choices the papers leave open:
   (``decay_all``), BN's and the classifier bias too, as their authors' Torch
   trainers do (``optim.sgd`` over ``model:getParameters()``); the He et al. and
   SE networks, trained in Caffe, decay conv and dense kernels only.
+- PreAct ResNet-18 is mixup's CIFAR network (facebookresearch/mixup-cifar10
+  models/resnet.py, after kuangliu/pytorch-cifar): a 3x3 conv-BN-ReLU stem of 64, four
+  stages of two pre-activation basic units 64/128/256/512 wide, 1x1 projections where the
+  shape changes, no BN-ReLU after the last stage, and weight decay 1e-4 on every weight
+  (PyTorch SGD's weight_decay in their train.py): 11,171,274 trainable parameters,
+  kuangliu's 11,171,146 and the stem's BN.
+- Stochastic depth (Huang, Sun, Liu, Sedra, Weinberger, "Deep Networks with Stochastic
+  Depth", 2016, arXiv:1603.09382): every model takes ``drop_path_rate``, the drop
+  probability of the last residual unit; unit l of L drops its branch with l / L of it
+  (the paper's linear decay rule), per image, scaling kept branches by 1 / (1 - p) as
+  timm's drop_path (the paper drops per mini-batch and rescales at test time instead).
 - SE-ResNet-50's gate (two biased dense layers, reduction 16) rescales the
   residual branch before the addition (Hu et al., Fig. 3), adding 2.53M to
   ResNet-50's 25.56M.
@@ -89,7 +100,7 @@ _SHORTCUT_TYPES = ("A", "B")
 
 
 def _residual_block(x, convs, *, preact, shortcut_type, dropout, se_reduction, weight_decay,
-                    residual_bias, first_unit, name):
+                    residual_bias, first_unit, name, drop_path=0.0):
     """Apply one residual unit whose branch is ``convs`` of (kernel, filters, strides, groups).
 
     In a pre-activation net the first unit after the stem splits after its BN-ReLU, so its
@@ -117,6 +128,10 @@ def _residual_block(x, convs, *, preact, shortcut_type, dropout, se_reduction, w
     if se_reduction:
         r = L.squeeze_excite(r, reduction=se_reduction, weight_decay=weight_decay,
                              name=f"{name}_se")
+    if drop_path:
+        # Stochastic depth: the whole branch dropped for an image with probability
+        # drop_path, kept ones scaled by 1 / (1 - drop_path), as timm's drop_path.
+        r = layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name=f"{name}_drop_path")(r)
     sc = L.shortcut(pre if preact and first_unit else x, width, strides, shortcut_type,
                     preactivated=pre, use_bias=residual_bias,
                     weight_decay=weight_decay, name=f"{name}_shortcut")
@@ -126,7 +141,8 @@ def _residual_block(x, convs, *, preact, shortcut_type, dropout, se_reduction, w
 
 def _resnet(name, input_shape, num_classes, weight_decay, *, stages, stem, stem_width, preact,
             shortcut_type, bottleneck, groups=1, stride_in_3x3=True, dropout=0.0,
-            se_reduction=0, residual_bias=False, decay_all=False):
+            se_reduction=0, residual_bias=False, decay_all=False, drop_path_rate=0.0,
+            stem_activation=None, final_activation=None):
     """Build a ResNet from ``stages``, a list of (blocks, output width, inner width, stride).
 
     ``stem`` is 'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv, 3x3/2 max-pool).
@@ -135,21 +151,30 @@ def _resnet(name, input_shape, num_classes, weight_decay, *, stages, stem, stem_
     ``residual_bias`` the convs that write into the residual stream (stem,
     each unit's last conv, projections) of a pre-activation net get a bias.
     ``decay_all`` puts the weight decay on BN's weights and biases too (Torch codes).
+    ``drop_path_rate`` is stochastic depth's drop probability of the last unit, unit l of L
+    dropping with l / L of it (Huang et al. 2016's linear decay rule, p_L = 1 - rate).
+    ``stem_activation`` and ``final_activation`` put a BN-ReLU after the stem and after the
+    last stage; by default the first in original nets, the second in pre-activation ones.
     """
     input_shape = L.check_args(name, input_shape, num_classes)
     L.check_choice(name, "shortcut_type", shortcut_type, _SHORTCUT_TYPES)
     L.check_rate(name, "dropout", dropout)
+    L.check_rate(name, "drop_path_rate", drop_path_rate)
+    stem_activation = not preact if stem_activation is None else stem_activation
+    final_activation = preact if final_activation is None else final_activation
     inputs = Input(shape=input_shape, name="input")
     kernel, stride = (3, 1) if stem == "cifar" else (7, 2)
     x = L.conv(inputs, stem_width, kernel, strides=stride, use_bias=residual_bias,
                weight_decay=weight_decay, name="stem_conv")
-    if not preact:
+    if stem_activation:
         x = L.bn_relu(x, name="stem")
     if stem == "imagenet":
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
 
+    units, unit = sum(stage[0] for stage in stages), 0
     for s, (n_blocks, width, inner, stage_stride) in enumerate(stages, start=1):
         for b in range(1, n_blocks + 1):
+            unit += 1
             stride = stage_stride if b == 1 else 1
             if bottleneck:
                 s1, s3 = (1, stride) if stride_in_3x3 else (stride, 1)
@@ -159,8 +184,9 @@ def _resnet(name, input_shape, num_classes, weight_decay, *, stages, stem, stem_
             x = _residual_block(x, convs, preact=preact, shortcut_type=shortcut_type,
                                 dropout=dropout, se_reduction=se_reduction,
                                 weight_decay=weight_decay, residual_bias=residual_bias,
-                                first_unit=s == 1 and b == 1, name=f"stage{s}_block{b}")
-    if preact:
+                                first_unit=s == 1 and b == 1 and not stem_activation,
+                                name=f"stage{s}_block{b}", drop_path=drop_path_rate * unit / units)
+    if final_activation:
         x = L.bn_relu(x, name="final")
     model = L.build_model(inputs, L.classifier(x, num_classes, weight_decay=weight_decay), name)
     return L.decay_every_weight(model, weight_decay) if decay_all else model
@@ -176,7 +202,8 @@ def _blocks_per_stage(name, depth, layers_per_block, extra, rule):
 
 
 def cifar_resnet(depth, block_type="original", shortcut_type="A", bottleneck=False,
-                 input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, name=None):
+                 input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, name=None,
+                 drop_path_rate=0.0):
     """CIFAR ResNet of any depth: 6n+2 with basic units, 9n+2 with bottleneck units."""
     name = name or "cifar_resnet"
     L.check_choice(name, "block_type", block_type, _BLOCK_TYPES)
@@ -189,61 +216,68 @@ def cifar_resnet(depth, block_type="original", shortcut_type="A", bottleneck=Fal
         stages = [(n, 16, None, 1), (n, 32, None, 2), (n, 64, None, 2)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
                    stem_width=16, preact=block_type == "preactivated",
-                   shortcut_type=shortcut_type, bottleneck=bottleneck, stride_in_3x3=False)
+                   shortcut_type=shortcut_type, bottleneck=bottleneck, stride_in_3x3=False,
+                   drop_path_rate=drop_path_rate)
 
 
 def cifar_resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A"):
+                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
     """ResNet-20 for CIFAR (He et al. 2015, 0.27M)."""
     return cifar_resnet(20, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet20")
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet20",
+                        drop_path_rate=drop_path_rate)
 
 
 def cifar_resnet32(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A"):
+                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
     """ResNet-32 for CIFAR (He et al. 2015, 0.46M)."""
     return cifar_resnet(32, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet32")
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet32",
+                        drop_path_rate=drop_path_rate)
 
 
 def cifar_resnet44(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A"):
+                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
     """ResNet-44 for CIFAR (He et al. 2015, 0.66M)."""
     return cifar_resnet(44, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet44")
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet44",
+                        drop_path_rate=drop_path_rate)
 
 
 def cifar_resnet56(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A"):
+                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
     """ResNet-56 for CIFAR (He et al. 2015, 0.85M)."""
     return cifar_resnet(56, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet56")
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet56",
+                        drop_path_rate=drop_path_rate)
 
 
 def cifar_resnet110(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                    block_type="original", shortcut_type="A"):
+                    block_type="original", shortcut_type="A", drop_path_rate=0.0):
     """ResNet-110 for CIFAR (He et al. 2015, 1.7M)."""
     return cifar_resnet(110, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet110")
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet110",
+                        drop_path_rate=drop_path_rate)
 
 
 def cifar_resnet164(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                    block_type="preactivated", shortcut_type="B"):
+                    block_type="preactivated", shortcut_type="B", drop_path_rate=0.0):
     """ResNet-164, pre-activation bottleneck units (He et al. 2016, 1.7M)."""
     return cifar_resnet(164, block_type, shortcut_type, bottleneck=True, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet164")
+                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet164",
+                        drop_path_rate=drop_path_rate)
 
 
 def cifar_resnet1001(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                     block_type="preactivated", shortcut_type="B"):
+                     block_type="preactivated", shortcut_type="B", drop_path_rate=0.0):
     """ResNet-1001, pre-activation bottleneck units (He et al. 2016, 10.2M)."""
     return cifar_resnet(1001, block_type, shortcut_type, bottleneck=True, input_shape=input_shape,
                         num_classes=num_classes, weight_decay=weight_decay,
-                        name="cifar_resnet1001")
+                        name="cifar_resnet1001", drop_path_rate=drop_path_rate)
 
 
 def cifar_wide_resnet(depth, width, dropout=0.0, input_shape=(32, 32, 3), num_classes=10,
-                      weight_decay=5e-4, name=None, decay_all=True):
+                      weight_decay=5e-4, name=None, decay_all=True, drop_path_rate=0.0):
     """Wide ResNet WRN-depth-width: pre-activation basic units 16k/32k/64k wide, depth 6n+4."""
     name = name or "cifar_wide_resnet"
     n = _blocks_per_stage(name, depth, 2, 4, "6n+4")
@@ -251,39 +285,53 @@ def cifar_wide_resnet(depth, width, dropout=0.0, input_shape=(32, 32, 3), num_cl
     stages = [(n, 16 * width, None, 1), (n, 32 * width, None, 2), (n, 64 * width, None, 2)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
                    stem_width=16, preact=True, shortcut_type="B", bottleneck=False,
-                   dropout=dropout, decay_all=decay_all)
+                   dropout=dropout, decay_all=decay_all, drop_path_rate=drop_path_rate)
 
 
 def cifar_WRN_16_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                   decay_all=True):
+                   decay_all=True, drop_path_rate=0.0):
     """WRN-16-4 (Zagoruyko & Komodakis 2016, 2.7M)."""
     return cifar_wide_resnet(16, 4, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_16_4", decay_all=decay_all)
+                             name="cifar_WRN_16_4", decay_all=decay_all,
+                             drop_path_rate=drop_path_rate)
 
 
 def cifar_WRN_16_8(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                   decay_all=True):
+                   decay_all=True, drop_path_rate=0.0):
     """WRN-16-8 (Zagoruyko & Komodakis 2016, 11.0M)."""
     return cifar_wide_resnet(16, 8, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_16_8", decay_all=decay_all)
+                             name="cifar_WRN_16_8", decay_all=decay_all,
+                             drop_path_rate=drop_path_rate)
 
 
 def cifar_WRN_28_10(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                    decay_all=True):
+                    decay_all=True, drop_path_rate=0.0):
     """WRN-28-10 (Zagoruyko & Komodakis 2016, 36.5M)."""
     return cifar_wide_resnet(28, 10, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_28_10", decay_all=decay_all)
+                             name="cifar_WRN_28_10", decay_all=decay_all,
+                             drop_path_rate=drop_path_rate)
 
 
 def cifar_WRN_40_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                   decay_all=True):
+                   decay_all=True, drop_path_rate=0.0):
     """WRN-40-4 (Zagoruyko & Komodakis 2016, 8.9M)."""
     return cifar_wide_resnet(40, 4, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_40_4", decay_all=decay_all)
+                             name="cifar_WRN_40_4", decay_all=decay_all,
+                             drop_path_rate=drop_path_rate)
+
+
+def cifar_preact_resnet18(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
+                          decay_all=True, drop_path_rate=0.0):
+    """PreAct ResNet-18 of mixup's CIFAR code (Zhang et al. 2018, 11.2M)."""
+    stages = [(2, 64 * 2 ** i, None, 1 if i == 0 else 2) for i in range(4)]
+    return _resnet("cifar_preact_resnet18", input_shape, num_classes, weight_decay, stages=stages,
+                   stem="cifar", stem_width=64, preact=True, shortcut_type="B", bottleneck=False,
+                   decay_all=decay_all, drop_path_rate=drop_path_rate, stem_activation=True,
+                   final_activation=False)
 
 
 def cifar_resnext(depth, cardinality, base_width, input_shape=(32, 32, 3), num_classes=10,
-                  weight_decay=5e-4, name=None, decay_all=True):
+                  weight_decay=5e-4, name=None, decay_all=True, drop_path_rate=0.0):
     """CIFAR ResNeXt-depth (cardinality x base_width d): grouped bottleneck units, depth 9n+2."""
     name = name or "cifar_resnext"
     n = _blocks_per_stage(name, depth, 3, 2, "9n+2")
@@ -293,43 +341,46 @@ def cifar_resnext(depth, cardinality, base_width, input_shape=(32, 32, 3), num_c
               for i in range(3)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="cifar",
                    stem_width=64, preact=False, shortcut_type="B", bottleneck=True,
-                   groups=cardinality, stride_in_3x3=True, decay_all=decay_all)
+                   groups=cardinality, stride_in_3x3=True, decay_all=decay_all,
+                   drop_path_rate=drop_path_rate)
 
 
 def cifar_resnext29_8x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4,
-                           decay_all=True):
+                           decay_all=True, drop_path_rate=0.0):
     """ResNeXt-29 8x64d for CIFAR (Xie et al. 2016, 34.4M)."""
     return cifar_resnext(29, 8, 64, input_shape, num_classes, weight_decay,
-                         name="cifar_resnext29_8x64d", decay_all=decay_all)
+                         name="cifar_resnext29_8x64d", decay_all=decay_all,
+                         drop_path_rate=drop_path_rate)
 
 
 def cifar_resnext29_16x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4,
-                            decay_all=True):
+                            decay_all=True, drop_path_rate=0.0):
     """ResNeXt-29 16x64d for CIFAR (Xie et al. 2016, 68.1M)."""
     return cifar_resnext(29, 16, 64, input_shape, num_classes, weight_decay,
-                         name="cifar_resnext29_16x64d", decay_all=decay_all)
+                         name="cifar_resnext29_16x64d", decay_all=decay_all,
+                         drop_path_rate=drop_path_rate)
 
 
-def _imagenet_resnet(name, input_shape, num_classes, weight_decay):
+def _imagenet_resnet(name, input_shape, num_classes, weight_decay, drop_path_rate=0.0):
     """Build the ImageNet bottleneck ResNet of ``SPECS[name]``."""
     spec = SPECS[name]
     stages = [(n, 256 * 2 ** i, 64 * 2 ** i, 1 if i == 0 else 2) for i, n in enumerate(spec.units)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="imagenet",
                    stem_width=64, preact=spec.preact, shortcut_type="B", bottleneck=True,
                    stride_in_3x3=spec.preact, se_reduction=spec.se_reduction,
-                   residual_bias=spec.preact)
+                   residual_bias=spec.preact, drop_path_rate=drop_path_rate)
 
 
-def resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
+def resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4, drop_path_rate=0.0):
     """ResNet-50 v1 (He et al. 2015, 25.6M)."""
-    return _imagenet_resnet("resnet50", input_shape, num_classes, weight_decay)
+    return _imagenet_resnet("resnet50", input_shape, num_classes, weight_decay, drop_path_rate)
 
 
-def resnet50_v2(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
+def resnet50_v2(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4, drop_path_rate=0.0):
     """ResNet-50 v2, pre-activation units (He et al. 2016, 25.6M)."""
-    return _imagenet_resnet("resnet50_v2", input_shape, num_classes, weight_decay)
+    return _imagenet_resnet("resnet50_v2", input_shape, num_classes, weight_decay, drop_path_rate)
 
 
-def se_resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4):
+def se_resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4, drop_path_rate=0.0):
     """SE-ResNet-50, squeeze-excitation with reduction 16 (Hu et al. 2017, 28.1M)."""
-    return _imagenet_resnet("se_resnet50", input_shape, num_classes, weight_decay)
+    return _imagenet_resnet("se_resnet50", input_shape, num_classes, weight_decay, drop_path_rate)

@@ -57,6 +57,7 @@ EXACT_PARAMS = {
     "cifar_resnet110": 1_727_962,
     "cifar_resnet164": 1_703_258,
     "cifar_resnet1001": 10_327_706,
+    "cifar_preact_resnet18": 11_171_274,  # mixup-cifar10's: kuangliu's 11,171,146 + stem BN
     "cifar_WRN_16_4": 2_748_890,
     "cifar_WRN_16_8": 10_961_370,
     "cifar_WRN_28_10": 36_479_194,
@@ -116,6 +117,7 @@ PAPER_PARAMS = {
     "cifar_resnet110": (1.7, 1, "weights"),
     "cifar_resnet164": (1.7, 1, "weights"),
     "cifar_resnet1001": (10.2, 1, "weights"),
+    "cifar_preact_resnet18": None,
     "cifar_WRN_16_4": None,
     "cifar_WRN_16_8": (11.0, 1, "all"),
     "cifar_WRN_28_10": (36.5, 1, "all"),

@@ -3,7 +3,8 @@
 A table (run, model, parameters, steps, final and best test error with the split the best
 weights were chosen on, the paper's error, images per second, wall time, status), one
 learning-curve picture per run (train and test/validation error against the step, with
-the learning-rate changes marked) and one picture comparing the runs' test error.
+the learning-rate changes marked) and one picture comparing the runs' test error; when
+any run has one, the regularisers of each run (runner.config.regularisers).
 Runs are named by their path relative to LOGDIR. Repeats (`<name>/seed<k>`, the seeds of one
 directory) get a mean ± standard deviation row over their finished runs after them.
 
@@ -21,6 +22,7 @@ import sys
 import yaml
 
 from runner import common, rundir
+from runner.config.regularisers import describe as describe_regularisers
 from runner.queue import runlock
 from runner.common import EXIT_CONFIG, EXIT_OK
 from runner.rundir import SUMMARY, RunDir
@@ -446,6 +448,10 @@ def write_report(logdir, out=None):
              'runs (n=K finished of N when some are not).']
     if superseded:
         lines += ['', f'{superseded} old run(s) moved aside by `--restart` (`*.restarted-*`) are left out.']
+    regularised = [(r['name'], describe_regularisers(r['config'])) for r in runs]
+    if any(names for _, names in regularised):
+        lines += ['', '## Regularisers', '']
+        lines += [f"- **{name}**: {', '.join(names) or 'none'}" for name, names in regularised]
     problems = [r for r in runs if r['error']]
     if problems:
         lines += ['', '## Problems', '']

@@ -85,6 +85,10 @@ def _check_dataset(ds):
     if ds.alternate_flips and not ds.flip:
         raise ConfigError('dataset.alternate_flips: needs dataset.flip: true (it says how images are '
                           'flipped, not whether)')
+    area = ds.random_erasing_area
+    if len(area) != 2 or area[0] > area[1]:
+        raise ConfigError(f'dataset.random_erasing_area: expected [smallest, largest] area fraction, '
+                          f'got {area}')
     if ds.image_size is not None and (len(ds.image_size) != 2 or min(ds.image_size) < 1):
         raise ConfigError(f'dataset.image_size: expected [height, width], got {ds.image_size}')
     for key in ('mean', 'std'):

@@ -33,6 +33,7 @@ TTA_MODES = ('none', 'flip', 'flip_translate', '10crop')
 EVAL_TTA = tuple(m for m in TTA_MODES if m != '10crop')
 CROP_PADDING_MODES = ('zeros', 'reflect')
 PREPROCESSING = ('auto', 'cifar', 'imagenet')
+AUTOAUGMENT_POLICIES = ('cifar10', 'imagenet')  # runner.data.autoaugment.POLICIES holds them
 MEAN_STD_PRESETS = ('imagenet', 'cifar10', 'cifar100')  # runner.data.loader.MEAN_STD holds their values
 OPTIMIZERS = ('sgd', 'adamw', 'lion', 'lamb', 'muon')
 MUON_OTHER = ('adamw', 'sgd')
@@ -172,6 +173,47 @@ class DatasetConfig:
     crop_padding_mode: str = _doc(
         'What the padding holds: zeros (after normalisation, i.e. the mean colour, as in '
         'fb.resnet.torch) or reflect (the image mirrored at its edges, as airbench).', choices=CROP_PADDING_MODES, default='zeros')
+    autoaugment: Optional[str] = _doc(
+        'AutoAugment policy after flips and crops (Cubuk et al. 2019, arXiv:1805.09501): cifar10 '
+        '(the paper\'s 25 CIFAR-10 sub-policies) or imagenet (its ImageNet policy); each image '
+        'gets one sub-policy drawn at random. null = off. See docs/techniques.md.',
+        choices=AUTOAUGMENT_POLICIES, default=None)
+    randaugment_ops: int = _doc(
+        'RandAugment (Cubuk et al. 2020, arXiv:1909.13719): N, the operations applied to each '
+        'image after flips and crops, drawn uniformly from the paper\'s 14; 0 = off.',
+        within='[0, inf)', default=0)
+    randaugment_magnitude: float = _doc(
+        'RandAugment\'s M, the strength of every operation on AutoAugment\'s scale of 0 to 10 '
+        '(10: rotate 30 degrees, shear 0.3, translate 10/32 of the side, ...).',
+        within='[0, 30]', default=9.0)
+    cutout_size: int = _doc(
+        'Cutout (DeVries & Taylor 2017, arXiv:1708.04552): side in pixels of the squares set to '
+        'the mean colour, centred anywhere in the image and clipped at its border (the paper: 16 '
+        'for CIFAR-10, 8 for CIFAR-100); 0 = off.', within='[0, inf)', default=0)
+    cutout_count: int = _doc('Cutout: squares per image.', within='[1, inf)', default=1)
+    random_erasing_prob: float = _doc(
+        'Random erasing (Zhong et al. 2020, arXiv:1708.04896): the probability that an image gets '
+        'a rectangle of random pixel values (the paper: 0.5); 0 = off.', within='[0, 1]', default=0.0)
+    random_erasing_area: List[float] = _doc(
+        'Random erasing: [smallest, largest] area of the rectangle as a fraction of the image.',
+        within='(0, 1)', default_factory=lambda: [0.02, 0.4])
+    random_erasing_ratio: float = _doc(
+        'Random erasing: the rectangle\'s aspect ratio is uniform in [r, 1/r].', within='(0, 1]',
+        default=0.3)
+    mixup_alpha: float = _doc(
+        'mixup (Zhang et al. 2018, arXiv:1710.09412): each batch becomes lambda x batch + (1 - '
+        'lambda) x the batch shuffled, labels alike, lambda ~ Beta(alpha, alpha) (the paper: 1 on '
+        'CIFAR); 0 = off. The loss takes the mixed labels.', within='[0, inf)', default=0.0)
+    cutmix_alpha: float = _doc(
+        'CutMix (Yun et al. 2019, arXiv:1905.04899): a box of area 1 - lambda from the batch '
+        'shuffled is pasted into each image, labels mixed by area, lambda ~ Beta(alpha, alpha) '
+        '(the paper: 1); 0 = off.', within='[0, inf)', default=0.0)
+    mix_prob: float = _doc(
+        'With mixup or CutMix: the probability that a batch is mixed (CutMix\'s CIFAR runs: 0.5).',
+        within='[0, 1]', default=1.0)
+    mix_switch_prob: float = _doc(
+        'With both mixup and CutMix: the probability that a mixed batch gets CutMix rather than '
+        'mixup (timm\'s switch_prob).', within='[0, 1]', default=0.5)
     normalize: bool = _doc('Subtract the per-channel mean and divide by the standard deviation.',
                            default=True)
     mean: Optional[List[float]] = _doc(
@@ -262,6 +304,13 @@ class TrainConfig:
         'in the loss; null = 0.004 (adamw, muon) or 0 (lion, lamb). See docs/optimizers.md.',
         within='[0, inf)', default=None)
     label_smoothing: float = _doc('Label smoothing of the cross-entropy.', within='[0, 1)', default=0.0)
+    clip_grad_norm: Optional[float] = _doc(
+        'Clip the gradient to this global norm before each update (Keras\' global_clipnorm; '
+        'Pascanu et al. 2013); null = off.', within='(0, inf)', default=None)
+    gradient_accumulation_steps: int = _doc(
+        'Each step averages the gradients of this many batches of batch_size before one update '
+        '(Keras\' gradient_accumulation_steps): the effective batch is their product, and steps, '
+        'lr_boundaries and every interval count updates. 1 = off.', within='[1, inf)', default=1)
     bn_bias_lr_multiplier: float = _doc(
         'Learning-rate multiplier for the offsets (beta) of batch normalisation: the gradient of '
         'the loss with respect to them is scaled by it before the SGD step, the gradient of their '

@@ -5,6 +5,7 @@ import sys
 from typing import Any, List, Optional
 
 from runner.config.errors import ConfigError
+from runner.config.regularisers import Regularisers
 from runner.data.info import DataInfo, Prep, describe, prep_for, reflect_padding_problem
 from runner.data.pipeline import eval_dataset, train_dataset
 from runner.data.source import DataUnavailable
@@ -106,7 +107,8 @@ def train_input(data, cfg, batch_size, seed, start_batch=0):
     if problem:
         raise ConfigError(problem)
     return train_dataset(data.train, batch_size, seed, data.mean, data.std, prep.flip,
-                         prep.crop_padding, start_batch=start_batch, prep=prep)
+                         prep.crop_padding, start_batch=start_batch, prep=prep,
+                         regularisers=Regularisers.of(cfg), num_classes=data.info.num_classes)
 
 
 def eval_input(data, split, batch_size):

@@ -13,7 +13,7 @@ its batch is one image short.
 import numpy as np
 import tensorflow as tf
 
-from runner.data import listings
+from runner.data import listings, mixing
 from runner.data.info import Prep
 from runner.data.source import DataUnavailable
 from runner.data.splits import Split, Stream, size
@@ -131,9 +131,19 @@ def _index_stream(n, batch_size, seed, start_batch):
     return tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, 2 ** 62), indices)
 
 
+def _regulariser(regularisers, seed, mean, std, num_classes):
+    """(batch number, images, labels) -> (images, labels) through the regularisers turned on
+    (runner.data.mixing), their random numbers from (seed, batch number); labels become
+    mixed float32 targets [batch, num_classes] with mixup or CutMix."""
+    if not regularisers:
+        return lambda b, x, y: (x, y)
+    return lambda b, x, y: mixing.apply(x, y, tf.stack([seed, b]), regularisers, mean, std, num_classes)
+
+
 def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4, start_batch=0,
-                  prep=None):
-    """Endless, shuffled, augmented batches of (float32 images, int32 labels).
+                  prep=None, regularisers=None, num_classes=None):
+    """Endless, shuffled, augmented batches of (float32 images, int32 labels), or float32
+    mixed targets [batch, num_classes] when `regularisers` (runner.config.regularisers) mix.
 
     Epoch e visits the images in a permutation drawn from (seed, e), and batch b is
     augmented with random numbers from (seed, b) (an image's random crop from its position
@@ -152,6 +162,7 @@ def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4,
     seed = tf.constant(seed, tf.int64)
     flips = alternating_flips(seed, n) if flip and prep.alternate_flips else None
     pad_mode = prep.crop_padding_mode
+    regularise = _regulariser(regularisers, seed, mean, std, num_classes)
     fast = isinstance(split, Split) and prep.style == 'cifar' and \
         (prep.size is None or tuple(split.images.shape[1:3]) == tuple(prep.size))
     if fast:
@@ -163,7 +174,7 @@ def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4,
             x = normalize(gather(idx), mean, std)
             mask = flips(idx, batch_index * batch_size + tf.range(batch_size, dtype=tf.int64)) if flips else None
             x = augment_batch(x, tf.stack([seed, batch_index]), flip, crop_padding, mask, pad_mode)
-            return x, tf.gather(labels, idx)
+            return regularise(batch_index, x, tf.gather(labels, idx))
 
         return (_index_stream(n, batch_size, seed, start_batch)
                 .map(make_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -184,7 +195,7 @@ def train_dataset(split, batch_size, seed, mean, std, flip=True, crop_padding=4,
     def finish(b, x, y, indices, positions):
         x = normalize(x, mean, std)
         mask = flips(indices, positions) if flips else None
-        return augment_batch(x, tf.stack([seed, b]), flip, padding, mask, pad_mode), y
+        return regularise(b, augment_batch(x, tf.stack([seed, b]), flip, padding, mask, pad_mode), y)
 
     batches = _index_stream(n, batch_size, seed, start_batch).map(
         lambda b, idx: (b, idx, b * batch_size + tf.range(batch_size, dtype=tf.int64)))

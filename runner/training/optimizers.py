@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from runner import compat
 from runner.config.schema import DECOUPLED_WEIGHT_DECAY, optimizer_setting, uses_sgd
+from runner.training.schedule import PerUpdate
 
 
 class KernelMuon(keras.optimizers.Muon):
@@ -118,7 +119,21 @@ def _take_decay_off_the_loss(variables):
 
 def build_optimizer(tp, model, schedule):
     """The optimizer of train_parameters `tp` for `model`, not yet built. For the decoupled
-    optimizers, the model's weight-decay regularisers are moved into the optimizer."""
+    optimizers, the model's weight-decay regularisers are moved into the optimizer.
+    Gradient clipping by global norm and gradient accumulation are every Keras optimizer's
+    own (`global_clipnorm`, `gradient_accumulation_steps`); with accumulation the schedule
+    counts updates (schedule.PerUpdate)."""
+    accumulation = tp.gradient_accumulation_steps
+    if accumulation > 1:
+        schedule = PerUpdate(schedule, accumulation)
+    optimizer = _build_optimizer(tp, model, schedule)
+    # Set before the optimizer is built, which creates the accumulators.
+    optimizer.global_clipnorm = tp.clip_grad_norm
+    optimizer.gradient_accumulation_steps = accumulation if accumulation > 1 else None
+    return optimizer
+
+
+def _build_optimizer(tp, model, schedule):
     name = tp.optimizer
     if name == 'sgd':
         return keras.optimizers.SGD(learning_rate=schedule, momentum=tp.momentum, nesterov=tp.nesterov)

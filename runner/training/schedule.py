@@ -80,6 +80,28 @@ class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
         return {'boundaries': self.boundaries, 'values': self.values}
 
 
+@keras.saving.register_keras_serializable('convnet_runner')
+class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` in updates, for an optimizer with gradient accumulation: Keras evaluates
+    the schedule at its count of batches (`_iterations`), which runs `accumulation` times
+    faster than its count of updates (`iterations`), the runner's steps."""
+
+    def __init__(self, schedule, accumulation):
+        self.schedule = schedule
+        self.accumulation = accumulation
+
+    def __call__(self, step):
+        return self.schedule(step // self.accumulation)
+
+    def get_config(self):
+        return {'schedule': keras.optimizers.schedules.serialize(self.schedule),
+                'accumulation': self.accumulation}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config['schedule']), config['accumulation'])
+
+
 def piecewise_lr(lr_values, lr_boundaries, warmup_steps=0):
     """The seed's piecewise-constant schedule (boundaries in steps) with optional warm-up."""
     if len(lr_values) != len(lr_boundaries):

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from runner import compat, rundir
+from runner.config.regularisers import Regularisers, describe as describe_regularisers
 from runner.config.yaml_io import dump_yaml
 from runner.data import loader as data_loader
 from runner.data.info import write_data_info
@@ -105,6 +106,9 @@ class Session:
         self.eval_split = 'validation' if self.exp.dataset.validation_fraction else 'test'
         self.prefix = 'val' if self.eval_split == 'validation' else 'test'
         self.latest = self.resumed_from = None
+        # With mixup or CutMix the training error is against mixed labels: the log says so.
+        self.mixed = Regularisers.of(self.exp.dataset).mixing
+        self.error_name = 'mixed-label error' if self.mixed else 'error'
         self.summary = {}
 
     def say(self, line):
@@ -169,9 +173,10 @@ class Session:
         self.writer = tf.summary.create_file_writer(str(self.dir))
         if self.chief:
             # The first batch's images on a fresh run; a resumed run's dataset starts later.
-            grid = tboard.first_step_images(trainer.train_ds, data) if self.resumed_from is None else None
+            grid, labels = (tboard.first_step_inputs(trainer.train_ds, data) if self.resumed_from is None
+                            else (None, None))
             tboard.write_overview(str(self.dir), exp, tboard.hparam_values(exp, resolved, trainer.params, policy),
-                                  config_text, grid)
+                                  config_text, grid, labels=labels)
         self.progress = Progress(exp.run_name, exp.total_steps, trainer.step, self.quiet)
         if self.resumed_from is not None and not self.quiet:
             self.progress.log(self.resumed_from, f'resuming from {self.latest}')
@@ -179,6 +184,11 @@ class Session:
         # (step, images/s) of every logged interval so far (history before a resume included).
         self.rates = [(r['step'], r['images_per_second']) for r in rundir.read_metrics(self.dir)
                       if r.get('kind') == 'train']
+        regularisers = describe_regularisers(resolved)
+        if regularisers:
+            self.say(f'regularisers: {", ".join(regularisers)}' + (
+                '; the training error is against the mixed labels (an image counts 1 minus its '
+                'label\'s share of the predicted class)' if self.mixed else ''))
         techniques = ([f'{tp.eval_tta} TTA'] if tp.eval_tta != 'none' else []) + (
             [f'weights: {trainer.evaluated_weights}'] if trainer.ema or trainer.lookahead else [])
         self.how = f' ({", ".join(techniques)})' if techniques else ''
@@ -281,7 +291,7 @@ class Session:
     def log_so_far(self, step):
         """The session's first progress line, before the first log interval is complete."""
         m = self.trainer.read_train_metrics(reset=False)
-        self.progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} (so far; '
+        self.progress.log(step, f'loss {m["loss"]:.4f} {self.error_name} {m["error"]:.2%} (so far; '
                                 f'logged every {self.tp.log_interval} steps)')
 
     def log(self, step):
@@ -289,7 +299,7 @@ class Session:
         trainer, tp = self.trainer, self.tp
         m = trainer.read_train_metrics()
         # Images per second of training alone: evaluation and checkpoint time left out.
-        rate = ((step - self.last_log_step) * tp.batch_size
+        rate = ((step - self.last_log_step) * tp.batch_size * tp.gradient_accumulation_steps
                 / max(time.time() - self.last_log_time - self.overhead, 1e-9))
         self.rates.append((step, rate))
         lr = float(trainer.schedule(step - 1))
@@ -301,7 +311,7 @@ class Session:
         rundir.append_metrics(self.dir, {'step': step, 'kind': 'train', 'lr': lr,
                                          'images_per_second': rate, **m,
                                          'wall_seconds': round(self.wall_seconds(), 2)})
-        self.progress.log(step, f'loss {m["loss"]:.4f} error {m["error"]:.2%} lr {lr:g} '
+        self.progress.log(step, f'loss {m["loss"]:.4f} {self.error_name} {m["error"]:.2%} lr {lr:g} '
                                 f'{rate:.0f} img/s',
                           postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate:.0f} img/s')
         self.last_log_step, self.last_log_time, self.overhead = step, time.time(), 0.0

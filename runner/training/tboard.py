@@ -22,6 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from runner.config.regularisers import describe as describe_regularisers
 from runner.data import source as data_source
 from runner import rundir
 from runner.rundir import RunDir
@@ -89,6 +90,7 @@ def hparam_values(exp, resolved, params, policy):
         'lookahead': ('off' if tp['lookahead_interval'] is None else
                       f"every {tp['lookahead_interval']} steps, decay {tp['lookahead_decay']:g}"),
         'precision': policy, 'seed': tp['seed'],
+        'regularisers': ', '.join(describe_regularisers(resolved)) or 'none',
     }
     for key, value in exp.model_parameters.items():
         values[f'model.{key}'] = value if isinstance(value, (bool, int, float, str)) else str(value)
@@ -189,11 +191,33 @@ def input_grid(images, mean, std):
 
 
 def first_step_images(train_ds, data):
-    """The grid of the first training batch as the model receives it (augmented): the first
+    """The grid of the first training batch as the model receives it (augmented)."""
+    return first_step_inputs(train_ds, data)[0]
+
+
+def first_step_inputs(train_ds, data):
+    """(grid, label table) of the first training batch as the model receives it: the first
     batch of the run's own training dataset (Trainer.train_ds, before it is distributed),
-    read once more; the input is a function of (seed, batch number)."""
-    images, _ = next(iter(train_ds.take(1)))
-    return input_grid(images.numpy(), data.mean, data.std)
+    read once more, the input being a function of (seed, batch number). The table names the
+    mixed labels of mixup or CutMix in the grid's places; None for plain class labels."""
+    images, labels = next(iter(train_ds.take(1)))
+    grid = input_grid(images.numpy(), data.mean, data.std)
+    if not labels.dtype.is_floating:
+        return grid, None
+    return grid, mixed_label_table(labels.numpy()[:INPUT_IMAGES], data.info.class_names)
+
+
+def mixed_label_table(targets, class_names, cols=4):
+    """Mixed targets [n, classes] as a Markdown table laid out as the grid: each cell the
+    classes with their shares, largest first ('0.62 cat + 0.38 dog')."""
+    names = list(class_names) if class_names else [str(i) for i in range(targets.shape[1])]
+    cells = []
+    for t in targets:
+        order = [k for k in np.argsort(-t, kind='stable') if t[k] > 5e-3]
+        cells.append(' + '.join(f'{t[k]:.2f} {str(names[k]).replace("|", "/")}' for k in order))
+    rows = [cells[i:i + cols] for i in range(0, len(cells), cols)]
+    head = [f'| {" | ".join(f"column {c + 1}" for c in range(cols))} |', '|---' * cols + '|']
+    return '\n'.join(head + [f'| {" | ".join(r + [""] * (cols - len(r)))} |' for r in rows])
 
 
 def confusion_image(matrix):
@@ -238,15 +262,18 @@ def _config_markdown(config_text):
 
 
 INPUT_IMAGES_TAG = 'train/input_images'
+INPUT_LABELS_TAG = 'train/input_labels'
 
 
-def write_overview(run_dir, exp, values, config_text, grid, status='running'):
+def write_overview(run_dir, exp, values, config_text, grid, status='running', labels=None):
     """The run's session (HParams values, status), its config.yaml as text and the first-step
-    grid in the run's overview file (grid None: a resumed run, whose earlier overview's grid is kept); the
-    experiment declaration of its log directory beside."""
+    grid, with the table of its mixed labels if any, in the run's overview file (grid None: a
+    resumed run, whose earlier overview's grid and labels are kept); the experiment
+    declaration of its log directory beside."""
     from tensorboard.plugins.hparams import api as hp
     path = RunDir(run_dir).overview
-    kept = [] if grid is not None else _kept_values(path, lambda tag: tag == INPUT_IMAGES_TAG)
+    kept = [] if grid is not None else _kept_values(path, lambda tag: tag in (INPUT_IMAGES_TAG,
+                                                                               INPUT_LABELS_TAG))
 
     def write():
         hp.hparams(values, trial_id=exp.run_name)  # one row of the table per run
@@ -255,7 +282,13 @@ def write_overview(run_dir, exp, values, config_text, grid, status='running'):
         if grid is not None:
             tf.summary.image(INPUT_IMAGES_TAG, grid[None], step=0,
                              description='The first training batch as the model receives it: '
-                                         'augmented, un-normalised for display.')
+                                         'augmented, un-normalised for display.' + (
+                                             f' Its mixed labels: {INPUT_LABELS_TAG} (Text).'
+                                             if labels else ''))
+        if labels:
+            tf.summary.text(INPUT_LABELS_TAG, labels, step=0,
+                            description=f'The mixed labels (mixup, CutMix) of {INPUT_IMAGES_TAG}, '
+                                        'in the places of its images: each class with its share.')
         _write_values(kept)
         _write_end(status)
 

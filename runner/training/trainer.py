@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from runner import compat
+from runner.config.errors import ConfigError
 from runner.data import loader as data_loader
 from runner.data.source import DataUnavailable
 from runner.training import averaging, tta
@@ -46,6 +47,10 @@ class Trainer:
         self.exp, self.data, self.strategy = exp, data, strategy
         self.global_batch = tp.batch_size
         self.loss_scaling = policy == 'mixed_float16'
+        if self.loss_scaling and tp.gradient_accumulation_steps > 1:
+            # The step counter the loss scaling corrects is a quotient under accumulation.
+            raise ConfigError('train_parameters.gradient_accumulation_steps: not with precision '
+                              'mixed_float16 (its loss scaling); use float32 or mixed_bfloat16')
         replicas = strategy.num_replicas_in_sync
         if tp.batch_size % replicas:
             raise ValueError(f'train_parameters.batch_size: {tp.batch_size} does not split evenly '
@@ -139,7 +144,8 @@ class Trainer:
         """The training batches from the current step on."""
         tp, ds = self.exp.train_parameters, self.exp.dataset
         # Cached or streamed, cifar or imagenet style: a function of (seed, batch number).
-        self.train_ds = data_loader.train_input(self.data, ds, tp.batch_size, tp.seed, start_batch=self.step)
+        self.train_ds = data_loader.train_input(self.data, ds, tp.batch_size, tp.seed,
+                                                start_batch=self.step * tp.gradient_accumulation_steps)
         self.iterator = iter(self.strategy.experimental_distribute_dataset(self.train_ds))
 
     @property
@@ -161,10 +167,12 @@ class Trainer:
         # Frozen weights get no gradient, so the backward pass also skips whatever only
         # they needed (airbench's frozen whitening bias: the first conv's input gradient).
         variables = [v for v in self.model.trainable_variables if v.path not in frozen]
+        # Mixed targets (mixup, CutMix) come as float [batch, classes], others as class ids.
+        targets = labels if labels.dtype.is_floating else tf.one_hot(labels, num_classes)
         # Persistent when BN offsets are boosted: their decay's gradient is taken apart.
         with tf.GradientTape(persistent=bool(self.lr_boosted)) as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
-            per_example = self.loss_fn(tf.one_hot(labels, num_classes), logits)
+            per_example = self.loss_fn(targets, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
             reg = (tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]))
                    if self.model.losses else tf.constant(0.0))
@@ -182,8 +190,10 @@ class Trainer:
             finite = tf.math.logical_and(tf.math.is_finite(total),
                                          tf.math.is_finite(tf.linalg.global_norm(grads)))
         self.optimizer.apply_gradients(zip(grads, variables))
-        errors = tf.reduce_sum(tf.cast(tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                                    tf.cast(labels, tf.int32)), tf.float32))
+        # An error is the share of the target off the predicted class: 1 or 0 for a class id,
+        # 1 - lambda or lambda for a mixed image (mixup-cifar10's train accuracy).
+        predicted = tf.argmax(logits, -1, output_type=tf.int32)
+        errors = tf.reduce_sum(1.0 - tf.gather(targets, predicted, batch_dims=1))
         n = tf.cast(tf.shape(labels)[0], tf.float32)
         return loss, reg, errors, n, tf.cast(tf.logical_not(finite), tf.float32)
 
@@ -203,9 +213,15 @@ class Trainer:
 
     def _train_step(self, iterator, frozen=()):
         step = tf.cast(self.optimizer.iterations, tf.int64)
-        images, labels = next(iterator)
-        out = self.strategy.run(self.replica_step, args=(images, labels), kwargs={'frozen': frozen})
-        loss, reg, errors, n, bad = [self.strategy.reduce('SUM', v, axis=None) for v in out]
+        # With gradient accumulation a step takes that many batches; the optimizer averages
+        # their gradients and updates at the last (Keras' gradient_accumulation_steps).
+        sums = []
+        for _ in range(self.exp.train_parameters.gradient_accumulation_steps):
+            images, labels = next(iterator)
+            out = self.strategy.run(self.replica_step, args=(images, labels), kwargs={'frozen': frozen})
+            sums.append([self.strategy.reduce('SUM', v, axis=None) for v in out])
+        loss, reg, errors, n, bad = [tf.add_n(list(v)) for v in zip(*sums)]
+        loss, reg = loss / len(sums), reg / len(sums)
         if self.loss_scaling:
             # Keras 3's LossScaleOptimizer does not count a step it skips for overflowing
             # float16 gradients (Keras 2 did). The step still took a batch, and the data
