@@ -13,4 +13,5 @@ except KeyboardInterrupt:
     sys.exit(1)
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from runner.common import end_process
+    end_process(main())

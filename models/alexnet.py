@@ -40,6 +40,7 @@ import keras
 from keras import Input, layers
 
 from . import layers as L
+from .zoo import variants
 
 @dataclasses.dataclass(frozen=True)
 class AlexNetSpec:
@@ -47,6 +48,9 @@ class AlexNetSpec:
     convs: tuple         # per conv: (filters, kernel, stride, padding, groups, 3x3/2 max-pool after)
     ceil_pool: bool      # whether those poolings round up (ceil mode)
     norm: str            # 'lrn' (after conv1 and conv2) or 'bn' (after every conv)
+
+    def build(self, name, input_shape, num_classes, weight_decay):
+        return _alexnet(name, self, input_shape, num_classes, weight_decay)
 
 
 _ALEXNET_CONVS = ((96, 11, 4, 2, 1, True), (256, 5, 1, 2, 2, True), (384, 3, 1, 1, 1, False),
@@ -89,9 +93,9 @@ def _max_pool(x, ceil_mode, name):
     return layers.MaxPooling2D(3, strides=2, name=name)(x)
 
 
-def _alexnet(name, input_shape, num_classes, weight_decay, dropout=0.5, hidden_units=4096):
-    """Build the AlexNet-style net of ``SPECS[name]``."""
-    convs, ceil_pool, norm = SPECS[name].convs, SPECS[name].ceil_pool, SPECS[name].norm
+def _alexnet(name, spec, input_shape, num_classes, weight_decay, dropout=0.5, hidden_units=4096):
+    """Build the AlexNet-style net of ``spec``."""
+    convs, ceil_pool, norm = spec.convs, spec.ceil_pool, spec.norm
     size_ops = []
     for _, kernel, stride, pad, _, pool in convs:
         size_ops.append((kernel, stride, 2 * pad, False))
@@ -122,16 +126,5 @@ def _alexnet(name, input_shape, num_classes, weight_decay, dropout=0.5, hidden_u
     return L.build_model(inputs, x, name)
 
 
-def alexnet(input_shape=(224, 224, 3), num_classes=1000, weight_decay=5e-4):
-    """AlexNet with LRN and the paper's grouped conv2/4/5 (Krizhevsky et al. 2012, 61.0M)."""
-    return _alexnet("alexnet", input_shape, num_classes, weight_decay)
-
-
-def alexnet_bn(input_shape=(224, 224, 3), num_classes=1000, weight_decay=5e-4):
-    """AlexNet with BN after every conv instead of LRN."""
-    return _alexnet("alexnet_bn", input_shape, num_classes, weight_decay)
-
-
-def zfnet_bn(input_shape=(224, 224, 3), num_classes=1000, weight_decay=5e-4):
-    """ZFNet (Zeiler & Fergus 2013) with BN after every conv."""
-    return _alexnet("zfnet_bn", input_shape, num_classes, weight_decay)
+# alexnet, alexnet_bn, zfnet_bn: their functions, as this module's names.
+globals().update(variants(SPECS))

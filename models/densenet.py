@@ -25,11 +25,16 @@ Choices the paper leaves open:
   (``optim.sgd`` over ``model:getParameters()``).
 """
 
+import dataclasses
+import types
+
 from keras import Input, layers
 
 from . import layers as L
+from .zoo import register_model, variants
 
 
+@register_model
 def densenet(depth, growth_rate, bottleneck=False, compression=1.0, dropout=0.0,
              input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, name=None,
              decay_all=True):
@@ -78,29 +83,24 @@ def densenet(depth, growth_rate, bottleneck=False, compression=1.0, dropout=0.0,
     return L.decay_every_weight(model, weight_decay) if decay_all else model
 
 
-def densenet40_k12(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
-                   decay_all=True):
-    """DenseNet (L=40, k=12), 1.0M."""
-    return densenet(40, 12, False, 1.0, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet40_k12", decay_all=decay_all)
+@dataclasses.dataclass(frozen=True)
+class DenseNetSpec:
+    """One DenseNet of the paper's Table 2."""
+    depth: int
+    growth_rate: int
+    bottleneck: bool = False    # DenseNet-B; with compression < 1, DenseNet-BC
+    compression: float = 1.0
+
+    def build(self, name, input_shape, num_classes, weight_decay, dropout, decay_all):
+        return densenet(self.depth, self.growth_rate, self.bottleneck, self.compression, dropout,
+                        input_shape, num_classes, weight_decay, name=name, decay_all=decay_all)
 
 
-def densenet_bc100_k12(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
-                       decay_all=True):
-    """DenseNet-BC (L=100, k=12), 0.8M."""
-    return densenet(100, 12, True, 0.5, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet_bc100_k12", decay_all=decay_all)
-
-
-def densenet_bc250_k24(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
-                       decay_all=True):
-    """DenseNet-BC (L=250, k=24), 15.3M."""
-    return densenet(250, 24, True, 0.5, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet_bc250_k24", decay_all=decay_all)
-
-
-def densenet_bc190_k40(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, dropout=0.0,
-                       decay_all=True):
-    """DenseNet-BC (L=190, k=40), 25.6M."""
-    return densenet(190, 40, True, 0.5, dropout, input_shape, num_classes, weight_decay,
-                    name="densenet_bc190_k40", decay_all=decay_all)
+SPECS = types.MappingProxyType({
+    "densenet40_k12": DenseNetSpec(40, 12),
+    "densenet_bc100_k12": DenseNetSpec(100, 12, bottleneck=True, compression=0.5),
+    "densenet_bc250_k24": DenseNetSpec(250, 24, bottleneck=True, compression=0.5),
+    "densenet_bc190_k40": DenseNetSpec(190, 40, bottleneck=True, compression=0.5),
+})
+# densenet40_k12 ... densenet_bc190_k40: their functions, as this module's names.
+globals().update(variants(SPECS))

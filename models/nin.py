@@ -26,6 +26,7 @@ import types
 from keras import Input, layers
 
 from . import layers as L
+from .zoo import variants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,9 @@ class NiNSpec:
     """One NiN variant."""
     blocks: tuple        # per mlpconv block, its convs' (kernel, filters); 0 filters = one per class
     bn_epsilon: float
+
+    def build(self, name, input_shape, num_classes, weight_decay, dropout):
+        return _nin(name, self, input_shape, num_classes, weight_decay, dropout)
 
 
 SPECS = types.MappingProxyType({
@@ -43,10 +47,10 @@ SPECS = types.MappingProxyType({
 })
 
 
-def _nin(name, input_shape, num_classes, weight_decay, dropout):
-    """Build the NiN of ``SPECS[name]``: mlpconv blocks between pooling and dropout; class
-    maps averaged to logits."""
-    blocks, bn_epsilon = SPECS[name].blocks, SPECS[name].bn_epsilon
+def _nin(name, spec, input_shape, num_classes, weight_decay, dropout):
+    """Build the NiN of ``spec``: mlpconv blocks between pooling and dropout; class maps
+    averaged to logits."""
+    blocks, bn_epsilon = spec.blocks, spec.bn_epsilon
     input_shape = L.check_args(name, input_shape, num_classes)
     L.check_rate(name, "dropout", dropout)
     inputs = Input(shape=input_shape, name="input")
@@ -63,6 +67,5 @@ def _nin(name, input_shape, num_classes, weight_decay, dropout):
     return L.build_model(inputs, x, name)
 
 
-def nin_bn(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.5):
-    """Network in Network with BN after every conv (cifar.torch NiN-BN)."""
-    return _nin("nin_bn", input_shape, num_classes, weight_decay, dropout)
+# nin_bn: its function, as this module's name.
+globals().update(variants(SPECS))

@@ -11,7 +11,10 @@ Papers:
 - Hu, Shen, Albanie, Sun, Wu, "Squeeze-and-Excitation Networks", 2017,
   arXiv:1709.01507.
 
-All variants come from one builder, :func:`_resnet`, fed a list of stages.
+All variants come from one builder, :func:`_resnet`, fed a list of stages. Each named
+model is a row of ``SPECS`` whose ``build`` calls a family function (:func:`cifar_resnet`,
+:func:`cifar_wide_resnet`, :func:`cifar_resnext` or the ImageNet stem); its metadata and
+its function's defaults are its entry in :mod:`models.zoo`.
 'original' blocks are He et al. 2015's (conv-BN-ReLU, addition, then ReLU);
 'preactivated' blocks are He et al. 2016's (BN-ReLU-conv, bare addition, one
 BN-ReLU after the last stage).
@@ -77,23 +80,8 @@ import types
 from keras import Input, layers
 
 from . import layers as L
+from .zoo import register_model, variants
 
-
-@dataclasses.dataclass(frozen=True)
-class ImageNetResNetSpec:
-    """One ImageNet bottleneck ResNet (64-filter 7x7/2 stem, stages 256 to 2048 wide)."""
-    units: tuple              # bottleneck units per stage (He et al. 2015, Table 1)
-    preact: bool = False      # pre-activation units (He et al. 2016)
-    se_reduction: int = 0     # squeeze-excitation gate's reduction (Hu et al. 2017); 0: none
-
-
-# ResNet-50's units; Table 1 gives (3, 4, 23, 3) for ResNet-101 and (3, 8, 36, 3) for 152.
-_RESNET50 = (3, 4, 6, 3)
-SPECS = types.MappingProxyType({
-    "resnet50": ImageNetResNetSpec(_RESNET50),
-    "resnet50_v2": ImageNetResNetSpec(_RESNET50, preact=True),
-    "se_resnet50": ImageNetResNetSpec(_RESNET50, se_reduction=16),
-})
 
 _BLOCK_TYPES = ("original", "preactivated")
 _SHORTCUT_TYPES = ("A", "B")
@@ -201,6 +189,7 @@ def _blocks_per_stage(name, depth, layers_per_block, extra, rule):
     return (depth - extra) // step
 
 
+@register_model
 def cifar_resnet(depth, block_type="original", shortcut_type="A", bottleneck=False,
                  input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4, name=None,
                  drop_path_rate=0.0):
@@ -220,62 +209,7 @@ def cifar_resnet(depth, block_type="original", shortcut_type="A", bottleneck=Fal
                    drop_path_rate=drop_path_rate)
 
 
-def cifar_resnet20(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
-    """ResNet-20 for CIFAR (He et al. 2015, 0.27M)."""
-    return cifar_resnet(20, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet20",
-                        drop_path_rate=drop_path_rate)
-
-
-def cifar_resnet32(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
-    """ResNet-32 for CIFAR (He et al. 2015, 0.46M)."""
-    return cifar_resnet(32, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet32",
-                        drop_path_rate=drop_path_rate)
-
-
-def cifar_resnet44(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
-    """ResNet-44 for CIFAR (He et al. 2015, 0.66M)."""
-    return cifar_resnet(44, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet44",
-                        drop_path_rate=drop_path_rate)
-
-
-def cifar_resnet56(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                   block_type="original", shortcut_type="A", drop_path_rate=0.0):
-    """ResNet-56 for CIFAR (He et al. 2015, 0.85M)."""
-    return cifar_resnet(56, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet56",
-                        drop_path_rate=drop_path_rate)
-
-
-def cifar_resnet110(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                    block_type="original", shortcut_type="A", drop_path_rate=0.0):
-    """ResNet-110 for CIFAR (He et al. 2015, 1.7M)."""
-    return cifar_resnet(110, block_type, shortcut_type, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet110",
-                        drop_path_rate=drop_path_rate)
-
-
-def cifar_resnet164(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                    block_type="preactivated", shortcut_type="B", drop_path_rate=0.0):
-    """ResNet-164, pre-activation bottleneck units (He et al. 2016, 1.7M)."""
-    return cifar_resnet(164, block_type, shortcut_type, bottleneck=True, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay, name="cifar_resnet164",
-                        drop_path_rate=drop_path_rate)
-
-
-def cifar_resnet1001(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
-                     block_type="preactivated", shortcut_type="B", drop_path_rate=0.0):
-    """ResNet-1001, pre-activation bottleneck units (He et al. 2016, 10.2M)."""
-    return cifar_resnet(1001, block_type, shortcut_type, bottleneck=True, input_shape=input_shape,
-                        num_classes=num_classes, weight_decay=weight_decay,
-                        name="cifar_resnet1001", drop_path_rate=drop_path_rate)
-
-
+@register_model
 def cifar_wide_resnet(depth, width, dropout=0.0, input_shape=(32, 32, 3), num_classes=10,
                       weight_decay=5e-4, name=None, decay_all=True, drop_path_rate=0.0):
     """Wide ResNet WRN-depth-width: pre-activation basic units 16k/32k/64k wide, depth 6n+4."""
@@ -288,38 +222,7 @@ def cifar_wide_resnet(depth, width, dropout=0.0, input_shape=(32, 32, 3), num_cl
                    dropout=dropout, decay_all=decay_all, drop_path_rate=drop_path_rate)
 
 
-def cifar_WRN_16_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                   decay_all=True, drop_path_rate=0.0):
-    """WRN-16-4 (Zagoruyko & Komodakis 2016, 2.7M)."""
-    return cifar_wide_resnet(16, 4, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_16_4", decay_all=decay_all,
-                             drop_path_rate=drop_path_rate)
-
-
-def cifar_WRN_16_8(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                   decay_all=True, drop_path_rate=0.0):
-    """WRN-16-8 (Zagoruyko & Komodakis 2016, 11.0M)."""
-    return cifar_wide_resnet(16, 8, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_16_8", decay_all=decay_all,
-                             drop_path_rate=drop_path_rate)
-
-
-def cifar_WRN_28_10(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                    decay_all=True, drop_path_rate=0.0):
-    """WRN-28-10 (Zagoruyko & Komodakis 2016, 36.5M)."""
-    return cifar_wide_resnet(28, 10, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_28_10", decay_all=decay_all,
-                             drop_path_rate=drop_path_rate)
-
-
-def cifar_WRN_40_4(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4, dropout=0.0,
-                   decay_all=True, drop_path_rate=0.0):
-    """WRN-40-4 (Zagoruyko & Komodakis 2016, 8.9M)."""
-    return cifar_wide_resnet(40, 4, dropout, input_shape, num_classes, weight_decay,
-                             name="cifar_WRN_40_4", decay_all=decay_all,
-                             drop_path_rate=drop_path_rate)
-
-
+@register_model
 def cifar_preact_resnet18(input_shape=(32, 32, 3), num_classes=10, weight_decay=1e-4,
                           decay_all=True, drop_path_rate=0.0):
     """PreAct ResNet-18 of mixup's CIFAR code (Zhang et al. 2018, 11.2M)."""
@@ -330,6 +233,7 @@ def cifar_preact_resnet18(input_shape=(32, 32, 3), num_classes=10, weight_decay=
                    final_activation=False)
 
 
+@register_model
 def cifar_resnext(depth, cardinality, base_width, input_shape=(32, 32, 3), num_classes=10,
                   weight_decay=5e-4, name=None, decay_all=True, drop_path_rate=0.0):
     """CIFAR ResNeXt-depth (cardinality x base_width d): grouped bottleneck units, depth 9n+2."""
@@ -345,42 +249,84 @@ def cifar_resnext(depth, cardinality, base_width, input_shape=(32, 32, 3), num_c
                    drop_path_rate=drop_path_rate)
 
 
-def cifar_resnext29_8x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4,
-                           decay_all=True, drop_path_rate=0.0):
-    """ResNeXt-29 8x64d for CIFAR (Xie et al. 2016, 34.4M)."""
-    return cifar_resnext(29, 8, 64, input_shape, num_classes, weight_decay,
-                         name="cifar_resnext29_8x64d", decay_all=decay_all,
-                         drop_path_rate=drop_path_rate)
-
-
-def cifar_resnext29_16x64d(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4,
-                            decay_all=True, drop_path_rate=0.0):
-    """ResNeXt-29 16x64d for CIFAR (Xie et al. 2016, 68.1M)."""
-    return cifar_resnext(29, 16, 64, input_shape, num_classes, weight_decay,
-                         name="cifar_resnext29_16x64d", decay_all=decay_all,
-                         drop_path_rate=drop_path_rate)
-
-
-def _imagenet_resnet(name, input_shape, num_classes, weight_decay, drop_path_rate=0.0):
-    """Build the ImageNet bottleneck ResNet of ``SPECS[name]``."""
-    spec = SPECS[name]
-    stages = [(n, 256 * 2 ** i, 64 * 2 ** i, 1 if i == 0 else 2) for i, n in enumerate(spec.units)]
+def _imagenet_resnet(name, input_shape, num_classes, weight_decay, units, preact, se_reduction,
+                     drop_path_rate):
+    """An ImageNet bottleneck ResNet: 64-filter 7x7/2 stem, ``units`` per stage 256 to 2048 wide."""
+    stages = [(n, 256 * 2 ** i, 64 * 2 ** i, 1 if i == 0 else 2) for i, n in enumerate(units)]
     return _resnet(name, input_shape, num_classes, weight_decay, stages=stages, stem="imagenet",
-                   stem_width=64, preact=spec.preact, shortcut_type="B", bottleneck=True,
-                   stride_in_3x3=spec.preact, se_reduction=spec.se_reduction,
-                   residual_bias=spec.preact, drop_path_rate=drop_path_rate)
+                   stem_width=64, preact=preact, shortcut_type="B", bottleneck=True,
+                   stride_in_3x3=preact, se_reduction=se_reduction, residual_bias=preact,
+                   drop_path_rate=drop_path_rate)
 
 
-def resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4, drop_path_rate=0.0):
-    """ResNet-50 v1 (He et al. 2015, 25.6M)."""
-    return _imagenet_resnet("resnet50", input_shape, num_classes, weight_decay, drop_path_rate)
+@dataclasses.dataclass(frozen=True)
+class CifarResNetSpec:
+    """A CIFAR ResNet of He et al.: depth 6n+2 (basic units) or 9n+2 (bottleneck units)."""
+    depth: int
+    bottleneck: bool = False
+
+    def build(self, name, input_shape, num_classes, weight_decay, block_type, shortcut_type,
+              drop_path_rate):
+        return cifar_resnet(self.depth, block_type, shortcut_type, self.bottleneck, input_shape,
+                            num_classes, weight_decay, name=name, drop_path_rate=drop_path_rate)
 
 
-def resnet50_v2(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4, drop_path_rate=0.0):
-    """ResNet-50 v2, pre-activation units (He et al. 2016, 25.6M)."""
-    return _imagenet_resnet("resnet50_v2", input_shape, num_classes, weight_decay, drop_path_rate)
+@dataclasses.dataclass(frozen=True)
+class WideResNetSpec:
+    """WRN-depth-width (Zagoruyko & Komodakis 2016)."""
+    depth: int
+    width: int
+
+    def build(self, name, input_shape, num_classes, weight_decay, dropout, decay_all, drop_path_rate):
+        return cifar_wide_resnet(self.depth, self.width, dropout, input_shape, num_classes,
+                                 weight_decay, name=name, decay_all=decay_all,
+                                 drop_path_rate=drop_path_rate)
 
 
-def se_resnet50(input_shape=(224, 224, 3), num_classes=1000, weight_decay=1e-4, drop_path_rate=0.0):
-    """SE-ResNet-50, squeeze-excitation with reduction 16 (Hu et al. 2017, 28.1M)."""
-    return _imagenet_resnet("se_resnet50", input_shape, num_classes, weight_decay, drop_path_rate)
+@dataclasses.dataclass(frozen=True)
+class ResNeXtSpec:
+    """ResNeXt-depth (cardinality x base_width d) for CIFAR (Xie et al. 2016)."""
+    depth: int
+    cardinality: int
+    base_width: int
+
+    def build(self, name, input_shape, num_classes, weight_decay, decay_all, drop_path_rate):
+        return cifar_resnext(self.depth, self.cardinality, self.base_width, input_shape,
+                             num_classes, weight_decay, name=name, decay_all=decay_all,
+                             drop_path_rate=drop_path_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetResNetSpec:
+    """One ImageNet bottleneck ResNet (64-filter 7x7/2 stem, stages 256 to 2048 wide)."""
+    units: tuple              # bottleneck units per stage (He et al. 2015, Table 1)
+    preact: bool = False      # pre-activation units (He et al. 2016)
+    se_reduction: int = 0     # squeeze-excitation gate's reduction (Hu et al. 2017); 0: none
+
+    def build(self, name, input_shape, num_classes, weight_decay, drop_path_rate):
+        return _imagenet_resnet(name, input_shape, num_classes, weight_decay, self.units,
+                                self.preact, self.se_reduction, drop_path_rate)
+
+
+# ResNet-50's units; Table 1 gives (3, 4, 23, 3) for ResNet-101 and (3, 8, 36, 3) for 152.
+_RESNET50 = (3, 4, 6, 3)
+SPECS = types.MappingProxyType({
+    "cifar_resnet20": CifarResNetSpec(20),
+    "cifar_resnet32": CifarResNetSpec(32),
+    "cifar_resnet44": CifarResNetSpec(44),
+    "cifar_resnet56": CifarResNetSpec(56),
+    "cifar_resnet110": CifarResNetSpec(110),
+    "cifar_resnet164": CifarResNetSpec(164, bottleneck=True),
+    "cifar_resnet1001": CifarResNetSpec(1001, bottleneck=True),
+    "cifar_WRN_16_4": WideResNetSpec(16, 4),
+    "cifar_WRN_16_8": WideResNetSpec(16, 8),
+    "cifar_WRN_28_10": WideResNetSpec(28, 10),
+    "cifar_WRN_40_4": WideResNetSpec(40, 4),
+    "cifar_resnext29_8x64d": ResNeXtSpec(29, 8, 64),
+    "cifar_resnext29_16x64d": ResNeXtSpec(29, 16, 64),
+    "resnet50": ImageNetResNetSpec(_RESNET50),
+    "resnet50_v2": ImageNetResNetSpec(_RESNET50, preact=True),
+    "se_resnet50": ImageNetResNetSpec(_RESNET50, se_reduction=16),
+})
+# cifar_resnet20 ... se_resnet50: their functions, as this module's names.
+globals().update(variants(SPECS))

@@ -31,6 +31,7 @@ from typing import Optional
 from keras import Input, layers
 
 from . import layers as L
+from .zoo import variants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,9 @@ class VGGSpec:
     bn_epsilon: float = 1e-5
     hidden_units: int = 0
     head_dropout: float = 0.0
+
+    def build(self, name, input_shape, num_classes, weight_decay):
+        return _vgg(name, self, input_shape, num_classes, weight_decay)
 
 
 # Stage depths of configurations A, B, D, E (Simonyan & Zisserman, Table 1).
@@ -57,10 +61,9 @@ SPECS = types.MappingProxyType({
 })
 
 
-def _vgg(name, input_shape, num_classes, weight_decay):
-    """Build the VGG of ``SPECS[name]``: conv-BN-ReLU stages and max-pooling, global
-    pooling, a linear or MLP head."""
-    spec = SPECS[name]
+def _vgg(name, spec, input_shape, num_classes, weight_decay):
+    """Build the VGG of ``spec``: conv-BN-ReLU stages and max-pooling, global pooling, a
+    linear or MLP head."""
     input_shape = L.check_args(name, input_shape, num_classes)
     inputs = Input(shape=input_shape, name="input")
     x = inputs
@@ -83,26 +86,5 @@ def _vgg(name, input_shape, num_classes, weight_decay):
     return L.build_model(inputs, x, name)
 
 
-def cifar_vgg11(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
-    """VGG-11 (config A) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg11", input_shape, num_classes, weight_decay)
-
-
-def cifar_vgg13(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
-    """VGG-13 (config B) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg13", input_shape, num_classes, weight_decay)
-
-
-def cifar_vgg16(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
-    """VGG-16 (config D) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg16", input_shape, num_classes, weight_decay)
-
-
-def cifar_vgg19(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
-    """VGG-19 (config E) with BN, global average pooling and one dense layer."""
-    return _vgg("cifar_vgg19", input_shape, num_classes, weight_decay)
-
-
-def cifar_vgg_bn(input_shape=(32, 32, 3), num_classes=10, weight_decay=5e-4):
-    """Zagoruyko's cifar.torch vgg_bn_drop: VGG-16 convs with BN and dropout, 512-wide MLP head."""
-    return _vgg("cifar_vgg_bn", input_shape, num_classes, weight_decay)
+# cifar_vgg11 ... cifar_vgg_bn: their functions, as this module's names.
+globals().update(variants(SPECS))

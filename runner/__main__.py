@@ -1,8 +1,39 @@
 """`python -m runner COMMAND`: train (the same as run_experiments.py), keys (the YAML reference),
-the after-training commands, stats (a dataset's mean and std), submit (a Slurm job array) and
+zoo (the README's model table, from models.zoo), the after-training commands, stats (a dataset's mean and std), submit (a Slurm job array) and
 status (the runs under a log directory)."""
 import os
+import re
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def update_between_markers(path, marker, text):
+    """Replace what lies between `<!-- marker:start -->` and `<!-- marker:end -->` in the file
+    at `path` (relative to the repository) by `text`: the generated parts of the docs."""
+    path = os.path.join(ROOT, path)
+    old = open(path).read()
+    new = re.sub(rf'(<!-- {marker}:start -->\n).*(<!-- {marker}:end -->)',
+                 lambda m: m.group(1) + text + m.group(2), old, flags=re.S)
+    with open(path, 'w') as f:
+        f.write(new)
+
+
+def between_markers(path, marker):
+    """What the file at `path` holds between its markers (see update_between_markers)."""
+    text = open(os.path.join(ROOT, path)).read()
+    return re.search(rf'<!-- {marker}:start -->\n(.*)<!-- {marker}:end -->', text, re.S).group(1)
+
+
+def zoo_main(argv):
+    """The README's model table from the registry (models.zoo); `--update-docs` writes it
+    into README.md between its markers."""
+    from models.zoo import markdown_table
+    if '--update-docs' in argv:
+        update_between_markers('README.md', 'zoo', markdown_table())
+    else:
+        print(markdown_table(), end='')
+    return 0
 
 
 def keys_main(argv):
@@ -18,13 +49,7 @@ def keys_main(argv):
         print(table, end='')
         return 0
     if '--update-docs' in argv or '--update-readme' in argv:  # rewrite the reference between its markers
-        import re
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'configuration.md')
-        text = open(path).read()
-        text = re.sub(r'(<!-- reference:start -->\n).*(<!-- reference:end -->)',
-                      lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
-        with open(path, 'w') as f:
-            f.write(text)
+        update_between_markers(os.path.join('docs', 'configuration.md'), 'reference', table)
         return 0
     # The top-level keys first: printed after a section, they would read as its keys.
     top = [r for r in rows if r.type != 'section' and '.' not in r.key]
@@ -49,6 +74,7 @@ def _command(module):
 COMMANDS = {
     'train': ('train the experiments of YAML files (run_experiments.py)', None),
     'keys': ('print every experiment-file key with its type, default and meaning', keys_main),
+    'zoo': ("print the model zoo's table (README.md's, --update-docs writes it there)", zoo_main),
     'evaluate': ('error, per-class accuracy and confusion matrix of runs (TTA, ensembles)',
                  _command('runner.commands.evaluate')),
     'predict': ('the top classes of image files by a trained run', _command('runner.commands.predict')),
@@ -75,8 +101,10 @@ def main(argv=None):
     if name == 'train':
         from runner.cli import main as train_main
         return train_main(rest)
-    return COMMANDS[name][1](rest)
+    from runner.common import output_to
+    return output_to(COMMANDS[name][1], rest)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from runner.common import end_process
+    end_process(main())

@@ -1,6 +1,7 @@
 """`python run_experiments.py`: validate every experiment, smoke-test them, then train them in turn.
 
-Exit status: 0 every run this process was responsible for finished (or was skipped as
+Exit status: 0 every run this process was responsible for finished or was pruned by its
+search (runner.search; a search is one entry of the queue that trains trials) (or was skipped as
 already finished, or as being trained by another live process holding its lock: processes
 sharing one queue each answer for the runs they trained), 1 a run failed, diverged, was
 interrupted or failed its smoke test, 2 an experiment file is wrong (nothing ran).
@@ -14,7 +15,7 @@ import sys
 
 from runner import rundir
 from runner.queue import resume
-from runner.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, text_table
+from runner.common import DONE, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, did_you_mean, output_to, rate_text, text_table
 from runner.training.distribute import quiet_tensorflow
 from runner.rundir import RunDir
 
@@ -71,6 +72,7 @@ class Checked:
     note: str = ''
     start_over: bool = False  # its settings changed before any checkpoint: moved aside, begun anew
     queue_index: int = 0  # its position among the selected runs: --index, --shard, --list
+    corners: list = dataclasses.field(default_factory=list)  # a search's: what the smoke run tries
 
 
 def load_all(files, overrides, only=()):
@@ -83,12 +85,19 @@ def load_all(files, overrides, only=()):
     from runner.config.checks import check_unique_run_names
     from runner.config.errors import ConfigError, collect_errors, join_errors
     from runner.config.expand import load_experiments
+    from runner.config.yaml_io import read_text
+    try:
+        # A file that cannot be read is said at once and alone: the command names a wrong
+        # file, and nothing else is worth checking (TensorFlow's import included) until then.
+        collect_errors(files, read_text)
+    except ConfigError as e:
+        raise join_errors(e) from None  # nothing `passed`: nothing is checked further
     problems = []
 
-    def every(check):
+    def every(check, paths=files):
         """The experiments of every file that `check(path)` loads; a file's problems are kept."""
         try:
-            return [e for exps in collect_errors(files, check) for e in exps]
+            return [e for exps in collect_errors(paths, check) for e in exps]
         except ConfigError as e:
             problems.append(e)
             return e.passed
@@ -106,8 +115,11 @@ def load_all(files, overrides, only=()):
         for e in chosen:
             group = runs[(e.source, e.index)]
             picked.setdefault((e.source, e.index), set()).add(next(n for n, x in enumerate(group) if x is e))
+        # Only the files with a chosen document: the others' problems are said already.
+        with_picked = [path for path in files if any(source == path for source, _ in picked)]
         loaded = every(lambda path: load_experiments(path, overrides,
-                                                     {i for source, i in picked if source == path}))
+                                                     {i for source, i in picked if source == path}),
+                       with_picked)
         chosen = []
         for (source, i), group in itertools.groupby(loaded, key=lambda e: (e.source, e.index)):
             keep = picked[(source, i)]
@@ -145,12 +157,17 @@ def validate(experiments, restarting=(), need_data=True):
     from runner.data import info as data_info, source as data_source
     from runner.config.errors import ConfigError, collect_errors
     from runner.registry import build_model, count_trainable, freeze_schedule, load_initial_weights
+    from runner.search.run import checked_search, is_search
 
     def check(exp):
+        if is_search(exp):  # checked at the corners of its space
+            return checked_search(exp, check)
         try:
             try:
                 info = data_info.describe(exp.dataset)
                 data_info.check_sizes(exp.dataset, info, exp.train_parameters.batch_size)
+                if need_data:  # with download on, TFDS fetches the data now, before the smoke run
+                    data_source.download_if_needed(exp.dataset)
             except data_source.DataUnavailable as e:
                 raise ConfigError(str(e)) from None
             model = build_model(exp, info.image_shape, info.num_classes)
@@ -174,13 +191,24 @@ def validate(experiments, restarting=(), need_data=True):
     return collect_errors(experiments, check)
 
 
+def listed(experiments, restarting):
+    """--list's rows: counted without TensorFlow where the registry can tell, else built."""
+    from runner.registry import count_from_registry
+    quick = [count_from_registry(exp) for exp in experiments]
+    rest = [exp for exp, q in zip(experiments, quick) if q is None]
+    built = iter(quiet_tensorflow() or validate(rest, restarting, need_data=False) if rest else ())
+    return [Checked(exp, *q, data_ready=False) if q else next(built) for exp, q in zip(experiments, quick)]
+
+
 def print_list(checked):
     from runner.queue import runlock
+    from runner.registry import canonical_model_name
     rows = [('index', 'run', 'model', 'params', 'dataset', 'steps', 'status')]
+    from runner.search.run import is_search, progress_text
     for c in checked:
         held = runlock.holder(RunDir.of(c.exp))
-        status = f'running in {runlock.describe(held)}' if held is not None else '-'
-        rows.append((str(c.queue_index), c.exp.run_name, c.exp.model,
+        status = progress_text(c.exp) if is_search(c.exp) else f'running in {runlock.describe(held)}' if held else '-'
+        rows.append((str(c.queue_index), c.exp.run_name, canonical_model_name(c.exp),
                      f'{c.params / 1e6:.2f}M ({c.params:,})', c.dataset, str(c.exp.total_steps),
                      status))
     _table(rows)
@@ -226,11 +254,17 @@ def _table(rows):
 def train_all(checked, fail_fast):
     """Train each run this process can claim; a run another live process holds is skipped
     (see the module docstring for what that means for the exit status)."""
+    from runner.search.run import is_search, run_search
     from runner.training import checkpoints
     results = []
     for c in checked:
         exp = c.exp
         run_dir = RunDir.of(exp)
+        if is_search(exp):  # trains trials of the study until it has none left for this process
+            results += run_search(exp, lambda e: validate([e])[0], train_one)
+            if results and results[-1]['status'] == 'interrupted':
+                break
+            continue
         previous = finished_before(exp)
         if previous:
             results.append(previous)
@@ -272,12 +306,12 @@ def train_all(checked, fail_fast):
         results.append(summary)
         if summary['status'] == 'interrupted':
             break  # the person asked to stop: do not start the next experiment
-        if summary['status'] != 'finished' and fail_fast:
+        if summary['status'] not in DONE and fail_fast:
             break
     return results
 
 
-def train_one(c, run_dir):
+def train_one(c, run_dir, on_evaluation=None):
     """Train one claimed run (its RunDir); its summary, whatever happens."""
     from runner.data import source as data_source
     from runner.training import checkpoints, failures, session
@@ -287,7 +321,7 @@ def train_one(c, run_dir):
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:
-        summary = session.run(exp)
+        summary = session.run(exp, on_evaluation=on_evaluation)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
         # there is no step to finish: the last checkpoint stands and is resumed from.
@@ -324,12 +358,12 @@ def print_results(results):
         rate = s.get('train_images_per_second')
         status = s.get('status', '?') + (f" in {s['held_by']}" if s.get('held_by') else '')
         rows.append((s.get('run_name', '?'), status, str(s.get('steps', '-')),
-                     err('test_top1_accuracy'), best, f'{rate:.0f}' if rate else '-',
+                     err('test_top1_accuracy'), best, rate_text(rate),
                      f"{s['wall_seconds'] / 60:.1f} min" if s.get('wall_seconds') else '-'))
     print()
     _table(rows)
     for s in results:
-        if s.get('status') not in ('finished', None) and s.get('error'):
+        if s.get('status') not in DONE + (None,) and s.get('error'):
             print(f"  {s['run_name']}: {s['error']}")
 
 
@@ -347,13 +381,9 @@ def main(argv=None):
     except ValueError:  # not the main thread
         old_term = old_int = None
     try:
-        return _main(args)
+        return output_to(_main, args)
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr)
-        return EXIT_FAILED
-    except BrokenPipeError:
-        # `--list | head -1`: the reader has gone; end quietly, also at the flush on exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     finally:
         if old_term is not None:
@@ -390,7 +420,7 @@ def _main(args):
     results = train_all(checked, args.fail_fast)
     print_results(results)
     # A run held by another live process is that process's to answer for.
-    return EXIT_OK if all(s.get('status') == 'finished' or s.get('held_by') for s in results) else EXIT_FAILED
+    return EXIT_OK if all(s.get('status') in DONE or s.get('held_by') for s in results) else EXIT_FAILED
 
 
 def checked_share(args):
@@ -401,6 +431,8 @@ def checked_share(args):
     experiments, load_error = load_selected(args)
     restarting = restarted_runs(args.restart, experiments)
     need_data = not (args.smoke or args.list)
+    if load_error and not experiments:
+        raise load_error  # nothing to validate further: no TensorFlow to wait for
     if load_error:
         # Mistakes in the files: the experiments without one are validated too, so that
         # every problem is reported in this one round.
@@ -411,8 +443,11 @@ def checked_share(args):
             raise join_errors(load_error, more) from None
         raise load_error
     share = select_indices(len(experiments), args.index, args.shard)
-    quiet_tensorflow([] if args.list else [experiments[k] for k in share])
-    checked = validate(experiments, restarting, need_data=need_data)
+    if args.list:
+        checked = listed(experiments, restarting)
+    else:
+        quiet_tensorflow([experiments[k] for k in share])
+        checked = validate(experiments, restarting, need_data=need_data)
     for k, c in enumerate(checked):
         c.queue_index = k
     return [checked[k] for k in share], restarting
@@ -503,7 +538,9 @@ def start_over(checked, restarting):
 def smoke_failed(checked, every=False, restarting=(), jobs=None, nothing='trained'):
     """The smoke run of `checked`; its failures listed on stderr. True if any failed."""
     from runner.queue import smoke
-    failures = smoke.run_smoke(checked, every=every, restarting=restarting, jobs=jobs)
+    # A search is smoke-tested at the corners of its space that change what is built.
+    tried = [corner for c in checked for corner in (c.corners or [c])]
+    failures = smoke.run_smoke(tried, every=every, restarting=restarting, jobs=jobs)
     if failures:
         print(f'\nsmoke test failed for {len(failures)} experiment(s); nothing was {nothing}:',
               file=sys.stderr)

@@ -4,23 +4,51 @@ error, "did you mean" hints, the options of the commands that read a trained run
 No TensorFlow here, and no import of another runner module: any module may use it.
 """
 import difflib
+import gc
+import os
 import re
+import sys
 
 # Exit statuses of every command (run_experiments.py and `python -m runner ...`): 0 done;
 # 1 the work failed (a run failed or diverged, some input files could not be read);
 # 2 a user error, nothing done: a wrong file, option, directory or experiment (argparse's
 # own usage errors are 2 as well).
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# How a run may end without failing: trained to the end, or stopped by a search's pruner.
+DONE = ('finished', 'pruned')
 
 WEIGHTS_HELP = ('best: the best/ checkpoint (default); last: final.weights.h5, or the latest '
                 'checkpoint of an unfinished run')
 MOVED_DATA_HELP = 'where the data is now (only needed for the class names if the data moved)'
 
 
+def output_to(main, argv):
+    """main(argv), stdout flushed; a reader of stdout that has gone (`--list | head -1`) ends
+    the command quietly and successfully: it took what it wanted, which is no failure. The
+    rest of the output goes to /dev/null, so that Python's flush at exit does not raise again
+    (the recipe of Python's documentation, signal module, "Note on SIGPIPE")."""
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside the try
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
 # What TensorFlow wraps an op's message in: the function's node name and the op's name.
 TF_DECORATIONS = re.compile(r'^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$')
 # Lines of a TensorFlow op error that are context, not the cause.
 TF_CONTEXT = ('Graph execution error', 'Detected at node', 'File "', 'Stack trace')
+
+
+def end_process(code):
+    """Exit with `code` once a command's work is done and written. gc.freeze() first: the
+    collection at interpreter exit would otherwise walk TensorFlow's objects, and an input
+    pipeline abandoned by a stopped evaluation has its threads joined there one by one
+    (20 s and more after a Ctrl-C on a busy machine) for nothing the command still needs."""
+    gc.freeze()
+    sys.exit(code)
 
 
 def first_line(error):
@@ -84,6 +112,17 @@ def add_run_options(parser, weights, data_dir_help=MOVED_DATA_HELP):
     --data-dir options of the commands that read a trained run (evaluate, predict, export)."""
     parser.add_argument('--weights', choices=weights, default=weights[0], help=WEIGHTS_HELP)
     parser.add_argument('--data-dir', metavar='DIR', help=data_dir_help)
+
+
+def rate_text(images_per_second):
+    """A training speed as tables and progress lines show it: whole images/s from 100 up,
+    three significant digits below, so that a slow run (a big model on image files, on a
+    CPU) reads 0.42, not 0."""
+    if images_per_second is None:
+        return '-'
+    if images_per_second >= 100:
+        return f'{images_per_second:,.0f}'
+    return f'{images_per_second:.3g}'
 
 
 def text_table(rows):

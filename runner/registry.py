@@ -1,18 +1,18 @@
 """Finding and building the model an experiment names.
 
-`module` is optional for this project's own models: the function is looked up in
-every module of the `models` package. Any importable module works too (a file of
-the user's own on the Python path, e.g. `module: my_models`).
+`module` is optional for this project's own models: the function is found by name in the
+zoo's registry (models.zoo). Any importable module works too (a file of the user's own on
+the Python path, e.g. `module: my_models`), its function found by name as always.
 """
 import importlib
 import importlib.util
 import inspect
 import math
 import os
-import pkgutil
 import traceback
 import warnings
 
+from models import zoo
 from runner import compat
 from runner.common import did_you_mean, first_line
 from runner.config.errors import ConfigError
@@ -20,11 +20,9 @@ from runner.rundir import FINAL_WEIGHTS, RunDir
 
 ZOO_PACKAGE = 'models'
 
-# The seed runner's spellings (001_bba23ab2ea219f51.txt), so its experiment files run with
-# only the module name changed: model names, and model_parameters keys.
-SEED_MODEL_NAMES = {f'WRN_{d}_{w}': f'cifar_WRN_{d}_{w}' for d, w in ((16, 4), (16, 8), (28, 10), (40, 4))}
-SEED_PARAMETER_NAMES = {'shortcut_mode': 'shortcut_type'}
-SEED_PACKAGE = 'Models'  # the seed's `module: 'Models.Resnets'`
+# The seed runner's `module: 'Models.Resnets'` (its model and parameter names are aliases in
+# models.zoo, so its experiment files run as written).
+SEED_PACKAGE = 'Models'
 
 
 def seed_module(module):
@@ -39,24 +37,9 @@ def seed_module(module):
         return True
 
 
-def zoo_functions():
-    """{name: (module_name, function)} for every public model function in the zoo."""
-    pkg = importlib.import_module(ZOO_PACKAGE)
-    found = {}
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.name.startswith('_') or info.name == 'layers':
-            continue
-        mod = importlib.import_module(f'{ZOO_PACKAGE}.{info.name}')
-        for name, fn in vars(mod).items():
-            if (inspect.isfunction(fn) and not name.startswith('_') and fn.__module__ == mod.__name__
-                    and 'num_classes' in inspect.signature(fn).parameters):
-                found[name] = (mod.__name__, fn)
-    return found
-
-
 def resolve_model_fn(exp):
     """The model function of an experiment; ConfigError naming module/model if it cannot be found."""
-    if exp.module and not seed_module(exp.module):
+    if exp.module and exp.module != ZOO_PACKAGE and not seed_module(exp.module):
         try:
             mod = importlib.import_module(exp.module)
         except ModuleNotFoundError as e:
@@ -65,19 +48,31 @@ def resolve_model_fn(exp):
             raise ConfigError(f"module: importing '{exp.module}' failed: {type(e).__name__}: {e}") from None
         fn = getattr(mod, exp.model, None)
         if fn is None and exp.module.split('.')[0] == ZOO_PACKAGE:
-            fn = getattr(mod, SEED_MODEL_NAMES.get(exp.model, ''), None)
+            fn = getattr(mod, zoo.canonical_name(exp.model), None)
         if not callable(fn):
             names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith('_')]
             hint = did_you_mean(exp.model, names)
             raise ConfigError(f"model: '{exp.model}' is not a function of module '{exp.module}'{hint}")
         return fn
-    zoo = zoo_functions()
-    if exp.model not in zoo and exp.model in SEED_MODEL_NAMES:
-        return zoo[SEED_MODEL_NAMES[exp.model]][1]
-    if exp.model not in zoo:
-        raise ConfigError(f"model: '{exp.model}' is not a model of this project{did_you_mean(exp.model, zoo)}; "
-                          f"set 'module' to use a model of your own")
-    return zoo[exp.model][1]
+    fn = zoo.model_function(exp.model)
+    if fn is None:
+        raise ConfigError(f"model: '{exp.model}' is not a model of this project"
+                          f"{did_you_mean(exp.model, zoo.default_cfgs)}; set 'module' to use a model of your own")
+    return fn
+
+
+def canonical_model_name(exp):
+    """The name of an experiment's model in this project's spelling (the seed runner's
+    `WRN_40_4` is `cifar_WRN_40_4`), so that --list and TensorBoard's HParams put a seed
+    file's runs beside this project's; a model of the user's keeps its name. No import."""
+    own = exp.module and exp.module.split('.')[0] != ZOO_PACKAGE and not seed_module(exp.module)
+    return exp.model if own else zoo.canonical_name(exp.model)
+
+
+def canonical_parameters(exp):
+    """An experiment's model_parameters in this project's spellings (the seed runner's
+    `shortcut_mode` is `shortcut_type` where the model function takes that)."""
+    return _renamed(inspect.signature(resolve_model_fn(exp)), exp.model_parameters)
 
 
 def _renamed(sig, model_parameters):
@@ -85,7 +80,7 @@ def _renamed(sig, model_parameters):
     project's names where the function takes those."""
     out = {}
     for key, value in model_parameters.items():
-        new = SEED_PARAMETER_NAMES.get(key)
+        new = zoo.SEED_OPTION_NAMES.get(key)
         out[new if new and key not in sig.parameters and new in sig.parameters else key] = value
     return out
 
@@ -172,6 +167,26 @@ def build_model(exp, input_shape, num_classes):
     if not hasattr(model, 'trainable_weights') or not callable(model):
         raise ConfigError(f"model: '{exp.model}' returned {type(model).__name__}, not a Keras model")
     return model
+
+
+def count_from_registry(exp):
+    """(trainable parameters, dataset description) of an experiment from the zoo's registry and
+    TFDS's metadata, without building the model or importing TensorFlow (--list); None where
+    only building it can tell (a model of the user's, an option that changes the weights, a
+    model sized by its arguments) or the data must be looked at (files, see input_from_metadata)."""
+    cfg = zoo.default_cfgs.get(zoo.canonical_name(exp.model))
+    if cfg is None or exp.module not in (None, ZOO_PACKAGE, f'{ZOO_PACKAGE}.{cfg.family}') \
+            and not seed_module(exp.module):
+        return None  # a model of the user's, or not a model at all: validation says which
+    from runner.data.source import input_from_metadata
+    found = input_from_metadata(exp.dataset)
+    if found is None:
+        return None
+    shape, classes, description = found
+    params = zoo.trainable_params(exp.model, classes, shape, exp.model_parameters)
+    if params is None:
+        return None
+    return params, f"{description} ({'x'.join(map(str, shape))}, {classes} classes)"
 
 
 def count_trainable(model):

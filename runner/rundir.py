@@ -3,6 +3,7 @@
 <logdir>/<run_name>/
     config.yaml          the fully resolved experiment (defaults filled in, data statistics)
     summary.json         status and headline numbers, rewritten at every evaluation
+    progress.json        the step a training process has reached, rewritten every few seconds
     metrics.jsonl        one JSON object per logged step (train) or evaluation (eval)
     events.out.tfevents  TensorBoard scalars and confusion matrices
     events.out.tfevents.0.overview  the HParams session, config text, input images (runner.training.tboard)
@@ -16,6 +17,11 @@
     eval-*.json          results of `python -m runner evaluate` (runner.commands.evaluate names them)
     slurm.json, slurm.out  the Slurm array task a run was submitted as, and what it printed
                          (runner.queue.slurm)
+
+<logdir>/<run_name>/ of a search (runner.search) is no run itself:
+    study.journal        the Optuna study (when search.storage is null)
+    .search.lock         taken for the instant a process claims a trial
+    trial<k>/            the run of trial k, laid out as above
 
 docs/runs.md describes them, and what happens when writing them fails.
 """
@@ -35,6 +41,7 @@ from runner.common import first_line
 
 # The names in a run directory (the layout above). Other modules reach them through RunDir.
 SUMMARY = 'summary.json'
+PROGRESS = 'progress.json'
 CONFIG = 'config.yaml'
 METRICS = 'metrics.jsonl'
 FINAL_WEIGHTS = 'final.weights.h5'
@@ -47,6 +54,9 @@ LOCK = '.lock'
 OVERVIEW = 'events.out.tfevents.0.overview'  # '0': sorts before the run's timed event files
 SUBMIT_RECORD = 'slurm.json'     # the array job and task a run was submitted as (runner.queue.slurm)
 SLURM_OUTPUT = 'slurm.out'       # what a run's Slurm tasks printed, every allocation appended
+# In the directory of a search (<logdir>/<run_name>, its trials' runs below it: runner.search).
+STUDY_JOURNAL = 'study.journal'  # the Optuna study when search.storage is null
+SEARCH_LOCK = '.search.lock'     # held for the instant a process claims a trial
 # In logdir, beside the runs: the scratch directories of a multi-worker run's other workers.
 WORKERS = '.workers'
 # Directories in a run directory that hold no run of their own (report walks the rest).
@@ -91,6 +101,7 @@ class RunDir(os.PathLike):
         return os.path.join(self.path, name)
 
     summary = property(lambda self: self._join(SUMMARY))
+    progress = property(lambda self: self._join(PROGRESS))
     config = property(lambda self: self._join(CONFIG))
     metrics = property(lambda self: self._join(METRICS))
     final_weights = property(lambda self: self._join(FINAL_WEIGHTS))
@@ -103,22 +114,26 @@ class RunDir(os.PathLike):
     overview = property(lambda self: self._join(OVERVIEW))
     submit_record = property(lambda self: self._join(SUBMIT_RECORD))
     slurm_output = property(lambda self: self._join(SLURM_OUTPUT))
+    study_journal = property(lambda self: self._join(STUDY_JOURNAL))
+    search_lock = property(lambda self: self._join(SEARCH_LOCK))
 
     def eval_file(self, stem):
         """An after-training evaluation's result file, `<stem>.json` (runner.commands.evaluate names it)."""
         return self._join(stem + '.json')
 
 
-def write_atomic(path, text):
-    """Write via a temporary file and rename, so readers never see half a file. On a full
-    disk or a refused write the old file stands, no temporary file is left, and the OSError
-    (which names the path) is raised."""
+def write_atomic(path, text, sync=True):
+    """Write via a temporary file and rename, so readers never see half a file (`sync`: on
+    disk before the rename, as a record that must survive a crash needs). On a full disk or
+    a refused write the old file stands, no temporary file is left, and the OSError (which
+    names the path) is raised."""
     tmp = f'{path}.tmp'
     try:
         with open(tmp, 'w') as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -164,6 +179,25 @@ def is_finished(summary, total_steps):
 
 def write_summary(run_dir, summary):
     write_atomic(RunDir(run_dir).summary, json.dumps(summary, indent=2, sort_keys=False) + '\n')
+
+
+def write_progress(run_dir, step, total_steps):
+    """The step the training process has reached, for `status` while it trains (summary.json
+    waits for the next checkpoint). Not synced to disk: a record of a few seconds' standing
+    needs no fsync. A record that cannot be written is skipped: a full disk is the
+    checkpoint's to report, not this record's."""
+    with contextlib.suppress(OSError):
+        write_atomic(RunDir(run_dir).progress, json.dumps({'steps': step, 'total_steps': total_steps}),
+                     sync=False)
+
+
+def read_progress(run_dir):
+    """progress.json ({'steps', 'total_steps'}), or None."""
+    try:
+        with open(RunDir(run_dir).progress) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def append_metrics(run_dir, record):

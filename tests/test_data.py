@@ -115,7 +115,7 @@ def test_tfds_path_with_mock_data():
 
 
 def test_tfds_not_prepared_and_no_download_is_one_clear_line(tmp_path):
-    cfg = DatasetConfig(name='cifar10', data_dir=str(tmp_path))
+    cfg = DatasetConfig(name='cifar10', data_dir=str(tmp_path), download=False)
     with pytest.raises(data_source.DataUnavailable) as e:
         data_loader.load(cfg)
     assert "'cifar10' is not prepared in" in str(e.value) and '\n' not in str(e.value)

@@ -1,9 +1,9 @@
 """Tests of the model zoo, after timm's tests/test_models.py and TF Model Garden's resnet_test.py.
 
-Every public model function is discovered from the ``models`` package the way the
-runner finds them (runner.registry), and must appear in EXACT_PARAMS (named models)
-or GENERIC_BUILDERS (functions that need family arguments), so a new model cannot
-escape these tests.  Each named model is built once at its native input size (a
+Every public model function is discovered by scanning the ``models`` package and must be
+the registry's (models.zoo, which the runner reads): named models with their parameter
+counts in ``default_cfgs``, family functions in GENERIC_BUILDERS with an example call, so a
+new model cannot escape these tests.  Each named model is built once at its native input size (a
 module-scoped fixture, so pytest runs all its tests together) for the parameter
 counts, the weight-decay check and the forward/gradient check (the SGD check builds a
 few small models of its own); the largest ones run forward/backward with batch 1, and
@@ -12,6 +12,7 @@ the ImageNet-size ones at a smaller input.
 
 import importlib
 import inspect
+import math
 import pkgutil
 
 import keras
@@ -21,6 +22,7 @@ import tensorflow as tf
 
 import models
 from models import layers as L
+from models import zoo
 
 CIFAR_SHAPE, IMAGENET_SHAPE = (32, 32, 3), (224, 224, 3)
 
@@ -29,7 +31,7 @@ def discover_model_functions():
     """{name: function} for every public function of every family module of ``models``."""
     found = {}
     for info in pkgutil.iter_modules(models.__path__):
-        if info.name.startswith("_") or info.name == "layers":
+        if info.name.startswith("_") or info.name in ("layers", "zoo"):
             continue
         module = importlib.import_module(f"models.{info.name}")
         for name, fn in vars(module).items():
@@ -42,42 +44,11 @@ def discover_model_functions():
 MODEL_FNS = discover_model_functions()
 
 # Trainable parameters (BN moving statistics excluded) at the native input size with
-# default arguments.  Cross-checks: WRN-28-10 equals Zagoruyko's PyTorch count,
-# DenseNet-BC-190 Huang's, ResNet-50 torchvision's, ResNet-50 v2 Keras applications'.
-EXACT_PARAMS = {
-    "cifar_vgg11": 9_228_362,
-    "cifar_vgg13": 9_413_066,
-    "cifar_vgg16": 14_724_042,
-    "cifar_vgg19": 20_035_018,
-    "cifar_vgg_bn": 14_987_722,
-    "cifar_resnet20": 269_722,
-    "cifar_resnet32": 464_154,
-    "cifar_resnet44": 658_586,
-    "cifar_resnet56": 853_018,
-    "cifar_resnet110": 1_727_962,
-    "cifar_resnet164": 1_703_258,
-    "cifar_resnet1001": 10_327_706,
-    "cifar_preact_resnet18": 11_171_274,  # mixup-cifar10's: kuangliu's 11,171,146 + stem BN
-    "cifar_WRN_16_4": 2_748_890,
-    "cifar_WRN_16_8": 10_961_370,
-    "cifar_WRN_28_10": 36_479_194,
-    "cifar_WRN_40_4": 8_949_210,
-    "cifar_resnext29_8x64d": 34_426_698,
-    "cifar_resnext29_16x64d": 68_155_210,
-    "resnet50": 25_557_032,
-    "resnet50_v2": 25_568_360,
-    "se_resnet50": 28_088_024,
-    "densenet40_k12": 1_019_722,
-    "densenet_bc100_k12": 769_162,
-    "densenet_bc250_k24": 15_324_406,
-    "densenet_bc190_k40": 25_624_430,
-    "nin_bn": 968_404,
-    "alexnet": 60_965_224,
-    "alexnet_bn": 60_966_600,
-    "zfnet_bn": 62_358_984,
-    "cifar_airbench94": 1_971_352,  # whitening kernel (288) frozen; its 24 biases train
-    "cifar_resnet9": 6_573_120,
-}
+# default arguments, as the registry records them.  Cross-checks: WRN-28-10 equals
+# Zagoruyko's PyTorch count, DenseNet-BC-190 Huang's, ResNet-50 torchvision's, ResNet-50 v2
+# Keras applications'.
+CFGS = zoo.default_cfgs
+EXACT_PARAMS = {n: c.native_params for n, c in CFGS.items() if c.params}
 
 # Functions that need family arguments: an example call and its exact count.
 GENERIC_BUILDERS = {
@@ -98,6 +69,8 @@ VARIANT_PARAMS = [
      84_762),
     ("cifar_WRN_16_4", dict(dropout=0.3), 2_748_890),
     ("cifar_airbench94", dict(widths=[32, 64, 128]), 294_360),
+    ("cifar_airbench94", dict(fused_norm=True, decay_all=False), 1_971_352),
+    ("nin_bn", dict(dropout=0.2), 968_404),
 ]
 
 # Published figures: (millions, decimals the paper gives, what it counts).  'all' is
@@ -139,7 +112,7 @@ PAPER_PARAMS = {
     "cifar_resnet9": None,
 }
 
-IMAGENET_MODELS = {"resnet50", "resnet50_v2", "se_resnet50", "alexnet", "alexnet_bn", "zfnet_bn"}
+IMAGENET_MODELS = {n for n, c in CFGS.items() if c.input_size == zoo.IMAGENET}
 # Too costly for batch 2 at native size on 2 CPU cores: forward/backward with batch 1.
 LARGE_CIFAR_MODELS = {"cifar_resnet164", "cifar_resnet1001", "cifar_resnext29_8x64d",
                       "cifar_resnext29_16x64d", "cifar_WRN_28_10", "densenet_bc190_k40",
@@ -153,12 +126,6 @@ SMALL_SIDE = {"resnet50": 64, "resnet50_v2": 64, "se_resnet50": 64,
 # tracing a tf.function for them costs close to a minute).
 SGD_MODELS = {"cifar_vgg11", "cifar_vgg_bn", "cifar_resnet20", "cifar_resnet56",
               "cifar_WRN_16_4", "densenet40_k12", "nin_bn", "cifar_airbench94"}
-# Where the paper trains with 5e-4; everything else defaults to 1e-4.
-WD_5E4 = {"cifar_vgg11", "cifar_vgg13", "cifar_vgg16", "cifar_vgg19", "cifar_vgg_bn",
-          "cifar_wide_resnet", "cifar_WRN_16_4", "cifar_WRN_16_8", "cifar_WRN_28_10",
-          "cifar_WRN_40_4", "cifar_resnext", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d",
-          "nin_bn", "alexnet", "alexnet_bn", "zfnet_bn", "cifar_airbench94", "cifar_resnet9"}
-
 SLOW = LARGE_CIFAR_MODELS | {"resnet50", "resnet50_v2", "se_resnet50"}
 NAMED = sorted(EXACT_PARAMS)
 CIFAR_NAMED = [n for n in NAMED if n not in IMAGENET_MODELS]
@@ -204,22 +171,32 @@ def native_model(request):
 # --- discovery and conventions ---------------------------------------------------------
 
 
-def test_every_model_function_is_tested():
+def test_every_model_function_is_registered_and_tested():
     assert MODEL_FNS, "no model functions discovered"
+    assert set(MODEL_FNS) == set(CFGS), "register each model function in models.zoo"
+    assert zoo.model_functions() == MODEL_FNS
     untested = set(MODEL_FNS) - set(EXACT_PARAMS) - set(GENERIC_BUILDERS)
-    assert not untested, f"add to EXACT_PARAMS or GENERIC_BUILDERS: {sorted(untested)}"
+    assert not untested, f"give a count in models.zoo or add to GENERIC_BUILDERS: {sorted(untested)}"
     assert set(EXACT_PARAMS) | set(GENERIC_BUILDERS) == set(MODEL_FNS)
     assert set(PAPER_PARAMS) == set(EXACT_PARAMS)
     assert set(models.__all__) == set(MODEL_FNS)
+    assert all(getattr(models, n) is fn for n, fn in MODEL_FNS.items())
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_FNS))
-def test_function_signature_and_docstring(name):
-    fn = MODEL_FNS[name]
+def test_function_defaults_are_the_registry_metadata(name):
+    """Native input size, classes, weight decay and the other options' defaults: the
+    function's defaults are its cfg's; its docstring is one line; a family function's
+    arguments without default are those the README table names."""
+    fn, cfg = MODEL_FNS[name], CFGS[name]
     sig = inspect.signature(fn).parameters
     native = (IMAGENET_SHAPE, 1000) if name in IMAGENET_MODELS else (CIFAR_SHAPE, 10)
     assert (sig["input_shape"].default, sig["num_classes"].default) == native
-    assert sig["weight_decay"].default == (5e-4 if name in WD_5E4 else 1e-4)
+    assert (cfg.input_size, cfg.num_classes) == native
+    assert sig["weight_decay"].default == cfg.weight_decay
+    for key, default in cfg.options:
+        assert sig[key].default == default, f"{name}: {key}"
+    assert tuple(k for k, p in sig.items() if p.default is p.empty) == cfg.required
     doc = inspect.getdoc(fn)
     assert doc and len(doc.splitlines()) == 1, f"{name}: docstring must be one line"
 
@@ -232,8 +209,9 @@ def test_family_module_docstring_cites_papers(module):
 
 @pytest.mark.parametrize("module", sorted({fn.__module__ for fn in MODEL_FNS.values()}))
 def test_a_family_writes_its_variants_one_way(module):
-    """Fixed variants are rows of the family's read-only SPECS table (frozen dataclasses)
-    keyed by their model functions; no other table (tuple rows, dicts, mapping proxies)."""
+    """Fixed variants are rows of the family's read-only SPECS table (frozen dataclasses with
+    a build method) keyed by their model functions; no other table (tuple rows, dicts,
+    mapping proxies)."""
     import dataclasses
     import types
     mod = importlib.import_module(module)
@@ -243,7 +221,9 @@ def test_a_family_writes_its_variants_one_way(module):
     for name, spec in getattr(mod, "SPECS", {}).items():
         assert isinstance(mod.SPECS, types.MappingProxyType)
         assert dataclasses.is_dataclass(spec) and type(spec).__dataclass_params__.frozen, name
+        assert callable(getattr(spec, "build", None)), name
         assert name in MODEL_FNS and MODEL_FNS[name].__module__ == module, name
+        assert CFGS[name].family == module.rsplit(".", 1)[-1], name
 
 
 # --- per named model, at native size ------------------------------------------------------
@@ -257,6 +237,17 @@ def test_exact_trainable_param_count(native_model):
         millions, decimals, counting = PAPER_PARAMS[name]
         count = trainable_count(model) - (bn_count(model) if counting == "weights" else 0)
         assert round(count / 1e6, decimals) == millions, f"{name}: {count:,} vs paper {millions}M"
+
+
+def test_registry_counts_any_number_of_classes(native_model):
+    """The registry's count at the other number of classes (10 or 1000) is the native count
+    plus what the class-sized weights (classifier, NiN's class maps and their BN) add."""
+    name, model = native_model
+    classes = model.output_shape[-1]
+    per_class = sum(math.prod(v.shape) for v in model.trainable_weights if v.shape[-1] == classes)
+    p10, p1000 = CFGS[name].params
+    assert p1000 - p10 == 990 * per_class // classes
+    assert zoo.trainable_params(name, 100) == p10 + 90 * per_class // classes
 
 
 def test_model_name_and_logits_output(native_model):
@@ -273,7 +264,7 @@ def test_weight_decay_regularises_what_the_papers_decay(native_model):
     released codes hand all parameters to the weight decay (their decay_all)."""
     name, model = native_model
     params = inspect.signature(MODEL_FNS[name]).parameters
-    wd = params["weight_decay"].default
+    wd = CFGS[name].weight_decay
     decayed = [layer.kernel for layer in model.layers
                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
     if "decay_all" in params and params["decay_all"].default:
@@ -357,6 +348,8 @@ def test_variants_and_generic_builders(name, kwargs, count):
     model = MODEL_FNS[name](**kwargs)
     assert model.name == name
     assert trainable_count(model) == count
+    # --list's count without building: the registry's where the options leave it unchanged.
+    assert zoo.trainable_params(name, 10, None, kwargs) in (None, count)
     x, y = batch(model, 2)
     with tf.GradientTape() as tape:
         loss, logits = loss_fn(model, x, y)

@@ -562,17 +562,17 @@ def test_a_second_ctrl_c_inside_one_step_exits_at_once_and_says_interrupted(imag
     assert not os.path.exists(logdir / 'r' / 'checkpoints' / 'ckpt-2.index')
 
 
-def sigterm_during_evaluation(path, tmp_path, began):
-    """Run PATH's run `r` with $SURVIVE_EVAL_MARKER at tmp_path/evaluating, send SIGTERM once
-    `began()`, and demand its 'interrupted' line within 4 s; the exit status."""
+def sigterm_during_evaluation(path, tmp_path, began, signum=signal.SIGTERM):
+    """Run PATH's run `r` with $SURVIVE_EVAL_MARKER at tmp_path/evaluating, send SIGTERM (or
+    `signum`) once `began()`, and demand its 'interrupted' line within 4 s; the exit status."""
     import time
     proc = spawn([path, '--no-smoke'], tmp_path, SURVIVE_EVAL_MARKER=str(tmp_path / 'evaluating'))
     try:
         wait_until(began, proc, timeout=120)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         start = time.monotonic()
         wait_until(lambda: 'r: interrupted at step' in (tmp_path / 'out.txt').read_text(), proc, timeout=4)
-        print(f'stopped {time.monotonic() - start:.1f} s after SIGTERM')
+        print(f'stopped {time.monotonic() - start:.1f} s after {signal.Signals(signum).name}')
         return ended_within(proc, 60)
     finally:
         if proc.poll() is None:
@@ -594,23 +594,27 @@ def test_a_stop_during_an_evaluation_ends_it_within_seconds(images, tmp_path):
     assert s['last_checkpoint'].endswith('ckpt-10')
 
 
-def test_a_stop_during_the_final_evaluation_ends_it_within_seconds_and_a_resume_finishes(images, tmp_path):
-    """The final evaluation (after the loop, when the loop's handlers are gone) is cut short by
-    SIGTERM as a periodic one is: the run is interrupted at its last step within seconds, and
-    the same command again does the final evaluation and finishes."""
+def test_a_ctrl_c_during_the_final_evaluation_ends_it_within_seconds_and_a_resume_finishes(images, tmp_path):
+    """The final evaluation (after the loop; with a validation split it reads the test split
+    anew) says it begins, and a real SIGINT once it has said so cuts it short as in a periodic
+    one: the run is interrupted at its last step within seconds, and the same command again
+    does the final evaluation, says so, writes the final weights and finishes."""
     logdir = tmp_path / 'logs'
-    marker = tmp_path / 'evaluating'
-    path = write_yaml(tmp_path / 'e.yaml', experiment(images, logdir, 'r', steps=10, module='test_survive',
-                                                      model='sleepy', model_parameters={'eval_seconds': 0.3},
-                                                      val_interval=10, eval_batch_size=2))
-    test_batches = -(-len(glob.glob(os.path.join(images, 'test', '*', '*'))) // 2)
-    # The periodic evaluation at step 10 has run whole; the final one has begun.
-    rc = sigterm_during_evaluation(path, tmp_path, lambda: marker.exists() and len(marker.read_text()) > test_batches + 1)
+    doc = experiment(images, logdir, 'r', steps=10, module='test_survive', model='sleepy',
+                     model_parameters={'eval_seconds': 0.3}, val_interval=10, eval_batch_size=2)
+    doc['dataset']['validation_fraction'] = 0.1
+    path = write_yaml(tmp_path / 'e.yaml', doc)
+    test_images = len(glob.glob(os.path.join(images, 'test', '*', '*')))
+    said = f'r: final evaluation: {test_images} images of the test split'
+    rc = sigterm_during_evaluation(path, tmp_path, lambda: said in (tmp_path / 'out.txt').read_text(),
+                                   signum=signal.SIGINT)
     s = summary(logdir / 'r')
     assert rc == 1 and s['status'] == 'interrupted' and s['steps'] == 10, s
     assert 'weights' not in s and not (logdir / 'r' / 'final.weights.h5').exists()
     proc = spawn([path, '--no-smoke'], tmp_path)
     assert ended_within(proc, 180) == 0, (tmp_path / 'err.txt').read_text()
+    out = (tmp_path / 'out.txt').read_text()
+    assert said in out and 'r: writing the final weights' in out, out
     s = summary(logdir / 'r')
     assert s['status'] == 'finished' and s['steps'] == 10 and 'test_top1_accuracy' in s, s
     assert (logdir / 'r' / 'final.weights.h5').exists()

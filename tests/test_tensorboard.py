@@ -19,8 +19,8 @@ ALL_STATUSES = ['STATUS_UNKNOWN', 'STATUS_SUCCESS', 'STATUS_FAILURE', 'STATUS_RU
 
 RUN = """
 module: tiny_models
-model: tiny_cnn
-model_parameters: {{width: 8}}
+model: {model}
+model_parameters: {model_parameters}
 dataset: {dataset}
 train_parameters:
   logdir: {logdir}
@@ -33,9 +33,10 @@ train_parameters:
 """
 
 
-def train(tmp, name, dataset, logdir, lr=0.05, extra=()):
+def train(tmp, name, dataset, logdir, lr=0.05, extra=(), model='tiny_cnn', model_parameters=None):
     path = tmp / f'{name}.yaml'
-    path.write_text(RUN.format(dataset=json.dumps(dataset), logdir=logdir, name=name, lr=lr))
+    path.write_text(RUN.format(dataset=json.dumps(dataset), logdir=logdir, name=name, lr=lr, model=model,
+                               model_parameters=json.dumps(model_parameters or {'width': 8})))
     return cli.main([str(path), '--no-smoke', *extra])
 
 
@@ -43,7 +44,8 @@ def train(tmp, name, dataset, logdir, lr=0.05, extra=()):
 def tb_runs(tmp_path_factory, cifar10_tfds_dir):
     """Tiny trained runs in one log directory, shared by the tests of this file: a TFDS run
     with a validation split, a list-file run trained in two sessions (stopped by `steps`,
-    then resumed), and a run that diverges."""
+    then resumed), and a run that diverges, its model's parameter in the seed runner's
+    spelling (shortcut_mode for shortcut_type)."""
     tmp = tmp_path_factory.mktemp('tb')
     logdir = tmp / 'logs'
     folder = make_image_folder(tmp / 'imgs')
@@ -59,7 +61,8 @@ def tb_runs(tmp_path_factory, cifar10_tfds_dir):
     lists_ds = {'list_root': folder, **lists}
     assert train(tmp, 'lists', lists_ds, logdir, extra=['--set', 'train_parameters.steps=10']) == 0
     assert train(tmp, 'lists', lists_ds, logdir) == 0  # resumed at step 10, on to 20
-    assert train(tmp, 'diverged', {'image_folder': folder}, logdir, lr=1e12) == 1
+    assert train(tmp, 'diverged', {'image_folder': folder}, logdir, lr=1e12, model='tiny_resnet_spelling',
+                 model_parameters={'width': 8, 'shortcut_mode': 'A'}) == 1
     return {'logdir': str(logdir), 'tmp': tmp, 'train_list': lists['train_list'],
             'tfds_dir': cifar10_tfds_dir}
 
@@ -163,6 +166,10 @@ def test_hparams_declare_typed_hyperparameters_and_the_metrics_that_compare_runs
                        ('model.width', 'DATA_TYPE_FLOAT64')):
         assert infos[name]['type'] == kind, infos[name]
     assert infos['steps']['description'] == infos['batch_size']['description'] == 'an integer'
+    # Only the values some run has now: 'lists' trained 10 steps, then was resumed to 20.
+    assert infos['steps']['domainDiscrete'] == [20], infos['steps']
+    # The seed's spelling in this project's column, beside the runs that spell it so.
+    assert 'model.shortcut_mode' not in infos and infos['model.shortcut_type']['domainDiscrete'] == ['A']
     assert set(infos['dataset']['domainDiscrete']) == {'cifar10', tb_runs['train_list'],
                                                        os.path.join(str(tb_runs['tmp']), 'imgs')}
     metrics = {m['name']['tag'] for m in experiment['metricInfos']}
@@ -186,6 +193,7 @@ def test_hparams_declare_typed_hyperparameters_and_the_metrics_that_compare_runs
         best = min(r['top1_error'] for r in records(logdir, run) if r['kind'] == best_kind)
         assert values['best/top1_error'] == pytest.approx(best, abs=1e-5)
         assert values['train/images_per_second'] > 0
+    assert groups['diverged']['hparams']['model.shortcut_type'] == 'A', groups['diverged']['hparams']
 
 
 @pytest.mark.slow
@@ -267,14 +275,21 @@ def test_a_run_failing_in_the_cli_shows_failure_in_hparams(tb_runs, tmp_path):
 
 
 def test_runs_starting_at_once_all_have_their_values_declared(tmp_path):
-    """Eight runs declaring their seeds at the same moment (a Slurm array): the declaration
-    is the union, or TensorBoard's table would filter out the runs whose seed it lacks."""
+    """Eight runs writing their sessions and declaring their seeds at the same moment (a Slurm
+    array): the declaration is the union, or TensorBoard's table would filter out the runs
+    whose seed it lacks."""
     import threading
     from tensorboard.plugins.hparams import metadata
     import tensorflow as tf
+    from runner.config.expand import experiment_from_dict
     from runner.training import tboard
-    threads = [threading.Thread(target=tboard.declare_experiment, args=(str(tmp_path), {'seed': k, 'model': 'm'}))
-               for k in range(8)]
+
+    def start(k):
+        exp = experiment_from_dict({'model': 'm', 'train_parameters': {'logdir': str(tmp_path),
+                                                                       'run_name': f'r{k}'}})
+        os.makedirs(tmp_path / exp.run_name)
+        tboard.write_overview(str(tmp_path / exp.run_name), exp, {'seed': k, 'model': 'm'}, '', None)
+    threads = [threading.Thread(target=start, args=(k,)) for k in range(8)]
     for t in threads:
         t.start()
     for t in threads:

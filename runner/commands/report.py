@@ -6,7 +6,8 @@ learning-curve picture per run (train and test/validation error against the step
 the learning-rate changes marked) and one picture comparing the runs' test error; when
 any run has one, the regularisers of each run (runner.config.regularisers).
 Runs are named by their path relative to LOGDIR. Repeats (`<name>/seed<k>`, the seeds of one
-directory) get a mean ± standard deviation row over their finished runs after them.
+directory) get a mean ± standard deviation row over their finished runs after them. A search's
+trials (`<name>/trial<k>`) get a section of their own (runner.commands.search_report).
 
 Default output: LOGDIR/report.md and pictures in LOGDIR/report/; with --out FILE.md the
 pictures go to FILE/ beside it. Only reads the runs: safe while they train.
@@ -22,6 +23,7 @@ import sys
 import yaml
 
 from runner import common, rundir
+from runner.commands import search_report
 from runner.config.regularisers import describe as describe_regularisers
 from runner.queue import runlock
 from runner.common import EXIT_CONFIG, EXIT_OK
@@ -151,7 +153,7 @@ def fmt_time(s):
 
 
 def fmt_rate(r):
-    return '—' if r is None else f'{r:,.0f}'
+    return '—' if r is None else common.rate_text(r)
 
 
 def _split_label(split):
@@ -213,7 +215,7 @@ def group_row(name, members):
             '—' if not steps else (f'{min(steps):,}' if min(steps) == max(steps) else f'{min(steps):,}–{max(steps):,}'),
             _pct_pm([m['final_error'] for m in done]), best,
             fmt_pct(None if members[0]['paper_error'] is None else members[0]['paper_error'] / 100),
-            _mean_std([m['images_per_second'] for m in done], lambda v: f'{v:,.0f}'),
+            _mean_std([m['images_per_second'] for m in done], common.rate_text),
             _mean_std([m['wall_seconds'] for m in done], fmt_time),
             ', '.join(f'{n} {s}' for s, n in statuses.items())]
 
@@ -456,6 +458,10 @@ def write_report(logdir, out=None):
     if problems:
         lines += ['', '## Problems', '']
         lines += [f"- **{r['name']}** ({r['status']}): {r['error']}" for r in problems]
+    for name, trials in search_report.group_trials(runs).items():
+        more, pics = search_report.section(name, trials, pic_dir, rel)
+        lines += [''] + more
+        pictures += pics
     lines += ['', '## Test error of every run', '', f'![Test error of every run]({rel}/all-runs.png)',
               '', '## Learning curves', '']
     taken = {'all-runs.png'}

@@ -7,28 +7,42 @@ import re
 
 
 from runner.common import did_you_mean
-from runner.config.errors import ConfigError
+from runner.config.errors import ConfigError, join_errors, problems_of
 from runner.config.convert import SECTIONS, unknown_key
-from runner.config.schema import (OPTIMIZER_DEFAULTS, Experiment, TrainConfig, default_of, nullable,
+from runner.config.schema import (OPTIMIZER_DEFAULTS, Experiment, SearchConfig, TrainConfig, default_of, nullable,
                                   schema_fields, uses_sgd)
 from runner.rundir import RunDir
 
 
-def check_values(exp):
-    """Checks of values that a type alone cannot express: each key against its schema
-    metadata (choices, range), then the rules that span several keys."""
-    _check_fields(exp)
-    tp, ds = exp.train_parameters, exp.dataset
-    _check_schedule(tp)
+def check_values(exp, across=True):
+    """Checks of values that a type alone cannot express: every key against its schema
+    metadata (choices, range), then, once each key is right on its own, the rules that span
+    several keys (unless not `across`: an experiment whose unknown keys were left out would
+    break them for want of those keys)."""
+    tp = exp.train_parameters
+    problems = problems_of([_check_fields, _check_run_name, _check_model_parameters], lambda c: c(exp))
+    if across and not problems:
+        problems += problems_of([_check_schedule, _check_freeze, _check_optimizer], lambda c: c(tp))
+        problems += problems_of([exp.dataset], _check_dataset)
+        problems += problems_of([exp], _check_search)
+    if problems:
+        raise join_errors(*problems)  # every problem of the experiment, not the first
+
+
+def _check_freeze(tp):
     for name, step in tp.freeze_after.items():
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ConfigError(f'train_parameters.freeze_after.{name}: expected a step (an integer '
                               f'from 0), got {step!r}')
-    _check_optimizer(tp)
-    _check_dataset(ds)
+
+
+def _check_run_name(exp):
     problem = run_name_problem(exp.run_name)
     if problem:
         raise ConfigError(f"train_parameters.run_name: '{exp.run_name}' {problem}")
+
+
+def _check_model_parameters(exp):
     bad = _non_finite(exp.model_parameters)
     if bad is not None:
         raise ConfigError(f'model_parameters.{bad[0]}: must be a finite number, got {bad[1]}')
@@ -36,25 +50,32 @@ def check_values(exp):
 
 def _check_fields(obj, prefix=''):
     """Every value of a schema object (sections too) against its field's choices and range
-    (of each item, for a list); null, where the type allows it, passes."""
-    for name, f in schema_fields(type(obj)).items():
+    (of each item, for a list); null, where the type allows it, passes. Every field's problem."""
+    def one(item):
+        name, f = item
         value, key = getattr(obj, name), prefix + name
         if dataclasses.is_dataclass(value):
             _check_fields(value, key + '.')
-            continue
-        if value is None:
-            continue
-        choices, within = f.metadata.get('choices'), f.metadata.get('within')
-        if choices and value not in choices:
-            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}"
-                              f"{did_you_mean(value, choices)}")
-        if within and isinstance(value, list):  # each item
-            bad = next((i for i, v in enumerate(value) if v not in within), None)
-            if bad is not None:
-                raise ConfigError(f'{key}[{bad}]: must {within.rule()}, got {value[bad]}')
-        elif within and value not in within:
-            raise ConfigError(f"{key}: must {within.rule()}{' or null' if nullable(f.type) else ''}, "
-                              f"got {value}")
+        elif value is not None:
+            check_value(f, key, value)
+    problems = problems_of(schema_fields(type(obj)).items(), one)
+    if problems:
+        raise join_errors(*problems)
+
+
+def check_value(f, key, value):
+    """One value against its schema field's choices and range (of each item, for a list)."""
+    choices, within = f.metadata.get('choices'), f.metadata.get('within')
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}"
+                          f"{did_you_mean(value, choices)}")
+    if within and isinstance(value, list):  # each item
+        bad = next((i for i, v in enumerate(value) if v not in within), None)
+        if bad is not None:
+            raise ConfigError(f'{key}[{bad}]: must {within.rule()}, got {value[bad]}')
+    elif within and value not in within:
+        raise ConfigError(f"{key}: must {within.rule()}{' or null' if nullable(f.type) else ''}, "
+                          f"got {value}")
 
 
 def _check_schedule(tp):
@@ -115,6 +136,34 @@ def _check_dataset(ds):
                           'dataset.class_names_file)')
 
 
+def _check_search(exp):
+    """The search section as a whole (its space is runner.search's to check): a space to
+    search, held-out data to tune on."""
+    search = exp.search
+    if not search.space:
+        if search != SearchConfig():
+            raise ConfigError('search.space: a search needs at least one key to search, e.g. '
+                              '{train_parameters.weight_decay: {low: 1.0e-5, high: 1.0e-3, log: true}}')
+        return
+    if not exp.dataset.validation_fraction:
+        raise ConfigError('search: needs held-out data to tune on; set dataset.validation_fraction '
+                          '(e.g. 0.1): a search never reads the test split to choose')
+
+
+def check_search_sweep(search, grid, repeats):
+    """A search with grid is a search per point of the grid; with repeats it means nothing
+    a search can keep (a trial is one run), and a key both swept and searched neither."""
+    space = search.get('space') if isinstance(search, dict) else None
+    if not isinstance(space, dict) or not space:
+        return
+    if repeats != 1:
+        raise ConfigError('repeats: not with search (a trial is one run, its seed '
+                          "train_parameters.seed); repeat the best trial's values afterwards instead")
+    both = next((k for k in grid if k in space), None)
+    if both is not None:
+        raise ConfigError(f'search.space.{both}: the grid sweeps this key too; search it or sweep it')
+
+
 def run_name_problem(name):
     """Why `name` cannot name a run directory under logdir, or None. A run name is a name,
     not a path: plain parts joined by '/', none empty, '.', '..' or hidden (a leading '.'
@@ -163,20 +212,25 @@ def _check_optimizer(tp):
                                   f'not read it ({why}); remove it')
 
 
-def check_keys(data):
-    """Unknown keys of a raw experiment, at the top and in each section, refused by their names
-    alone: before expand copies the document or any value is walked."""
+def known_keys(data):
+    """(the problems of a raw experiment's unknown keys, at the top and in each section, the
+    document without them): found by their names alone, before expand copies the document or
+    any value is walked, and left out of it so that its other keys are checked too."""
     if not isinstance(data, dict):
-        return
-    known = list(schema_fields(Experiment)) + ['grid', 'repeats']
+        return [], data
+    top = list(schema_fields(Experiment))
+    problems, kept = [], {}
     for key, value in data.items():
-        if not isinstance(key, str) or key not in known:
-            raise unknown_key(str(key), '', list(schema_fields(Experiment)))
+        if not isinstance(key, str) or key not in top:
+            problems.append(str(unknown_key(str(key), '', top)))
+            continue
         if key in SECTIONS and isinstance(value, dict):
             fields = list(schema_fields(SECTIONS[key]))
-            for sub in value:
-                if not isinstance(sub, str) or sub not in fields:
-                    raise unknown_key(str(sub), key + '.', fields)
+            unknown = [sub for sub in value if not isinstance(sub, str) or sub not in fields]
+            problems += [str(unknown_key(str(sub), key + '.', fields)) for sub in unknown]
+            value = {sub: v for sub, v in value.items() if sub not in unknown}
+        kept[key] = value
+    return problems, kept
 
 
 def check_unique_run_names(experiments):

@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Union
 
 
 from runner.common import did_you_mean
-from runner.config.errors import ConfigError
-from runner.config.schema import (DatasetConfig, PaperConfig, TrainConfig, schema_fields, type_name)
+from runner.config.errors import ConfigError, join_errors, problems_of
+from runner.config.schema import (DatasetConfig, PaperConfig, SearchConfig, TrainConfig, schema_fields,
+                                  type_name)
 
 
 def describe_value(value):
@@ -74,19 +75,25 @@ def unknown_key(key, prefix, known):
 
 
 def build(cls, data, prefix=''):
+    """A schema object from a mapping; one ConfigError naming the problem of every key."""
     known = schema_fields(cls)
     kwargs = {}
-    for key, value in data.items():
+
+    def one(item):
+        key, value = item
         if not isinstance(key, str) or key not in known:
             raise unknown_key(str(key), prefix, list(known))
         if value is None and known[key].metadata.get('null_is_default'):
-            continue  # the default, which older files spelled null
+            return  # the default, which older files spelled null
         kwargs[key] = convert(value, known[key].type, prefix + key)
-    missing = [n for n, f in known.items() if n not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f'{prefix}{missing[0]}: required key is missing')
+    problems = problems_of(data.items(), one)
+    problems += [f'{prefix}{n}: required key is missing' for n, f in known.items()
+                 if n not in data and f.default is dataclasses.MISSING
+                 and f.default_factory is dataclasses.MISSING]
+    if problems:
+        raise join_errors(*problems)
     return cls(**kwargs)
 
 
-SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper': PaperConfig}
+SECTIONS = {'dataset': DatasetConfig, 'train_parameters': TrainConfig, 'paper': PaperConfig,
+            'search': SearchConfig}

@@ -31,6 +31,18 @@ def collect_errors(items, check):
     return results
 
 
+def problems_of(items, check):
+    """The lines of every ConfigError that check(item) raises, item after item (all of
+    them, where collect_errors stops at MAX_ERRORS)."""
+    problems = []
+    for item in items:
+        try:
+            check(item)
+        except ConfigError as e:
+            problems += getattr(e, 'problems', None) or str(e).splitlines()
+    return problems
+
+
 def join_errors(*errors):
     """One ConfigError of the lines of every error or message given (None skipped), at most
     MAX_ERRORS of them, then how many more."""

@@ -37,6 +37,8 @@ AUTOAUGMENT_POLICIES = ('cifar10', 'imagenet')  # runner.data.autoaugment.POLICI
 MEAN_STD_PRESETS = ('imagenet', 'cifar10', 'cifar100')  # runner.data.loader.MEAN_STD holds their values
 OPTIMIZERS = ('sgd', 'adamw', 'lion', 'lamb', 'muon')
 MUON_OTHER = ('adamw', 'sgd')
+SEARCH_SAMPLERS = ('tpe', 'random', 'cmaes')  # Optuna's; runner.search.study builds them
+SEARCH_PRUNERS = ('none', 'median', 'successive_halving', 'hyperband')
 # The keys of train_parameters that only some optimizers read: for each, the optimizers that
 # read it and its value when null (Keras 3's defaults; see docs/optimizers.md). With muon,
 # beta_1, beta_2 and epsilon are those of its AdamW part (muon_other: adamw).
@@ -113,8 +115,9 @@ class DatasetConfig:
     data_dir: Optional[str] = _doc(
         'Where TFDS keeps prepared datasets (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
         resumable=True, default=None)
-    download: bool = _doc('Let TFDS download and prepare the dataset if it is not in data_dir.',
-                          resumable=True, default=False)
+    download: bool = _doc(
+        'Let TFDS download and prepare the dataset once if it is not in data_dir (before the smoke run); '
+        'false: only a prepared copy is read.', resumable=True, default=True)
     train_split: str = _doc('Split to train on (TFDS split syntax, e.g. "train[:90%]").',
                             default='train')
     test_split: str = _doc('Split the reported test error comes from.', default='test')
@@ -299,7 +302,7 @@ class TrainConfig:
     weight_decay: Optional[float] = _doc(
         'sgd: weight decay passed to the model function (gradient += weight_decay * w on kernels; '
         'on every weight in models whose decay_all is on: WRN, ResNeXt, DenseNet, cifar_airbench94, '
-        'cifar_resnet9); null keeps the model\'s own default (1e-4 for most models). adamw, lion, '
+        'cifar_resnet9); null keeps the model\'s own default, its paper\'s (1e-4 or 5e-4: `python -m runner zoo`). adamw, lion, '
         'lamb, muon: decoupled, w -= lr * weight_decay * w each step on the same weights, nothing '
         'in the loss; null = 0.004 (adamw, muon) or 0 (lion, lamb). See docs/optimizers.md.',
         within='[0, inf)', default=None)
@@ -382,6 +385,33 @@ class PaperConfig:
 
 
 @dataclass
+class SearchConfig:
+    trials: int = _doc('Trials of the whole study, across every process that shares it.',
+                       within='[1, inf)', default=20)
+    sampler: str = _doc(
+        "Optuna's sampler, seeded from train_parameters.seed: tpe (Bergstra et al. 2011), random "
+        'or cmaes (Hansen 2016; {choices} keys sampled at random). Every point of a grid: `grid`.',
+        choices=SEARCH_SAMPLERS, default='tpe')
+    pruner: str = _doc(
+        'What stops a trial whose validation error lags, at its evaluations: median (the median '
+        'stopping rule), successive_halving, hyperband (both from val_interval steps up), or none.',
+        choices=SEARCH_PRUNERS, default='median')
+    startup_trials: int = _doc(
+        'Trials that are never pruned and, with tpe and cmaes, sampled at random, before the '
+        "pruner and the sampler use what the earlier trials found (Optuna's n_startup_trials).",
+        within='[0, inf)', default=5)
+    storage: Optional[str] = _doc(
+        "Where the study is: null = Optuna's journal file <logdir>/<run_name>/study.journal (safe "
+        'on NFS and Lustre); or a database URL, e.g. postgresql://user@host:5432/db (pip install '
+        '"convnet-runner[postgres]"). See docs/search.md.', default=None)
+    space: Dict[str, Any] = _doc(
+        'What to search: {dotted key: {low, high, log, step} or {choices: [..]}}, keys as --set '
+        'names them, an item of a list by its index (train_parameters.lr_values[0]). Integers '
+        'when the key is an integer one or low, high and step are whole numbers. Empty = no search.',
+        default_factory=dict)
+
+
+@dataclass
 class Experiment:
     model: str = _doc('Name of the function that builds the Keras model (required).')
     module: Optional[str] = _doc(
@@ -404,10 +434,17 @@ class Experiment:
         'Sweep: {dotted key: [values]}; the document stands for the cross product, each run named '
         '<run_name>_<key>-<value>..., e.g. {model_parameters.depth: [20, 56], '
         'train_parameters.batch_size: [64, 128]}.', default_factory=dict)
+    search: SearchConfig = _doc(
+        'Hyperparameter search over a shared Optuna study: trial k is the run <run_name>/trial<k>, '
+        'tuned on the validation split (dataset.validation_fraction), pruned as it goes. With '
+        'grid, each point of the grid is a search of its own; not with repeats. docs/search.md.',
+        default_factory=SearchConfig)
 
     # Set by the loader, not by the file.
     source: str = field(default='<string>', metadata={'internal': True})
     index: int = field(default=0, metadata={'internal': True})
+    # A trial of a search: the values sampled for it ({dotted key: value}; runner.search).
+    trial_values: Dict[str, Any] = field(default_factory=dict, metadata={'internal': True})
 
     @property
     def run_name(self):
@@ -425,7 +462,7 @@ class Experiment:
 
     def to_dict(self):
         d = dataclasses.asdict(self)
-        for key in ('source', 'index', 'repeats', 'grid'):  # expanded before the run exists
+        for key in ('source', 'index', 'repeats', 'grid', 'search', 'trial_values'):  # not the run's own
             d.pop(key)
         return d
 

@@ -15,13 +15,13 @@ import tensorflow as tf
 
 from runner import rundir
 from runner.data import listings
-from runner.data.source import DataUnavailable, folder_root, listing, source_kind, tfds_builder
+from runner.data.source import (DEFAULT_IMAGENET_SIZE, DataUnavailable, folder_root, listing, source_kind,
+                                tfds_builder)
 from runner.data.transforms import decode
 from runner.rundir import RunDir
 
 # auto: images up to this many pixels on their longer side get cifar-style preprocessing.
 SMALL_IMAGE = 64
-DEFAULT_IMAGENET_SIZE = (224, 224)
 
 
 @dataclasses.dataclass

@@ -44,6 +44,8 @@ def load(cfg, info=None, limit=None, allow_synthetic=False):
     With `allow_synthetic`, data that is not on this machine is replaced by random
     images of the right shape and class count, so a smoke run needs no data.
     """
+    if allow_synthetic:  # a smoke run never downloads: random images stand in
+        cfg = dataclasses.replace(cfg, download=False)
     info = info or describe(cfg)
     prep = prep_for(cfg, info)
     try:

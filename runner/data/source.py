@@ -8,8 +8,10 @@ TFDS: https://www.tensorflow.org/datasets/api_docs/python/tfds/builder (builders
 """
 import os
 
-from runner.data import listings
 from runner.common import did_you_mean, first_line
+
+# The model input of images of varying size (imagenet preprocessing) without dataset.image_size.
+DEFAULT_IMAGENET_SIZE = (224, 224)
 
 
 class DataUnavailable(Exception):
@@ -57,8 +59,46 @@ def tfds_builder(cfg):
         raise DataUnavailable(f"dataset.name: '{cfg.name}' is not a TensorFlow Datasets name{hint}") from None
 
 
+def input_from_metadata(cfg):
+    """(model input shape, class count, description) of a TFDS dataset from TFDS's metadata,
+    without TensorFlow (tensorflow_datasets imports it only to read data), as describe gives
+    them; None where describe must look at more (files, a class-names file, a name TFDS does
+    not know, a num_classes to check against the data's)."""
+    if source_kind(cfg) != 'tfds' or cfg.class_names_file or cfg.num_classes:
+        return None
+    try:
+        features = tfds_builder(cfg).info.features
+    except DataUnavailable:
+        return None
+    if 'label' not in features or 'image' not in features:
+        return None
+    native = tuple(features['image'].shape)[:2]
+    if cfg.image_size:
+        size = tuple(cfg.image_size)
+    elif None not in native:
+        size = native
+    elif cfg.preprocessing in ('auto', 'imagenet'):
+        size = DEFAULT_IMAGENET_SIZE
+    else:
+        return None
+    return size + (3,), int(features['label'].num_classes), f'tfds {cfg.name}'
+
+
+def download_if_needed(cfg):
+    """With download on, TFDS downloads and prepares a dataset it can fetch by itself that is not
+    here yet (once, before the smoke run); DataUnavailable in one line if it cannot."""
+    if source_kind(cfg) != 'tfds' or not cfg.download:
+        return
+    b = tfds_builder(cfg)
+    if not b.is_prepared() and not getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+        host = unreachable_host(b)
+        if host:
+            raise DataUnavailable(offline_message(cfg, b, host))
+        prepared_builder(cfg)
+
+
 def data_ready(cfg):
-    """Is the experiment's data on this machine (or may TFDS download it)?"""
+    """Is the experiment's data on this machine (or may TFDS prepare it from its archives)?"""
     if source_kind(cfg) != 'tfds':
         return True  # describe() has listed the files
     b = tfds_builder(cfg)
@@ -67,7 +107,7 @@ def data_ready(cfg):
     if getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
         # Preparing needs the archives the user puts in manual_dir, network or not.
         return cfg.download and _has_manual_files(cfg, b)
-    return cfg.download
+    return False
 
 
 def _has_manual_files(cfg, builder):
@@ -101,6 +141,33 @@ def not_prepared_message(cfg, builder):
     return (f"dataset: '{cfg.name}' is not prepared in {builder.data_dir} and download is off. "
             f"Point dataset.data_dir (or TFDS_DATA_DIR) at a prepared copy, set dataset.download: true "
             f"where there is network, or use dataset.image_folder")
+
+
+def unreachable_host(builder):
+    """The host of the dataset's homepage (for CIFAR its download host too) when it cannot be
+    reached within seconds, else None: offline, TFDS would retry its download for minutes
+    before failing. Behind a proxy nothing is probed (TFDS's requests go through it)."""
+    import socket
+    import urllib.parse
+    import urllib.request
+    host = urllib.parse.urlparse(builder.info.homepage or '').hostname
+    if not host or urllib.request.getproxies():
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        return host
+    return None
+
+
+def offline_message(cfg, builder, host):
+    """The one line for a dataset that is neither here nor downloadable now: both ways out."""
+    tool = (' (for CIFAR-10 the offline quick start\'s make_tfds_cifar10.py builds one)'
+            if cfg.name == 'cifar10' else '')
+    return (f"dataset: '{cfg.name}' is not prepared in {builder.data_dir} and cannot be downloaded "
+            f"now ({host} is unreachable). With network access, run again and TFDS downloads it "
+            f"once; offline, point dataset.data_dir (or TFDS_DATA_DIR) at a prepared copy{tool}, "
+            f"or use dataset.image_folder")
 
 
 def prepared_builder(cfg):
@@ -147,6 +214,7 @@ def _which(cfg, split):
 
 def listing(cfg, split, limit=None):
     """The items of a split, nothing decoded (every source; TFDS must be prepared)."""
+    from runner.data import listings  # imports TensorFlow: only here, so --list needs none
     kind = source_kind(cfg)
     offset = getattr(cfg, 'label_offset', None) or 0
     try:

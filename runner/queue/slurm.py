@@ -6,6 +6,9 @@ and pass the smoke test. Then one `sbatch` of a generated job script:
 
 - `--array=<indices>%<max-parallel>` over the runs not finished; a task's index is the run's
   index in `--list` (runner.queue.shares), so a task always trains the run it was made for.
+  A search (runner.search) gets `search.trials` tasks: its own index and further ones after
+  the queue's, mapped to its index in the script; each trains trials of the shared study
+  until none is left, a requeued one resuming the trial it was in.
 - `--requeue`: a task that Slurm stops (preemption, `scontrol requeue`) goes back to the queue.
   Slurm sends SIGTERM to every process of the job first, the runner included, which saves a
   checkpoint at the end of the step and stops (signals.StopRequest); the next allocation resumes
@@ -175,8 +178,9 @@ def train_command(args):
     return cmd + ['--no-smoke']
 
 
-def job_script(args, pending, options, jobs_dir):
-    """The batch script: `pending` is [(index, run_name, run_dir)]."""
+def job_script(args, pending, options, jobs_dir, index_of=None):
+    """The batch script: `pending` is [(task, run_name, run_dir)]; a task trains run `task` of
+    the queue, or run index_of[task] when given (a search's further tasks: search_tasks)."""
     lead = signal_lead(args)
     header = [('job-name', 'convnet-runner'),
               ('array', array_spec([k for k, _, _ in pending], args.max_parallel)),
@@ -191,6 +195,10 @@ def job_script(args, pending, options, jobs_dir):
     dirs = ' '.join(f'[{k}]={shlex.quote(d)}' for k, _, d in pending)
     names = ' '.join(f'[{k}]={shlex.quote(n)}' for k, n, _ in pending)
     cmd = ' '.join(shlex.quote(c) for c in train_command(args))
+    index = '"$SLURM_ARRAY_TASK_ID"'
+    if index_of:
+        lines.append('INDEX=(' + ' '.join(f'[{t}]={k}' for t, k in index_of.items()) + ')')
+        index = '"${INDEX[$SLURM_ARRAY_TASK_ID]}"'
     lines += [
         'set -u',
         f'RUN_DIRS=({dirs})',
@@ -208,7 +216,7 @@ def job_script(args, pending, options, jobs_dir):
         '# scontrol requeue, preemption, scancel: Slurm signals every process of the job, the',
         '# runner too, and requeues or ends the job itself; this shell waits for the checkpoint.',
         "trap 'stop=TERM' TERM",
-        f'PYTHONUNBUFFERED=1 {cmd} --index "$SLURM_ARRAY_TASK_ID" &',
+        f'PYTHONUNBUFFERED=1 {cmd} --index {index} &',
         'child=$!',
         f'[ "$stop" = {STOP_SIGNAL} ] && kill -TERM "$child" 2>/dev/null',
         '# wait returns early when a trapped signal arrives; wait again until the runner is gone.',
@@ -235,6 +243,25 @@ def write_records(pending, job_id):
             {'array_job_id': job_id, 'array_task_id': k, 'submitted': stamp}) + '\n')
 
 
+def search_tasks(checked, pending):
+    """A search is one run of the queue but as many tasks as it has trials (runner.search: each
+    task trains trials of the shared study until none is left): ([(task, name, run_dir)] of
+    the further tasks, numbered after the queue's runs, {task: the search's index}) or
+    ([], None) when no search is pending."""
+    more, index_of, task = [], {}, len(checked)
+    for k, name, run_dir in pending:
+        search = checked[k].exp.search
+        if not search.space:
+            continue
+        for _ in range(search.trials - 1):
+            more.append((task, name, run_dir))
+            index_of[task] = k
+            task += 1
+    if not more:
+        return [], None
+    return more, {**{k: k for k, _, _ in pending}, **index_of}
+
+
 class SbatchError(Exception):
     """sbatch could not be run, or refused the job (one-line message)."""
 
@@ -243,7 +270,7 @@ def validated(args):
     """The checked experiments (cli.Checked) to submit: they validate and their log
     directories can take them. ConfigError names the first problem."""
     from runner import cli, rundir
-    from runner.training import distribute, checkpoints
+    from runner.training import distribute
     from runner.config.errors import ConfigError
     from runner.config.expand import parse_overrides
     overrides = parse_overrides(args.overrides)
@@ -251,6 +278,7 @@ def validated(args):
         overrides.append(('train_parameters.logdir', args.logdir))
     experiments = cli.load_all(args.files, overrides, args.only)
     distribute.quiet_tensorflow()
+    from runner.training import checkpoints  # imports TensorFlow: after quiet_tensorflow
     checked = cli.validate(experiments)
     for c in checked:
         problem = rundir.check_writable(c.exp.train_parameters.logdir, checkpoints.checkpoint_bytes(c.params),
@@ -284,11 +312,21 @@ def submit(args, script, jobs_dir):
 
 
 def results_of(checked, run_dirs):
-    """The summaries of the runs (a stand-in for a run not started), and whether all finished."""
+    """The summaries of the runs (a stand-in for a run not started; a search's trials), and
+    whether all finished (a search: every trial of its budget finished or pruned)."""
     from runner import rundir
-    results = [rundir.read_summary(d) or {'run_name': c.exp.run_name, 'status': 'not started'}
-               for c, d in zip(checked, run_dirs)]
-    return results, all(rundir.is_finished(s, c.exp.total_steps) for s, c in zip(results, checked))
+    from runner.search.run import is_search, trial_summaries
+    results, done = [], True
+    for c, d in zip(checked, run_dirs):
+        if is_search(c.exp):
+            trials, ended = trial_summaries(c.exp)
+            results += trials
+            done = done and ended
+            continue
+        s = rundir.read_summary(d) or {'run_name': c.exp.run_name, 'status': 'not started'}
+        results.append(s)
+        done = done and rundir.is_finished(s, c.exp.total_steps)
+    return results, done
 
 
 def wait_for(proc, job_id, checked, run_dirs):
@@ -345,7 +383,8 @@ def main(argv=None):
         return EXIT_OK
     jobs_dir = os.path.join(os.path.abspath(checked[pending[0][0]].exp.train_parameters.logdir),
                             rundir.SLURM_JOBS_DIR)
-    script = job_script(args, pending, options, jobs_dir)
+    more, index_of = search_tasks(checked, pending)
+    script = job_script(args, pending + more, options, jobs_dir, index_of)
     if args.dry_run:
         print(script, end='')
         return EXIT_OK
@@ -359,8 +398,8 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return EXIT_CONFIG
     write_records(pending, job_id)
-    print(f'submitted Slurm job array {job_id}: {len(pending)} task(s), script {script_path}')
-    for k, name, run_dir in pending:
+    print(f'submitted Slurm job array {job_id}: {len(pending) + len(more)} task(s), script {script_path}')
+    for k, name, run_dir in pending + more:
         print(f'  {job_id}_{k}  {name}  -> {RunDir(run_dir).slurm_output}')
     if not args.wait:
         proc.communicate()

@@ -2,8 +2,8 @@
 finished, interrupted, failed, diverged or not started; step of total; the last test or
 validation error; the host; the Slurm job and task.
 
-Read-only and safe while runs train: it reads summary.json (written atomically, rundir) and
-the run's lock record (runlock), and probes the lock for an instant to tell a running run from
+Read-only and safe while runs train: it reads summary.json and progress.json (the step a
+running run has reached; both written atomically, rundir) and the run's lock record (runlock), and probes the lock for an instant to tell a running run from
 one whose process died (a killed run's summary still says `running`). No TensorFlow import,
 so it answers in well under a second on a login node.
 """
@@ -26,7 +26,9 @@ def find_runs(logdir):
     """Run directories under `logdir` (run names may hold '/'), sorted by run name."""
     runs = []
     for path, dirs, files in os.walk(logdir):
-        if path != logdir and any(f in files for f in RUN_FILES):
+        # A search's directory (its claim lock) holds trials, not a run of its own, even
+        # where `submit slurm` left its task's record and output in it.
+        if path != logdir and rundir.SEARCH_LOCK not in files and any(f in files for f in RUN_FILES):
             runs.append(path)
             dirs[:] = []  # checkpoints/, best/: parts of this run
             continue
@@ -84,7 +86,9 @@ def run_status(run_dir):
         status = 'interrupted'  # its process died without a word (SIGKILL, a lost node)
     else:
         status = summary.get('status', '?')
-    steps = (f"{summary.get('steps', 0)}/{summary['total_steps']}" if 'total_steps' in summary
+    # While it trains, the step it has reached (summary.json waits for the next checkpoint).
+    reached = (rundir.read_progress(run_dir) if holder is not None else None) or summary
+    steps = (f"{reached.get('steps', 0)}/{reached['total_steps']}" if 'total_steps' in reached
              else '-')
     slurm_job = _slurm_text(holder) or _slurm_text(submitted if status == 'not started' else last) \
         or _slurm_text(submitted)

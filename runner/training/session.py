@@ -23,11 +23,13 @@ import keras
 import tensorflow as tf
 
 from runner import compat, rundir
+from runner.common import rate_text
 from runner.config.regularisers import Regularisers, describe as describe_regularisers
 from runner.config.yaml_io import dump_yaml
 from runner.data import loader as data_loader
 from runner.data.info import write_data_info
-from runner.training import checkpoints, distribute, precision, tboard
+from runner.data import splits as data_splits
+from runner.training import checkpoints, distribute, precision, tboard, tta
 from runner.registry import (load_initial_weights, resolve_model_fn, resolved_model_parameters)
 from runner.training.determinism import set_op_determinism
 from runner.training.failures import worker_dir
@@ -38,13 +40,17 @@ from runner.training.trainer import Trainer
 
 # Seconds from a session's start to its first progress line at the latest.
 FIRST_LINE_SECONDS = 60
+# Seconds between two records of the step reached (progress.json, for `status`) at most.
+PROGRESS_SECONDS = 5
 
 
 # -- one run, top to bottom ---------------------------------------------------------------------
 
 
-def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
-    """Train one experiment to the end of its schedule (or resume it). Returns the summary."""
+def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None, on_evaluation=None):
+    """Train one experiment to the end of its schedule (or resume it). Returns the summary.
+    `on_evaluation(step, metrics)`, called after each periodic evaluation, returns True to end
+    the run there, checkpointed, as `pruned` (a search's pruner: runner.search)."""
     # One stop request for the whole run, its setup too: from here a signal sets a flag that
     # the run acts on where it is safe (StopRequest.stop_before_training, the steps'
     # boundaries, an evaluation's batches).
@@ -52,6 +58,7 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None):
     try:
         with stop:
             session = open_run(exp, data, quiet, max_eval_batches, stop)
+            session.on_evaluation = on_evaluation
             stop.training = True
             stop.stop_before_training()
             return session.finish(session.train())
@@ -69,10 +76,12 @@ def open_run(exp, data, quiet, max_eval_batches, stop):
     home = rundir.RunDir.of(exp)
     previous = rundir.read_summary(home) or {}
     set_op_determinism(tp.deterministic)
+    quiet = quiet or not chief
+    if data is None and not quiet:  # minutes for a large dataset: say so before they pass
+        print(f'{exp.run_name}: reading the data', flush=True)
     data = data or data_loader.load(exp.dataset)
     stop.stop_before_training()
     resuming = checkpoints.present(home.checkpoints)
-    quiet = quiet or not chief
     policy, why = precision.choose_precision(exp, data.info, strategy,
                                              previous.get('precision') if resuming else None,
                                              say=None if quiet else lambda line: print(line, flush=True))
@@ -106,10 +115,12 @@ class Session:
         self.eval_split = 'validation' if self.exp.dataset.validation_fraction else 'test'
         self.prefix = 'val' if self.eval_split == 'validation' else 'test'
         self.latest = self.resumed_from = None
+        self.last_eval = (None, None)  # (step, metrics) of this session's latest evaluation
         # With mixup or CutMix the training error is against mixed labels: the log says so.
         self.mixed = Regularisers.of(self.exp.dataset).mixing
         self.error_name = 'mixed-label error' if self.mixed else 'error'
         self.summary = {}
+        self.on_evaluation = None
 
     def say(self, line):
         if not self.quiet:
@@ -178,6 +189,8 @@ class Session:
             tboard.write_overview(str(self.dir), exp, tboard.hparam_values(exp, resolved, trainer.params, policy),
                                   config_text, grid, labels=labels)
         self.progress = Progress(exp.run_name, exp.total_steps, trainer.step, self.quiet)
+        rundir.write_progress(self.dir, trainer.step, exp.total_steps)  # `status` shows it from now
+        self.progress_due = time.time() + PROGRESS_SECONDS
         if self.resumed_from is not None and not self.quiet:
             self.progress.log(self.resumed_from, f'resuming from {self.latest}')
         self.start_wall, self.base_wall = time.time(), self.summary['wall_seconds']
@@ -218,6 +231,8 @@ class Session:
             # Every accuracy in this summary and in metrics.jsonl is of these weights and views.
             'evaluated_weights': trainer.evaluated_weights, 'eval_tta': tp.eval_tta,
         }
+        if exp.trial_values:  # a trial of a search: the values sampled for it
+            summary['trial_values'] = exp.trial_values
         for key in ('test_top1_accuracy', 'test_top5_accuracy', 'best_test_top1_accuracy',
                     'val_top1_accuracy', 'best_val_top1_accuracy', 'best_step'):
             if resumed and key in previous:
@@ -228,7 +243,7 @@ class Session:
     def train(self):
         """Train from the current step to the end of the run, logging, evaluating and
         checkpointing on the way. None when every step is done, else why the steps ended
-        early: 'diverged' or 'interrupted'."""
+        early: 'diverged', 'interrupted' or 'pruned'."""
         trainer, tp, stop, total = self.trainer, self.tp, self.stop, self.exp.total_steps
         status = None
         with self.writer.as_default():
@@ -237,10 +252,15 @@ class Session:
             # log_interval is (400 steps of a big model can take minutes); it is printed only,
             # so the logged history keeps its log_interval grid.
             first_line_due = self.last_log_time + FIRST_LINE_SECONDS
+            start = trainer.step
+            if not self.quiet:
+                self.progress.log(start, f'training; the first step also builds the step function '
+                                         f'(a progress line follows within {FIRST_LINE_SECONDS} s)')
             while trainer.step < total:
                 trainer.train_step(trainer.iterator)
                 step = trainer.step
                 self.progress.step()
+                self.note_step(step, first=step == start + 1)
                 log_now = step % tp.log_interval == 0 or step == total
                 eval_now = step % tp.val_interval == 0 or step == total
                 ckpt_now = step % tp.checkpoint_interval == 0 or eval_now
@@ -255,7 +275,9 @@ class Session:
                     self.log(step)
                 side_start = time.time()
                 if eval_now:
-                    self.evaluate_and_record(step)
+                    m = self.evaluate_and_record(step)
+                    if m is not None and self.on_evaluation and self.on_evaluation(step, m):
+                        status = 'pruned'  # checkpointed just below, as at any evaluation
                 if ckpt_now or stop:
                     # Events up to this step must be on disk before the checkpoint that a
                     # resume starts after; otherwise a kill loses them for good.
@@ -268,9 +290,23 @@ class Session:
                 if stop:
                     status = 'interrupted'
                     break
+                if status == 'pruned':
+                    break
             self.progress.close()
             self.writer.flush()
         return status
+
+    def note_step(self, step, first):
+        """After each step: the step reached in progress.json every PROGRESS_SECONDS (for
+        `status`); after a session's first step, the speed clock restarted, for that step
+        also traced the step function and filled the input pipeline (minutes for image
+        files, which read as 0 img/s)."""
+        now = time.time()
+        if first and step % self.tp.log_interval and step < self.exp.total_steps:
+            self.last_log_step, self.last_log_time = step, now
+        if now >= self.progress_due:
+            rundir.write_progress(self.dir, step, self.exp.total_steps)
+            self.progress_due = now + PROGRESS_SECONDS
 
     def diverged(self):
         """Whether a step's loss or gradient was not finite; the summary then says where."""
@@ -312,8 +348,8 @@ class Session:
                                          'images_per_second': rate, **m,
                                          'wall_seconds': round(self.wall_seconds(), 2)})
         self.progress.log(step, f'loss {m["loss"]:.4f} {self.error_name} {m["error"]:.2%} lr {lr:g} '
-                                f'{rate:.0f} img/s',
-                          postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate:.0f} img/s')
+                                f'{rate_text(rate)} img/s',
+                          postfix=f'loss={m["loss"]:.3f} err={m["error"]:.1%} {rate_text(rate)} img/s')
         self.last_log_step, self.last_log_time, self.overhead = step, time.time(), 0.0
 
     # -- evaluate and record ------------------------------------------------------------
@@ -326,9 +362,9 @@ class Session:
         self.writer.flush()
         best_before = (trainer.best_error.numpy(), trainer.best_step.numpy())
         try:
-            self.evaluate(step)
+            return self.evaluate(step)
         except EvaluationStopped:
-            pass
+            return None
         except Exception:
             trainer.best_error.assign(best_before[0])
             trainer.best_step.assign(best_before[1])
@@ -366,6 +402,7 @@ class Session:
             summary['test_top5_accuracy'] = round(m['top5_accuracy'], 6)
         summary[f'best_{prefix}_top1_accuracy'] = round(1 - float(trainer.best_error.numpy()), 6)
         summary['best_step'] = int(trainer.best_step.numpy())
+        self.last_eval = (step, m)
         self.progress.log(step, f'{prefix} top-1 error {m["top1_error"]:.2%}, top-5 {m["top5_error"]:.2%}, '
                                 f'loss {m["loss"]:.4f}{self.how}')
         return m
@@ -387,6 +424,7 @@ class Session:
         if status:
             summary['status'] = status
         rundir.write_summary(self.dir, summary)
+        rundir.write_progress(self.dir, step, self.exp.total_steps)  # never behind the summary
 
     def last_words(self):
         """A second Ctrl-C exits at once: the summary says so, with the checkpoint a resume
@@ -427,7 +465,13 @@ class Session:
         # The checkpoints keep the raw weights beside the averages; what is evaluated and
         # saved as the result is the averaged network.
         with trainer.averaged_weights():
-            final = trainer.evaluate(self.data.test, self.max_eval_batches, stop=self.stop)
+            step, final = self.last_eval
+            if self.eval_split != 'test' or step != trainer.step:
+                # Else the evaluation at this step was of these weights on the test split.
+                self.announce('final evaluation', self.data.test)
+                final = trainer.evaluate(self.data.test, self.max_eval_batches, stop=self.stop)
+                self.say(f'test top-1 error {final["top1_error"]:.2%}, top-5 {final["top5_error"]:.2%}, '
+                         f'loss {final["loss"]:.4f}{self.how}')
             summary['test_top1_accuracy'] = round(final['top1_accuracy'], 6)
             summary['test_top5_accuracy'] = round(final['top5_accuracy'], 6)
             summary['test_loss'] = round(final['loss'], 6)
@@ -436,12 +480,23 @@ class Session:
             else:
                 summary['best_test_top1_accuracy'] = max(summary.get('best_test_top1_accuracy', 0.0),
                                                          summary['test_top1_accuracy'])
+            self.say(f'writing the final weights, {self.dir.final_weights}')
             trainer.model.save_weights(self.dir.final_weights)
         summary['weights'] = rundir.FINAL_WEIGHTS
         summary.pop('error', None)
         # The traceback of a failure this run has since recovered from is history, not news.
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.dir.error_log)
+
+    def announce(self, what, split):
+        """Say which evaluation begins, and how large it is, before its minutes pass."""
+        images = data_splits.size(split)
+        if self.max_eval_batches:
+            images = min(images, self.max_eval_batches * self.tp.eval_batch_size)
+        views = tta.VIEWS[self.tp.eval_tta]
+        each = f' x {views} {self.tp.eval_tta} TTA views' if views > 1 else ''
+        self.say(f'{what}: {images} images{each} of the {split.name} split (Ctrl-C stops it; '
+                 f'the same command again does it)')
 
     def record_final_test(self, final):
         """With a validation split: the test error of the final weights in TensorBoard too
@@ -455,9 +510,14 @@ class Session:
             tboard.log_confusion('test/confusion_matrix', trainer.confusion,
                                  self.data.info.class_names, trainer.step)
         self.writer.flush()
+        if int(trainer.best_step.numpy()) == trainer.step:  # the best are the final weights
+            self.summary['best_test_top1_accuracy'] = self.summary['test_top1_accuracy']
+            return
         last_weights = [v.numpy() for v in trainer.model.weights]
         if self.best_manager.latest_checkpoint:
             tf.train.Checkpoint(model=trainer.model).restore(self.best_manager.latest_checkpoint)
+            self.announce(f'the best checkpoint on validation (step {int(trainer.best_step.numpy())})',
+                          self.data.test)
             best = trainer.evaluate(self.data.test, self.max_eval_batches, stop=self.stop)
             self.summary['best_test_top1_accuracy'] = round(best['top1_accuracy'], 6)
             for v, w in zip(trainer.model.weights, last_weights):

@@ -25,6 +25,7 @@ import tensorflow as tf
 from runner.config.regularisers import describe as describe_regularisers
 from runner.data import source as data_source
 from runner import rundir
+from runner.registry import canonical_model_name, canonical_parameters
 from runner.rundir import RunDir
 
 # Event files TensorBoard reads (any name holding 'tfevents'); '0' sorts them before the
@@ -44,7 +45,10 @@ BEST_TAG = METRICS[2][0]
 # summary.json's status -> the HParams session status. An interrupted run is neither a
 # success nor a failure yet (running the command again resumes it): unknown.
 STATUS_NAMES = {'running': 'STATUS_RUNNING', 'finished': 'STATUS_SUCCESS', 'failed': 'STATUS_FAILURE',
-                'diverged': 'STATUS_FAILURE', 'interrupted': 'STATUS_UNKNOWN'}
+                'diverged': 'STATUS_FAILURE', 'interrupted': 'STATUS_UNKNOWN',
+                # A search's trial its pruner stopped: neither a success nor a failure, and the
+                # HParams statuses have no word for it (summary, status and report say pruned).
+                'pruned': 'STATUS_UNKNOWN'}
 
 INPUT_IMAGES = 16        # the first step's grid: 4 x 4 images
 INTEGER = 'an integer'
@@ -75,8 +79,10 @@ def hparam_values(exp, resolved, params, policy):
     """{name: value} of the HParams dashboard, each of its own type (ints as ints); a setting
     that is off or absent is left out rather than given a value of another type."""
     tp, ds = resolved['train_parameters'], resolved['dataset']
+    # The seed runner's spellings in the same rows and columns as this project's.
+    model, model_parameters = canonical_model_name(exp), canonical_parameters(exp)
     values = {
-        'model': exp.model, 'params': int(params), 'dataset': dataset_source(exp.dataset),
+        'model': model, 'params': int(params), 'dataset': dataset_source(exp.dataset),
         'validation_fraction': float(ds['validation_fraction'] or 0.0), 'steps': int(exp.total_steps),
         'batch_size': tp['batch_size'], 'lr_values': str(tp['lr_values']),
         'lr_schedule': tp['lr_schedule'], 'lr_boundaries': str(tp['lr_boundaries']),
@@ -92,8 +98,10 @@ def hparam_values(exp, resolved, params, policy):
         'precision': policy, 'seed': tp['seed'],
         'regularisers': ', '.join(describe_regularisers(resolved)) or 'none',
     }
-    for key, value in exp.model_parameters.items():
+    for key, value in model_parameters.items():
         values[f'model.{key}'] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    for key, value in exp.trial_values.items():  # a search's trial: the sampled values, as named
+        values[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -124,6 +132,25 @@ def _declared(path):
     except (tf.errors.OpError, ValueError):
         return {}  # torn by a kill: declared afresh from this run's values
     return out
+
+
+def _sessions(logdir, integers):
+    """The HParams values ({name: value}) of every run's overview file under `logdir` (every
+    run TensorBoard shows, old ones moved aside by --restart too); the numbers of the names
+    in `integers` as ints, as the runs gave them."""
+    from tensorboard.plugins.hparams import metadata
+    for folder, dirs, files in os.walk(logdir):
+        dirs[:] = [d for d in dirs if not d.startswith('.') and d not in rundir.NOT_RUNS]
+        if rundir.OVERVIEW not in files:
+            continue
+        for _, value in _kept_values(RunDir(folder).overview,
+                                     lambda tag: tag == metadata.SESSION_START_INFO_TAG):
+            start = metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+            out = {}
+            for name, item in start.hparams.items():
+                v = getattr(item, item.WhichOneof('kind'))
+                out[name] = int(v) if name in integers and isinstance(v, float) and v.is_integer() else v
+            yield out
 
 
 def _write_events(path, write):
@@ -157,9 +184,15 @@ def declare_experiment(logdir, values):
 def _declare(logdir, values):
     from tensorboard.plugins.hparams import api as hp
     path = os.path.join(logdir, EXPERIMENT)
-    seen = _declared(path)
-    for name, value in values.items():
-        seen.setdefault(name, set()).add(value)
+    # The values of the sessions there are now, not of every session there ever was: a run
+    # resumed with other steps has its new value only, so the table's filters offer no value
+    # that no run has.
+    integers = {name for name, value in values.items() if _kind(value) is int}
+    integers |= {name for name, seen in _declared(path).items() if all(_kind(v) is int for v in seen)}
+    seen = {}
+    for session in list(_sessions(logdir, integers)) + [values]:
+        for name, value in session.items():
+            seen.setdefault(name, set()).add(value)
     hparams = []
     for name in sorted(seen):
         kinds = {_kind(v) for v in seen[name]}

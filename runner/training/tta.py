@@ -18,6 +18,8 @@ from runner.config.schema import TTA_MODES as MODES  # the schema holds the choi
 
 # airbench's TTA level 2: 0.5 * (image and mirror) + 0.5 * mean(shifted pairs), on logits.
 FLIP_TRANSLATE_WEIGHTS = (0.25, 0.125, 0.125, 0.25, 0.125, 0.125)
+# How many views of each image a mode evaluates (what an evaluation costs, in model calls).
+VIEWS = {'none': 1, 'flip': 2, 'flip_translate': len(FLIP_TRANSLATE_WEIGHTS), '10crop': 10}
 
 
 def tta_views(x, tta='none', crop_padding=4, crop_padding_mode='zeros'):
