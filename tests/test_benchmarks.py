@@ -151,3 +151,30 @@ def test_input_pipeline_prints_a_row_per_thread_setting_and_the_memory(tmp_path)
     assert threads == sorted({'1', str(cores)}, key=int), out
     assert re.search(r'^resident memory while streaming \(\d+\.\d epochs of 16 images, .* peak \d+ MB', out, re.M), out
     assert len(os.listdir(tmp_path / 'jpegs' / 'train')) == 10
+
+
+def test_search_prints_each_pruners_time_not_training_and_what_it_saved(image_folder, tmp_path):
+    """A search of two tiny_cnn trials of 4 steps, one process, with the median pruner and
+    without."""
+    path = tmp_path / 's.yaml'
+    path.write_text(f"""
+module: tiny_models
+model: tiny_cnn
+dataset: {{image_folder: {image_folder}, validation_fraction: 0.25}}
+train_parameters: {{run_name: s, batch_size: 16, val_interval: 2, lr_values: [0.05], lr_boundaries: [4]}}
+search:
+  trials: 2
+  pruner: median
+  startup_trials: 1
+  space:
+    train_parameters.lr_values[0]: {{low: 0.01, high: 0.1, log: true}}
+""")
+    out = bench('search.py', path, '--set', 'search.trials=2', '--processes', 1)
+    assert out.startswith(f'machine: {distribute.cpu_description()}, load average '), out
+    # without a pruner both trials train their 4 steps; the median rule may stop the second
+    for pruner, trained in (('median', r'[68] steps trained, [01]'), ('none', '8 steps trained, 0')):
+        assert re.search(rf'^pruner {pruner}: 2 trials in \d+\.\d min; not training: \d+\.\d\d% of each '
+                         rf"process's wall time; {trained} trials pruned, best validation top-1 "
+                         r'error \d+\.\d\d%$', out, re.M), out
+    assert re.search(r'^median pruner against none: [02] steps saved \(\d+%\); best validation error '
+                     r'\d+\.\d\d% against \d+\.\d\d%$', out, re.M), out
