@@ -3,6 +3,8 @@ needs per image, and how much of it the runner's train step gets.
 
     python benchmarks/roofline.py                       # airbench94 and ResNet-20, f32 and bf16
     python benchmarks/roofline.py --models cifar_airbench94 --steps 4
+    python benchmarks/roofline.py --models cifar_airbench94 --matmul 128 --batch 4 --repeats 1 \
+        --steps 2 --min-seconds 0                        # a check that it works (as CI runs it)
 
 1. Peak: a large matrix multiply (tf.linalg.matmul, --matmul cubed), and the forward and
    backward convolutions of every conv layer of each model at its training batch size
@@ -112,17 +114,17 @@ def profiler_forward_flops(model):
         return None
 
 
-def matmul_rate(n, dtype, repeats):
+def matmul_rate(n, dtype, repeats, min_seconds=0.5):
     import tensorflow as tf
     a = tf.cast(tf.random.normal([n, n]), dtype)
     b = tf.cast(tf.random.normal([n, n]), dtype)
     # One element out: the product is computed whole, without copying 4096^2 numbers back.
     f = tf.function(lambda: tf.linalg.matmul(a, b)[0, 0])
-    seconds = best_seconds(lambda: f().numpy(), repeats)
+    seconds = best_seconds(lambda: f().numpy(), repeats, min_seconds)
     return 2 * n ** 3 / seconds
 
 
-def conv_rates(shapes, batch, dtype, repeats, first, trains):
+def conv_rates(shapes, batch, dtype, repeats, first, trains, min_seconds=0.5):
     """(forward FLOP/s, forward+backward FLOP/s, seconds of forward+backward) of one conv
     layer's shapes at this batch; the backward leaves out what the step leaves out."""
     import tensorflow as tf
@@ -146,8 +148,8 @@ def conv_rates(shapes, batch, dtype, repeats, first, trains):
     kh, kw, cin, cout = k_shape
     out = tf.nn.conv2d(x[:1], w, strides, padding)
     macs = batch * out.shape[1] * out.shape[2] * cout * kh * kw * cin
-    t_fwd = best_seconds(lambda: forward().numpy(), repeats)
-    t_train = best_seconds(lambda: train().numpy(), repeats)
+    t_fwd = best_seconds(lambda: forward().numpy(), repeats, min_seconds)
+    t_train = best_seconds(lambda: train().numpy(), repeats, min_seconds)
     return 2 * macs / t_fwd, 2 * macs * (1 + (not first) + trains) / t_train, t_train
 
 
@@ -218,6 +220,9 @@ def main():
     p.add_argument('--precisions', default='float32,bfloat16')
     p.add_argument('--matmul', type=int, default=4096, help='size of the square matmul')
     p.add_argument('--repeats', type=int, default=3, help='timings per kernel (median)')
+    p.add_argument('--min-seconds', type=float, default=0.5,
+                   help='each timing loops a kernel for at least this long (default 0.5; 0: once, '
+                        'a check that the script works)')
     p.add_argument('--steps', type=int, default=5, help='timed runner steps per model and precision (0: none)')
     p.add_argument('--batch', type=int, default=None, help='batch size for every model (default: its recipe\'s)')
     p.add_argument('--model-parameter', metavar='KEY=VALUE', action='append', default=[],
@@ -256,7 +261,7 @@ def main():
 
     peak = {}
     for prec in precisions:
-        rate = matmul_rate(a.matmul, dtypes[prec], a.repeats)
+        rate = matmul_rate(a.matmul, dtypes[prec], a.repeats, a.min_seconds)
         peak[prec] = rate
         print(f'matmul {a.matmul}^3 {prec:9s} {rate / 1e9:7.1f} GFLOP/s', flush=True)
 
@@ -278,7 +283,8 @@ def main():
             for lname, kind, shapes, macs, trains, first in costs:
                 if kind != 'conv':
                     continue
-                fwd, train, seconds = conv_rates(shapes, batch, dtypes[prec], a.repeats, first, trains)
+                fwd, train, seconds = conv_rates(shapes, batch, dtypes[prec], a.repeats, first, trains,
+                                                 a.min_seconds)
                 floor_seconds += seconds
                 peak[prec] = max(peak[prec], fwd, train)
                 print(f'    {lname:14s} {str(shapes[0]):15s} {str(shapes[1]):18s} {fwd / 1e9:7.1f} '

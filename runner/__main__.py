@@ -51,7 +51,9 @@ def keys_main(argv):
     if '--update-docs' in argv or '--update-readme' in argv:  # rewrite the reference between its markers
         update_between_markers(os.path.join('docs', 'configuration.md'), 'reference', table)
         return 0
-    for r in rows:
+    # The top-level keys first: printed after a section, they would read as its keys.
+    top = [r for r in rows if r.type != 'section' and '.' not in r.key]
+    for r in top + [r for r in rows if r not in top]:
         if r.type == 'section':
             print(f'\n{r.key}:  {r.doc}')
         else:

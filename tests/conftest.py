@@ -1,4 +1,5 @@
 """Shared fixtures: the repository on sys.path, small data sets, the offline CIFAR-10 copy."""
+import glob
 import os
 import subprocess
 import sys
@@ -64,18 +65,15 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope='session')
 def slurm(tmp_path_factory):
     """A real single-node Slurm (munged, slurmctld, slurmd: tests/slurm_cluster.py) for the
-    session, SLURM_CONF set for its clients. Under CI=true the test fails when Slurm cannot
-    start; elsewhere it is skipped, saying why."""
+    session, SLURM_CONF set for its clients. Skipped, saying why, when Slurm cannot start
+    (a test using it is marked needs('slurm'): under CI=true it fails)."""
     from slurm_cluster import SlurmCluster, SlurmUnavailable
     cluster = SlurmCluster(tmp_path_factory.mktemp('slurm'))
     try:
         cluster.start()
     except (SlurmUnavailable, OSError, subprocess.SubprocessError) as e:
         cluster.stop()
-        message = f'a test Slurm cannot start here: {e}'
-        if os.environ.get('CI') == 'true':
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(f'a test Slurm cannot start here: {e}')
     old = os.environ.get('SLURM_CONF')
     os.environ['SLURM_CONF'] = cluster.conf
     try:
@@ -93,7 +91,8 @@ def cifar10_tfds_dir():
     """A TFDS data_dir holding the offline CIFAR-10 copy made from ../shared.
 
     CI builds it once and passes CONVNET_TFDS_DIR; otherwise it is built here (about a
-    minute) into .cache/ of the repository. Skipped only where ../shared is absent.
+    minute) into .cache/ of the repository. Skipped only where ../shared is absent (a test
+    using it is marked needs('cifar10-tfds'): under CI=true it fails).
     """
     data_dir = os.environ.get('CONVNET_TFDS_DIR') or os.path.join(ROOT, '.cache', 'tfds')
     if os.path.exists(os.path.join(data_dir, 'cifar10', '3.0.2', 'dataset_info.json')):
@@ -125,27 +124,67 @@ def flip_translate_views(x):
     return views + [v[:, :, ::-1] for v in views]
 
 
-# A skip for something missing from the machine (pytest.importorskip says "could not import",
-# this project's data skips say "absent"): under CI=true such a test fails instead, since CI
-# provides all of it and a silent skip would hide that a test never ran.
-MISSING_REASONS = ('absent', 'could not import')
+# What a test may need that CI provides: @pytest.mark.needs(NAME) with a NAME of this table
+# (setup.cfg registers the marker). Where it is missing the test is skipped, saying why, and
+# under CI=true it fails instead: CI provides all of it, and a silent skip would hide that a
+# test never ran. The check is the marker's, not the wording of a skip reason. A check of
+# None: the fixture that provides it skips when it cannot.
+NEEDS = {
+    'cifar10-jpeg': ('../shared/datasets/cifar10-jpeg', lambda: os.path.isdir(CIFAR_JPEG)),
+    'cifar10-tfds': ('the offline TFDS CIFAR-10 copy, built from ../shared/tools', None),
+    'seed-001': ('the seed text ../shared/seeds/001_*.txt',
+                 lambda: bool(glob.glob(os.path.join(SHARED, 'seeds', '001_*.txt')))),
+    'slurm': ('a test Slurm (munged, slurmctld, slurmd as root)', None),
+    'root': ('root, to mount a tmpfs', lambda: os.geteuid() == 0),
+}
+# Fixtures that provide one of them: every test using one (directly or through another
+# fixture) must carry the marker, or the collection fails.
+NEEDED_BY_FIXTURE = {'cifar10_tfds_dir': 'cifar10-tfds', 'slurm': 'slurm', 'mount_tmpfs': 'root',
+                     'imagenet_folder': 'cifar10-jpeg'}
 
 
-def _fail_missing_under_ci(report):
-    if (os.environ.get('CI') == 'true' and report.skipped and not hasattr(report, 'wasxfail')
-            and isinstance(report.longrepr, tuple)
-            and any(m in str(report.longrepr[2]) for m in MISSING_REASONS)):
-        report.outcome = 'failed'
-        report.longrepr = f'skipped, but CI=true needs it to run: {report.longrepr[2]}'
+def needs_of(item):
+    return [m.args[0] if m.args else None for m in item.iter_markers('needs')]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        needs = needs_of(item)
+        unknown = [n for n in needs if n not in NEEDS]
+        if unknown:
+            raise pytest.UsageError(f'{item.nodeid}: @pytest.mark.needs({unknown[0]!r}): not one of {sorted(NEEDS)}')
+        for fixture, name in NEEDED_BY_FIXTURE.items():
+            if fixture in getattr(item, 'fixturenames', ()) and name not in needs:
+                raise pytest.UsageError(f"{item.nodeid} uses the fixture {fixture}: mark it "
+                                        f"@pytest.mark.needs('{name}')")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    for name in needs_of(item):
+        what, here = NEEDS[name]
+        if here is not None and not here():
+            pytest.skip(f'needs {what}, absent here')
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    _fail_missing_under_ci(outcome.get_result())
+    report = outcome.get_result()
+    needs = needs_of(item)
+    if needs and report.skipped and os.environ.get('CI') == 'true' and not hasattr(report, 'wasxfail'):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = 'failed'
+        report.longrepr = f"marked needs({', '.join(needs)}), which CI provides, but skipped: {reason}"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
-    outcome = yield  # a module-level pytest.importorskip skips at collection
-    _fail_missing_under_ci(outcome.get_result())
+    # A module skipped whole at collection (pytest.importorskip) carries no marker to read: a
+    # package the tests import is declared in setup.cfg, so under CI=true that skip fails.
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get('CI') == 'true':
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = 'failed'
+        report.longrepr = f'a test module skipped under CI=true: {reason}'

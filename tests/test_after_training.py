@@ -208,6 +208,38 @@ def test_missing_weights_and_bad_directories_are_one_line_errors(trained, tmp_pa
                    2, "is not a directory", '--data-dir')
 
 
+def test_evaluate_a_split_saving_the_probabilities_in_a_process_of_its_own(trained, capsys):
+    """`python -m runner evaluate RUN --split train --save-probabilities` as a user types it:
+    the table names the split and its 160 images and says where the files went; the .npz holds
+    every training image's probabilities and label (40 of each class: the train split, not
+    the test split's 10), and the error and loss of those probabilities are the JSON's and
+    the table's. A split the run does not have is one line."""
+    from conftest import ROOT, subprocess_env
+    from runner.commands import evaluate
+    run_dir = trained['runs'][0]
+    p = subprocess.run([sys.executable, '-m', 'runner', 'evaluate', run_dir, '--split', 'train',
+                        '--save-probabilities'], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    stem = os.path.join(run_dir, 'eval-train-none-best')
+    with open(stem + '.json') as f:
+        result = json.load(f)
+    saved = np.load(stem + '-probabilities.npz')
+    probabilities, labels = saved['probabilities'], saved['labels']
+    assert probabilities.shape == (160, 4) and np.bincount(labels).tolist() == [40] * 4
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+    assert list(saved['class_names']) == result['class_names']
+    assert (result['split'], result['examples']) == ('train', 160)
+    assert np.mean(probabilities.argmax(axis=-1) != labels) == pytest.approx(result['top1_error'])
+    assert -np.mean(np.log(probabilities[np.arange(160), labels])) == pytest.approx(result['loss'], rel=1e-4)
+    row = next(line for line in p.stdout.splitlines() if '| train ' in line)
+    assert '| 160 ' in row and f"| {100 * result['top1_error']:.2f}% " in row, p.stdout
+    assert (f"wrote {stem}.json, eval-train-none-best-confusion.png and "
+            f"eval-train-none-best-probabilities.npz") in p.stdout, p.stdout
+    one_line_error(capsys, evaluate.main([run_dir, '--split', 'validation']), 2,
+                   'has no validation split', 'validation_fraction')
+
+
 def test_evaluate_batch_size_below_one_is_a_one_line_error(trained, capsys):
     """--batch-size -4 ended in a traceback and 0 silently meant the default."""
     from runner.commands import evaluate
@@ -243,6 +275,7 @@ def write_images(d, image_folder):
     return files
 
 
+@pytest.mark.needs('cifar10-jpeg')  # three CIFAR-10 photographs among the files
 def test_predict_images_of_any_kind_with_one_line_per_broken_file(trained, tmp_path, capsys):
     import tensorflow as tf
     from runner.commands import evaluate, inference, predict
@@ -388,6 +421,7 @@ train_parameters:
 CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 
 
+@pytest.mark.needs('cifar10-tfds')
 def test_class_names_of_unprepared_tfds_data_come_from_the_cache(cifar10_tfds_dir, tmp_path, capsys):
     """With the data not prepared here (--data-dir elsewhere), TFDS still describes cifar10,
     but with the names "0".."9": they were exported as labels and replaced the good cache."""

@@ -151,7 +151,7 @@ def test_image_folder_of_varying_sizes_needs_image_size(tmp_path):
         data_info.describe(cfg)
 
 
-@pytest.mark.skipif(not os.path.isdir(CIFAR_JPEG), reason='../shared/datasets/cifar10-jpeg is absent')
+@pytest.mark.needs('cifar10-jpeg')
 def test_image_folder_on_the_cifar10_jpeg_copy():
     cfg = DatasetConfig(image_folder=CIFAR_JPEG)
     info = data_info.describe(cfg)
@@ -252,6 +252,7 @@ def test_a_streamed_batch_of_only_unreadable_files_is_recorded(tmp_path):
 
 
 @pytest.mark.parametrize('budget', [None, 0], ids=['cached', 'streamed'])
+@pytest.mark.needs('cifar10-tfds')
 def test_a_tfds_slice_split_with_a_smoke_limit_reads_the_real_data(cifar10_tfds_dir, budget):
     """A smoke run caps each split with `limit`; a split that is already a slice must still
     be read (it once became 'train[:2%][:32]', which TFDS refuses, and the smoke run fell

@@ -216,21 +216,47 @@ def test_keys_an_optimizer_does_not_read_are_refused(train, needles, tmp_path, c
 
 
 def test_sgd_is_the_default_and_unchanged():
-    exp = experiment_from_dict({'model': 'tiny_cnn'})
-    assert exp.train_parameters.optimizer == 'sgd'
+    """Without an optimizer key the runner trains with the seed runner's optimizer: Keras's
+    SGD, momentum 0.9, no Nesterov, the weight decay left in the model's loss as L2. Two
+    steps move every weight exactly as keras.optimizers.SGD moves a copy of it."""
+    tp = experiment_from_dict({'model': 'tiny_cnn'}).train_parameters
+    assert (tp.optimizer, tp.momentum, tp.nesterov) == ('sgd', 0.9, False)
     with pytest.raises(ConfigError):
         experiment_from_dict({'model': 'tiny_cnn', 'train_parameters': {'optimizer': 'sgd', 'epsilon': 1.0}})
+    model, variables, before, grads, _ = toy({})  # no optimizer key: the default
+    assert len(model.losses) == 2, 'the L2 of both kernels stays in the loss'
+    keras_sgd = keras.optimizers.SGD(learning_rate=0.1, momentum=0.9)
+    copies = [keras.Variable(b) for b in before]
+    keras_sgd.apply_gradients(zip(grads, copies))
+    second = [-0.5 * g for g in grads]  # a second step, against the momentum of the first
+    model.optimizer.apply_gradients(zip(second, variables))
+    keras_sgd.apply_gradients(zip(second, copies))
+    for v, c in zip(variables, copies):
+        assert v.numpy().tobytes() == c.numpy().tobytes(), v.path
+    assert all(not np.array_equal(v.numpy(), b) for v, b in zip(variables, before))
 
 
-def test_muon_leaves_a_frozen_kernel_alone():
-    """freeze_after leaves a variable out of the update: Muon then neither moves nor decays it
-    and updates the others as usual."""
-    model, variables, before, grads, _ = toy({'optimizer': 'muon'})
-    frozen, rest = variables[0], variables[1:]
-    start = [v.numpy().copy() for v in variables]
-    model.optimizer.apply_gradients(zip(grads[1:], rest))
-    assert np.array_equal(frozen.numpy(), start[0])
-    assert all(not np.array_equal(v.numpy(), s) for v, s in zip(rest, start[1:]))
+def test_muon_leaves_a_kernel_frozen_by_freeze_after_alone(tmp_path):
+    """freeze_after on a layer whose kernel Muon updates. Muon is built with every weight of
+    the model and moves the kernel (momentum and decoupled decay included) until the step
+    named; from that step the train step gives the kernel no gradient and Muon, still holding
+    its momentum, neither moves nor decays it, while the other Muon kernels train on."""
+    from test_fast import make_data, make_exp, make_trainer
+    from runner.training.optimizers import muon_variables
+    exp = make_exp(tmp_path, optimizer='muon', lr_values=[0.02], weight_decay=0.1,
+                   freeze_after={'conv2d': 2})
+    trainer = make_trainer(exp, make_data())
+    kernels = muon_variables(trainer.model)
+    frozen = trainer.model.get_layer('conv2d').kernel
+    assert frozen.path in [k.path for k in kernels] and len(kernels) == 2
+    seen = [[k.numpy().copy() for k in kernels]]
+    for _ in range(4):
+        trainer.train_step(trainer.iterator)
+        seen.append([k.numpy().copy() for k in kernels])
+    moved = [[not np.array_equal(a, b) for a, b in zip(before, after)] for before, after in zip(seen, seen[1:])]
+    i = [k.path for k in kernels].index(frozen.path)
+    assert [m[i] for m in moved] == [True, True, False, False]  # steps 1-2 train it, 3-4 do not
+    assert [m[1 - i] for m in moved] == [True] * 4
 
 
 def test_muon_takes_airbench94s_conv_filters():

@@ -1,6 +1,8 @@
 """ResNet-20 on the offline CIFAR-10 copy: a few hundred real steps learn far above chance."""
 import json
 
+import pytest
+
 from runner import cli
 
 RECIPE = """
@@ -18,6 +20,7 @@ train_parameters:
 """
 
 
+@pytest.mark.needs('cifar10-tfds')
 def test_resnet20_learns_cifar10(tmp_path, cifar10_tfds_dir, capsys):
     path = tmp_path / 'e.yaml'
     path.write_text(RECIPE.format(data_dir=cifar10_tfds_dir, logdir=tmp_path / 'logs'))

@@ -404,6 +404,7 @@ def test_submit_slurm_gives_a_search_one_task_per_trial(images, tmp_path, capsys
     assert subprocess.run(['bash', '-n'], input=script, text=True).returncode == 0
 
 
+@pytest.mark.needs('slurm')
 def test_a_search_submitted_to_slurm_trains_each_trial_once(slurm, images, tmp_path):
     """On a real Slurm: `submit slurm --wait` of a search of 3 trials, at most 2 tasks at once.
     Every trial trained once, complete in the study; --wait's table lists the trials and the

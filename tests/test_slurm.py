@@ -21,7 +21,7 @@ from conftest import ROOT, subprocess_env
 from test_resilience import (assert_same_records, assert_same_weights, eval_records, experiment,  # noqa: F401
                              images, metrics, summary, train_records, write_yaml)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs('slurm')]
 
 SUBMIT_TIMEOUT = 420  # seconds for a whole submission: TensorFlow start-ups, Slurm's delays
 

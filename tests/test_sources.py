@@ -28,9 +28,8 @@ from runner.data import (info as data_info,
 from runner.data import listings as sources
 from runner.config.schema import DatasetConfig
 
-PIL = pytest.importorskip('PIL.Image')  # installed with matplotlib, a dependency
-needs_cifar = pytest.mark.skipif(not os.path.isdir(CIFAR_JPEG),
-                                 reason='../shared/datasets/cifar10-jpeg is absent')
+from PIL import Image as PIL  # pillow: the test extra
+needs_cifar = pytest.mark.needs('cifar10-jpeg')
 
 CLASSES = ('airplane', 'automobile', 'bird')
 PER_CLASS = {'train': 12, 'test': 4}
@@ -62,8 +61,6 @@ def imagenet_folder(tmp_path_factory):
     """<root>/<split>/<class>/<image> of CIFAR-10 images upscaled to 64-96 px, sides drawn
     independently, with the ODD files among the training images. Returns (root, sizes):
     sizes maps each readable file's path relative to root to its (height, width)."""
-    if not os.path.isdir(CIFAR_JPEG):
-        pytest.skip('../shared/datasets/cifar10-jpeg is absent')
     root = tmp_path_factory.mktemp('imagenet_layout')
     rng = np.random.default_rng(7)
     sizes = {}
@@ -103,6 +100,7 @@ def readable(sizes, split='train'):
 # ---------------------------------------------------------------------------
 # Decoding odd files
 
+@needs_cifar
 def test_greyscale_cmyk_and_alpha_become_rgb(imagenet_folder, tmp_path):
     root, _ = imagenet_folder
     grey = tf_pixels(os.path.join(root, ODD['grey']))
@@ -124,6 +122,7 @@ def test_greyscale_cmyk_and_alpha_become_rgb(imagenet_folder, tmp_path):
 # ---------------------------------------------------------------------------
 # Listings: folder, list files, TFRecords
 
+@needs_cifar
 def test_folder_listing_finds_every_file_with_its_class(imagenet_folder):
     root, sizes = imagenet_folder
     listing, classes = sources.folder_listing(root, 'train')
@@ -149,6 +148,7 @@ def write_lists(root, sizes, tmp_path, extra_label=None):
             'test_list': str(tmp_path / 'test.txt'), 'class_names_file': str(tmp_path / 'names.txt')}
 
 
+@needs_cifar
 def test_list_files_read_the_same_images_and_labels_as_the_folder(imagenet_folder, tmp_path):
     root, sizes = imagenet_folder
     cfg = DatasetConfig(**write_lists(root, sizes, tmp_path), image_size=[MODEL_SIZE] * 2)
@@ -167,6 +167,7 @@ def test_list_files_read_the_same_images_and_labels_as_the_folder(imagenet_folde
                                   [CLASSES.index(r.split('/')[1]) for r in readable(sizes)])
 
 
+@needs_cifar
 def test_cached_and_streamed_give_the_same_batches(imagenet_folder, tmp_path):
     root, sizes = imagenet_folder
     lists = write_lists(root, sizes, tmp_path)  # the readable images only
@@ -186,6 +187,7 @@ def test_cached_and_streamed_give_the_same_batches(imagenet_folder, tmp_path):
 
 @pytest.mark.parametrize('augmentation', [{}, dict(alternate_flips=True, crop_padding_mode='reflect')],
                          ids=['default', 'airbench'])
+@pytest.mark.needs('cifar10-tfds')
 def test_a_tfds_dataset_streamed_gives_the_batches_it_gives_from_memory(cifar10_tfds_dir, augmentation):
     batches = {}
     for budget in (None, 0):
@@ -224,6 +226,7 @@ def write_tfrecords(root, sizes, out_dir, shards=3, label_base=1):
     return files
 
 
+@needs_cifar
 def test_tfrecord_round_trip(imagenet_folder, tmp_path, monkeypatch):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # the record index cache
     root, sizes = imagenet_folder
@@ -367,6 +370,7 @@ def test_bad_files_are_skipped_counted_and_named_never_stopping(imagenet_folder,
     assert data_loader.unreadable_report(data) is None, 'nothing new to report'
 
 
+@needs_cifar
 def test_label_outside_the_class_range_is_one_line_before_training(imagenet_folder, tmp_path, capsys):
     from runner import cli
     root, sizes = imagenet_folder
@@ -487,6 +491,7 @@ def test_stats_of_an_experiment_file_are_what_training_computes(imagenet_folder,
     assert results[0]['mean'] != results[1]['mean'] and results[0]['images'] == 38
 
 
+@pytest.mark.needs('cifar10-tfds')
 def test_stats_of_a_tfds_dataset_are_numpys(cifar10_tfds_dir, capsys, monkeypatch):
     import tensorflow_datasets as tfds
     monkeypatch.chdir(os.path.dirname(cifar10_tfds_dir))  # a relative data_dir works too

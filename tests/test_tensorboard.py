@@ -134,6 +134,7 @@ def summary(logdir, run):
 
 
 @pytest.mark.slow
+@pytest.mark.needs('cifar10-tfds')
 def test_scalars_in_tensorboard_equal_metrics_jsonl_once_per_step(board, tb_runs):
     logdir = tb_runs['logdir']
     for run, evals in (('tfds', 'val'), ('lists', 'test')):
@@ -154,6 +155,7 @@ def test_scalars_in_tensorboard_equal_metrics_jsonl_once_per_step(board, tb_runs
 
 
 @pytest.mark.slow
+@pytest.mark.needs('cifar10-tfds')
 def test_hparams_declare_typed_hyperparameters_and_the_metrics_that_compare_runs(board, tb_runs):
     logdir = tb_runs['logdir']
     experiment = board.get('/data/plugin/hparams/experiment', {'experimentName': ''})
@@ -195,6 +197,7 @@ def test_hparams_declare_typed_hyperparameters_and_the_metrics_that_compare_runs
 
 
 @pytest.mark.slow
+@pytest.mark.needs('cifar10-tfds')
 def test_images_and_config_text_are_in_tensorboard(board, tb_runs):
     import numpy as np
     import tensorflow as tf
@@ -248,6 +251,7 @@ def session_status(run_dir):
 
 @pytest.mark.parametrize('status, shown', [('interrupted', 'STATUS_UNKNOWN'), ('failed', 'STATUS_FAILURE'),
                                            ('finished', 'STATUS_SUCCESS')])
+@pytest.mark.needs('cifar10-tfds')
 def test_a_session_end_status_replaces_the_last_one(tb_runs, tmp_path, status, shown):
     import shutil
     from runner.training import tboard
@@ -257,6 +261,7 @@ def test_a_session_end_status_replaces_the_last_one(tb_runs, tmp_path, status, s
     assert session_status(str(run_dir)) == {'start': 1, 'end': [shown]}
 
 
+@pytest.mark.needs('cifar10-tfds')
 def test_a_run_failing_in_the_cli_shows_failure_in_hparams(tb_runs, tmp_path):
     """failures.record_failure, as the command line calls it for an exception, sets the status."""
     import shutil

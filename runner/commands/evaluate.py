@@ -310,7 +310,8 @@ def print_results(results, log=print):
     log('')
     for r in results:
         if 'json' in r:
-            log(f"wrote {r['json']} and {os.path.basename(r['confusion_png'])}")
+            also = [r['confusion_png']] + ([r['probabilities_npz']] if 'probabilities_npz' in r else [])
+            log(f"wrote {r['json']}, " + ' and '.join(os.path.basename(f) for f in also))
 
 
 def main(argv=None):
