@@ -169,6 +169,7 @@ def test_a_newline_in_a_slurm_option_is_refused(option, tmp_path, image_folder):
     assert 'INJECTED' not in result.stdout and not os.path.exists(tmp_path / 'logs')
 
 
+@pytest.mark.needs('slurm')
 def test_spaces_and_quotes_reach_sbatch_whole_and_dry_run_writes_nothing(tmp_path, image_folder, slurm):
     """The script of a dry run holds the values quoted; the test Slurm's `sbatch --test-only`
     takes it (unquoted, 'hello world' is an invalid directive there, and a lone quote a fatal
@@ -213,6 +214,7 @@ def test_what_could_only_fail_later_is_refused_at_validation(tmp_path, image_fol
 # ---------------------------------------------------------------------------
 # 4, 6, 10, 11. A queue on a small disk: killed, damaged, resumed
 
+ROOT_NEEDED = pytest.mark.needs('root')  # the queue's disk is a tmpfs it mounts
 QUEUE_DISK = '16m'  # a tiny run writes well under 1 MiB; the old check wanted 64 MiB free
 
 
@@ -224,10 +226,6 @@ def queue(image_folder, tmp_path_factory):
     `[1]`, an alias bomb is added to bomb's config.yaml, a line of bytes is put into b's
     metrics.jsonl and b's newest checkpoint loses its index, and the same command runs again
     to 40 steps. The children's $TMPDIR is a directory of their own."""
-    if os.geteuid() != 0:
-        if os.environ.get('CI') == 'true':
-            pytest.fail('this test mounts a tmpfs and needs root')
-        pytest.skip('mounting a tmpfs needs root')
     root = tmp_path_factory.mktemp('queue')
     logdir, tmpdir = root / 'logs', root / 'tmp'
     logdir.mkdir()
@@ -282,17 +280,20 @@ def kill_at(path, cwd, tmpdir, line_start):
     return text
 
 
+@ROOT_NEEDED
 def test_a_small_disk_takes_a_tiny_run(queue):
     """The free-space check asks for what the run writes (about 3 MiB here), not 64 MiB."""
     assert 'a step 20/20: test top-1 error' in queue['first'], queue['first']
     assert 'MiB free' not in queue['first']
 
 
+@ROOT_NEEDED
 def test_a_killed_run_leaves_no_autograph_files_in_tmpdir(queue):
     assert not [n for n in queue['leftovers'] if n.startswith('__autograph_generated_file')], \
         queue['leftovers']
 
 
+@ROOT_NEEDED
 def test_a_damaged_summary_is_one_line_and_the_queue_goes_on(queue):
     second, logdir = queue['second'], queue['logdir']
     a, bomb_line = error_lines(second, 1, count=2)
@@ -302,6 +303,7 @@ def test_a_damaged_summary_is_one_line_and_the_queue_goes_on(queue):
     assert summary['status'] == 'finished' and summary['steps'] == 40
 
 
+@ROOT_NEEDED
 def test_binary_metrics_lines_are_dropped_by_name_and_the_run_resumes(queue):
     second, logdir = queue['second'], queue['logdir']
     assert f'b: {logdir}/b/metrics.jsonl: dropped 1 damaged line(s)' in second.stderr, second.stderr
@@ -312,12 +314,14 @@ def test_binary_metrics_lines_are_dropped_by_name_and_the_run_resumes(queue):
     assert records[-1]['step'] == 40
 
 
+@ROOT_NEEDED
 def test_an_unreadable_checkpoint_is_one_line_without_tensorflow_notices(queue):
     err = queue['second'].stderr
     assert f"{queue['moved']} is unreadable" in err and 'moved to' in err, err
     assert 'deprecated' not in err and 'Instructions for updating' not in err, err
 
 
+@ROOT_NEEDED
 def test_status_and_report_show_damage_and_what_the_checkpoints_say(queue):
     """a: summary.json `[1]` beside checkpoints; c: b without summary.json (a full disk before
     the first one was written); e: b with an empty one; foreign: a folder of another tool
