@@ -88,7 +88,7 @@ def values(variables):
                           "flip_translate; did you mean 'flip'?"),
     ('bn_bias_lr_multiplier', 0, 'train_parameters.bn_bias_lr_multiplier: must be positive, got 0.0'),
     ('adapt_examples', 0, 'train_parameters.adapt_examples: must be at least 1, got 0'),
-    ('lookahead_interval', 0, 'train_parameters.lookahead_interval: must be at least 1 or null, got 0'),
+    ('lookahead_interval', 0, 'train_parameters.lookahead_interval: must be in [1, 1000000000] or null, got 0'),
     ('lookahead_decay', 0, 'train_parameters.lookahead_decay: must be in (0, 1], got 0.0'),
     ('lookahead_decay', 1.5, 'train_parameters.lookahead_decay: must be in (0, 1], got 1.5'),
 ])
