@@ -321,13 +321,21 @@ def truncate_history(run_dir, step):
     return bad
 
 
-def _truncate_event_file(path, step):
+def event_records(path):
+    """Each record of a TensorBoard event file as (its bytes, TensorBoard's Event proto), in
+    order: the one reader of event files (the resume's truncation here, runner.training.tboard's
+    HParams). A record torn by a kill ends the iteration with tf.errors.DataLossError."""
     import tensorflow as tf
     from tensorboard.compat.proto import event_pb2
+    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        yield raw, event_pb2.Event.FromString(raw)
+
+
+def _truncate_event_file(path, step):
+    import tensorflow as tf
     kept, dropped = [], 0
     try:
-        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            event = event_pb2.Event.FromString(raw)
+        for raw, event in event_records(path):
             if event.step > step and event.HasField('summary'):
                 dropped += 1
             else:

@@ -117,8 +117,7 @@ def _declared(path):
     if not os.path.exists(path):
         return out
     try:
-        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            event = tf.compat.v1.Event.FromString(raw)
+        for _, event in rundir.event_records(path):
             for v in event.summary.value:
                 if v.tag == metadata.EXPERIMENT_TAG:
                     exp = metadata.parse_experiment_plugin_data(v.metadata.plugin_data.content)
@@ -335,16 +334,16 @@ def _kept_values(path, keep):
     if not os.path.exists(path):
         return []
     try:
-        return [(event.step, v) for event in map(tf.compat.v1.Event.FromString,
-                                                 tf.data.TFRecordDataset(path).as_numpy_iterator())
+        return [(event.step, v) for _, event in rundir.event_records(path)
                 for v in event.summary.value if keep(v.tag)]
     except tf.errors.OpError:
         return []
 
 
 def _write_values(kept):
-    for step, value in kept:
-        tf.summary.experimental.write_raw_pb(tf.compat.v1.Summary(value=[value]).SerializeToString(),
+    from tensorboard.compat.proto import summary_pb2
+    for step, value in kept:  # TensorBoard's protos, as rundir.event_records reads them
+        tf.summary.experimental.write_raw_pb(summary_pb2.Summary(value=[value]).SerializeToString(),
                                              step=step)
 
 
