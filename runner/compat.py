@@ -44,6 +44,24 @@ def variable_index(optimizer, variable):
     return optimizer._get_variable_index(variable)
 
 
+def saving_names(model):
+    """The name under which Keras 3's `.weights.h5` files each of `model.layers`: made from
+    the layer's class in snake case, numbered from the second of a class (`conv2d`,
+    `conv2d_1`), never the layer's own name (keras/src/saving/saving_lib.py,
+    _save_container_state and _get_unique_name, Keras 3.0 on)."""
+    from keras.src.utils.naming import to_snake_case
+    used, out = {}, []
+    for layer in model.layers:
+        name = to_snake_case(type(layer).__name__)
+        if name in used:
+            used[name] += 1
+            name = f'{name}_{used[name]}'
+        else:
+            used[name] = 0
+        out.append(name)
+    return out
+
+
 def saved_weight_shapes(path):
     """{layer name: [shape of each of its variables, in order]} of a Keras 3 `.weights.h5`
     file, read without building a model: Keras has no public reader of the file's layout

@@ -205,8 +205,8 @@ def weight_mismatches(model, path):
     out = []
     if not saved:
         return out
-    for layer in model.layers:
-        stored = saved.get(layer.name, [])
+    for layer, key in zip(model.layers, compat.saving_names(model)):
+        stored = saved.get(key, [])
         for i, v in enumerate(layer.weights):
             have = stored[i] if i < len(stored) else None
             if have != tuple(v.shape):

@@ -58,6 +58,34 @@ def test_saved_weight_shapes_reads_a_keras_weights_file_without_a_model(tmp_path
     assert compat.saved_weight_shapes(str(tmp_path / 'w.weights.h5')) == shapes
 
 
+def test_saving_names_find_each_layer_of_a_model_with_names_of_its_own(tmp_path):
+    """A zoo model names its layers (stem_conv, ...); the file does not: each layer's variables
+    are found under the name compat.saving_names gives it."""
+    x = keras.Input((4,), name='pixels')
+    y = keras.layers.Dense(2, name='head')(keras.layers.Dense(3, name='body')(x))
+    model = keras.Model(x, y)
+    path = str(tmp_path / 'named.weights.h5')
+    model.save_weights(path)
+    shapes = compat.saved_weight_shapes(path)
+    assert compat.saving_names(model) == ['input_layer', 'dense', 'dense_1']
+    assert [shapes[key] for key in compat.saving_names(model)] == \
+        [[tuple(w.shape) for w in layer.weights] for layer in model.layers]
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='oneDNN is an x86 switch here')
 def test_onednn_enabled_answers_on_x86():
     assert compat.onednn_enabled() in (True, False)
+
+
+def test_a_warm_start_check_finds_the_layers_of_a_model_with_named_layers(tmp_path):
+    """registry.weight_mismatches reads the file by saving name: a model whose layers have names
+    of their own (every zoo model) fits its own weights, and another head is named."""
+    from runner import registry
+
+    def model(classes):
+        x = keras.Input((4,), name='pixels')
+        return keras.Model(x, keras.layers.Dense(classes, name='logits')(keras.layers.Dense(3, name='body')(x)))
+    path = str(tmp_path / 'own.weights.h5')
+    model(2).save_weights(path)
+    assert registry.weight_mismatches(model(2), path) == []
+    assert registry.weight_mismatches(model(5), path) == [('logits', 0, (3, 5), (3, 2))]
