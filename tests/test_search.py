@@ -91,6 +91,7 @@ def starts(text):
     ({'validation_fraction': 0.0}, ['search: needs held-out data', 'dataset.validation_fraction']),
     ({'storage': 'postgresql://nobody@127.0.0.1:9/none'},
      ['search.storage: cannot open postgresql://nobody@127.0.0.1:9/none']),
+    ({'unprepared': True}, ["dataset: 'cifar10' is not prepared in"]),
 ])
 def test_a_wrong_search_is_one_line_and_nothing_is_written(images, tmp_path, capsys, change, needles):
     from runner import cli
@@ -101,11 +102,14 @@ def test_a_wrong_search_is_one_line_and_nothing_is_written(images, tmp_path, cap
         doc['search']['storage'] = change['storage']
     if 'validation_fraction' in change:
         doc['dataset']['validation_fraction'] = change['validation_fraction']
+    if 'unprepared' in change:
+        doc['dataset'] = {'name': 'cifar10', 'data_dir': str(tmp_path / 'no-tfds'), 'validation_fraction': 0.1}
     for key in ('search', 'grid', 'repeats'):
         if key in change and key != 'space':
             doc[key] = change[key]
     path = write_yaml(tmp_path / 'bad.yaml', doc)
-    one_line_error(capsys, cli.main([path, '--no-smoke']), 2, *needles)
+    line = one_line_error(capsys, cli.main([path, '--no-smoke']), 2, *needles)
+    assert line.count('experiment 1') == 1, line  # labelled once, not by the corner and the search
     assert not os.path.exists(tmp_path / 'logs' / 's' / 'trial0')
 
 

@@ -469,9 +469,14 @@ class Experiment:
         return self.train_parameters.run_name or self.model
 
     @property
+    def position(self):
+        """Its file and place in it: what every label of it, and of its trials, begins with."""
+        return f"{self.source}: experiment {self.index + 1}"
+
+    @property
     def label(self):
         """How errors name this experiment: file, position and run name."""
-        return f"{self.source}: experiment {self.index + 1} ({self.run_name})"
+        return f"{self.position} ({self.run_name})"
 
     @property
     def total_steps(self):

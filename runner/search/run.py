@@ -52,7 +52,9 @@ def checked_search(exp, check_run):
     try:
         corners = check_search(exp, check_run)
     except ConfigError as e:
-        raise ConfigError(f'{exp.label}: {e}') from None
+        # A corner's own check (check_run) has labelled its error already, with the corner's name.
+        text = str(e)
+        raise ConfigError(text if text.startswith(exp.position) else f'{exp.label}: {text}') from None
     return dataclasses.replace(corners[0], exp=exp, corners=corners)
 
 
