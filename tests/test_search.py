@@ -116,13 +116,30 @@ def test_a_wrong_search_is_one_line_and_nothing_is_written(images, tmp_path, cap
 # ---------------------------------------------------------------------------
 # 2. two processes, one study: every trial trained once
 
+@pytest.mark.parametrize('sampler', ['tpe', 'random', 'cmaes'])
+def test_processes_that_ask_at_once_get_different_values(tmp_path, sampler):
+    """Two processes (two Search objects, as each process opens its own) claiming their first
+    trials before either is told: the same seed and history must not give the same values."""
+    from runner.config.expand import experiment_from_dict
+    from runner.search import space, study
+    doc = search_doc('/nowhere', tmp_path, trials=4, sampler=sampler)
+    exp = experiment_from_dict(doc)
+    searches = [study.Search(exp, space.distributions_of(exp)) for _ in range(2)]
+    claims = [s.claim_next() for s in searches]
+    assert [c.number for c in claims] == [0, 1]
+    assert claims[0].values != claims[1].values
+    for c in claims:
+        c.lock.release()
+
+
 def test_two_processes_share_one_study_and_no_trial_is_trained_twice(images, tmp_path):
     """Two processes started at once on one file: together they train exactly `trials` trials,
     each once (one start per trial across both, one session in its summary), each trial's run
     directory holds its sampled values, and the study has that many complete trials whose
     values are the runs' and whose test error is a user attribute."""
     logdir = tmp_path / 'logs'
-    path = write_yaml(tmp_path / 's.yaml', search_doc(images, logdir, trials=3, steps=4))
+    # No pruner: every trial is trained to the end, whatever values the two processes draw.
+    path = write_yaml(tmp_path / 's.yaml', search_doc(images, logdir, trials=3, steps=4, pruner='none'))
     a = Child([path, '--no-smoke'], tmp_path / 'a.err')
     b = Child([path, '--no-smoke'], tmp_path / 'b.err')
     assert a.finish() == 0, a.stdout + a.stderr
@@ -415,7 +432,7 @@ def test_a_search_submitted_to_slurm_trains_each_trial_once(slurm, images, tmp_p
     exit status is 0."""
     from test_slurm import Submission
     logdir = tmp_path / 'logs'
-    path = write_yaml(tmp_path / 's.yaml', search_doc(images, logdir, trials=3, steps=4))
+    path = write_yaml(tmp_path / 's.yaml', search_doc(images, logdir, trials=3, steps=4, pruner='none'))
     sub = Submission(tmp_path, path, '--max-parallel', '2', '--cpus-per-run', '1', '--mem-per-run', '1G',
                      '--no-smoke')
     assert sub.finish() == 0, sub.out

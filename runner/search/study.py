@@ -65,6 +65,12 @@ def make_sampler(search, seed):
                                         warn_independent_sampling=False)
 
 
+def trial_seed(seed, number):
+    """The sampler's seed for trial `number` of a search seeded `seed`: one stream per trial."""
+    import numpy as np
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
 def make_pruner(search, exp):
     import optuna
     interval = exp.train_parameters.val_interval
@@ -228,6 +234,10 @@ class Search:
                 return Claim(t.number, values, optuna.trial.Trial(self.study, trial_id), lock, True)
             if len(trials) >= self.exp.search.trials:
                 return None
+            # Seeded by the new trial's number too (Optuna numbers a study's trials 0, 1, ...,
+            # and the search lock is held): processes that ask with the same seed and the same
+            # history would otherwise draw the same values from their samplers' generators.
+            self.study.sampler = make_sampler(self.exp.search, trial_seed(self.exp.train_parameters.seed, len(trials)))
             trial = self.study.ask(self.dists)
             lock = runlock.RunLock(self._trial_dir(trial.number))
             lock.acquire()  # a new run directory: nobody else can hold it
