@@ -8,10 +8,13 @@ trained and the best validation error each search found.
 
 Each search runs in a fresh log directory as `--processes` plain processes of
 run_experiments.py (--no-smoke) started at once. A process's share not training is 1 - (the
-wall seconds its trials' summaries record) / (its wall time from its first trial's start to
-its exit): start-up and validation before the first trial are left out, every claim, every
-trial's own start-up (data, model, tracing) and the time between trials count. A benchmark,
-not a test: it asserts nothing. Record the figures in docs/benchmarks.md with the machine.
+wall seconds its trials' summaries record) / (its wall time from its first trial's first step
+to its exit): every claim, wait, check of a trial's values and trial set-up (model, weights,
+run directory) counts; the tracing of each trial's step is in its summary's seconds, which
+start just before the first step. It is printed again from the first trial's start, which
+adds the process's one reading of the dataset; start-up and validation before that are left
+out. A benchmark, not a test: it asserts nothing. Record the figures in docs/benchmarks.md
+with the machine.
 """
 import argparse
 import json
@@ -34,7 +37,7 @@ def run_process(cmd, env, out):
     """Run one process; record (time of its first trial's start, exit time, trials it trained)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
-    first, trials, errors = None, [], []
+    first, first_step, trials, errors = None, None, [], []
     for line in proc.stdout:
         if line.startswith('error:'):
             errors.append(line.strip())
@@ -42,9 +45,11 @@ def run_process(cmd, env, out):
         if m:
             first = first or time.monotonic()
             trials.append(m.group(1))
+        if first_step is None and re.match(r'^\S+/trial\d+ step \d+/\d+: training', line):
+            first_step = time.monotonic()
     proc.wait()
-    out.append({'first': first, 'end': time.monotonic(), 'trials': trials, 'rc': proc.returncode,
-                'errors': errors})
+    out.append({'first': first, 'first_step': first_step, 'end': time.monotonic(), 'trials': trials,
+                'rc': proc.returncode, 'errors': errors})
 
 
 def search(files, sets, processes, logdir):
@@ -68,11 +73,13 @@ def search(files, sets, processes, logdir):
     return records, summaries
 
 
-def idle_share(record, summaries):
-    """The share of a process's wall time (from its first trial's start) not spent in its trials."""
-    if record['first'] is None:
+def idle_share(record, summaries, since='first'):
+    """The share of a process's wall time not spent in its trials, from its first trial's start
+    (since='first': the process reads the dataset then, once) or from that trial's first step
+    (since='first_step': only claims, waits and what passes between trials)."""
+    if record[since] is None:
         return None
-    wall = record['end'] - record['first']
+    wall = record['end'] - record[since]
     busy = sum(summaries.get(t, {}).get('wall_seconds', 0.0) for t in set(record['trials']))
     return max(0.0, 1 - busy / wall) if wall > 0 else None
 
@@ -104,12 +111,14 @@ def main(argv=None):
             start = time.monotonic()
             records, summaries = search(args.files, sets + [f'search.pruner={pruner}'], args.processes, logdir)
             wall = time.monotonic() - start
-        shares = [idle_share(r, summaries) for r in records]
         steps, best, pruned = outcome(summaries)
         rows.append((pruner, steps, best, pruned))
-        shown = ', '.join('-' if s is None else f'{100 * s:.2f}%' for s in shares)
-        print(f'pruner {pruner}: {len(summaries)} trials in {wall / 60:.1f} min; not training: {shown} '
-              f'of each process\'s wall time; {steps} steps trained, {pruned} trials pruned, best '
+        between, shown = (', '.join('-' if x is None else f'{100 * x:.2f}%'
+                                    for x in (idle_share(r, summaries, since) for r in records))
+                          for since in ('first_step', 'first'))
+        print(f'pruner {pruner}: {len(summaries)} trials in {wall / 60:.1f} min; not training: {between} '
+              f'of each process\'s wall time between trials ({shown} with its reading of the dataset '
+              f'before its first trial); {steps} steps trained, {pruned} trials pruned, best '
               f'validation top-1 error {"-" if best is None else f"{100 * best:.2f}%"}'
               + ('' if all(r['rc'] == 0 for r in records) else
                  f'; exit statuses {[r["rc"] for r in records]}: {" ".join(e for r in records for e in r["errors"][:1])}'))

@@ -316,8 +316,9 @@ def train_all(checked, fail_fast):
     return results
 
 
-def train_one(c, run_dir, on_evaluation=None):
-    """Train one claimed run (its RunDir); its summary, whatever happens."""
+def train_one(c, run_dir, on_evaluation=None, read=None):
+    """Train one claimed run (its RunDir); its summary, whatever happens. `read`: how it reads
+    its dataset (session.run)."""
     from runner.data import source as data_source
     from runner.training import checkpoints, failures, session
     import keras
@@ -326,7 +327,7 @@ def train_one(c, run_dir, on_evaluation=None):
     print(f'{exp.run_name}: {verb} ({exp.model}, {c.params / 1e6:.2f}M params, '
           f'{exp.total_steps} steps) in {run_dir}', flush=True)
     try:
-        summary = session.run(exp, on_evaluation=on_evaluation)
+        summary = session.run(exp, on_evaluation=on_evaluation, read=read)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM outside the steps (loading data, the final evaluation), where
         # there is no step to finish: the last checkpoint stands and is resumed from.

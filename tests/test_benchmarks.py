@@ -174,7 +174,8 @@ search:
     # without a pruner both trials train their 4 steps; the median rule may stop the second
     for pruner, trained in (('median', r'[68] steps trained, [01]'), ('none', '8 steps trained, 0')):
         assert re.search(rf'^pruner {pruner}: 2 trials in \d+\.\d min; not training: \d+\.\d\d% of each '
-                         rf"process's wall time; {trained} trials pruned, best validation top-1 "
+                         r"process's wall time between trials \(\d+\.\d\d% with its reading of the "
+                         rf"dataset before its first trial\); {trained} trials pruned, best validation top-1 "
                          r'error \d+\.\d\d%$', out, re.M), out
     assert re.search(r'^median pruner against none: [02] steps saved \(\d+%\); best validation error '
                      r'\d+\.\d\d% against \d+\.\d\d%$', out, re.M), out

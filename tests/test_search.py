@@ -171,6 +171,25 @@ def test_two_processes_share_one_study_and_no_trial_is_trained_twice(images, tmp
         assert any(p.endswith(name) and os.path.getsize(p) > 10_000 for p in pictures), pictures
 
 
+def test_the_trials_of_one_process_read_the_dataset_once(images, tmp_path, monkeypatch, capsys):
+    """Reading the data is a process's cost, not each trial's (the benchmark's share not
+    training): three trials in one process, one read; a dataset key in the space reads again."""
+    from runner import cli
+    from runner.data import loader
+    reads = []
+    real = loader.load
+    monkeypatch.setattr(loader, 'load', lambda cfg, *a, **k: reads.append(cfg) or real(cfg, *a, **k))
+    path = write_yaml(tmp_path / 's.yaml', search_doc(images, tmp_path / 'a', trials=3, steps=4, pruner='none'))
+    assert cli.main([path, '--no-smoke']) == 0, capsys.readouterr()
+    assert len(reads) == 1
+    reads.clear()
+    space = {**SPACE, 'dataset.cutout_size': {'choices': [0, 8]}}
+    doc = search_doc(images, tmp_path / 'b', trials=3, steps=4, pruner='none', space=space)
+    assert cli.main([write_yaml(tmp_path / 't.yaml', doc), '--no-smoke']) == 0, capsys.readouterr()
+    cutouts = [cfg.cutout_size for cfg in reads]
+    assert 1 <= len(reads) <= 3 and all(a != b for a, b in zip(cutouts, cutouts[1:])), cutouts
+
+
 # ---------------------------------------------------------------------------
 # 3. pruning
 

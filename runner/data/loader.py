@@ -81,6 +81,22 @@ def load(cfg, info=None, limit=None, allow_synthetic=False):
     return data
 
 
+class LastRead:
+    """`load`, remembering the last dataset it read: runs one after another in one process that
+    read the same dataset (a search's trials) read it once. Every dataset key counts, so a
+    search over an augmentation key reads again (rarely worth a finer key)."""
+
+    def __init__(self):
+        self.cfg, self.data = None, None
+
+    def __call__(self, cfg):
+        if self.data is None or cfg != self.cfg:
+            self.cfg, self.data = None, None  # the old copy's memory back before reading the new
+            self.data = load(cfg)
+            self.cfg = cfg
+        return self.data
+
+
 def unreadable_report(data, new_only=True):
     """One warning line about the files skipped so far, or None (nothing new)."""
     counts = {}

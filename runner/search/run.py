@@ -76,8 +76,13 @@ def progress_text(exp):
 def run_search(exp, check_run, train_run):
     """Train trials of the search `exp` in this process until it has none left here; the
     summary of each. `check_run(exp)` validates a trial's run (the queue's Checked), and
-    `train_run(checked, run_dir, on_evaluation)` trains that claimed run; its summary."""
+    `train_run(checked, run_dir, on_evaluation, read=...)` trains that claimed run, reading its
+    dataset with `read`; its summary."""
+    from runner.data.loader import LastRead  # TensorFlow: not for `--list`'s progress_text
     search = study_lib.Search(exp, space.distributions_of(exp))
+    # The trials of one process read the dataset once: reading CIFAR-10 again took each trial
+    # seconds (docs/benchmarks.md, the search's share not training).
+    read = LastRead()
     results = []
     while True:
         claim = search.claim_next()
@@ -88,7 +93,7 @@ def run_search(exp, check_run, train_run):
             if claim.resumed:
                 print(f'{run.run_name}: trial {claim.number} of the search was left unfinished by '
                       f'its process; resuming it', flush=True)
-            summary = _train_trial(run, claim, check_run, train_run)
+            summary = _train_trial(run, claim, check_run, lambda *a: train_run(*a, read=read))
             search.tell(claim, summary)
         finally:
             claim.lock.release()

@@ -47,8 +47,9 @@ PROGRESS_SECONDS = 5
 # -- one run, top to bottom ---------------------------------------------------------------------
 
 
-def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None, on_evaluation=None):
+def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None, on_evaluation=None, read=None):
     """Train one experiment to the end of its schedule (or resume it). Returns the summary.
+    Without `data`, `read(exp.dataset)` reads it (default: runner.data.loader.load).
     `on_evaluation(step, metrics)`, called after each periodic evaluation, returns True to end
     the run there, checkpointed, as `pruned` (a search's pruner: runner.search)."""
     # One stop request for the whole run, its setup too: from here a signal sets a flag that
@@ -60,7 +61,7 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None, on_evalua
     own = not (distribute.is_multi_worker(tp.distribution) and not distribute.task_is_chief())
     try:
         with stop, (rundir.temporary_files_in(rundir.RunDir.of(exp)) if own else contextlib.nullcontext()):
-            session = open_run(exp, data, quiet, max_eval_batches, stop)
+            session = open_run(exp, data, quiet, max_eval_batches, stop, read)
             session.on_evaluation = on_evaluation
             stop.training = True
             stop.stop_before_training()
@@ -69,7 +70,7 @@ def run(exp, data=None, quiet=False, max_eval_batches=None, stop=None, on_evalua
         precision.set_policy('float32')
 
 
-def open_run(exp, data, quiet, max_eval_batches, stop):
+def open_run(exp, data, quiet, max_eval_batches, stop, read=None):
     """Start or resume the run: strategy, data, precision and Trainer; the checkpoint to go
     on from (or the initial weights); then the run directory's config, data info, summary
     and TensorBoard overview. A stop asked for meanwhile ends the run at the next safe point."""
@@ -82,7 +83,7 @@ def open_run(exp, data, quiet, max_eval_batches, stop):
     quiet = quiet or not chief
     if data is None and not quiet:  # minutes for a large dataset: say so before they pass
         print(f'{exp.run_name}: reading the data', flush=True)
-    data = data or data_loader.load(exp.dataset)
+    data = data or (read or data_loader.load)(exp.dataset)
     stop.stop_before_training()
     resuming = checkpoints.present(home.checkpoints)
     policy, why = precision.choose_precision(exp, data.info, strategy,
