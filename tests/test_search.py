@@ -148,6 +148,9 @@ def test_two_processes_share_one_study_and_no_trial_is_trained_twice(images, tmp
     assert sorted(started) == ['s/trial0', 's/trial1', 's/trial2'], a.stdout + b.stdout
     study = load_study(logdir)
     assert [t.state.name for t in study.trials] == ['COMPLETE'] * 3
+    # Started together, the two processes still drew different values for their first trials.
+    values = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(values)) == 3, values
     import yaml
     for t in study.trials:
         run = logdir / 's' / f'trial{t.number}'
