@@ -193,6 +193,40 @@ def test_the_trials_of_one_process_read_the_dataset_once(images, tmp_path, monke
     assert 1 <= len(reads) <= 3 and all(a != b for a, b in zip(cutouts, cutouts[1:])), cutouts
 
 
+def test_a_finished_trials_input_iterators_are_deleted_off_the_main_thread(images, tmp_path,
+                                                                          monkeypatch, capsys):
+    """Deleting a tf.data iterator can wait up to a minute for its autotuning thread
+    (runner.training.release), which held a search's processes between trials. Every iterator a
+    trial trained or evaluated from is deleted, by the end of the trial, and not on the thread
+    that goes on to the next trial."""
+    import threading
+    import weakref
+    from runner import cli
+    from runner.training import release
+    deleted_on, taken = [], []
+    real = release.delete_in_background
+
+    def watched(owner, attribute):
+        taken.append(attribute)
+        it = getattr(owner, attribute)
+        # Keep the weak reference alive in the list: its callback runs where the iterator dies.
+        deleted_on.append(weakref.ref(it, lambda _: deleted_on.append(threading.current_thread())))
+        del it
+        return real(owner, attribute)
+
+    monkeypatch.setattr(release, 'delete_in_background', watched)
+    path = write_yaml(tmp_path / 's.yaml', search_doc(images, tmp_path / 'a', trials=2, pruner='none'))
+    assert cli.main([path, '--no-smoke']) == 0, capsys.readouterr()
+    for thread in threading.enumerate():
+        if thread.name.startswith('delete-'):
+            thread.join(120)
+    threads = [t for t in deleted_on if isinstance(t, threading.Thread)]
+    # Per trial: the training batches, the evaluations at steps 4 and 8, the test.
+    assert taken.count('iterator') == 2 and taken.count('eval_iterator') >= 6, taken
+    assert len(threads) == len(taken), (len(threads), taken)
+    assert threading.main_thread() not in threads
+
+
 # ---------------------------------------------------------------------------
 # 3. pruning
 

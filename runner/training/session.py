@@ -450,6 +450,8 @@ class Session:
         """After the steps: the final evaluation of a run that trained them all, then the
         summary's status. The final evaluation honours a stop as the periodic ones do; the
         run is then interrupted at its last step, and a resume does this evaluation again."""
+        if status != 'interrupted':  # an interrupted run ends its process, which need not wait
+            self.trainer.stop_input()
         if status is None:
             try:
                 self.final_evaluation()

@@ -23,7 +23,7 @@ from runner import compat
 from runner.config.errors import ConfigError
 from runner.data import loader as data_loader
 from runner.data.source import DataUnavailable
-from runner.training import averaging, tta
+from runner.training import averaging, release, tta
 from runner.training.optimizers import build_optimizer
 from runner.registry import (build_model, count_trainable, freeze_schedule)
 from runner.training.schedule import make_lr_schedule
@@ -84,7 +84,8 @@ class Trainer:
                      for k in ('loss', 'reg_loss', 'errors', 'examples', 'steps')}
         self.loss_fn = keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=tp.label_smoothing, reduction=None)
-        self.iterator = None
+        self.iterator = None        # the training batches (start_input)
+        self.eval_iterator = None   # the batches of the evaluation under way
         self.checkpoint = self._make_checkpoint()
         # TensorFlow's frequent-retracing warning counts the traces of every tf.function made
         # from one Python function together (keyed by its code object): five Trainers in one
@@ -147,6 +148,12 @@ class Trainer:
         self.train_ds = data_loader.train_input(self.data, ds, tp.batch_size, tp.seed,
                                                 start_batch=self.step * tp.gradient_accumulation_steps)
         self.iterator = iter(self.strategy.experimental_distribute_dataset(self.train_ds))
+
+    def stop_input(self):
+        """After the last step: the training batches are deleted on a thread of their own
+        (runner.training.release: deleting them can wait for tf.data's threads)."""
+        self.train_ds = None
+        release.delete_in_background(self, 'iterator')
 
     @property
     def step(self):
@@ -313,12 +320,14 @@ class Trainer:
         totals = np.zeros(4)
         # Rows: true class, columns: predicted (TensorBoard's image of each evaluation).
         self.confusion = np.zeros((self.data.info.num_classes,) * 2)
-        for images, labels in self.strategy.experimental_distribute_dataset(ds):
-            if stop:
+        self.eval_iterator = iter(self.strategy.experimental_distribute_dataset(ds))
+        for images, labels in self.eval_iterator:
+            if stop:  # the process ends; its exit need not wait for the iterator's threads
                 raise EvaluationStopped()
             *sums, confusion = self.eval_step(images, labels)
             totals += [float(v) for v in sums]
             self.confusion += confusion.numpy()
+        release.delete_in_background(self, 'eval_iterator')  # as stop_input
         skipped = data_loader.unreadable_report(self.data)  # files skipped since the last report
         if skipped:
             print(skipped, file=sys.stderr, flush=True)
