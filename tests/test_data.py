@@ -298,3 +298,83 @@ def test_image_size_is_judged_from_images_spread_over_the_split(tmp_path):
     info = data_info.describe(DatasetConfig(image_folder=str(root)))
     assert info.preprocessing == 'imagenet'
     assert info.image_shape == (224, 224, 3), info
+
+
+# --- the decoded copy (runner.data.diskcache): start-up reads a split back, never a stale one
+
+def _count_decoding(monkeypatch, fn_name):
+    calls = []
+    real = getattr(data_splits, fn_name)
+    monkeypatch.setattr(data_splits, fn_name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def _same_data(a, b):
+    for x, y in ((a.train, b.train), (a.eval, b.eval), (a.test, b.test)):
+        assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
+        assert (x.ids is None and y.ids is None) or np.array_equal(x.ids, y.ids)
+    assert (a.mean, a.std) == (b.mean, b.std)
+
+
+def test_a_decoded_split_is_read_back_by_the_next_run_until_a_file_changes(tmp_path, monkeypatch):
+    """A split held in memory is decoded once: the next load reads its decoded copy (no image
+    decoded) and gets the same pixels, labels, held-out validation images, statistics and
+    unreadable files. An image rewritten is decoded again, and so is a damaged copy."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.setattr(data_splits, 'MIN_DECODE_SECONDS', 0.0)  # tiny splits decode at once
+    decoded = _count_decoding(monkeypatch, '_decode_all')
+    root = make_image_folder(tmp_path / 'imgs', splits=(('train', 10), ('test', 4)))
+    (tmp_path / 'imgs' / 'train' / 'class1' / '0003.png').write_bytes(b'not an image')
+    cfg = DatasetConfig(image_folder=root, validation_fraction=0.25)
+    first = data_loader.load(cfg)
+    assert len(decoded) == 2
+    second = data_loader.load(cfg)
+    assert len(decoded) == 2  # both splits read back
+    _same_data(first, second)
+    assert data_loader.unreadable_report(second, new_only=False) == \
+        data_loader.unreadable_report(first, new_only=False) != None  # noqa: E711
+    assert 'class1/0003.png' in data_loader.unreadable_report(second, new_only=False)
+
+    # One test image rewritten with other pixels: that split is decoded again, and shows them.
+    changed = tmp_path / 'imgs' / 'test' / 'class2' / '0001.png'
+    changed.write_bytes(tf.io.encode_png(np.full((32, 32, 3), 255, np.uint8)).numpy())
+    third = data_loader.load(cfg)
+    assert len(decoded) == 3
+    assert (third.test.images == 255).all(axis=(1, 2, 3)).sum() == 1
+    assert np.array_equal(third.train.images, first.train.images)
+
+    # Damaged copies (cut in half) are decoded again, not an error.
+    copies = list((tmp_path / 'cache' / 'convnet-runner' / 'decoded').glob('*.npz'))
+    assert len(copies) == 3  # train, test, test as rewritten
+    for p in copies:
+        p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
+    fourth = data_loader.load(cfg)
+    assert len(decoded) == 5
+    _same_data(third, fourth)
+
+
+@pytest.mark.needs('cifar10-tfds')
+def test_a_tfds_split_is_read_back_and_decoded_again_when_its_files_change(cifar10_tfds_dir, tmp_path,
+                                                                         monkeypatch):
+    """The same for a prepared TFDS dataset: keyed by the files of its version directory."""
+    import shutil
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.setattr(data_splits, 'MIN_DECODE_SECONDS', 0.0)
+    decoded = _count_decoding(monkeypatch, '_read_tfds')
+    data_dir = tmp_path / 'tfds'
+    shutil.copytree(os.path.join(cifar10_tfds_dir, 'cifar10'), data_dir / 'cifar10')
+    cfg = DatasetConfig(name='cifar10', data_dir=str(data_dir), train_split='train[:300]',
+                        test_split='test[:100]', mean_std='cifar10')
+    first = data_loader.load(cfg)
+    assert len(decoded) == 2
+    second = data_loader.load(cfg)
+    assert len(decoded) == 2
+    _same_data(first, second)
+    import tensorflow_datasets as tfds
+    want = np.stack([x for x, _ in tfds.as_numpy(tfds.load('cifar10', split='test[:100]', data_dir=str(data_dir),
+                                                           as_supervised=True, shuffle_files=False))])
+    assert np.array_equal(second.test.images, want)
+    info = data_dir / 'cifar10' / '3.0.2' / 'dataset_info.json'
+    os.utime(info, ns=(info.stat().st_atime_ns, info.stat().st_mtime_ns + 10 ** 9))
+    data_loader.load(cfg)
+    assert len(decoded) == 4

@@ -18,7 +18,6 @@ so any item can be read without touching the ones before it. That is what lets t
 training input start at any batch at once.
 """
 import dataclasses
-import hashlib
 import os
 import random
 import struct
@@ -30,6 +29,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from runner.common import first_line
+from runner.data import diskcache
 from runner.config.schema import DatasetConfig
 
 # The file types tfds.ImageFolder lists; keeping them keeps the listing (and so the
@@ -328,9 +328,8 @@ def _unreadable_shard(path, error):
 
 
 
-def _cache_dir():
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'convnet-runner', 'tfrecord-index')
+# Under the runner's cache directory (runner.data.diskcache): the record indexes.
+INDEX_CACHE = 'tfrecord-index'
 
 
 def _index_files(files, label_key, key):
@@ -338,26 +337,14 @@ def _index_files(files, label_key, key):
     one sequential pass over the files (label_key None: not read). Kept in
     ~/.cache/convnet-runner, keyed by the files' paths, sizes and times. A file that cannot
     be read is a SourceError naming it and dataset.`key`."""
-    stamps = []
-    for f in files:
-        try:
-            if '://' in f:
-                st = tf.io.gfile.stat(f)
-                stamps.append((f, st.length, st.mtime_nsec))
-            else:
-                # os.stat: tf.io.gfile.stat gives local times in whole seconds only, so a
-                # file rewritten within the second at the same size kept its stale index.
-                st = os.stat(f)
-                stamps.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
-        except (tf.errors.OpError, OSError) as e:  # gone since the glob
-            raise SourceError(f'dataset.{key}: {_unreadable_shard(f, e)}') from None
-    stamp = hashlib.sha1(repr((label_key, stamps)).encode())
-    cache = os.path.join(_cache_dir(), stamp.hexdigest() + '.npz')
     try:
-        with np.load(cache) as z:
-            return z['file_ids'], z['offsets'], z['lengths'], (z['labels'] if label_key else None)
-    except (OSError, KeyError, ValueError):
-        pass
+        stamps = diskcache.file_stamps(files)
+    except diskcache.Gone as e:  # since the glob
+        raise SourceError(f'dataset.{key}: {_unreadable_shard(e.path, e.cause)}') from None
+    cache = diskcache.entry_path(INDEX_CACHE, label_key, stamps)
+    z = diskcache.load(cache)
+    if z is not None and {'file_ids', 'offsets', 'lengths', 'labels'} <= set(z):
+        return z['file_ids'], z['offsets'], z['lengths'], (z['labels'] if label_key else None)
     file_ids, offsets, lengths = [], [], []
     for k, f in enumerate(files):
         try:
@@ -384,14 +371,8 @@ def _index_files(files, label_key, key):
             raise SourceError(f'dataset.{key}: {_unreadable_shard(_bad_record_file(files) or files[0], e)}'
                               ) from None
     out = (np.array(file_ids, np.int32), np.array(offsets, np.int64), np.array(lengths, np.int64), labels)
-    try:
-        os.makedirs(_cache_dir(), exist_ok=True)
-        tmp = cache + f'.{os.getpid()}.tmp.npz'
-        np.savez(tmp, file_ids=out[0], offsets=out[1], lengths=out[2],
-                 labels=labels if labels is not None else np.zeros(0))
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # the index is only a cache
+    diskcache.save(cache, file_ids=out[0], offsets=out[1], lengths=out[2],
+                   labels=labels if labels is not None else np.zeros(0))
     return out
 
 
