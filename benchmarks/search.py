@@ -5,6 +5,7 @@ trained and the best validation error each search found.
 
     python benchmarks/search.py                                   # the ResNet-20 recipe, shortened
     python benchmarks/search.py FILE --set search.trials=12 ...   # any search, any overrides
+    python benchmarks/search.py --pruners median                  # one of the two searches
 
 Each search runs in a fresh log directory as `--processes` plain processes of
 run_experiments.py (--no-smoke) started at once. A process's share not training is 1 - (the
@@ -13,7 +14,9 @@ to its exit): every claim, wait, check of a trial's values and trial set-up (mod
 run directory) counts; the tracing of each trial's step is in its summary's seconds, which
 start just before the first step. It is printed again from the first trial's start, which
 adds the process's one reading of the dataset; start-up and validation before that are left
-out. A benchmark, not a test: it asserts nothing. Record the figures in docs/benchmarks.md
+out. Each process's exit is printed too: the seconds from its results table to its end, in
+which the interpreter waits for input iterators still being deleted (runner.training.release).
+A benchmark, not a test: it asserts nothing. Record the figures in docs/benchmarks.md
 with the machine.
 """
 import argparse
@@ -37,8 +40,9 @@ def run_process(cmd, env, out):
     """Run one process; record (time of its first trial's start, exit time, trials it trained)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
-    first, first_step, trials, errors = None, None, [], []
+    first, first_step, trials, errors, last_line = None, None, [], [], None
     for line in proc.stdout:
+        last_line = time.monotonic()
         if line.startswith('error:'):
             errors.append(line.strip())
         m = re.match(r'^(\S+/trial\d+): (starting|resuming) \(', line)
@@ -49,7 +53,7 @@ def run_process(cmd, env, out):
             first_step = time.monotonic()
     proc.wait()
     out.append({'first': first, 'first_step': first_step, 'end': time.monotonic(), 'trials': trials,
-                'rc': proc.returncode, 'errors': errors})
+                'rc': proc.returncode, 'errors': errors, 'last_line': last_line})
 
 
 def search(files, sets, processes, logdir):
@@ -99,6 +103,8 @@ def main(argv=None):
     p.add_argument('--set', action='append', default=None, dest='sets',
                    help='overrides for both searches (default: the recipe shortened)')
     p.add_argument('--processes', type=int, default=2)
+    p.add_argument('--pruners', default='median,none',
+                   help='the searches to run, by pruner (default: median,none; compared if both)')
     args = p.parse_args(argv)
     sets = SHORT if args.sets is None else args.sets
     sys.path.insert(0, ROOT)
@@ -106,7 +112,7 @@ def main(argv=None):
     print(f'machine: {distribute.cpu_description()}, load average {os.getloadavg()[0]:.1f}; '
           f'{args.processes} processes; {" ".join(args.files)} {" ".join(sets)}')
     rows = []
-    for pruner in ('median', 'none'):
+    for pruner in args.pruners.split(','):
         with tempfile.TemporaryDirectory(prefix=f'search-{pruner}-') as logdir:
             start = time.monotonic()
             records, summaries = search(args.files, sets + [f'search.pruner={pruner}'], args.processes, logdir)
@@ -116,12 +122,16 @@ def main(argv=None):
         between, shown = (', '.join('-' if x is None else f'{100 * x:.2f}%'
                                     for x in (idle_share(r, summaries, since) for r in records))
                           for since in ('first_step', 'first'))
+        exits = ', '.join(f"{r['end'] - r['last_line']:.1f} s" for r in records if r['last_line'])
         print(f'pruner {pruner}: {len(summaries)} trials in {wall / 60:.1f} min; not training: {between} '
               f'of each process\'s wall time between trials ({shown} with its reading of the dataset '
-              f'before its first trial); {steps} steps trained, {pruned} trials pruned, best '
+              f'before its first trial; its exit after its results table: {exits}); '
+              f'{steps} steps trained, {pruned} trials pruned, best '
               f'validation top-1 error {"-" if best is None else f"{100 * best:.2f}%"}'
               + ('' if all(r['rc'] == 0 for r in records) else
                  f'; exit statuses {[r["rc"] for r in records]}: {" ".join(e for r in records for e in r["errors"][:1])}'))
+    if [r[0] for r in rows] != ['median', 'none']:
+        return
     (_, with_steps, with_best, _), (_, without_steps, without_best, _) = rows
     if without_steps:
         print(f'median pruner against none: {without_steps - with_steps} steps saved '

@@ -121,16 +121,17 @@ def test_runner_vs_plain_loop_prints_both_accuracies_and_rates(cifar10_tfds_dir)
         assert 0 <= float(acc) <= 1 and int(rate) > 0, out
 
 
+def tiny_file(path, image_folder, train_parameters):
+    """An experiment file of tiny_cnn on the image folder with these train_parameters."""
+    path.write_text(f'module: tiny_models\nmodel: tiny_cnn\ndataset: {{image_folder: {image_folder}}}\n'
+                    f'train_parameters: {{{train_parameters}}}\n')
+    return path
+
+
 def test_tensorboard_cost_prints_each_extra_against_the_run(image_folder, tmp_path):
     """The first experiment of a file of tiny_cnn on the image folder, 2 timed steps."""
-    path = tmp_path / 'tb.yaml'
-    path.write_text(f"""
-module: tiny_models
-model: tiny_cnn
-dataset: {{image_folder: {image_folder}}}
-train_parameters: {{logdir: {tmp_path / 'logs'}, run_name: tb, batch_size: 16, val_interval: 10,
-                    lr_values: [0.05], lr_boundaries: [40]}}
-""")
+    path = tiny_file(tmp_path / 'tb.yaml', image_folder, f"logdir: {tmp_path / 'logs'}, run_name: tb, "
+                     'batch_size: 16, val_interval: 10, lr_values: [0.05], lr_boundaries: [40]')
     out = bench('tensorboard_cost.py', path, '--steps', 2)
     assert out.startswith('tb: tiny_cnn, 40 steps of batch 16, 4 evaluations\n'), out
     for line in (r'training step +\d+\.\d ms +whole run \d+\.\d\d h', r'overview \(per session\) +\d+\.\d{3} s +[\d.]+% of the run',
@@ -175,7 +176,19 @@ search:
     for pruner, trained in (('median', r'[68] steps trained, [01]'), ('none', '8 steps trained, 0')):
         assert re.search(rf'^pruner {pruner}: 2 trials in \d+\.\d min; not training: \d+\.\d\d% of each '
                          r"process's wall time between trials \(\d+\.\d\d% with its reading of the "
-                         rf"dataset before its first trial\); {trained} trials pruned, best validation top-1 "
+                         r"dataset before its first trial; its exit after its results table: \d+\.\d s\); "
+                         rf"{trained} trials pruned, best validation top-1 "
                          r'error \d+\.\d\d%$', out, re.M), out
     assert re.search(r'^median pruner against none: [02] steps saved \(\d+%\); best validation error '
                      r'\d+\.\d\d% against \d+\.\d\d%$', out, re.M), out
+
+
+def test_startup_prints_a_cold_and_a_warm_start_split_into_phases(image_folder, tmp_path):
+    """tiny_cnn on the colour-coded images, started once cold and once warm."""
+    path = tiny_file(tmp_path / 'r.yaml', image_folder, 'run_name: r, batch_size: 16, lr_values: [0.05], '
+                     'lr_boundaries: [4]')
+    out = bench('startup.py', path, '--only', 'r', '--warm', 1)
+    assert out.startswith(f'machine: {distribute.cpu_description()}, no GPU in use'), out
+    assert re.search(r'^python -c "import tensorflow": \d+\.\d s$', out, re.M), out
+    for start in ('cold', 'warm'):
+        assert re.search(rf'^{start}( \| \d+\.\d){{5}}$', out, re.M), out
