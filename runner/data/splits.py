@@ -8,6 +8,7 @@ A file that cannot be read or decoded is skipped, counted and named (`Unreadable
 never stops a run.
 """
 import dataclasses
+import functools
 import hashlib
 import os
 import sys
@@ -109,9 +110,10 @@ def cached(split):
     return not isinstance(split, Stream)
 
 
+@functools.lru_cache(maxsize=None)
 def _source_digest():
     """What the decoding itself depends on: TensorFlow's decoders, and the code of
-    runner.data.transforms and of this module."""
+    runner.data.transforms and of this module (read once a process)."""
     h = hashlib.sha256()
     for path in (transforms.__file__, __file__):
         with open(path, 'rb') as f:
