@@ -1,13 +1,12 @@
 """The smoke run (runner/queue/smoke.py): passes remembered under a key and invalidated by what
 changes a test, shared keys tested once, failures in parallel workers reported in file
 order while the others finish, SIGTERM and Ctrl-C stopping it at once, no smoke run where
-nothing is left to train, no re-test of an interrupted run's resume, no retracing warning."""
-import json
+nothing is left to train, no re-test of an interrupted run's resume, no retracing warning, and
+a graph-only failure caught though the steps run eagerly."""
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -49,6 +48,20 @@ def fails_in_training(input_shape=(32, 32, 3), num_classes=10):
     """Builds (validation passes) but fails in the smoke test's train step."""
     inputs = keras.Input(input_shape)
     x = keras.layers.GlobalAveragePooling2D()(FailsInTraining()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+class NeedsEager(keras.layers.Layer):
+    def call(self, x, training=None):
+        if training:
+            x.numpy()  # a value in Python: fine eagerly, impossible in a graph
+        return x
+
+
+def fails_as_a_graph(input_shape=(32, 32, 3), num_classes=10):
+    """Trains eagerly, but training's traced step cannot hold it."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.GlobalAveragePooling2D()(NeedsEager()(inputs))
     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
@@ -166,6 +179,25 @@ def test_parallel_workers_report_in_file_order_and_a_failure_does_not_stop_the_o
     # The passes are remembered, inside the logdir; the failures are not.
     assert len(os.listdir(logdir / smoke.PASSED_DIR)) == 2
     assert sorted(os.listdir(logdir)) == [smoke.PASSED_DIR]
+
+
+def test_a_model_that_only_runs_eagerly_fails_the_smoke_test_as_training_would(
+        tmp_path, models, image_folder, capsys):
+    """The smoke test runs its two steps eagerly, but traces the step first: a model that
+    training's graph cannot hold fails here, in one line, as its first training step would."""
+    module, _ = models
+    logdir = tmp_path / 'logs'
+    exp = experiment(module, logdir, 'eager_only', model='fails_as_a_graph')
+    exp['dataset'] = {'image_folder': image_folder}  # it trains: real (tiny) data
+    path = write(tmp_path / 'e.yaml', exp)
+    code = cli.main([path, '--smoke', '--smoke-jobs', '1'])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_FAILED, out + err
+    line = next(l.strip() for l in out.splitlines() if 'eager_only' in l)
+    assert line.startswith('FAIL') and 'numpy' in line, out
+    code = cli.main([path, '--no-smoke', '--set', 'train_parameters.steps=1'])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_FAILED and 'numpy' in out + err, out + err
 
 
 def test_no_smoke_run_when_finished_and_no_retest_of_an_interrupted_runs_resume(

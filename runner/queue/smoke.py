@@ -4,8 +4,9 @@
 One smoke test checks, in a throwaway directory, on at most `SMOKE_EXAMPLES` images per
 split (random ones of the right shape when the data is not here):
   - the model builds (with its optimizer, averages and checkpoint, as training builds them);
-  - `SMOKE_STEPS` train steps run, through the same tf.function as training, and the loss
-    and gradients stay finite;
+  - the train step traces into a graph, as training traces it, and `SMOKE_STEPS` steps run
+    (their ops one by one, not the graph: see `_functions_run_eagerly`) with the loss and
+    gradients finite;
   - an evaluation runs, through the same tf.function as the periodic evaluations;
   - a checkpoint saves, and restores into a freshly built model with every object matched
     and the weights and step as saved.
@@ -130,15 +131,19 @@ def _smoke_test(exp, tmp, phases):
             trainer.adapt_layers()
             trainer.start_input()
         with phases('trace'):
-            # Traced explicitly, so the trace is a phase of its own; the steps reuse it.
+            # The train step traced as training traces it: a model or an option that cannot
+            # be a graph fails here (Python control flow on a tensor, a .numpy() call, an
+            # unknown batch dimension), as training's first step would.
             trainer.step_fn.get_concrete_function(trainer.iterator, ())
-        with phases('steps'):
+        with phases('steps'), _functions_run_eagerly(strategy.num_replicas_in_sync == 1):
             for _ in range(SMOKE_STEPS):
                 trainer.train_step(trainer.iterator)
             metrics = trainer.read_train_metrics()
         if int(trainer.bad_step.numpy()) >= 0 or not np.isfinite(metrics['loss']):
             raise SmokeFailure(f"the loss or a gradient became NaN/inf (mean loss {metrics['loss']:g})")
         with phases('evaluation'):
+            # Through the evaluation's graph, traced and run: tracing it is most of its cost,
+            # and then the run adds little.
             with trainer.averaged_weights():
                 m = trainer.evaluate(data.eval, max_batches=1)
         if not np.isfinite(m['loss']):
@@ -163,6 +168,26 @@ def _smoke_test(exp, tmp, phases):
         return data.info.description
     finally:
         precision.set_policy('float32')
+
+
+@contextlib.contextmanager
+def _functions_run_eagerly(eager):
+    """The train steps run their ops one by one instead of executing the traced graph. The
+    first execution of a graph is TensorFlow instantiating
+    it (lowering, placement, a kernel made for each of its nodes): for a deep network most of
+    the test (ResNet-1001: 119 of 248 s, docs/smoke.md), and it checks nothing the trace and
+    the same ops run eagerly do not. Only on one replica: a strategy over several devices or
+    workers runs its graphs, as training does."""
+    import tensorflow as tf
+    if not eager:
+        yield
+        return
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(before)
 
 
 def failure_line(error):
