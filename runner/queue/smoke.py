@@ -141,9 +141,7 @@ def _smoke_test(exp, tmp, phases):
             metrics = trainer.read_train_metrics()
         if int(trainer.bad_step.numpy()) >= 0 or not np.isfinite(metrics['loss']):
             raise SmokeFailure(f"the loss or a gradient became NaN/inf (mean loss {metrics['loss']:g})")
-        with phases('evaluation'):
-            # Through the evaluation's graph, traced and run: tracing it is most of its cost,
-            # and then the run adds little.
+        with phases('evaluation'):  # its graph: tracing that is most of its cost (docs/smoke.md)
             with trainer.averaged_weights():
                 m = trainer.evaluate(data.eval, max_batches=1)
         if not np.isfinite(m['loss']):
