@@ -171,17 +171,14 @@ def _smoke_test(exp, tmp, phases):
 @contextlib.contextmanager
 def _functions_run_eagerly(eager):
     """The train steps run their ops one by one instead of executing the traced graph. The
-    first execution of a graph is TensorFlow instantiating
-    it (lowering, placement, a kernel made for each of its nodes): for a deep network most of
-    the test (ResNet-1001: 119 of 248 s, docs/smoke.md), and it checks nothing the trace and
-    the same ops run eagerly do not. Only on one replica: a strategy over several devices or
-    workers runs its graphs, as training does."""
+    first execution of a graph is TensorFlow instantiating it (lowering, placement, a kernel
+    made for each of its nodes): for a deep network most of the test (ResNet-1001: 119 of
+    248 s, docs/smoke.md), and it checks nothing the trace and the same ops run eagerly do
+    not. Only on one replica: a strategy over several devices or workers runs its graphs, as
+    training does."""
     import tensorflow as tf
-    if not eager:
-        yield
-        return
     before = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
+    tf.config.run_functions_eagerly(eager or before)
     try:
         yield
     finally:
